@@ -1,0 +1,4 @@
+"""tlsgate: a Gateway API TLSRoute gateway on Trio, outside Kubernetes."""
+
+CONTROLLER_NAME = "tlsgate.dev/gateway-controller"
+GATEWAY_GROUP = "gateway.networking.k8s.io"

@@ -1,0 +1,133 @@
+"""A TLSRoute's backendRefs: ResolvedRefs (SPEC.md §8 step 5, §9.4) and the weighted pool with
+endpoints the data plane draws from (§10.4).
+
+Pure. An invalid backend keeps its weight and marks its share as rejected; a Service with no
+ready endpoint is a valid reference (ResolvedRefs stays True) whose share is rejected too.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from gateway import GATEWAY_GROUP, corev1, model
+from gateway.resources import NamespacedName, Resources
+from gateway.routing import Backend, Endpoint
+from gateway.status import ConditionType, Draft, Reason
+
+
+def resolve_backends(
+    key: NamespacedName, route: model.TLSRoute, resources: Resources
+) -> tuple[Draft, tuple[Backend, ...]]:
+    """ResolvedRefs for the route (one reason: the first failure; every bad ref in the
+    message) and the backend pool of its single rule."""
+    failures: list[tuple[Reason, str]] = []
+    pool: list[Backend] = []
+    for rule_index, rule in enumerate(route.spec.rules):
+        for i, ref in enumerate(rule.backend_refs):
+            where = f"rules[{rule_index}].backendRefs[{i}]"
+            namespace = ref.namespace or key[0]
+            name = f"{namespace}/{ref.name}:{ref.port}" if ref.port else f"{namespace}/{ref.name}"
+            problem = _check(key, ref, namespace, resources)
+            if problem is not None:
+                reason, message = problem
+                failures.append((reason, f"{where}: {message}"))
+                pool.append(Backend(name=name, weight=ref.weight, reject=message))
+                continue
+            service = resources.services[(namespace, ref.name)]
+            endpoints = _endpoints(service, ref.port, resources)
+            pool.append(
+                Backend(
+                    name=name,
+                    weight=ref.weight,
+                    endpoints=endpoints,
+                    reject=None
+                    if endpoints
+                    else f"Service {namespace}/{ref.name} has no ready endpoints",
+                )
+            )
+    if failures:
+        draft = Draft(
+            ConditionType.RESOLVED_REFS,
+            False,
+            failures[0][0],
+            "; ".join(message for _, message in failures),
+        )
+    else:
+        draft = Draft(
+            ConditionType.RESOLVED_REFS, True, Reason.RESOLVED_REFS, "All references are resolved"
+        )
+    return draft, tuple(pool)
+
+
+def _check(
+    key: NamespacedName, ref: model.BackendRef, namespace: str, resources: Resources
+) -> tuple[Reason, str] | None:
+    """The order of SPEC.md §9.4: kind, grant, existence, port."""
+    if (ref.group, ref.kind) != ("", "Service"):
+        return Reason.INVALID_KIND, (
+            f"{ref.group or 'core'}/{ref.kind} is not a supported "
+            "backend kind; only core Services are"
+        )
+    if not resources.grant_allows(
+        from_group=GATEWAY_GROUP,
+        from_kind="TLSRoute",
+        from_namespace=key[0],
+        to_group="",
+        to_kind="Service",
+        to_namespace=namespace,
+        to_name=ref.name,
+    ):
+        return Reason.REF_NOT_PERMITTED, (
+            f"Service {namespace}/{ref.name} is in another "
+            "namespace and no ReferenceGrant allows the "
+            "reference"
+        )
+    service = resources.services.get((namespace, ref.name))
+    if service is None:
+        return Reason.BACKEND_NOT_FOUND, f"Service {namespace}/{ref.name} does not exist"
+    if service.spec.type == "ExternalName":
+        # SPEC.md §5.1: ExternalName SHOULD NOT be supported (it can reach any host).
+        return Reason.INVALID_KIND, (
+            f"Service {namespace}/{ref.name} is of type ExternalName, which is not supported"
+        )
+    if not any(p.port == ref.port for p in service.spec.ports or ()):
+        return Reason.BACKEND_NOT_FOUND, (f"Service {namespace}/{ref.name} has no port {ref.port}")
+    return None
+
+
+def _endpoints(
+    service: corev1.Service, port: int | None, resources: Resources
+) -> tuple[Endpoint, ...]:
+    """Ready endpoints of the Service port, through targetPort (API.md "Documents")."""
+    service_port = next(p for p in service.spec.ports or () if p.port == port)
+    target = service_port.target_port if service_port.target_port is not None else port
+    found: set[Endpoint] = set()
+    namespace = service.metadata.namespace or ""
+    for eps in resources.slices_of(namespace, service.metadata.name):
+        number = _slice_port(eps, target, service_port.name)
+        if number is None:
+            continue
+        for endpoint in eps.endpoints or ():
+            conditions = endpoint.conditions
+            if conditions is not None and conditions.ready is False:
+                continue  # absent means ready (API.md)
+            # Addresses of one endpoint are fungible; Kubernetes consumers use the first.
+            address = endpoint.addresses[0]
+            if eps.address_type != "FQDN":
+                address = str(ipaddress.ip_address(address))
+            found.add(Endpoint(address, number))
+    return tuple(sorted(found, key=lambda e: (e.address, e.port)))
+
+
+def _slice_port(
+    eps: corev1.EndpointSlice, target: int | str | None, service_port_name: str | None
+) -> int | None:
+    """A numeric targetPort is the endpoint port. A named one is the EndpointSlice port of that
+    name; Kubernetes itself names slice ports after the Service port, so that name matches too."""
+    if isinstance(target, int):
+        return target
+    for candidate in (target, service_port_name):
+        for slice_port in eps.ports or ():
+            if candidate is not None and slice_port.name == candidate and slice_port.port:
+                return slice_port.port
+    return None

@@ -1,0 +1,259 @@
+"""The compiled routing snapshot and the per-connection lookup (SPEC.md §10).
+
+Pure. A `Snapshot` is built once per configuration change by `translate` and never mutated: a
+connection reads it once, after its ClientHello, and keeps it for its life (ARCHITECTURE.md).
+Lookup cost is a few dict probes: exact name, then each wildcard suffix of the SNI from the
+longest, then the hostname-less entry; no scan over listeners or routes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any
+
+from attrs import field, frozen
+
+from gateway.hostnames import normalize_sni, wildcard_suffixes
+from gateway.kinds import ObjectKey
+from gateway.status import Status
+
+
+@frozen
+class Endpoint:
+    """A backend address; FQDN endpoints are resolved at connect time (API.md)."""
+
+    address: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+
+@frozen(kw_only=True)
+class Backend:
+    """One weighted backendRef. `reject` says why connections drawn to it are closed
+    (an invalid reference, or no ready endpoint): its weight still counts (SPEC.md §10.4)."""
+
+    name: str
+    weight: int
+    endpoints: tuple[Endpoint, ...] = ()
+    reject: str | None = None
+
+
+@frozen(kw_only=True)
+class RouteTarget:
+    """The route that won one effective hostname on one listener, and what lost to it."""
+
+    route: str
+    hostname: str
+    backends: tuple[Backend, ...]
+    shadowed: tuple[str, ...] = ()
+    _cumulative: tuple[int, ...] = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(
+            self, "_cumulative", tuple(itertools.accumulate(b.weight for b in self.backends))
+        )
+
+    @property
+    def total_weight(self) -> int:
+        return self._cumulative[-1] if self._cumulative else 0
+
+    def choose(self, point: int) -> Backend:
+        """The backend owning `point` in [0, total_weight): weight/sum odds (SPEC.md §10.4).
+        A zero-weight backend owns no point, so it never receives traffic."""
+        return self.backends[bisect.bisect_right(self._cumulative, point)]
+
+
+@frozen(kw_only=True)
+class FrontendValidation:
+    """Client-certificate validation of a Terminate listener (SPEC.md §10.8)."""
+
+    mode: str
+    ca_config_maps: tuple[tuple[str, str], ...]
+
+
+@frozen(kw_only=True)
+class ListenerTable:
+    gateway: str
+    name: str
+    hostname: str | None
+    mode: str
+    port: int
+    #: Secrets (namespace, name) whose certificates this listener serves (Terminate).
+    certificates: tuple[tuple[str, str], ...] = ()
+    frontend: FrontendValidation | None = None
+    #: Set when the listener cannot serve: the connections it wins are closed, never handed to
+    #: a broader listener (SPEC.md §10.1 recommendation).
+    reject: str | None = None
+    routes: tuple[RouteTarget, ...] = ()
+    _by_hostname: Mapping[str, RouteTarget] = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_by_hostname", {t.hostname: t for t in self.routes})
+
+    def route_for(self, sni: str) -> RouteTarget | None:
+        """Most specific effective hostname: exact, then longest wildcard (SPEC.md §10.2)."""
+        target = self._by_hostname.get(sni)
+        if target is not None:
+            return target
+        for pattern in wildcard_suffixes(sni):
+            target = self._by_hostname.get(pattern)
+            if target is not None:
+                return target
+        return None
+
+
+@frozen(kw_only=True)
+class Bind:
+    """One (address, port) socket, owned by one Gateway (SPEC.md §9.2 "Across Gateways")."""
+
+    address: str
+    port: int
+    gateway: str
+    listeners: tuple[ListenerTable, ...]
+    _by_hostname: Mapping[str | None, ListenerTable] = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_by_hostname", {lst.hostname: lst for lst in self.listeners})
+
+    def listener_for(self, sni: str) -> ListenerTable | None:
+        """Exact hostname, then longest wildcard suffix, then no hostname (SPEC.md §10.1)."""
+        found = self._by_hostname.get(sni)
+        if found is not None:
+            return found
+        for pattern in wildcard_suffixes(sni):
+            found = self._by_hostname.get(pattern)
+            if found is not None:
+                return found
+        return self._by_hostname.get(None)
+
+
+class RejectReason(StrEnum):
+    NO_BIND = "no-bind"
+    NO_SNI = "no-sni"
+    NO_LISTENER = "no-listener"
+    LISTENER_NOT_PROGRAMMED = "listener-not-programmed"
+    NO_ROUTE = "no-route"
+    NO_BACKEND = "no-backend"
+
+
+@frozen
+class Routed:
+    bind: Bind
+    listener: ListenerTable
+    target: RouteTarget
+
+
+@frozen
+class Rejected:
+    reason: RejectReason
+    message: str
+    listener: ListenerTable | None = None
+
+
+@frozen(kw_only=True)
+class Snapshot:
+    generation: int
+    statuses: Mapping[ObjectKey, Status]
+    binds: Mapping[tuple[str, int], Bind]
+
+    def lookup(self, address: str, port: int, sni: str | None) -> Routed | Rejected:
+        """Route a ClientHello that arrived on the socket bound to (address, port).
+
+        Listener isolation: once the most specific listener is chosen, only its routes are
+        considered; there is no fallback to a broader listener (SPEC.md §10.1 step 4).
+        """
+        bind = self.binds.get((address, port))
+        if bind is None:
+            return Rejected(RejectReason.NO_BIND, f"nothing is bound to {address}:{port}")
+        if not sni:
+            # Route hostnames are mandatory, so a hello without SNI matches nothing (§10.3).
+            return Rejected(RejectReason.NO_SNI, "the ClientHello has no server_name")
+        name = normalize_sni(sni)
+        listener = bind.listener_for(name)
+        if listener is None:
+            return Rejected(
+                RejectReason.NO_LISTENER, f"no listener on port {port} matches {name!r}"
+            )
+        if listener.reject is not None:
+            return Rejected(
+                RejectReason.LISTENER_NOT_PROGRAMMED,
+                f"listener {listener.gateway}/{listener.name} is not programmed: {listener.reject}",
+                listener,
+            )
+        target = listener.route_for(name)
+        if target is None:
+            return Rejected(
+                RejectReason.NO_ROUTE,
+                f"no route on listener {listener.gateway}/{listener.name} matches {name!r}",
+                listener,
+            )
+        if target.total_weight == 0:
+            return Rejected(
+                RejectReason.NO_BACKEND,
+                f"route {target.route} has no backend with a non-zero weight",
+                listener,
+            )
+        return Routed(bind, listener, target)
+
+
+def _backend_wire(backend: Backend) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": backend.name,
+        "weight": backend.weight,
+        "endpoints": [str(e) for e in backend.endpoints],
+    }
+    if backend.reject is not None:
+        out["reject"] = backend.reject
+    return out
+
+
+def _listener_wire(listener: ListenerTable) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "gateway": listener.gateway,
+        "name": listener.name,
+        "hostname": listener.hostname,
+        "mode": listener.mode,
+    }
+    if listener.certificates:
+        out["certificateRefs"] = [f"{ns}/{name}" for ns, name in listener.certificates]
+    if listener.frontend is not None:
+        out["frontendValidation"] = {
+            "mode": listener.frontend.mode,
+            "caCertificateRefs": [f"{ns}/{n}" for ns, n in listener.frontend.ca_config_maps],
+        }
+    if listener.reject is not None:
+        out["reject"] = listener.reject
+    routes = []
+    for target in listener.routes:
+        route: dict[str, Any] = {
+            "hostname": target.hostname,
+            "route": target.route,
+            "backends": [_backend_wire(b) for b in target.backends],
+        }
+        if target.shadowed:
+            route["shadowed"] = list(target.shadowed)
+        routes.append(route)
+    out["routes"] = routes
+    return out
+
+
+def table_to_wire(snapshot: Snapshot) -> dict[str, Any]:
+    """The routing table as JSON-ready data (`GET /v1/routingtable`, `tlsgate translate`)."""
+    return {
+        "generation": snapshot.generation,
+        "binds": [
+            {
+                "address": bind.address,
+                "port": bind.port,
+                "gateway": bind.gateway,
+                "listeners": [_listener_wire(lst) for lst in bind.listeners],
+            }
+            for bind in snapshot.binds.values()
+        ],
+    }

@@ -1,0 +1,41 @@
+"""Runtime facts: what the I/O edges learned that status must report (ARCHITECTURE.md).
+
+Pure data. The data plane reports bind failures, `tls` reports whether each Secret and CA
+bundle loads; `translate` turns them into `PortUnavailable`, `InvalidCertificateRef`, ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from attrs import Factory, frozen
+
+from gateway.kinds import ObjectKey
+from gateway.status import Status
+
+NamespacedName = tuple[str, str]
+
+
+@frozen
+class LoadResult:
+    """Whether a Secret (certificate and key) or a CA bundle could be loaded, and if not, why
+    (worded without key material)."""
+
+    ok: bool
+    message: str = ""
+
+
+@frozen(kw_only=True)
+class Runtime:
+    #: RFC 3339 time stamped on conditions whose status changes in this build.
+    now: str
+    #: Where listeners bind when a Gateway has no `spec.addresses` (API.md `--bind-address`).
+    bind_address: str = "0.0.0.0"
+    #: (address, port) -> the error the last bind attempt gave.
+    bind_failures: Mapping[tuple[str, int], str] = Factory(dict)
+    #: Secret (namespace, name) -> did its tls.crt/tls.key load.
+    secrets: Mapping[NamespacedName, LoadResult] = Factory(dict)
+    #: ConfigMap (namespace, name) -> did its ca.crt load.
+    ca_bundles: Mapping[NamespacedName, LoadResult] = Factory(dict)
+    #: The statuses of the previous build, to keep lastTransitionTime (SPEC.md §12).
+    previous: Mapping[ObjectKey, Status] = Factory(dict)
