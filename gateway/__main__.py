@@ -32,8 +32,9 @@ def _parse_time(value: str) -> datetime:
     try:
         return datetime.strptime(value, RFC3339).replace(tzinfo=UTC)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an RFC 3339 UTC time such as "
-                                         "2026-01-01T00:00:00Z") from None
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an RFC 3339 UTC time such as 2026-01-01T00:00:00Z"
+        ) from None
 
 
 def _print_invalid(error: Invalid, where: str) -> None:
@@ -75,10 +76,12 @@ def _admit_files(paths: Sequence[str], now: datetime) -> tuple[list[Document], b
             counter += 1
             key = key_of(doc)
             stamp = doc.metadata.creation_timestamp or (
-                now + timedelta(seconds=counter - 1)).strftime(RFC3339)
+                now + timedelta(seconds=counter - 1)
+            ).strftime(RFC3339)
             uid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"tlsgate:{key}"))
-            assigned = metadata.assign(doc, previous=admitted.get(key), uid=uid, now=stamp,
-                                       resource_version=str(counter))
+            assigned = metadata.assign(
+                doc, previous=admitted.get(key), uid=uid, now=stamp, resource_version=str(counter)
+            )
             admitted.pop(key, None)  # a later document replaces an earlier one, in its place
             admitted[key] = assigned
     return list(admitted.values()), failed
@@ -89,8 +92,12 @@ def _translate(args: argparse.Namespace) -> int:
     documents, failed = _admit_files(args.file, now)
     resources = Resources.of(documents)
     secrets, bundles = load_facts(resources)
-    runtime = Runtime(now=now.strftime(RFC3339), bind_address=args.bind_address,
-                      secrets=secrets, ca_bundles=bundles)
+    runtime = Runtime(
+        now=now.strftime(RFC3339),
+        bind_address=args.bind_address,
+        secrets=secrets,
+        ca_bundles=bundles,
+    )
     snapshot = translate(resources, runtime, generation=1)
     items = []
     for doc in documents:
@@ -99,8 +106,12 @@ def _translate(args: argparse.Namespace) -> int:
         if status is not None:
             wire["status"] = CONVERTER.unstructure(status)
         items.append(wire)
-    out: dict[str, Any] = {"apiVersion": "v1", "kind": "List", "items": items,
-                           "routingTable": table_to_wire(snapshot)}
+    out: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": items,
+        "routingTable": table_to_wire(snapshot),
+    }
     if args.output == "json":
         json.dump(out, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -113,17 +124,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlsgate", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     tr = commands.add_parser(
-        "translate", help="admit manifests and print every status and the routing table, "
-                          "offline")
-    tr.add_argument("-f", "--file", action="append", required=True, metavar="FILE",
-                    help="manifest file (JSON or multi-document YAML; '-' for stdin); repeat")
+        "translate", help="admit manifests and print every status and the routing table, offline"
+    )
+    tr.add_argument(
+        "-f",
+        "--file",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="manifest file (JSON or multi-document YAML; '-' for stdin); repeat",
+    )
     tr.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
-    tr.add_argument("--bind-address", default="0.0.0.0",
-                    help="where listeners of a Gateway without spec.addresses bind "
-                         "(default 0.0.0.0)")
-    tr.add_argument("--now", type=_parse_time, default=None,
-                    help="the clock, as 2026-01-01T00:00:00Z, for reproducible output "
-                         "(default: the current time)")
+    tr.add_argument(
+        "--bind-address",
+        default="0.0.0.0",
+        help="where listeners of a Gateway without spec.addresses bind (default 0.0.0.0)",
+    )
+    tr.add_argument(
+        "--now",
+        type=_parse_time,
+        default=None,
+        help="the clock, as 2026-01-01T00:00:00Z, for reproducible output "
+        "(default: the current time)",
+    )
     tr.set_defaults(run=_translate)
     return parser
 

@@ -54,8 +54,14 @@ class Invalid(Exception):
         return f"{what} is invalid: {details}"
 
 
+#: Wire names that plain camelCase would spell differently (an acronym in the spec's name).
+_WIRE_EXCEPTIONS: Final = {"well_known_ca_certificates": "wellKnownCACertificates"}
+
+
 def wire_name(attribute: str) -> str:
     """`section_name` -> `sectionName`; `from_` -> `from` (a Python keyword on the wire)."""
+    if attribute in _WIRE_EXCEPTIONS:
+        return _WIRE_EXCEPTIONS[attribute]
     head, *rest = attribute.rstrip("_").split("_")
     return head + "".join(part.title() for part in rest)
 

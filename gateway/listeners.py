@@ -160,6 +160,8 @@ def _listener(
                     f"listener; supported: {GATEWAY_GROUP}/TLSRoute",
                 )
             )
+    if not state.supported_kinds:
+        state.problem = "allowedRoutes.kinds names no route kind a TLS listener serves"
     tls = spec.tls
     if tls is not None and tls.mode == "Terminate":
         problems += _certificates(gateway, state, tls, resources, runtime)

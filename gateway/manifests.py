@@ -36,8 +36,9 @@ def parse_documents(text: str) -> list[Any]:
         else:
             loaded = list(yaml.load_all(text, Loader=_Loader))  # _Loader is a SafeLoader
     except json.JSONDecodeError as exc:
-        raise ManifestError(f"invalid JSON at line {exc.lineno} column {exc.colno}: "
-                            f"{exc.msg}") from None
+        raise ManifestError(
+            f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
     except yaml.YAMLError as exc:
         raise ManifestError(f"invalid YAML: {exc}") from None
     out: list[Any] = []
@@ -51,7 +52,10 @@ def _flatten(document: Any) -> list[Any]:
         return []
     if isinstance(document, list):
         return [d for item in document for d in _flatten(item)]
-    if (isinstance(document, dict) and document.get("kind") == "List"
-            and isinstance(document.get("items"), list)):
+    if (
+        isinstance(document, dict)
+        and document.get("kind") == "List"
+        and isinstance(document.get("items"), list)
+    ):
         return [d for item in document["items"] for d in _flatten(item)]
     return [document]

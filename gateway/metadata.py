@@ -22,15 +22,26 @@ def content(doc: Document) -> dict[str, Any]:
     return {k: v for k, v in wire.items() if k not in ("metadata", "apiVersion")}
 
 
-def assign(doc: Document, *, previous: Document | None, uid: str, now: str,
-           resource_version: str) -> Document:
+def assign(
+    doc: Document, *, previous: Document | None, uid: str, now: str, resource_version: str
+) -> Document:
     """Overwrite the client's server-set fields (API.md: client-sent values are ignored)."""
     if previous is None:
-        meta = attrs.evolve(doc.metadata, uid=uid, creation_timestamp=now, generation=1,
-                            resource_version=resource_version)
+        meta = attrs.evolve(
+            doc.metadata,
+            uid=uid,
+            creation_timestamp=now,
+            generation=1,
+            resource_version=resource_version,
+        )
     else:
         old = previous.metadata
         generation = (old.generation or 1) + (content(doc) != content(previous))
-        meta = attrs.evolve(doc.metadata, uid=old.uid, creation_timestamp=old.creation_timestamp,
-                            generation=generation, resource_version=resource_version)
+        meta = attrs.evolve(
+            doc.metadata,
+            uid=old.uid,
+            creation_timestamp=old.creation_timestamp,
+            generation=generation,
+            resource_version=resource_version,
+        )
     return attrs.evolve(doc, metadata=meta)

@@ -60,7 +60,7 @@ def server_context(certificate: bytes, key: bytes) -> ssl.SSLContext:
             context.load_cert_chain(cert_path, key_path)
         except ssl.SSLError as exc:
             # OpenSSL's reason ("KEY_VALUES_MISMATCH", "NO_START_LINE", ...) names no key bytes.
-            raise CertificateError(exc.reason or "the certificate or key does not load") from None
+            raise CertificateError(exc.reason or str(exc)) from None
     return context
 
 

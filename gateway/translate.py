@@ -489,7 +489,8 @@ class _Build:
                         ),
                     )
                 )
-            self.statuses[status_key] = RouteStatus(parents=tuple(parents))
+            if parents:  # a route none of whose parents is ours gets no status from us
+                self.statuses[status_key] = RouteStatus(parents=tuple(parents))
 
     def _accepted_message(self, key: NamespacedName, parent: _Parent) -> str:
         """Say where the route attached, and which of its hostnames an older route holds
@@ -503,8 +504,9 @@ class _Build:
                 keys = self.winners.get((state.key, listener.spec.name, hostname), [key])
                 if keys and keys[0] != key:
                     shadowed.append(
-                        f"{hostname} on {state.name}/{listener.spec.name} is served "
-                        f"by the older route {keys[0][0]}/{keys[0][1]}"
+                        f"{hostname} on {state.name}/{listener.spec.name} is served by "
+                        f"{keys[0][0]}/{keys[0][1]}, which takes precedence (older, then "
+                        "namespace/name)"
                     )
         message = f"Route is accepted on listeners {where}"
         if shadowed:
