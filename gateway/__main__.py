@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 import uuid
 from collections.abc import Sequence
@@ -24,6 +26,8 @@ from gateway.routing import table_to_wire
 from gateway.runtime import Runtime
 from gateway.tls import load_facts
 from gateway.translate import translate
+
+log = logging.getLogger("tlsgate")
 
 RFC3339 = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -120,9 +124,134 @@ def _translate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _env(name: str, default: str) -> str:
+    """Every serve option is also an environment variable TLSGATE_<NAME> (API.md)."""
+    return os.environ.get("TLSGATE_" + name.upper().replace("-", "_"), default)
+
+
+def _setup_logging(level: str, log_format: str) -> None:
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from gateway.proxy import ProxyConfig
+    from gateway.server import BootstrapError, ServeConfig, load_bootstrap, serve
+    from gateway.state import State
+
+    _setup_logging(args.log_level, args.log_format)
+    try:
+        documents = load_bootstrap(args.bootstrap)
+    except BootstrapError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    proxy = ProxyConfig(
+        hello_timeout=args.hello_timeout,
+        connect_timeout=args.connect_timeout,
+        idle_timeout=args.idle_timeout,
+        **({"splice": False} if args.no_splice else {}),
+    )
+    config = ServeConfig(
+        bootstrap=tuple(args.bootstrap),
+        bind_address=args.bind_address,
+        drain_timeout=args.drain_timeout,
+        proxy=proxy,
+        max_connections=args.max_connections,
+    )
+
+    async def run() -> None:
+        state = State(bind_address=config.bind_address)
+        state.replace_documents(documents)
+        log.info(
+            "configuration loaded: %d documents, generation %d", len(documents), state.generation
+        )
+        await serve(config, state)
+
+    trio.run(run)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlsgate", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    sv = commands.add_parser("serve", help="run the gateway")
+    sv.add_argument(
+        "--bootstrap",
+        action="append",
+        metavar="FILE",
+        default=[p for p in _env("bootstrap", "").split(",") if p],
+        help="manifests applied at start (repeat; env: comma-separated)",
+    )
+    sv.add_argument(
+        "--bind-address",
+        default=_env("bind-address", "0.0.0.0"),
+        help="where listeners bind when a Gateway has no spec.addresses (default 0.0.0.0)",
+    )
+    sv.add_argument(
+        "--hello-timeout",
+        type=float,
+        default=float(_env("hello-timeout", "10")),
+        help="seconds a client has to send its ClientHello (default 10)",
+    )
+    sv.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=float(_env("connect-timeout", "5")),
+        help="seconds to connect to one backend endpoint (default 5)",
+    )
+    sv.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=float(_env("idle-timeout", "3600")),
+        help="seconds without a byte either way before a connection is closed (default 3600)",
+    )
+    sv.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=float(_env("drain-timeout", "30")),
+        help="on SIGTERM/SIGINT, seconds live connections may finish (default 30)",
+    )
+    sv.add_argument(
+        "--max-connections",
+        type=int,
+        default=int(_env("max-connections", "0")) or None,
+        help="concurrent connections (default: derived from the fd limit)",
+    )
+    sv.add_argument(
+        "--no-splice",
+        action="store_true",
+        default=_env("no-splice", "") not in ("", "0", "false"),
+        help="relay with receive/send instead of zero-copy splice",
+    )
+    sv.add_argument("--log-format", choices=("text", "json"), default=_env("log-format", "text"))
+    sv.add_argument(
+        "--log-level",
+        default=_env("log-level", "info"),
+        choices=("debug", "info", "warning", "error"),
+    )
+    sv.set_defaults(run=_serve)
     tr = commands.add_parser(
         "translate", help="admit manifests and print every status and the routing table, offline"
     )

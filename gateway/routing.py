@@ -116,6 +116,8 @@ class Bind:
     port: int
     gateway: str
     listeners: tuple[ListenerTable, ...]
+    #: The last bind attempt's error; the data plane keeps retrying while it is set.
+    error: str | None = None
     _by_hostname: Mapping[str | None, ListenerTable] = field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -252,6 +254,7 @@ def table_to_wire(snapshot: Snapshot) -> dict[str, Any]:
                 "address": bind.address,
                 "port": bind.port,
                 "gateway": bind.gateway,
+                **({"error": bind.error} if bind.error else {}),
                 "listeners": [_listener_wire(lst) for lst in bind.listeners],
             }
             for bind in snapshot.binds.values()

@@ -177,17 +177,18 @@ class _Build:
                         ),
                         None,
                     )
-                    failure = self.runtime.bind_failures.get((address, port))
                     if holder is not None:
                         message = (
                             f"port {port} on {address} is held by Gateway {holder.name}, "
                             "which is older"
                         )
-                    elif failure is not None:
-                        message = f"cannot bind {address}:{port}: {failure}"
                     else:
+                        # Claimed even when the bind failed, so the data plane keeps retrying.
                         self.holders[(address, port)] = state
-                        continue
+                        failure = self.runtime.bind_failures.get((address, port))
+                        if failure is None:
+                            continue
+                        message = f"cannot bind {address}:{port}: {failure}"
                     for listener in listeners:
                         listener.refuse(Reason.PORT_UNAVAILABLE, message)
 
@@ -295,7 +296,11 @@ class _Build:
                 and listener.accepted.reason != Reason.PORT_UNAVAILABLE
             )
             out[(address, port)] = Bind(
-                address=address, port=port, gateway=state.name, listeners=tables
+                address=address,
+                port=port,
+                gateway=state.name,
+                listeners=tables,
+                error=self.runtime.bind_failures.get((address, port)),
             )
         return out
 

@@ -1,0 +1,212 @@
+"""A sans-IO TLS ClientHello parser: enough to route by SNI without decrypting.
+
+Pure. `parse_client_hello(buffer)` is called with everything read so far and returns the
+`ClientHello`, `None` while more bytes are needed, or raises `ClientHelloError` as soon as the
+bytes cannot be the start of a TLS handshake. The hello may be split across TCP segments and
+fragmented over several TLS records (RFC 8446 §5.1); both are the normal case for clients
+offering post-quantum key shares (~1.8 KB hellos).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from attrs import frozen
+
+#: A ClientHello larger than this is refused. Today's largest real hellos (X25519MLKEM768 key
+#: shares plus a long cipher list and GREASE) are ~2 KB; 64 KiB leaves room for several
+#: post-quantum shares and large PSK identities while bounding what one unauthenticated client
+#: can make the gateway buffer.
+MAX_HELLO_BYTES: Final = 64 * 1024
+
+CONTENT_TYPE_HANDSHAKE: Final = 22
+HANDSHAKE_CLIENT_HELLO: Final = 1
+EXTENSION_SERVER_NAME: Final = 0
+EXTENSION_ALPN: Final = 16
+EXTENSION_SUPPORTED_VERSIONS: Final = 43
+SERVER_NAME_HOST_NAME: Final = 0
+#: TLSPlaintext.length MUST NOT exceed 2^14 (RFC 8446 §5.1).
+MAX_RECORD_LENGTH: Final = 2**14
+
+
+class ClientHelloError(ValueError):
+    """The bytes are not a valid TLS ClientHello; the message says why (for the access log)."""
+
+
+@frozen
+class ClientHello:
+    #: SNI host_name as sent (RFC 6066 §3), or None when absent.
+    server_name: str | None
+    alpn: tuple[bytes, ...]
+    #: supported_versions (RFC 8446 §4.2.1) if sent, else the legacy_version alone.
+    versions: tuple[int, ...]
+    #: How many bytes of the buffer the records holding the hello span.
+    length: int
+
+
+def parse_client_hello(
+    buffer: bytes | bytearray | memoryview, max_size: int = MAX_HELLO_BYTES
+) -> ClientHello | None:
+    data = memoryview(buffer)
+    handshake = bytearray()
+    offset = 0
+    message_length: int | None = None
+    # Reassemble the handshake message from as many records as it takes (RFC 8446 §5.1).
+    while True:
+        if len(data) - offset < 5:
+            _check_record_prefix(data[offset:])
+            return None
+        content_type = data[offset]
+        major = data[offset + 1]
+        length = int.from_bytes(data[offset + 3 : offset + 5])
+        if content_type != CONTENT_TYPE_HANDSHAKE:
+            raise ClientHelloError(f"not a TLS handshake record (content type {content_type})")
+        if major != 3:
+            raise ClientHelloError(f"unsupported record version {major}.{data[offset + 2]}")
+        if length == 0 or length > MAX_RECORD_LENGTH:
+            raise ClientHelloError(f"invalid handshake record length {length}")
+        available = min(length, len(data) - offset - 5)
+        handshake += data[offset + 5 : offset + 5 + available]
+        if message_length is None and len(handshake) >= 4:
+            if handshake[0] != HANDSHAKE_CLIENT_HELLO:
+                raise ClientHelloError(
+                    f"first handshake message is type {handshake[0]}, not a ClientHello"
+                )
+            message_length = int.from_bytes(handshake[1:4])
+            if message_length + 4 > max_size:
+                raise ClientHelloError(
+                    f"ClientHello of {message_length} bytes exceeds the {max_size}-byte limit"
+                )
+        if message_length is not None and len(handshake) >= message_length + 4:
+            body = bytes(handshake[4 : 4 + message_length])
+            return _parse_body(body, offset + 5 + length if available == length else len(data))
+        if available < length:
+            return None  # the rest of this record has not arrived
+        offset += 5 + length
+        if offset > max_size + 5 * (max_size // MAX_RECORD_LENGTH + 2):
+            raise ClientHelloError("ClientHello spread over too many records")
+
+
+def _check_record_prefix(prefix: memoryview) -> None:
+    """Fail fast on the first bytes: plain HTTP or garbage is refused without waiting for more."""
+    if len(prefix) >= 1 and prefix[0] != CONTENT_TYPE_HANDSHAKE:
+        raise ClientHelloError(f"not a TLS handshake record (content type {prefix[0]})")
+    if len(prefix) >= 2 and prefix[1] != 3:
+        raise ClientHelloError(f"unsupported record version {prefix[1]}")
+
+
+class _Reader:
+    """Bounds-checked reads over one byte string; every overrun is a ClientHelloError."""
+
+    __slots__ = ("data", "end", "pos")
+
+    def __init__(self, data: bytes, pos: int = 0, end: int | None = None) -> None:
+        self.data = data
+        self.pos = pos
+        self.end = len(data) if end is None else end
+
+    def remaining(self) -> int:
+        return self.end - self.pos
+
+    def take(self, n: int, what: str) -> bytes:
+        if n > self.end - self.pos:
+            raise ClientHelloError(f"truncated {what}")
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def uint(self, size: int, what: str) -> int:
+        return int.from_bytes(self.take(size, what))
+
+    def vector(self, length_size: int, what: str) -> _Reader:
+        length = self.uint(length_size, f"{what} length")
+        if length > self.end - self.pos:
+            raise ClientHelloError(f"truncated {what}")
+        sub = _Reader(self.data, self.pos, self.pos + length)
+        self.pos += length
+        return sub
+
+
+def _parse_body(body: bytes, consumed: int) -> ClientHello:
+    """ClientHello fields of RFC 8446 §4.1.2 (the TLS 1.2 layout of RFC 5246 §7.4.1.2 is the
+    same on the wire)."""
+    r = _Reader(body)
+    legacy_version = r.uint(2, "legacy_version")
+    r.take(32, "random")
+    if r.vector(1, "legacy_session_id").remaining() > 32:
+        raise ClientHelloError("legacy_session_id longer than 32 bytes")
+    suites = r.vector(2, "cipher_suites")
+    if suites.remaining() < 2 or suites.remaining() % 2:
+        raise ClientHelloError("invalid cipher_suites length")
+    if r.vector(1, "legacy_compression_methods").remaining() < 1:
+        raise ClientHelloError("empty legacy_compression_methods")
+    server_name: str | None = None
+    alpn: tuple[bytes, ...] = ()
+    versions: tuple[int, ...] = (legacy_version,)
+    if r.remaining():
+        extensions = r.vector(2, "extensions")
+        if r.remaining():
+            raise ClientHelloError("trailing bytes after the extensions")
+        seen: set[int] = set()
+        while extensions.remaining():
+            ext_type = extensions.uint(2, "extension type")
+            ext = extensions.vector(2, f"extension {ext_type}")
+            if ext_type in seen:  # RFC 8446 §4.2: at most one extension of each type
+                raise ClientHelloError(f"duplicate extension {ext_type}")
+            seen.add(ext_type)
+            if ext_type == EXTENSION_SERVER_NAME:
+                server_name = _server_name(ext)
+            elif ext_type == EXTENSION_ALPN:
+                alpn = _alpn(ext)
+            elif ext_type == EXTENSION_SUPPORTED_VERSIONS:
+                versions = _supported_versions(ext)
+    elif r.remaining():
+        raise ClientHelloError("trailing bytes")
+    return ClientHello(server_name=server_name, alpn=alpn, versions=versions, length=consumed)
+
+
+def _server_name(ext: _Reader) -> str | None:
+    """RFC 6066 §3: a list with at most one name per type; host_name is ASCII (A-labels)."""
+    names = ext.vector(2, "server_name_list")
+    if ext.remaining():
+        raise ClientHelloError("trailing bytes in server_name")
+    host: str | None = None
+    seen: set[int] = set()
+    while names.remaining():
+        name_type = names.uint(1, "server name type")
+        value = names.vector(2, "server name")
+        raw = value.take(value.remaining(), "server name")
+        if name_type in seen:
+            raise ClientHelloError(f"duplicate server name of type {name_type}")
+        seen.add(name_type)
+        if name_type == SERVER_NAME_HOST_NAME:
+            if not raw:
+                raise ClientHelloError("empty host_name")
+            try:
+                host = raw.decode("ascii")
+            except UnicodeDecodeError:
+                raise ClientHelloError("host_name is not ASCII") from None
+    if not seen:
+        raise ClientHelloError("empty server_name_list")
+    return host
+
+
+def _alpn(ext: _Reader) -> tuple[bytes, ...]:
+    """RFC 7301 §3.1: a non-empty list of non-empty protocol names."""
+    names = ext.vector(2, "protocol_name_list")
+    protocols = []
+    while names.remaining():
+        name = names.vector(1, "protocol name")
+        if not name.remaining():
+            raise ClientHelloError("empty ALPN protocol name")
+        protocols.append(name.take(name.remaining(), "protocol name"))
+    if not protocols:
+        raise ClientHelloError("empty ALPN list")
+    return tuple(protocols)
+
+
+def _supported_versions(ext: _Reader) -> tuple[int, ...]:
+    versions = ext.vector(1, "supported_versions")
+    if versions.remaining() < 2 or versions.remaining() % 2:
+        raise ClientHelloError("invalid supported_versions length")
+    return tuple(versions.uint(2, "version") for _ in range(versions.remaining() // 2))

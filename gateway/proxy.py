@@ -1,0 +1,246 @@
+"""One client connection end to end: ClientHello, route, connect, relay, one log line.
+
+I/O. The routing decision is made from the raw ClientHello before any TLS code runs; a rejected
+connection is closed without an alert or a handshake (SPEC.md §10.3). The snapshot is read once,
+after the hello, and kept for the connection's life. Nothing raised here reaches the listener:
+`handle` is the per-connection boundary.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+import socket
+import time
+from collections.abc import Callable
+
+import attrs
+import trio
+
+from gateway.clienthello import MAX_HELLO_BYTES, ClientHelloError, parse_client_hello
+from gateway.relay import SPLICE_AVAILABLE, PipePool, Transfer, relay
+from gateway.routing import Backend, Endpoint, Rejected, Routed, Snapshot
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("tlsgate.access")
+
+#: Endpoints of one backend tried per connection before the client is closed.
+CONNECT_ATTEMPTS = 3
+#: Expected ways for a connection to fail: one log line, no traceback.
+EXPECTED_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+@attrs.frozen(kw_only=True)
+class ProxyConfig:
+    hello_timeout: float = 10.0
+    connect_timeout: float = 5.0
+    idle_timeout: float = 3600.0
+    max_hello_bytes: int = MAX_HELLO_BYTES
+    splice: bool = SPLICE_AVAILABLE
+    #: Seed of the weighted backend choice; tests fix it so that weight checks are exact.
+    seed: int | None = None
+
+
+@attrs.define
+class Connection:
+    """What one access-log line says about a connection."""
+
+    client: str
+    bind: tuple[str, int]
+    started: float = attrs.field(factory=time.monotonic)
+    sni: str | None = None
+    listener: str = "-"
+    route: str = "-"
+    backend: str = "-"
+    endpoint: str = "-"
+    outcome: str = "closed"
+    detail: str = ""
+    transfer: Transfer | None = None
+
+    def line(self) -> str:
+        up = self.transfer.up if self.transfer else 0
+        down = self.transfer.down if self.transfer else 0
+        fields = [
+            f"client={self.client}",
+            f"bind={self.bind[0]}:{self.bind[1]}",
+            f"sni={self.sni or '-'}",
+            f"listener={self.listener}",
+            f"route={self.route}",
+            f"backend={self.backend}",
+            f"endpoint={self.endpoint}",
+            f"bytes_up={up}",
+            f"bytes_down={down}",
+            f"duration={time.monotonic() - self.started:.3f}",
+            f"outcome={self.outcome}",
+        ]
+        if self.detail:
+            fields.append(f"detail={self.detail!r}")
+        return " ".join(fields)
+
+
+class Proxy:
+    """The data plane's per-process context: configuration, the snapshot source, endpoint
+    round robin, the pipe pool, and the count of live connections."""
+
+    def __init__(
+        self, snapshot: Callable[[], Snapshot], config: ProxyConfig, pool: PipePool | None = None
+    ) -> None:
+        self._snapshot = snapshot
+        self.config = config
+        self._rng = random.Random(config.seed)
+        self.pool = pool if pool is not None else (PipePool() if config.splice else None)
+        self._next: dict[str, int] = {}
+        self.active = 0
+        self.idle = trio.Event()
+        self.idle.set()
+
+    async def handle(self, stream: trio.SocketStream, bind: tuple[str, int]) -> None:
+        """Serve one accepted connection; never raises (ARCHITECTURE.md "Errors")."""
+        self._enter()
+        conn = Connection(client=_peer(stream), bind=bind)
+        try:
+            await self._serve(stream, conn)
+        except EXPECTED_ERRORS as exc:
+            conn.outcome = conn.outcome if conn.outcome != "closed" else "error"
+            conn.detail = conn.detail or f"{type(exc).__name__}: {exc}"
+        except trio.Cancelled:
+            conn.outcome = "shutdown"
+            raise
+        except Exception as exc:  # the one broad except: a bug must not stop the server
+            conn.outcome = "internal-error"
+            log.exception("unexpected error on connection from %s", conn.client)
+            conn.detail = type(exc).__name__
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            access_log.info("%s", conn.line())
+            self._leave()
+
+    def _enter(self) -> None:
+        if self.active == 0:
+            self.idle = trio.Event()
+        self.active += 1
+
+    def _leave(self) -> None:
+        self.active -= 1
+        if self.active == 0:
+            self.idle.set()
+
+    async def _serve(self, client: trio.SocketStream, conn: Connection) -> None:
+        hello_bytes = await self._read_hello(client, conn)
+        if hello_bytes is None:
+            return
+        decision = self._snapshot().lookup(conn.bind[0], conn.bind[1], conn.sni)
+        if isinstance(decision, Rejected):
+            if decision.listener is not None:
+                conn.listener = f"{decision.listener.gateway}/{decision.listener.name}"
+            conn.outcome, conn.detail = f"rejected-{decision.reason}", decision.message
+            return
+        conn.listener = f"{decision.listener.gateway}/{decision.listener.name}"
+        conn.route = decision.target.route
+        if decision.listener.mode != "Passthrough":
+            conn.outcome = "rejected-terminate-unavailable"
+            conn.detail = "Terminate listeners are not served by this build"
+            return
+        backend = decision.target.choose(self._rng.randrange(decision.target.total_weight))
+        conn.backend = backend.name
+        if backend.reject is not None:
+            # An invalid backend keeps its share of the weight: that share is closed (§10.4).
+            conn.outcome, conn.detail = "rejected-invalid-backend", backend.reject
+            return
+        upstream = await self._connect(backend, conn)
+        if upstream is None:
+            return
+        async with upstream:
+            await self._relay(client, upstream, hello_bytes, conn, decision)
+
+    async def _read_hello(self, client: trio.SocketStream, conn: Connection) -> bytes | None:
+        buffer = bytearray()
+        # Records add 5 bytes each: allow for a hello fragmented into 512-byte records.
+        limit = self.config.max_hello_bytes + self.config.max_hello_bytes // 100 + 64
+        with trio.move_on_after(self.config.hello_timeout) as timeout:
+            while True:
+                chunk = await client.receive_some(16384)
+                if not chunk:
+                    conn.outcome = "client-closed"
+                    return None
+                buffer += chunk
+                try:
+                    hello = parse_client_hello(buffer, self.config.max_hello_bytes)
+                except ClientHelloError as exc:
+                    conn.outcome, conn.detail = "rejected-not-tls", str(exc)
+                    return None
+                if hello is not None:
+                    conn.sni = hello.server_name
+                    return bytes(buffer)
+                if len(buffer) > limit:
+                    conn.outcome, conn.detail = "rejected-not-tls", "ClientHello too large"
+                    return None
+        assert timeout.cancelled_caught
+        conn.outcome = "hello-timeout"
+        return None
+
+    async def _connect(self, backend: Backend, conn: Connection) -> trio.SocketStream | None:
+        """Round robin over ready endpoints; on failure try the next, up to CONNECT_ATTEMPTS."""
+        endpoints = backend.endpoints
+        start = self._next.get(backend.name, 0)
+        self._next[backend.name] = start + 1
+        errors = []
+        for attempt in range(min(CONNECT_ATTEMPTS, len(endpoints))):
+            endpoint = endpoints[(start + attempt) % len(endpoints)]
+            conn.endpoint = str(endpoint)
+            with trio.move_on_after(self.config.connect_timeout):
+                try:
+                    return await _open(endpoint)
+                except OSError as exc:
+                    errors.append(f"{endpoint}: {exc.strerror or exc}")
+                    continue
+            errors.append(f"{endpoint}: timed out")
+        conn.outcome = "connect-failed"
+        conn.detail = "; ".join(errors) or "no endpoint"
+        return None
+
+    async def _relay(
+        self,
+        client: trio.SocketStream,
+        upstream: trio.SocketStream,
+        hello_bytes: bytes,
+        conn: Connection,
+        decision: Routed,
+    ) -> None:
+        del decision  # passthrough needs nothing more from the table
+        conn.transfer = Transfer(idle_timeout=self.config.idle_timeout)
+        # The buffered hello goes first, verbatim: the backend sees the client's own SNI.
+        await upstream.send_all(hello_bytes)
+        conn.transfer.up += len(hello_bytes)
+        await relay(client, upstream, conn.transfer, self.pool)
+        if conn.transfer.scope.cancelled_caught:
+            conn.outcome = "idle-timeout"
+
+
+async def _open(endpoint: Endpoint) -> trio.SocketStream:
+    try:
+        family = (
+            socket.AF_INET6
+            if ipaddress.ip_address(endpoint.address).version == 6
+            else socket.AF_INET
+        )
+    except ValueError:
+        # An FQDN endpoint, resolved now (API.md: a docker-compose service name works).
+        return await trio.open_tcp_stream(endpoint.address, endpoint.port)
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        await sock.connect((endpoint.address, endpoint.port))
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "-"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

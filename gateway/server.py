@@ -1,0 +1,234 @@
+"""`tlsgate serve`: the composition root. Loads the configuration, binds and reconciles the
+listeners, serves connections, and shuts down gracefully.
+
+I/O. One Trio nursery holds the live connections; another holds one accept task per bound
+(address, port). A configuration change cancels only the accept tasks of binds that went away
+(their sockets close), so connections already relayed keep running (ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import resource
+import signal
+import socket
+import uuid
+from collections.abc import Sequence
+
+import attrs
+import trio
+
+from gateway import metadata
+from gateway.convert import Invalid, structure_document
+from gateway.kinds import Document, ObjectKey, key_of
+from gateway.manifests import parse_documents
+from gateway.proxy import Proxy, ProxyConfig
+from gateway.relay import PipePool
+from gateway.state import State, utc_now
+
+log = logging.getLogger(__name__)
+
+#: File descriptors kept free for listeners, the admin API, logs and the like.
+FD_RESERVE = 256
+#: Accept errors that mean "out of resources for now": wait and retry, never die of EMFILE.
+_TRANSIENT_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+#: How often a failed bind is retried while no configuration change happens.
+BIND_RETRY_SECONDS = 5.0
+
+
+class BootstrapError(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def load_bootstrap(paths: Sequence[str]) -> list[Document]:
+    """Admit every document of the bootstrap files, all or nothing: a typo must stop the start
+    rather than leave a partial configuration running."""
+    admitted: dict[ObjectKey, Document] = {}
+    problems: list[str] = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                raw_documents = parse_documents(handle.read())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            problems.append(f"{path}: {exc}")
+            continue
+        for index, raw in enumerate(raw_documents):
+            try:
+                doc = structure_document(raw)
+            except Invalid as exc:
+                problems.append(f"{path} document {index + 1}: {exc.message}")
+                continue
+            key = key_of(doc)
+            admitted[key] = metadata.assign(
+                doc,
+                previous=admitted.get(key),
+                uid=str(uuid.uuid4()),
+                now=utc_now(),
+                resource_version="1",
+            )
+    if problems:
+        raise BootstrapError(problems)
+    return list(admitted.values())
+
+
+def connection_limit(reserve_pipes: int) -> int:
+    """Concurrent connections the file-descriptor limit allows: two sockets each, after the
+    reserve and the pipe pool. Above it new connections are closed at once."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(16, (soft - FD_RESERVE - 2 * reserve_pipes) // 2)
+
+
+@attrs.frozen(kw_only=True)
+class ServeConfig:
+    bootstrap: tuple[str, ...] = ()
+    bind_address: str = "0.0.0.0"
+    drain_timeout: float = 30.0
+    proxy: ProxyConfig = attrs.Factory(ProxyConfig)
+    max_connections: int | None = None
+    backlog: int = 4096
+
+
+class Listeners:
+    """Keeps one listening socket per (address, port) of the snapshot."""
+
+    def __init__(
+        self, state: State, proxy: Proxy, connections: trio.Nursery, limit: int, backlog: int
+    ) -> None:
+        self.state = state
+        self.proxy = proxy
+        self.connections = connections
+        self.limit = limit
+        self.backlog = backlog
+        self.bound: dict[tuple[str, int], trio.CancelScope] = {}
+        self.over_capacity = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            generation = -1
+            while True:
+                await self.reconcile(nursery)
+                generation = self.state.generation
+                if task_status is not trio.TASK_STATUS_IGNORED:
+                    task_status.started()
+                    task_status = trio.TASK_STATUS_IGNORED
+                with trio.move_on_after(
+                    BIND_RETRY_SECONDS if self.state.bind_failures else float("inf")
+                ):
+                    await self.state.wait_changed(generation)
+
+    async def reconcile(self, nursery: trio.Nursery) -> None:
+        wanted = set(self.state.snapshot.binds)
+        for key in set(self.bound) - wanted:
+            self.bound.pop(key).cancel()  # closes the socket; live connections are untouched
+            log.info("listener closed address=%s port=%d", *key)
+        failures: dict[tuple[str, int], str] = {}
+        for key in sorted(wanted - set(self.bound)):
+            try:
+                sock = await _bind(key, self.backlog)
+            except OSError as exc:
+                failures[key] = exc.strerror or str(exc)
+                log.warning("cannot bind address=%s port=%d: %s", key[0], key[1], failures[key])
+                continue
+            scope = trio.CancelScope()
+            self.bound[key] = scope
+            nursery.start_soon(self._accept, sock, key, scope)
+            log.info("listener bound address=%s port=%d", *key)
+        self.state.set_bind_failures(failures)
+
+    async def _accept(
+        self, sock: trio.socket.SocketType, key: tuple[str, int], scope: trio.CancelScope
+    ) -> None:
+        with scope, sock:
+            while True:
+                try:
+                    conn, _ = await sock.accept()
+                except OSError as exc:
+                    if exc.errno in _TRANSIENT_ACCEPT_ERRORS:
+                        log.warning("accept on %s:%d: %s; retrying", key[0], key[1], exc.strerror)
+                        await trio.sleep(0.1)
+                        continue
+                    raise
+                if self.proxy.active >= self.limit:
+                    self.over_capacity += 1
+                    conn.close()
+                    continue
+                self.connections.start_soon(self.proxy.handle, trio.SocketStream(conn), key)
+
+
+async def _bind(key: tuple[str, int], backlog: int) -> trio.socket.SocketType:
+    address, port = key
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        await sock.bind((address, port))
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve(
+    config: ServeConfig,
+    state: State | None = None,
+    *,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run until cancelled or until SIGTERM/SIGINT, then drain (see `Server.shutdown`)."""
+    server = Server(config, state)
+    await server.run(task_status=task_status)
+
+
+class Server:
+    def __init__(self, config: ServeConfig, state: State | None = None) -> None:
+        self.config = config
+        self.state = state or State(bind_address=config.bind_address)
+        self.proxy = Proxy(
+            lambda: self.state.snapshot, config.proxy, PipePool() if config.proxy.splice else None
+        )
+        limit = config.max_connections or connection_limit(
+            self.proxy.pool.limit if self.proxy.pool else 0
+        )
+        self.limit = limit
+        self._stop = trio.Event()
+        self.listeners: Listeners | None = None
+
+    def shutdown(self) -> None:
+        self._stop.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as connections:
+                self.listeners = Listeners(
+                    self.state, self.proxy, connections, self.limit, self.config.backlog
+                )
+                async with trio.open_nursery() as control:
+                    await control.start(self.listeners.run)
+                    control.start_soon(self._signals)
+                    task_status.started(self)
+                    await self._stop.wait()
+                    log.info(
+                        "shutting down: no new connections; draining %d for up to %.0fs",
+                        self.proxy.active,
+                        self.config.drain_timeout,
+                    )
+                    control.cancel_scope.cancel()  # closes every listening socket
+                with trio.move_on_after(self.config.drain_timeout):
+                    await self.proxy.idle.wait()
+                if self.proxy.active:
+                    log.info("drain timeout: closing %d connections", self.proxy.active)
+                connections.cancel_scope.cancel()
+        finally:
+            if self.proxy.pool is not None:
+                self.proxy.pool.close()
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("received %s", signal.Signals(signum).name)
+                self.shutdown()
+                return

@@ -1,0 +1,89 @@
+"""The one owner of mutable state: the documents in force, the runtime facts, and the snapshot.
+
+Every change goes through `State`, which rebuilds synchronously (`translate` is pure) and swaps
+one reference: nothing awaits between compute and swap, so under Trio a connection sees the old
+table or the new one, never a mix (ARCHITECTURE.md "Compute then swap").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+
+import trio
+
+from gateway.kinds import Document, ObjectKey, key_of
+from gateway.resources import Resources
+from gateway.routing import Snapshot
+from gateway.runtime import Runtime
+from gateway.tls import load_facts
+from gateway.translate import translate
+
+log = logging.getLogger(__name__)
+
+RFC3339 = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime(RFC3339)
+
+
+class State:
+    def __init__(self, *, bind_address: str = "0.0.0.0") -> None:
+        self.bind_address = bind_address
+        self.documents: dict[ObjectKey, Document] = {}
+        self.bind_failures: dict[tuple[str, int], str] = {}
+        self._generation = 0
+        self._changed = trio.Event()
+        self.snapshot: Snapshot = self._build()
+
+    @property
+    def generation(self) -> int:
+        return self.snapshot.generation
+
+    def replace_documents(self, documents: Iterable[Document]) -> Snapshot:
+        """Swap in a whole new document set (bootstrap, a store reload)."""
+        self.documents = {key_of(doc): doc for doc in documents}
+        return self.rebuild()
+
+    def put(self, documents: Iterable[Document], deleted: Iterable[ObjectKey] = ()) -> Snapshot:
+        """Apply committed writes and deletions, then rebuild once."""
+        for doc in documents:
+            self.documents[key_of(doc)] = doc
+        for key in deleted:
+            self.documents.pop(key, None)
+        return self.rebuild()
+
+    def set_bind_failures(self, failures: Mapping[tuple[str, int], str]) -> None:
+        """Runtime facts from the listeners; a rebuild only when they changed."""
+        if dict(failures) != self.bind_failures:
+            self.bind_failures = dict(failures)
+            self.rebuild()
+
+    def rebuild(self) -> Snapshot:
+        self.snapshot = self._build()  # the swap: one assignment, no await before it
+        changed, self._changed = self._changed, trio.Event()
+        changed.set()
+        return self.snapshot
+
+    def _build(self) -> Snapshot:
+        self._generation += 1
+        resources = Resources.of(self.documents.values())
+        secrets, bundles = load_facts(resources)
+        previous = self.snapshot.statuses if hasattr(self, "snapshot") else {}
+        runtime = Runtime(
+            now=utc_now(),
+            bind_address=self.bind_address,
+            bind_failures=self.bind_failures,
+            secrets=secrets,
+            ca_bundles=bundles,
+            previous=previous,
+        )
+        return translate(resources, runtime, generation=self._generation)
+
+    async def wait_changed(self, generation: int) -> Snapshot:
+        """Block until the snapshot is newer than `generation`."""
+        while self.snapshot.generation == generation:
+            await self._changed.wait()
+        return self.snapshot
