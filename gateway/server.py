@@ -89,19 +89,27 @@ class ServeConfig:
     proxy: ProxyConfig = attrs.Factory(ProxyConfig)
     max_connections: int | None = None
     backlog: int = 4096
+    #: How often a failed bind is retried while no configuration change happens.
+    bind_retry: float = BIND_RETRY_SECONDS
 
 
 class Listeners:
     """Keeps one listening socket per (address, port) of the snapshot."""
 
     def __init__(
-        self, state: State, proxy: Proxy, connections: trio.Nursery, limit: int, backlog: int
+        self,
+        state: State,
+        proxy: Proxy,
+        connections: trio.Nursery,
+        limit: int,
+        config: ServeConfig,
     ) -> None:
         self.state = state
         self.proxy = proxy
         self.connections = connections
         self.limit = limit
-        self.backlog = backlog
+        self.backlog = config.backlog
+        self.bind_retry = config.bind_retry
         self.bound: dict[tuple[str, int], trio.CancelScope] = {}
         self.over_capacity = 0
 
@@ -115,7 +123,7 @@ class Listeners:
                     task_status.started()
                     task_status = trio.TASK_STATUS_IGNORED
                 with trio.move_on_after(
-                    BIND_RETRY_SECONDS if self.state.bind_failures else float("inf")
+                    self.bind_retry if self.state.bind_failures else float("inf")
                 ):
                     await self.state.wait_changed(generation)
 
@@ -204,7 +212,7 @@ class Server:
         try:
             async with trio.open_nursery() as connections:
                 self.listeners = Listeners(
-                    self.state, self.proxy, connections, self.limit, self.config.backlog
+                    self.state, self.proxy, connections, self.limit, self.config
                 )
                 async with trio.open_nursery() as control:
                     await control.start(self.listeners.run)

@@ -7,7 +7,7 @@ import json
 import os
 import socket
 import ssl
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -246,3 +246,11 @@ async def handshake_outcome(
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+async def wait_until(condition: Callable[[], bool], seconds: float = 5) -> None:
+    """Poll an outside condition (a port listening, a status) with a deadline; for what the
+    test can wait on directly, it waits on an event instead."""
+    with trio.fail_after(seconds):
+        while not condition():  # noqa: ASYNC110 (nothing to wait on: the condition is outside)
+            await trio.sleep(0.02)

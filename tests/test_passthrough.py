@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from gateway.server import Server
+
 from .harness import (
     Pki,
     backends,
@@ -32,24 +34,35 @@ def pki(tmp_path: Path) -> Pki:
 @pytest.mark.parametrize("splice", [True, False], ids=["splice", "copy"])
 async def test_exact_and_wildcard_sni_reach_their_backends(pki: Pki, splice: bool) -> None:
     port = free_port()
-    with backends(pki, ("db", ["db.example.com"]), ("web", ["*.example.com", "*.b.example.com"])) as (db, web):
-        manifests = (gateway_yaml(port) + service_yaml("db", db.port)
-                     + service_yaml("web", web.port)
-                     + route_yaml("db", ["db.example.com"], [("db", 1)])
-                     + route_yaml("web", ["*.example.com"], [("web", 1)]))
+    with backends(
+        pki, ("db", ["db.example.com"]), ("web", ["*.example.com", "*.b.example.com"])
+    ) as (db, web):
+        manifests = (
+            gateway_yaml(port)
+            + service_yaml("db", db.port)
+            + service_yaml("web", web.port)
+            + route_yaml("db", ["db.example.com"], [("db", 1)])
+            + route_yaml("web", ["*.example.com"], [("web", 1)])
+        )
         async with running_gateway(manifests, splice=splice):
             with trio.fail_after(10):
                 # The client verifies the backend's own certificate: nothing was terminated.
                 async with tls_client(port, "db.example.com", pki.client_context()) as client:
-                    assert await client.test() == {"backend": "db", "sni": "db.example.com",
-                                                   "tls": True}
+                    assert await client.test() == {
+                        "backend": "db",
+                        "sni": "db.example.com",
+                        "tls": True,
+                    }
                     assert await client.call("PING") == "PONG"
                 async with tls_client(port, "a.b.example.com", pki.client_context()) as client:
                     assert (await client.test())["backend"] == "web"
                 async with tls_client(port, "WWW.Example.COM", pki.client_context()) as client:
                     # Routed case-insensitively; the backend sees the SNI as the client sent it.
-                    assert await client.test() == {"backend": "web", "sni": "WWW.Example.COM",
-                                                   "tls": True}
+                    assert await client.test() == {
+                        "backend": "web",
+                        "sni": "WWW.Example.COM",
+                        "tls": True,
+                    }
 
 
 async def test_most_specific_listener_wins_and_there_is_no_fallback(pki: Pki) -> None:
@@ -64,40 +77,49 @@ async def test_most_specific_listener_wins_and_there_is_no_fallback(pki: Pki) ->
 """
     names = ["*.example.com", "*.internal.example.com"]
     with backends(pki, ("wide", names), ("deep", names), ("exact", names)) as (wide, deep, exact):
-        manifests = (gateway_yaml(port, listeners)
-                     + service_yaml("wide", wide.port) + service_yaml("deep", deep.port)
-                     + service_yaml("exact", exact.port)
-                     + route_yaml("wide", ["*.example.com"], [("wide", 1)], section="wide")
-                     + route_yaml("deep", ["db.internal.example.com"], [("deep", 1)],
-                                  section="deep")
-                     + route_yaml("exact", ["api.internal.example.com"], [("exact", 1)],
-                                  section="exact"))
+        manifests = (
+            gateway_yaml(port, listeners)
+            + service_yaml("wide", wide.port)
+            + service_yaml("deep", deep.port)
+            + service_yaml("exact", exact.port)
+            + route_yaml("wide", ["*.example.com"], [("wide", 1)], section="wide")
+            + route_yaml("deep", ["db.internal.example.com"], [("deep", 1)], section="deep")
+            + route_yaml("exact", ["api.internal.example.com"], [("exact", 1)], section="exact")
+        )
         async with running_gateway(manifests):
             with trio.fail_after(10):
-                for sni, expected in [("api.internal.example.com", "exact"),
-                                      ("db.internal.example.com", "deep"),
-                                      ("www.example.com", "wide")]:
+                for sni, expected in [
+                    ("api.internal.example.com", "exact"),
+                    ("db.internal.example.com", "deep"),
+                    ("www.example.com", "wide"),
+                ]:
                     async with tls_client(port, sni, pki.client_context()) as client:
                         assert (await client.test())["backend"] == expected, sni
                 # *.internal.example.com is the most specific listener for this name, and has
                 # no route for it: rejected, not handed to the *.example.com listener.
-                outcome = await handshake_outcome(port, "other.internal.example.com",
-                                                  pki.client_context())
+                outcome = await handshake_outcome(
+                    port, "other.internal.example.com", pki.client_context()
+                )
                 assert outcome in ("eof", "reset")
 
 
 async def test_rejections_close_during_the_client_handshake(pki: Pki) -> None:
     port = free_port()
     with backends(pki, ("db", ["db.example.com"])) as (db,):
-        manifests = (gateway_yaml(port) + service_yaml("db", db.port)
-                     + route_yaml("db", ["db.example.com"], [("db", 1)]))
+        manifests = (
+            gateway_yaml(port)
+            + service_yaml("db", db.port)
+            + route_yaml("db", ["db.example.com"], [("db", 1)])
+        )
         async with running_gateway(manifests):
             with trio.fail_after(10):
                 context = pki.client_context()
                 context.check_hostname = False
                 assert await handshake_outcome(port, None, context) in ("eof", "reset")
                 assert await handshake_outcome(port, "unknown.example.com", context) in (
-                    "eof", "reset")
+                    "eof",
+                    "reset",
+                )
                 http = b"GET / HTTP/1.1\r\nHost: db.example.com\r\n\r\n"
                 assert await handshake_outcome(port, None, context, payload=http) == "eof"
                 garbage = bytes(range(256)) * 4
@@ -130,18 +152,22 @@ async def test_weights_split_traffic_and_invalid_share_is_rejected(pki: Pki) -> 
     port = free_port()
     names = ["db.example.com", "half.example.com"]
     with backends(pki, ("eighty", names), ("twenty", names)) as (eighty, twenty):
-        manifests = (gateway_yaml(port) + service_yaml("eighty", eighty.port)
-                     + service_yaml("twenty", twenty.port)
-                     + route_yaml("split", ["db.example.com"], [("eighty", 80), ("twenty", 20)])
-                     + route_yaml("half", ["half.example.com"],
-                                  [("eighty", 1), ("does-not-exist", 1)]))
+        manifests = (
+            gateway_yaml(port)
+            + service_yaml("eighty", eighty.port)
+            + service_yaml("twenty", twenty.port)
+            + route_yaml("split", ["db.example.com"], [("eighty", 80), ("twenty", 20)])
+            + route_yaml("half", ["half.example.com"], [("eighty", 1), ("does-not-exist", 1)])
+        )
         async with running_gateway(manifests, seed=2024):
             context = pki.client_context()
             with trio.fail_after(120):
                 counts = collections.Counter(
-                    [await _greeted_by(port, "db.example.com", context) for _ in range(500)])
+                    [await _greeted_by(port, "db.example.com", context) for _ in range(500)]
+                )
                 half = collections.Counter(
-                    [await _greeted_by(port, "half.example.com", context) for _ in range(200)])
+                    [await _greeted_by(port, "half.example.com", context) for _ in range(200)]
+                )
     assert set(counts) == {"eighty", "twenty"}
     assert abs(counts["eighty"] - 400) <= 25, counts  # 80/20 within +-5 % of 500
     assert set(half) == {"eighty", "rejected"}
@@ -152,28 +178,35 @@ async def test_dead_endpoint_is_skipped_and_all_dead_closes_promptly(pki: Pki) -
     port = free_port()
     dead_a, dead_b = free_port(), free_port()  # nothing listens there: connection refused
     with backends(pki, ("alive", ["db.example.com", "dead.example.com"])) as (alive,):
-        manifests = (gateway_yaml(port)
-                     + service_yaml("mixed", dead_a, alive.port, dead_b)
-                     + service_yaml("dead", dead_a, dead_b)
-                     + route_yaml("db", ["db.example.com"], [("mixed", 1)])
-                     + route_yaml("dead", ["dead.example.com"], [("dead", 1)]))
+        manifests = (
+            gateway_yaml(port)
+            + service_yaml("mixed", dead_a, alive.port, dead_b)
+            + service_yaml("dead", dead_a, dead_b)
+            + route_yaml("db", ["db.example.com"], [("mixed", 1)])
+            + route_yaml("dead", ["dead.example.com"], [("dead", 1)])
+        )
         async with running_gateway(manifests):
             with trio.fail_after(20):
                 # Round robin starts at each endpoint in turn; every try reaches `alive`.
                 for _ in range(6):
-                    assert await _greeted_by(port, "db.example.com",
-                                             pki.client_context()) == "alive"
+                    assert (
+                        await _greeted_by(port, "db.example.com", pki.client_context()) == "alive"
+                    )
                 started = trio.current_time()
-                assert await _greeted_by(port, "dead.example.com",
-                                         pki.client_context()) == "rejected"
+                assert (
+                    await _greeted_by(port, "dead.example.com", pki.client_context()) == "rejected"
+                )
                 assert trio.current_time() - started < 5
 
 
 async def test_backend_reset_closes_the_client_and_leaks_nothing(pki: Pki) -> None:
     port = free_port()
     with backends(pki, ("db", ["db.example.com"])) as (db,):
-        manifests = (gateway_yaml(port) + service_yaml("db", db.port)
-                     + route_yaml("db", ["db.example.com"], [("db", 1)]))
+        manifests = (
+            gateway_yaml(port)
+            + service_yaml("db", db.port)
+            + route_yaml("db", ["db.example.com"], [("db", 1)])
+        )
         async with running_gateway(manifests) as server:
             context = pki.client_context()
 
@@ -193,18 +226,19 @@ async def test_backend_reset_closes_the_client_and_leaks_nothing(pki: Pki) -> No
                 assert open_fds() <= baseline
 
 
-async def _wait_idle(server: object) -> None:
-    proxy = server.proxy  # type: ignore[attr-defined]
+async def _wait_idle(server: Server) -> None:
     with trio.fail_after(10):
-        while proxy.active:
-            await trio.sleep(0.01)
+        await server.proxy.idle.wait()
 
 
 async def test_silent_client_times_out_while_others_are_served(pki: Pki) -> None:
     port = free_port()
     with backends(pki, ("db", ["db.example.com"])) as (db,):
-        manifests = (gateway_yaml(port) + service_yaml("db", db.port)
-                     + route_yaml("db", ["db.example.com"], [("db", 1)]))
+        manifests = (
+            gateway_yaml(port)
+            + service_yaml("db", db.port)
+            + route_yaml("db", ["db.example.com"], [("db", 1)])
+        )
         async with running_gateway(manifests, hello_timeout=0.5):
             with trio.fail_after(10):
                 silent = await trio.open_tcp_stream("127.0.0.1", port)
@@ -220,8 +254,11 @@ async def test_silent_client_times_out_while_others_are_served(pki: Pki) -> None
 async def test_bulk_both_ways_and_half_close(pki: Pki, splice: bool) -> None:
     port = free_port()
     with backends(pki, ("db", ["db.example.com"])) as (db,):
-        manifests = (gateway_yaml(port) + service_yaml("db", db.port)
-                     + route_yaml("db", ["db.example.com"], [("db", 1)]))
+        manifests = (
+            gateway_yaml(port)
+            + service_yaml("db", db.port)
+            + route_yaml("db", ["db.example.com"], [("db", 1)])
+        )
         async with running_gateway(manifests, splice=splice):
             with trio.fail_after(30):
                 size = 8 * 1024 * 1024 + 17
@@ -241,6 +278,7 @@ async def test_bulk_both_ways_and_half_close(pki: Pki, splice: bool) -> None:
                     await client.stream.send_all(b"SINK\n" + b"y" * size)
                     # Half-close the TCP connection under TLS: the gateway must carry the FIN to
                     # the backend and still relay its answer back.
+                    assert isinstance(client.stream, trio.SSLStream)
                     transport = client.stream.transport_stream
                     assert isinstance(transport, trio.SocketStream)
                     await transport.send_eof()

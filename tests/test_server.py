@@ -1,0 +1,313 @@
+"""The listeners and the process: reconciliation, bind failures, limits, real clients
+(openssl s_client, curl) and graceful shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from gateway.kinds import ObjectKey
+from gateway.status import GatewayStatus
+
+from .harness import (
+    Pki,
+    backends,
+    free_port,
+    gateway_yaml,
+    handshake_outcome,
+    route_yaml,
+    running_gateway,
+    service_yaml,
+    tls_client,
+    wait_until,
+)
+from .helpers import World
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return Pki(tmp_path)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def test_listeners_follow_the_configuration_and_live_connections_survive(pki: Pki) -> None:
+    port, extra = free_port(), free_port()
+    with backends(pki, ("db", ["db.example.com"])) as (db,):
+        base = service_yaml("db", db.port) + route_yaml("db", ["db.example.com"], [("db", 1)])
+        async with running_gateway(gateway_yaml(port) + base) as server:
+            with trio.fail_after(20):
+                async with tls_client(port, "db.example.com", pki.client_context()) as held:
+                    assert await held.call("PING") == "PONG"
+                    # A second listener appears with the configuration...
+                    two = f"""
+  - {{name: tls, port: {port}, protocol: TLS, tls: {{mode: Passthrough}},
+     allowedRoutes: {{namespaces: {{from: All}}}}}}
+  - {{name: extra, port: {extra}, protocol: TLS, tls: {{mode: Passthrough}},
+     allowedRoutes: {{namespaces: {{from: All}}}}}}
+"""
+                    world = World()
+                    world.apply(gateway_yaml(port, two) + base)
+                    server.state.replace_documents(world.docs.values())
+                    await wait_until(lambda: _listening(extra))
+                    async with tls_client(extra, "db.example.com", pki.client_context()) as c:
+                        assert await c.call("PING") == "PONG"
+                    # ...and every listener goes away with the Gateway, without a restart.
+                    server.state.put([], deleted=[ObjectKey("Gateway", "infra", "gw")])
+                    await wait_until(lambda: not _listening(port) and not _listening(extra))
+                    # The relayed connection is untouched (ARCHITECTURE.md).
+                    assert await held.call("ECHO still here") == "still here"
+
+
+async def test_bind_failure_is_reported_and_retried() -> None:
+    port = free_port()
+    blocker = socket.socket()
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    blocker.bind(("127.0.0.1", port))
+    blocker.listen()
+    async with running_gateway(gateway_yaml(port), bind_retry=0.1) as server:
+        key = ObjectKey("Gateway", "infra", "gw")
+
+        def listener_reason() -> str:
+            status = server.state.snapshot.statuses[key]
+            assert isinstance(status, GatewayStatus)
+            return next(c.reason for c in status.listeners[0].conditions if c.type == "Accepted")
+
+        await wait_until(lambda: listener_reason() == "PortUnavailable")
+        assert server.state.snapshot.binds[("127.0.0.1", port)].error
+        blocker.close()
+        await wait_until(lambda: listener_reason() == "Accepted")
+        assert _listening(port)
+
+
+async def test_connections_over_the_limit_are_closed_at_once(pki: Pki) -> None:
+    port = free_port()
+    with backends(pki, ("db", ["db.example.com"])) as (db,):
+        manifests = (
+            gateway_yaml(port)
+            + service_yaml("db", db.port)
+            + route_yaml("db", ["db.example.com"], [("db", 1)])
+        )
+        async with running_gateway(manifests, max_connections=2) as server:
+            with trio.fail_after(10):
+                async with (
+                    tls_client(port, "db.example.com", pki.client_context()) as one,
+                    tls_client(port, "db.example.com", pki.client_context()) as two,
+                ):
+                    assert await handshake_outcome(
+                        port, "db.example.com", pki.client_context()
+                    ) in ("eof", "reset")
+                    assert server.listeners is not None
+                    assert server.listeners.over_capacity == 1
+                    assert await one.call("PING") == await two.call("PING") == "PONG"
+                await server.proxy.idle.wait()
+                async with tls_client(port, "db.example.com", pki.client_context()) as three:
+                    assert await three.call("PING") == "PONG"
+
+
+class _Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = f"hello from https backend, sni={self.server.sni}\n".encode()  # type: ignore
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def https_backend(pki: Pki) -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
+    context = pki.backend_context("www.example.com")
+
+    def remember(tls: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
+        server.sni = name  # type: ignore[attr-defined]
+
+    context.sni_callback = remember
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+async def test_openssl_s_client_and_curl_through_the_gateway(pki: Pki, https_backend: int) -> None:
+    port = free_port()
+    manifests = (
+        gateway_yaml(port)
+        + service_yaml("www", https_backend)
+        + route_yaml("www", ["www.example.com"], [("www", 1)])
+    )
+    ca = pki.ca_file()
+    async with running_gateway(manifests):
+        with trio.fail_after(30):
+            curl = await trio.run_process(
+                [
+                    "curl",
+                    "--silent",
+                    "--show-error",
+                    "--cacert",
+                    ca,
+                    "--resolve",
+                    f"www.example.com:{port}:127.0.0.1",
+                    f"https://www.example.com:{port}/",
+                ],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            assert curl.returncode == 0, curl.stderr
+            assert curl.stdout == b"hello from https backend, sni=www.example.com\n"
+            s_client = await trio.run_process(
+                [
+                    "openssl",
+                    "s_client",
+                    "-connect",
+                    f"127.0.0.1:{port}",
+                    "-servername",
+                    "www.example.com",
+                    "-CAfile",
+                    ca,
+                    "-verify_return_error",
+                    "-brief",
+                ],
+                stdin=b"",
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            output = (s_client.stdout + s_client.stderr).decode()
+            assert s_client.returncode == 0, output
+            assert "Verification: OK" in output
+            rejected = await trio.run_process(
+                [
+                    "openssl",
+                    "s_client",
+                    "-connect",
+                    f"127.0.0.1:{port}",
+                    "-servername",
+                    "nobody.example.com",
+                    "-brief",
+                ],
+                stdin=b"",
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            assert rejected.returncode != 0  # closed during the handshake, no certificate
+
+
+@contextlib.contextmanager
+def _serve_process(bootstrap: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """`tlsgate serve` as a user runs it; killed (by PID) if the test leaves it running."""
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--bootstrap",
+            str(bootstrap),
+            "--bind-address",
+            "127.0.0.1",
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as process:
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def _wait_listening(process: subprocess.Popen[str], port: int) -> None:
+    import time
+
+    deadline = time.monotonic() + 20
+    while not _listening(port):
+        assert process.poll() is None, process.communicate()[0]
+        assert time.monotonic() < deadline, "gateway did not start"
+        time.sleep(0.05)
+
+
+async def test_sigterm_drains_live_connections_then_exits_zero(pki: Pki, tmp_path: Path) -> None:
+    port = free_port()
+    with backends(pki, ("db", ["db.example.com"])) as (db,):
+        bootstrap = tmp_path / "gateway.yaml"
+        bootstrap.write_text(
+            gateway_yaml(port)
+            + service_yaml("db", db.port)
+            + route_yaml("db", ["db.example.com"], [("db", 1)])
+        )
+        with _serve_process(bootstrap, "--drain-timeout", "20") as process:
+            await trio.to_thread.run_sync(_wait_listening, process, port)
+            with trio.fail_after(30):
+                async with tls_client(port, "db.example.com", pki.client_context()) as client:
+                    assert await client.call("PING") == "PONG"
+                    os.kill(process.pid, signal.SIGTERM)
+                    await wait_until(lambda: not _listening(port))  # stops accepting at once
+                    # The live connection keeps working during the drain.
+                    assert await client.call("ECHO draining") == "draining"
+                    await client.call("PING")
+                code = await trio.to_thread.run_sync(process.wait, 20)
+                output = process.stdout.read() if process.stdout else ""
+                assert code == 0, output
+                assert "outcome=closed" in output and "sni=db.example.com" in output
+
+
+async def test_drain_timeout_closes_the_rest(pki: Pki, tmp_path: Path) -> None:
+    port = free_port()
+    with backends(pki, ("db", ["db.example.com"])) as (db,):
+        bootstrap = tmp_path / "gateway.yaml"
+        bootstrap.write_text(
+            gateway_yaml(port)
+            + service_yaml("db", db.port)
+            + route_yaml("db", ["db.example.com"], [("db", 1)])
+        )
+        with _serve_process(bootstrap, "--drain-timeout", "0.5") as process:
+            await trio.to_thread.run_sync(_wait_listening, process, port)
+            with trio.fail_after(30):
+                async with tls_client(port, "db.example.com", pki.client_context()) as client:
+                    os.kill(process.pid, signal.SIGINT)
+                    code = await trio.to_thread.run_sync(process.wait, 20)
+                    assert code == 0
+                    with pytest.raises((trio.BrokenResourceError, EOFError)):
+                        await client.call("PING")
+
+
+def test_invalid_bootstrap_refuses_to_start(tmp_path: Path) -> None:
+    bootstrap = tmp_path / "bad.yaml"
+    bootstrap.write_text(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n"
+        "metadata: {name: gw}\nspec: {gatewayClassName: x, listeners: []}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--bootstrap", str(bootstrap)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "spec.listeners" in result.stderr
