@@ -8,12 +8,15 @@ after the hello, and kept for the connection's life. Nothing raised here reaches
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
+import os
 import random
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 import trio
@@ -46,7 +49,7 @@ class ProxyConfig:
 class Connection:
     """What one access-log line says about a connection."""
 
-    client: str
+    peer: tuple[str, int]
     bind: tuple[str, int]
     started: float = attrs.field(factory=time.monotonic)
     sni: str | None = None
@@ -61,8 +64,10 @@ class Connection:
     def line(self) -> str:
         up = self.transfer.up if self.transfer else 0
         down = self.transfer.down if self.transfer else 0
+        host, port = self.peer[:2]
+        client = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         fields = [
-            f"client={self.client}",
+            f"client={client}",
             f"bind={self.bind[0]}:{self.bind[1]}",
             f"sni={self.sni or '-'}",
             f"listener={self.listener}",
@@ -95,12 +100,14 @@ class Proxy:
         self.idle = trio.Event()
         self.idle.set()
 
-    async def handle(self, stream: trio.SocketStream, bind: tuple[str, int]) -> None:
+    async def handle(
+        self, sock: socket.socket, peer: tuple[str, int], bind: tuple[str, int]
+    ) -> None:
         """Serve one accepted connection; never raises (ARCHITECTURE.md "Errors")."""
         self._enter()
-        conn = Connection(client=_peer(stream), bind=bind)
+        conn = Connection(peer=peer, bind=bind)
         try:
-            await self._serve(stream, conn)
+            await self._serve(sock, conn)
         except EXPECTED_ERRORS as exc:
             conn.outcome = conn.outcome if conn.outcome != "closed" else "error"
             conn.detail = conn.detail or f"{type(exc).__name__}: {exc}"
@@ -109,11 +116,10 @@ class Proxy:
             raise
         except Exception as exc:  # the one broad except: a bug must not stop the server
             conn.outcome = "internal-error"
-            log.exception("unexpected error on connection from %s", conn.client)
+            log.exception("unexpected error on connection from %s", conn.peer)
             conn.detail = type(exc).__name__
         finally:
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
+            sock.close()
             access_log.info("%s", conn.line())
             self._leave()
 
@@ -127,7 +133,7 @@ class Proxy:
         if self.active == 0:
             self.idle.set()
 
-    async def _serve(self, client: trio.SocketStream, conn: Connection) -> None:
+    async def _serve(self, client: socket.socket, conn: Connection) -> None:
         hello_bytes = await self._read_hello(client, conn)
         if hello_bytes is None:
             return
@@ -152,16 +158,20 @@ class Proxy:
         upstream = await self._connect(backend, conn)
         if upstream is None:
             return
-        async with upstream:
+        with upstream:
             await self._relay(client, upstream, hello_bytes, conn, decision)
 
-    async def _read_hello(self, client: trio.SocketStream, conn: Connection) -> bytes | None:
+    async def _read_hello(self, client: socket.socket, conn: Connection) -> bytes | None:
         buffer = bytearray()
         # Records add 5 bytes each: allow for a hello fragmented into 512-byte records.
         limit = self.config.max_hello_bytes + self.config.max_hello_bytes // 100 + 64
         with trio.move_on_after(self.config.hello_timeout) as timeout:
             while True:
-                chunk = await client.receive_some(16384)
+                try:
+                    chunk = client.recv(16384)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(client)
+                    continue
                 if not chunk:
                     conn.outcome = "client-closed"
                     return None
@@ -181,7 +191,7 @@ class Proxy:
         conn.outcome = "hello-timeout"
         return None
 
-    async def _connect(self, backend: Backend, conn: Connection) -> trio.SocketStream | None:
+    async def _connect(self, backend: Backend, conn: Connection) -> socket.socket | None:
         """Round robin over ready endpoints; on failure try the next, up to CONNECT_ATTEMPTS."""
         endpoints = backend.endpoints
         start = self._next.get(backend.name, 0)
@@ -203,8 +213,8 @@ class Proxy:
 
     async def _relay(
         self,
-        client: trio.SocketStream,
-        upstream: trio.SocketStream,
+        client: socket.socket,
+        upstream: socket.socket,
         hello_bytes: bytes,
         conn: Connection,
         decision: Routed,
@@ -212,35 +222,59 @@ class Proxy:
         del decision  # passthrough needs nothing more from the table
         conn.transfer = Transfer(idle_timeout=self.config.idle_timeout)
         # The buffered hello goes first, verbatim: the backend sees the client's own SNI.
-        await upstream.send_all(hello_bytes)
+        await send_all(upstream, hello_bytes)
         conn.transfer.up += len(hello_bytes)
         await relay(client, upstream, conn.transfer, self.pool)
         if conn.transfer.scope.cancelled_caught:
             conn.outcome = "idle-timeout"
 
 
-async def _open(endpoint: Endpoint) -> trio.SocketStream:
+async def _open(endpoint: Endpoint) -> socket.socket:
+    """A non-blocking TCP connection to the endpoint; FQDN endpoints are resolved now (API.md:
+    a docker-compose service name works)."""
     try:
-        family = (
-            socket.AF_INET6
-            if ipaddress.ip_address(endpoint.address).version == 6
-            else socket.AF_INET
-        )
+        ipaddress.ip_address(endpoint.address)
+        addresses: list[tuple[int, tuple[Any, ...]]] = [
+            (
+                socket.AF_INET6 if ":" in endpoint.address else socket.AF_INET,
+                (endpoint.address, endpoint.port),
+            )
+        ]
     except ValueError:
-        # An FQDN endpoint, resolved now (API.md: a docker-compose service name works).
-        return await trio.open_tcp_stream(endpoint.address, endpoint.port)
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+        infos = await trio.socket.getaddrinfo(
+            endpoint.address, endpoint.port, type=socket.SOCK_STREAM
+        )
+        addresses = [(family, address) for family, _, _, _, address in infos]
+    error: OSError = OSError(f"{endpoint.address} did not resolve")
+    for family, address in addresses:
+        try:
+            return await _connect_one(family, address)
+        except OSError as exc:
+            error = exc
+    raise error
+
+
+async def _connect_one(family: int, address: tuple[Any, ...]) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        await sock.connect((endpoint.address, endpoint.port))
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        code = sock.connect_ex(address)
+        if code in (errno.EINPROGRESS, errno.EAGAIN):
+            await trio.lowlevel.wait_writable(sock)
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            raise OSError(code, os.strerror(code))
     except BaseException:
         sock.close()
         raise
-    return trio.SocketStream(sock)
+    return sock
 
 
-def _peer(stream: trio.SocketStream) -> str:
-    try:
-        host, port = stream.socket.getpeername()[:2]
-    except OSError:
-        return "-"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+async def send_all(sock: socket.socket, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[sock.send(view) :]
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)

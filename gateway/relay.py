@@ -1,9 +1,11 @@
 """Moving bytes between two connected sockets, both ways at once, until both sides are done.
 
-I/O. On Linux the bytes go socket -> pipe -> socket with `os.splice` and never enter Python
-(STACK-NOTES.md "Relaying bytes": ~0.25 CPU-s per GiB against ~1.1 with receive/send); the
-pipes come from a shared pool and are held only while a chunk is in flight, so an idle
-connection holds none. Elsewhere, or when splice is refused, `receive_some`/`send_all`.
+I/O. Each round first asks the kernel how much is waiting (FIONREAD). Bulk goes
+socket -> pipe -> socket with `os.splice` and never enters Python (STACK-NOTES.md "Relaying
+bytes": ~0.25 CPU-s per GiB against ~1.1 with receive/send); a small message (a handshake
+flight, a request) is cheaper as one read and one write, since a splice round costs ~30 us
+whatever its size. Pipes come from a shared, bounded pool and are held only while a chunk is in
+flight, so an idle connection holds none. Without splice every round is a read and a write.
 
 Half-close is propagated (EOF -> shutdown(SHUT_WR)); an error in either direction cancels the
 other, so both sides are torn down together (a pump left waiting leaked connections).
@@ -11,17 +13,21 @@ other, so both sides are torn down together (a pump left waiting leaked connecti
 
 from __future__ import annotations
 
+import array
 import contextlib
 import errno
 import fcntl
 import os
 import socket
+import termios
 
 import attrs
 import trio
 
-#: Bytes moved per splice round. Trio costs ~50-70 us per chunk, so larger is cheaper.
+#: Bytes moved per splice round. Trio costs ~50-70 us per round, so larger is cheaper.
 CHUNK = 1024 * 1024
+#: Below this many waiting bytes a round is a plain read and write.
+SPLICE_MIN = 64 * 1024
 SPLICE_AVAILABLE = hasattr(os, "splice")
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 
@@ -38,7 +44,10 @@ class PipePool:
         self.limit = limit
 
     async def acquire(self) -> tuple[int, int]:
-        await self._slots.acquire()
+        try:
+            self._slots.acquire_nowait()  # no scheduler pass in the common case
+        except trio.WouldBlock:
+            await self._slots.acquire()
         if self._free:
             return self._free.pop()
         try:
@@ -75,101 +84,104 @@ class Transfer:
     down: int = 0
 
     def progress(self) -> None:
-        self.scope.deadline = trio.current_time() + self.idle_timeout
+        # Moving a deadline costs trio some bookkeeping: do it at most every ~1% of the timeout.
+        deadline = trio.current_time() + self.idle_timeout
+        if deadline - self.scope.deadline > self.idle_timeout / 100:
+            self.scope.deadline = deadline
 
 
 async def relay(
-    client: trio.SocketStream, backend: trio.SocketStream, transfer: Transfer, pool: PipePool | None
+    client: socket.socket,
+    backend: socket.socket,
+    transfer: Transfer,
+    pool: PipePool | None,
 ) -> None:
     """Relay until both directions reach EOF; raises on the first failure of either.
-    Exits quietly (the scope is cancelled) when the idle timeout passes."""
-    transfer.progress()
+    Returns quietly (with `transfer.scope.cancelled_caught`) when the idle timeout passes."""
+    transfer.scope.deadline = trio.current_time() + transfer.idle_timeout
     with transfer.scope:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_pump, backend, client, transfer, pool, False)
             await _pump(client, backend, transfer, pool, True)
 
 
+def _waiting(fd: int) -> int:
+    """Bytes in the socket's receive queue (FIONREAD); 0 at EOF."""
+    count = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, count, True)
+    return count[0]
+
+
 async def _pump(
-    src: trio.SocketStream,
-    dst: trio.SocketStream,
+    src: socket.socket,
+    dst: socket.socket,
     transfer: Transfer,
     pool: PipePool | None,
     upstream: bool,
 ) -> None:
-    if pool is not None:
-        done = await _splice(src, dst, transfer, pool, upstream)
-        if done:
-            return
-    await _copy(src, dst, transfer, upstream)
+    src_fd, dst_fd = src.fileno(), dst.fileno()
+    while True:
+        await trio.lowlevel.wait_readable(src)
+        while True:
+            waiting = _waiting(src_fd)
+            if pool is not None and waiting >= SPLICE_MIN:
+                moved = await _splice_round(src_fd, dst, dst_fd, pool)
+            else:
+                moved = await _copy_round(src_fd, dst, dst_fd, min(max(waiting, 4096), CHUNK))
+            if moved is None:
+                break  # nothing there after all
+            if moved == 0:
+                _send_eof(dst)
+                return
+            if upstream:
+                transfer.up += moved
+            else:
+                transfer.down += moved
+            transfer.progress()
+            if waiting < SPLICE_MIN:
+                break  # a small message was all there was: wait for the next
+            await trio.lowlevel.checkpoint()  # bulk: keep going, but let others run
 
 
-def _count(transfer: Transfer, upstream: bool, n: int) -> None:
-    if upstream:
-        transfer.up += n
-    else:
-        transfer.down += n
-    transfer.progress()
-
-
-def _send_eof(dst: trio.SocketStream) -> None:
+async def _copy_round(src_fd: int, dst: socket.socket, dst_fd: int, size: int) -> int | None:
     try:
-        dst.socket.shutdown(socket.SHUT_WR)
+        data = os.read(src_fd, size)
+    except BlockingIOError:
+        return None
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(dst_fd, view) :]
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(dst)
+    return len(data)
+
+
+async def _splice_round(src_fd: int, dst: socket.socket, dst_fd: int, pool: PipePool) -> int | None:
+    read_fd, write_fd = await pool.acquire()
+    clean = False
+    try:
+        try:
+            moved = os.splice(src_fd, write_fd, CHUNK, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            clean = True
+            return None
+        pending = moved
+        # Drain the pipe fully before reading more (STACK-NOTES.md).
+        while pending:
+            try:
+                pending -= os.splice(read_fd, dst_fd, pending, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(dst)
+        clean = True
+        return moved
+    finally:
+        pool.release((read_fd, write_fd), clean=clean)
+
+
+def _send_eof(dst: socket.socket) -> None:
+    try:
+        dst.shutdown(socket.SHUT_WR)
     except OSError as exc:
         if exc.errno != errno.ENOTCONN:
             raise
-
-
-async def _splice(
-    src: trio.SocketStream,
-    dst: trio.SocketStream,
-    transfer: Transfer,
-    pool: PipePool,
-    upstream: bool,
-) -> bool:
-    """Splice until EOF (True), or False when the kernel refuses splice for these sockets
-    before any byte moved, so the caller falls back to copying."""
-    src_sock, dst_sock = src.socket, dst.socket
-    src_fd, dst_fd = src_sock.fileno(), dst_sock.fileno()
-    while True:
-        await trio.lowlevel.wait_readable(src_sock)
-        read_fd, write_fd = await pool.acquire()
-        clean = False
-        try:
-            try:
-                n = os.splice(src_fd, write_fd, CHUNK, flags=_SPLICE_FLAGS)
-            except BlockingIOError:
-                clean = True
-                continue
-            except OSError as exc:
-                if exc.errno in (errno.EINVAL, errno.ENOSYS) and not (transfer.up or transfer.down):
-                    clean = True
-                    return False
-                raise
-            if n == 0:
-                clean = True
-                _send_eof(dst)
-                return True
-            pending = n
-            # Drain the pipe fully before reading more (STACK-NOTES.md).
-            while pending:
-                try:
-                    pending -= os.splice(read_fd, dst_fd, pending, flags=_SPLICE_FLAGS)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(dst_sock)
-            clean = True
-            _count(transfer, upstream, n)
-        finally:
-            pool.release((read_fd, write_fd), clean=clean)
-
-
-async def _copy(
-    src: trio.SocketStream, dst: trio.SocketStream, transfer: Transfer, upstream: bool
-) -> None:
-    while True:
-        data = await src.receive_some(256 * 1024)
-        if not data:
-            _send_eof(dst)
-            return
-        await dst.send_all(data)
-        _count(transfer, upstream, len(data))
