@@ -1,6 +1,7 @@
 """A small line-protocol backend, with or without TLS: what the tests and the demo route to.
 
-On connect (after the TLS handshake, if any) it greets first, as servers of MQTT-like or
+With --http it answers every HTTP request with the JSON of `TEST` (for curl). Otherwise, on
+connect (after the TLS handshake, if any) it greets first, as servers of MQTT-like or
 Postgres-like protocols may: `HELLO <name>`. Then, one command per line:
 `PING` -> `PONG`; `IS_TLS` -> `true`/`false`; `TEST` -> JSON naming the backend, the SNI it saw
 and whether the connection is TLS; `ECHO <text>` -> `<text>`; `SINK` -> reads until EOF and
@@ -44,9 +45,15 @@ class _Handler(socketserver.StreamRequestHandler):
                 self._session(getattr(tls, "tlsgate_sni", None))
             self.rfile.close()
             self.wfile.close()
+            with contextlib.suppress(OSError, ValueError):
+                tls.settimeout(1)
+                tls.unwrap()  # close_notify, so clients see a clean TLS close
 
     def _session(self, sni: str | None) -> None:
         tls = self.server.tls_context is not None
+        if self.server.http:
+            self._http(sni, tls)
+            return
         self.wfile.write(f"HELLO {self.server.name}\n".encode())
         for raw in self.rfile:
             line = raw.decode(errors="replace").rstrip("\r\n")
@@ -81,6 +88,20 @@ class _Handler(socketserver.StreamRequestHandler):
             else:
                 self.wfile.write(b"ERROR unknown command\n")
 
+    def _http(self, sni: str | None, tls: bool) -> None:
+        """Answer HTTP requests (for curl) with the same JSON as TEST."""
+        while True:
+            request = self.rfile.readline()
+            if not request:
+                return
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass  # headers
+            body = json.dumps({"backend": self.server.name, "sni": sni, "tls": tls}) + "\n"
+            self.wfile.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n{body}".encode()
+            )
+
 
 class LineBackend(socketserver.ThreadingTCPServer):
     daemon_threads = True
@@ -91,8 +112,10 @@ class LineBackend(socketserver.ThreadingTCPServer):
         name: str,
         address: tuple[str, int] = ("127.0.0.1", 0),
         tls_context: ssl.SSLContext | None = None,
+        http: bool = False,
     ) -> None:
         self.name = name
+        self.http = http
         self.tls_context = tls_context
         if tls_context is not None:
             tls_context.sni_callback = _remember_sni
@@ -133,9 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--cert", help="PEM certificate chain: serve TLS")
     parser.add_argument("--key", help="PEM private key for --cert")
+    parser.add_argument("--http", action="store_true", help="answer HTTP requests instead")
     args = parser.parse_args(argv)
     context = tls_server_context(args.cert, args.key) if args.cert else None
-    server = LineBackend(args.name, (args.host, args.port), context)
+    server = LineBackend(args.name, (args.host, args.port), context, http=args.http)
     print(f"listening {args.host} {server.port}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()

@@ -283,3 +283,21 @@ async def test_bulk_both_ways_and_half_close(pki: Pki, splice: bool) -> None:
                     assert isinstance(transport, trio.SocketStream)
                     await transport.send_eof()
                     assert await client.line() == str(size)
+
+
+async def test_idle_connection_is_closed_after_the_idle_timeout(pki: Pki) -> None:
+    port = free_port()
+    with backends(pki, ("db", ["db.example.com"])) as (db,):
+        manifests = (
+            gateway_yaml(port)
+            + service_yaml("db", db.port)
+            + route_yaml("db", ["db.example.com"], [("db", 1)])
+        )
+        async with running_gateway(manifests, idle_timeout=0.5):
+            with trio.fail_after(10):
+                async with tls_client(port, "db.example.com", pki.client_context()) as client:
+                    assert await client.call("PING") == "PONG"
+                    started = trio.current_time()
+                    with pytest.raises((trio.BrokenResourceError, EOFError)):
+                        await client.line()  # nothing is said: the gateway closes both sides
+                    assert trio.current_time() - started >= 0.4

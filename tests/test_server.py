@@ -311,3 +311,17 @@ def test_invalid_bootstrap_refuses_to_start(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "spec.listeners" in result.stderr
+
+
+def test_demo_check_passes() -> None:
+    """The README's demo, as CI runs it: real processes, curl and openssl s_client."""
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [str(root / "scripts" / "demo"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("ok ") == 3
