@@ -6,6 +6,7 @@ I/O edge: reads files, prints, exits. `translate` is offline: no server, no stor
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -153,14 +154,56 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(out)
 
 
+def _admin_address(value: str) -> tuple[str, int] | None:
+    """`HOST:PORT` ([v6]:port too); an empty value turns the admin API off."""
+    if not value:
+        return None
+    host, _, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _admin_token(args: argparse.Namespace) -> str | None:
+    """--admin-token-file wins over TLSGATE_ADMIN_TOKEN (API.md "Security")."""
+    if args.admin_token_file:
+        with open(args.admin_token_file, encoding="utf-8") as handle:
+            token = handle.read().strip()
+        if not token:
+            raise ValueError(f"{args.admin_token_file} is empty")
+        return token
+    return os.environ.get("TLSGATE_ADMIN_TOKEN") or None
+
+
 def _serve(args: argparse.Namespace) -> int:
     import trio
 
     from gateway.proxy import ProxyConfig
     from gateway.server import BootstrapError, ServeConfig, load_bootstrap, serve
-    from gateway.state import State
 
     _setup_logging(args.log_level, args.log_format)
+    try:
+        token = _admin_token(args)
+    except (OSError, ValueError) as exc:
+        print(f"error: admin token: {exc}", file=sys.stderr)
+        return 2
+    if args.admin is not None and token is None and not _is_loopback(args.admin[0]):
+        print(
+            f"error: refusing to serve the admin API on {args.admin[0]} without a token: set "
+            "--admin-token-file or TLSGATE_ADMIN_TOKEN, or bind it to a loopback address",
+            file=sys.stderr,
+        )
+        return 2
     try:
         documents = load_bootstrap(args.bootstrap)
     except BootstrapError as exc:
@@ -179,17 +222,12 @@ def _serve(args: argparse.Namespace) -> int:
         drain_timeout=args.drain_timeout,
         proxy=proxy,
         max_connections=args.max_connections,
+        admin=args.admin,
+        admin_token=token,
+        body_limit=args.body_limit,
+        state_dir=args.state_dir or None,
     )
-
-    async def run() -> None:
-        state = State(bind_address=config.bind_address)
-        state.replace_documents(documents)
-        log.info(
-            "configuration loaded: %d documents, generation %d", len(documents), state.generation
-        )
-        await serve(config, state)
-
-    trio.run(run)
+    trio.run(serve, config, documents)
     return 0
 
 
@@ -203,6 +241,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         default=[p for p in _env("bootstrap", "").split(",") if p],
         help="manifests applied at start (repeat; env: comma-separated)",
+    )
+    sv.add_argument(
+        "--admin",
+        type=_admin_address,
+        default=_env("admin", "127.0.0.1:9901"),
+        metavar="HOST:PORT",
+        help="admin API address (default 127.0.0.1:9901; empty turns it off)",
+    )
+    sv.add_argument(
+        "--admin-token-file",
+        default=_env("admin-token-file", ""),
+        metavar="FILE",
+        help="bearer token for the admin API (else TLSGATE_ADMIN_TOKEN)",
+    )
+    sv.add_argument(
+        "--state-dir",
+        default=_env("state-dir", "./tlsgate-state"),
+        help="embedded store directory (default ./tlsgate-state; empty: in memory)",
+    )
+    sv.add_argument(
+        "--body-limit",
+        type=int,
+        default=int(_env("body-limit", str(4 << 20))),
+        help="largest admin request body in bytes (default 4 MiB)",
     )
     sv.add_argument(
         "--bind-address",

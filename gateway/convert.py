@@ -343,10 +343,11 @@ def _default(doc: Document, namespaced: bool) -> Document:
 PRIVATE_KEYS: Final = frozenset({"tls.key"})
 
 
-def unstructure_document(doc: Document) -> dict[str, Any]:
-    """Model document -> wire dict, fields the user left unset omitted, private keys removed."""
+def unstructure_document(doc: Document, *, redact: bool = True) -> dict[str, Any]:
+    """Model document -> wire dict, fields the user left unset omitted, private keys removed
+    (kept only with `redact=False`, for the store)."""
     out: dict[str, Any] = CONVERTER.unstructure(doc)
-    if isinstance(doc, corev1.Secret) and "data" in out:
+    if redact and isinstance(doc, corev1.Secret) and "data" in out:
         out["data"] = {k: v for k, v in out["data"].items() if k not in PRIVATE_KEYS}
     return out
 

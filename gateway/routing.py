@@ -260,3 +260,52 @@ def table_to_wire(snapshot: Snapshot) -> dict[str, Any]:
             for bind in snapshot.binds.values()
         ],
     }
+
+
+def explain(snapshot: Snapshot, address: str | None, port: int, sni: str | None) -> dict[str, Any]:
+    """What a connection with this SNI would get (`GET /v1/explain`): the listener, the route,
+    the weighted backends with their endpoints, or why it is rejected. Without an address,
+    the port must name one bind."""
+    if address is None:
+        addresses = sorted(a for a, p in snapshot.binds if p == port)
+        if len(addresses) > 1:
+            raise ValueError(f"port {port} is bound on {', '.join(addresses)}: give ?address=")
+        address = addresses[0] if addresses else "0.0.0.0"
+    out: dict[str, Any] = {
+        "address": address,
+        "port": port,
+        "sni": sni,
+        "generation": snapshot.generation,
+    }
+    result = snapshot.lookup(address, port, sni)
+    if isinstance(result, Rejected):
+        out["result"] = "rejected"
+        out["reason"] = str(result.reason)
+        out["message"] = result.message
+        if result.listener is not None:
+            out["listener"] = _listener_wire(result.listener)
+            out["listener"].pop("routes")
+        return out
+    target = result.target
+    listener = _listener_wire(result.listener)
+    del listener["routes"]
+    total = target.total_weight
+    out |= {
+        "result": "routed",
+        "listener": listener,
+        "mode": result.listener.mode,
+        "hostname": target.hostname,
+        "route": target.route,
+        "backends": [
+            _backend_wire(b) | {"share": round(b.weight / total, 4)} for b in target.backends
+        ],
+    }
+    if target.shadowed:
+        out["shadowed"] = list(target.shadowed)
+    if any(b.reject for b in target.backends if b.weight):
+        rejected = sum(b.weight for b in target.backends if b.reject) / total
+        out["message"] = (
+            f"{rejected:.0%} of connections fall on an invalid backend and are "
+            "closed (SPEC.md §10.4)"
+        )
+    return out

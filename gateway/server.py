@@ -8,24 +8,25 @@ I/O. One Trio nursery holds the live connections; another holds one accept task 
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import resource
 import signal
 import socket
-import uuid
 from collections.abc import Sequence
 
 import attrs
 import trio
 
-from gateway import metadata
+from gateway.control import Control
 from gateway.convert import Invalid, structure_document
 from gateway.kinds import Document, ObjectKey, key_of
 from gateway.manifests import parse_documents
 from gateway.proxy import Proxy, ProxyConfig
 from gateway.relay import PipePool
-from gateway.state import State, utc_now
+from gateway.state import State
+from gateway.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ class BootstrapError(Exception):
 
 def load_bootstrap(paths: Sequence[str]) -> list[Document]:
     """Admit every document of the bootstrap files, all or nothing: a typo must stop the start
-    rather than leave a partial configuration running."""
+    rather than leave a partial configuration running. Metadata is assigned when they are
+    applied (`Control.apply`), as for any write."""
     admitted: dict[ObjectKey, Document] = {}
     problems: list[str] = []
     for path in paths:
@@ -61,14 +63,8 @@ def load_bootstrap(paths: Sequence[str]) -> list[Document]:
             except Invalid as exc:
                 problems.append(f"{path} document {index + 1}: {exc.message}")
                 continue
-            key = key_of(doc)
-            admitted[key] = metadata.assign(
-                doc,
-                previous=admitted.get(key),
-                uid=str(uuid.uuid4()),
-                now=utc_now(),
-                resource_version="1",
-            )
+            admitted.pop(key_of(doc), None)  # a later document replaces an earlier one
+            admitted[key_of(doc)] = doc
     if problems:
         raise BootstrapError(problems)
     return list(admitted.values())
@@ -91,6 +87,12 @@ class ServeConfig:
     backlog: int = 4096
     #: How often a failed bind is retried while no configuration change happens.
     bind_retry: float = BIND_RETRY_SECONDS
+    #: The admin API's (host, port), or None for no admin API.
+    admin: tuple[str, int] | None = None
+    admin_token: str | None = None
+    body_limit: int = 4 * 1024 * 1024
+    #: The embedded store's directory, or None to keep the configuration in memory only.
+    state_dir: str | None = None
 
 
 class Listeners:
@@ -201,40 +203,72 @@ def _bind(key: tuple[str, int], backlog: int) -> socket.socket:
 
 async def serve(
     config: ServeConfig,
-    state: State | None = None,
+    bootstrap: Sequence[Document] = (),
     *,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run until cancelled or until SIGTERM/SIGINT, then drain (see `Server.shutdown`)."""
-    server = Server(config, state)
-    await server.run(task_status=task_status)
+    """Run until cancelled or until SIGTERM/SIGINT, then drain (see `Server.run`)."""
+    await Server(config, bootstrap=bootstrap).run(task_status=task_status)
 
 
 class Server:
-    def __init__(self, config: ServeConfig, state: State | None = None) -> None:
+    def __init__(
+        self, config: ServeConfig, state: State | None = None, bootstrap: Sequence[Document] = ()
+    ) -> None:
         self.config = config
         self.state = state or State(bind_address=config.bind_address)
+        self.store = Store(config.state_dir) if config.state_dir else None
+        self.control = Control(self.state, self.store)
+        self.bootstrap = list(bootstrap)
         self.proxy = Proxy(
             lambda: self.state.snapshot, config.proxy, PipePool() if config.proxy.splice else None
         )
-        limit = config.max_connections or connection_limit(
+        self.limit = config.max_connections or connection_limit(
             self.proxy.pool.limit if self.proxy.pool else 0
         )
-        self.limit = limit
         self._stop = trio.Event()
         self.listeners: Listeners | None = None
+        self.admin_urls: list[str] = []
+        self.loaded = False
 
     def shutdown(self) -> None:
         self._stop.set()
 
+    def not_ready(self) -> str | None:
+        """Why /readyz says 503, or None when the configuration is loaded and every listener
+        of the table is bound (API.md)."""
+        if not self.loaded:
+            return "the stored configuration is not loaded yet"
+        if self.state.bind_failures:
+            failed = ", ".join(f"{a}:{p}" for a, p in sorted(self.state.bind_failures))
+            return f"listeners not bound: {failed}"
+        bound = set(self.listeners.bound) if self.listeners else set()
+        missing = set(self.state.snapshot.binds) - bound
+        if missing:
+            return "listeners not bound yet: " + ", ".join(f"{a}:{p}" for a, p in sorted(missing))
+        return None
+
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
         try:
+            stored = self.control.load()
+            if self.bootstrap:
+                outcome = await self.control.apply(self.bootstrap)
+                counts = collections.Counter(c.action.value for c in outcome.changes)
+                log.info("bootstrap applied: %s", dict(counts))
+            self.loaded = True
+            log.info(
+                "configuration loaded: %d stored documents, generation %d",
+                stored,
+                self.state.generation,
+            )
             async with trio.open_nursery() as connections:
                 self.listeners = Listeners(
                     self.state, self.proxy, connections, self.limit, self.config
                 )
                 async with trio.open_nursery() as control:
                     await control.start(self.listeners.run)
+                    if self.config.admin is not None:
+                        self.admin_urls = await control.start(self._admin)
                     control.start_soon(self._signals)
                     task_status.started(self)
                     await self._stop.wait()
@@ -252,6 +286,28 @@ class Server:
         finally:
             if self.proxy.pool is not None:
                 self.proxy.pool.close()
+            if self.store is not None:
+                self.store.close()
+
+    async def _admin(self, *, task_status: trio.TaskStatus[list[str]]) -> None:
+        from hypercorn.config import Config
+        from hypercorn.trio import serve as serve_http
+
+        from admin.app import create_app
+
+        assert self.config.admin is not None
+        host, port = self.config.admin
+        app = create_app(
+            self.control,
+            token=self.config.admin_token,
+            body_limit=self.config.body_limit,
+            ready=self.not_ready,
+        )
+        config = Config()
+        config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        config.accesslog = None
+        config.errorlog = logging.getLogger("tlsgate.admin")
+        await serve_http(app, config, task_status=task_status)
 
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

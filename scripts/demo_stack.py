@@ -159,6 +159,8 @@ def main() -> int:
                 str(ROOT / "examples" / "demo.yaml"),
                 "--bind-address",
                 "127.0.0.1",
+                "--state-dir",
+                str(STATE / "store"),
             ],
             stdout=None if not args.check else subprocess.DEVNULL,
             stderr=None if not args.check else subprocess.DEVNULL,

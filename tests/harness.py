@@ -254,3 +254,28 @@ async def wait_until(condition: Callable[[], bool], seconds: float = 5) -> None:
     with trio.fail_after(seconds):
         while not condition():  # noqa: ASYNC110 (nothing to wait on: the condition is outside)
             await trio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def admin_gateway(
+    state_dir: Path | None, *, token: str | None = None, **config: Any
+) -> AsyncIterator[tuple[Server, str]]:
+    """A gateway with its admin API on a free loopback port (and a store, given a directory);
+    yields the server and the admin base URL."""
+    serve_config = ServeConfig(
+        admin=("127.0.0.1", 0),
+        admin_token=token,
+        state_dir=str(state_dir) if state_dir else None,
+        bind_address="127.0.0.1",
+        **config,
+    )
+    async with trio.open_nursery() as nursery:
+        server: Server = await nursery.start(_run_server, Server(serve_config))
+        yield server, server.admin_urls[0]
+        nursery.cancel_scope.cancel()
+
+
+async def _run_server(
+    server: Server, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+) -> None:
+    await server.run(task_status=task_status)

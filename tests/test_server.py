@@ -227,6 +227,10 @@ def _serve_process(bootstrap: Path, *args: str) -> Iterator[subprocess.Popen[str
             str(bootstrap),
             "--bind-address",
             "127.0.0.1",
+            "--admin",
+            "",
+            "--state-dir",
+            "",
             *args,
         ],
         stdout=subprocess.PIPE,
@@ -303,7 +307,16 @@ def test_invalid_bootstrap_refuses_to_start(tmp_path: Path) -> None:
         "metadata: {name: gw}\nspec: {gatewayClassName: x, listeners: []}\n"
     )
     result = subprocess.run(
-        [sys.executable, "-m", "gateway", "serve", "--bootstrap", str(bootstrap)],
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--bootstrap",
+            str(bootstrap),
+            "--state-dir",
+            "",
+        ],
         capture_output=True,
         text=True,
         timeout=30,

@@ -1,0 +1,154 @@
+"""Writes, end to end: admit, plan, commit durably, rebuild and swap, in that order.
+
+I/O owner. One write at a time (a Trio lock): the plan is made against the documents in force,
+the store commits and syncs on a worker thread (the event loop keeps relaying meanwhile), then
+the snapshot is rebuilt and swapped synchronously. So when a write returns, it is on disk and
+new connections already follow it (issue "Admin API": every acknowledged change in force at
+once). A failed commit changes nothing in memory.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from gateway.convert import structure_document, unstructure_document
+from gateway.kinds import Document, ObjectKey, key_of
+from gateway.resources import Resources
+from gateway.routing import Snapshot
+from gateway.runtime import Runtime
+from gateway.state import State, utc_now
+from gateway.store import Store
+from gateway.tls import load_facts
+from gateway.translate import translate
+from gateway.writes import Action, Change, Conflict, merge_patch, plan
+
+
+class NotFound(Exception):
+    pass
+
+
+class BadRequest(Exception):
+    """A request that names one object and carries another (400)."""
+
+
+@attrs.frozen
+class Outcome:
+    changes: list[Change]
+    snapshot: Snapshot
+
+
+class Control:
+    def __init__(self, state: State, store: Store | None) -> None:
+        self.state = state
+        self.store = store
+        self._lock = trio.Lock()
+
+    def load(self) -> int:
+        """Bring the stored documents into force (at start)."""
+        if self.store is None:
+            return 0
+        documents = [structure_document(raw) for raw in self.store.load()]
+        # Stored documents keep the metadata they were written with.
+        self.state.replace_documents(documents)
+        return len(documents)
+
+    def get(self, key: ObjectKey) -> Document:
+        doc = self.state.documents.get(key)
+        if doc is None:
+            raise NotFound(f"{key} not found")
+        return doc
+
+    async def apply(
+        self,
+        documents: Sequence[Document],
+        *,
+        dry_run: bool = False,
+        expected_versions: dict[ObjectKey, str] | None = None,
+        must_not_exist: bool = False,
+    ) -> Outcome:
+        async with self._lock:
+            current = self.state.documents
+            if must_not_exist:
+                for doc in documents:
+                    if key_of(doc) in current:
+                        raise Conflict("AlreadyExists", f"{key_of(doc)} already exists")
+            revision = (self.store.revision if self.store else self.state.generation) + 1
+            changes = plan(
+                current,
+                documents,
+                now=utc_now(),
+                resource_version=str(revision),
+                new_uid=lambda: str(uuid.uuid4()),
+                expected_versions=expected_versions,
+            )
+            written = [c for c in changes if c.action is not Action.UNCHANGED]
+            if dry_run:
+                return Outcome(changes, self.preview(written, []))
+            if not written:
+                return Outcome(changes, self.state.snapshot)  # no commit, no swap
+            await self._commit(written, [])
+            return Outcome(changes, self.state.put([c.document for c in written]))
+
+    async def patch(self, key: ObjectKey, patch: Any) -> Outcome:
+        async with self._lock:
+            current = self.get(key)
+            wire = unstructure_document(current, redact=False)
+            merged = merge_patch(wire, patch)
+            expected = None
+            patched_meta = patch.get("metadata") if isinstance(patch, dict) else None
+            if isinstance(patched_meta, dict) and "resourceVersion" in patched_meta:
+                expected = {key: str(patched_meta["resourceVersion"])}
+            doc = structure_document(merged)
+            if key_of(doc) != key:
+                raise BadRequest(f"a patch cannot change the name or namespace of {key}")
+            revision = (self.store.revision if self.store else self.state.generation) + 1
+            changes = plan(
+                self.state.documents,
+                [doc],
+                now=utc_now(),
+                resource_version=str(revision),
+                new_uid=lambda: str(uuid.uuid4()),
+                expected_versions=expected,
+            )
+            written = [c for c in changes if c.action is not Action.UNCHANGED]
+            if written:
+                await self._commit(written, [])
+                return Outcome(changes, self.state.put([c.document for c in written]))
+            return Outcome(changes, self.state.snapshot)
+
+    async def delete(self, key: ObjectKey) -> Outcome:
+        async with self._lock:
+            doc = self.get(key)
+            await self._commit([], [key])
+            return Outcome([Change(key, Action.DELETED, doc)], self.state.put([], deleted=[key]))
+
+    def preview(self, written: Sequence[Change], deleted: Sequence[ObjectKey]) -> Snapshot:
+        """The snapshot these changes would give, without storing or swapping (dry run)."""
+        documents = dict(self.state.documents)
+        for change in written:
+            documents[change.key] = change.document
+        for key in deleted:
+            documents.pop(key, None)
+        resources = Resources.of(documents.values())
+        secrets, bundles = load_facts(resources)
+        runtime = Runtime(
+            now=utc_now(),
+            bind_address=self.state.bind_address,
+            bind_failures=self.state.bind_failures,
+            secrets=secrets,
+            ca_bundles=bundles,
+            previous=self.state.snapshot.statuses,
+        )
+        return translate(resources, runtime, generation=self.state.generation + 1)
+
+    async def _commit(self, written: Sequence[Change], deleted: Sequence[ObjectKey]) -> None:
+        if self.store is None:
+            return
+        puts = [(c.key, unstructure_document(c.document, redact=False)) for c in written]
+        store = self.store
+        await trio.to_thread.run_sync(store.commit, puts, list(deleted))

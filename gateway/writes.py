@@ -1,0 +1,121 @@
+"""What a write does to the stored documents, decided before anything is stored.
+
+Pure. `plan` takes the documents in force and the admitted documents of one request, and says
+for each whether it is `created`, `configured` or `unchanged`, with its server metadata
+(API.md "Server-set metadata"). `merge_patch` is RFC 7386. A private key a client omits is
+carried over from the stored Secret: keys are write-only (no response ever shows one), so a
+document read back and written again must not lose its key.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+from attrs import frozen
+
+from gateway import corev1, metadata
+from gateway.convert import PRIVATE_KEYS, unstructure_document
+from gateway.kinds import Document, ObjectKey, key_of
+
+
+class Action(enum.StrEnum):
+    CREATED = "created"
+    CONFIGURED = "configured"
+    UNCHANGED = "unchanged"
+    DELETED = "deleted"
+
+
+@frozen
+class Change:
+    key: ObjectKey
+    action: Action
+    document: Document
+
+
+class Conflict(Exception):
+    """A stale resourceVersion or an existing object on create (409)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+def carry_private_keys(doc: Document, previous: Document | None) -> Document:
+    if not isinstance(doc, corev1.Secret) or not isinstance(previous, corev1.Secret):
+        return doc
+    kept = {
+        k: v
+        for k, v in (previous.data or {}).items()
+        if k in PRIVATE_KEYS and k not in (doc.data or {})
+    }
+    if not kept:
+        return doc
+    return attrs.evolve(doc, data={**(doc.data or {}), **kept})
+
+
+def _comparable(doc: Document) -> dict[str, Any]:
+    """Everything a client controls: server-set metadata is not a difference."""
+    wire = unstructure_document(doc, redact=False)
+    wire["metadata"] = {
+        k: v
+        for k, v in wire["metadata"].items()
+        if k not in ("uid", "creationTimestamp", "generation", "resourceVersion")
+    }
+    return wire
+
+
+def plan(
+    current: Mapping[ObjectKey, Document],
+    incoming: Sequence[Document],
+    *,
+    now: str,
+    resource_version: str,
+    new_uid: Callable[[], str],
+    expected_versions: Mapping[ObjectKey, str] | None = None,
+) -> list[Change]:
+    """One Change per incoming document (a later duplicate replaces an earlier one)."""
+    changes: dict[ObjectKey, Change] = {}
+    working = dict(current)
+    for doc in incoming:
+        key = key_of(doc)
+        previous = working.get(key)
+        expected = (expected_versions or {}).get(key)
+        if expected is not None and (
+            previous is None or previous.metadata.resource_version != expected
+        ):
+            raise Conflict(
+                "Conflict",
+                f"the object has been modified: {key} is at "
+                f"resourceVersion "
+                f"{previous.metadata.resource_version if previous else 'none'}, "
+                f"not {expected}; read it again and retry",
+            )
+        written = carry_private_keys(doc, previous)
+        if previous is not None and _comparable(written) == _comparable(previous):
+            changes[key] = Change(key, Action.UNCHANGED, previous)
+            continue
+        assigned = metadata.assign(
+            written, previous=previous, uid=new_uid(), now=now, resource_version=resource_version
+        )
+        action = Action.CREATED if previous is None else Action.CONFIGURED
+        if key in changes and changes[key].action is Action.CREATED:
+            action = Action.CREATED
+        changes[key] = Change(key, action, assigned)
+        working[key] = assigned
+    return list(changes.values())
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON Merge Patch: objects merge recursively, null deletes, the rest replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result

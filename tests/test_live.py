@@ -1,0 +1,182 @@
+"""Durability and live reconfiguration with real processes and real traffic."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from .harness import (
+    Pki,
+    admin_gateway,
+    backends,
+    free_port,
+    gateway_yaml,
+    handshake_outcome,
+    route_yaml,
+    service_yaml,
+    tls_client,
+)
+
+YAML = {"Content-Type": "application/yaml"}
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return Pki(tmp_path)
+
+
+def _start(state_dir: Path, admin_port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--state-dir",
+            str(state_dir),
+            "--admin",
+            f"127.0.0.1:{admin_port}",
+            "--bind-address",
+            "127.0.0.1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the gateway exited"
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("the admin API never came up")
+
+
+def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
+    state_dir, port = tmp_path / "state", free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = _start(state_dir, port)
+    try:
+        _wait_healthy(url, process)
+        acknowledged: dict[str, dict[str, object]] = {}
+        with httpx.Client(base_url=url, timeout=10) as http:
+            for i in range(40):
+                body = {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {"name": f"cm-{i}", "namespace": "apps"},
+                    "data": {"n": str(i)},
+                }
+                response = http.put(f"/v1/configmaps/apps/cm-{i}", json=body)
+                assert response.status_code in (200, 201), response.text
+                acknowledged[f"cm-{i}"] = response.json()["metadata"]
+            # An update too: generation and resourceVersion must survive as acknowledged.
+            patched = http.patch(
+                "/v1/configmaps/apps/cm-0",
+                headers={"Content-Type": "application/merge-patch+json"},
+                content=json.dumps({"data": {"n": "changed"}}),
+            )
+            acknowledged["cm-0"] = patched.json()["metadata"]
+        os.kill(process.pid, signal.SIGKILL)  # right after the last acknowledged write
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    process = _start(state_dir, port)
+    try:
+        _wait_healthy(url, process)
+        with httpx.Client(base_url=url, timeout=10) as http:
+            items = http.get("/v1/configmaps", params={"namespace": "apps"}).json()["items"]
+        found = {item["metadata"]["name"]: item for item in items}
+        assert set(found) == set(acknowledged)
+        for name, meta in acknowledged.items():
+            assert found[name]["metadata"] == meta
+        assert found["cm-0"]["data"] == {"n": "changed"}
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
+async def test_live_changes_never_touch_a_spliced_connection(pki: Pki) -> None:
+    port = free_port()
+    with backends(pki, ("one", ["db.example.com"]), ("two", ["db.example.com"])) as (one, two):
+        base = gateway_yaml(port) + service_yaml("one", one.port) + service_yaml("two", two.port)
+        async with (
+            admin_gateway(None) as (server, url),
+            httpx.AsyncClient(base_url=url, timeout=10) as http,
+        ):
+            applied = await http.post(
+                "/v1/apply",
+                headers=YAML,
+                content=base + route_yaml("db", ["db.example.com"], [("one", 1)]),
+            )
+            assert applied.status_code == 200, applied.text
+            context = pki.client_context()
+            with trio.fail_after(120):
+                async with tls_client(port, "db.example.com", context) as held:
+                    assert (await held.test())["backend"] == "one"
+                    for i in range(100):
+                        target = "two" if i % 2 == 0 else "one"
+                        response = await http.post(
+                            "/v1/apply",
+                            headers=YAML,
+                            content=route_yaml("db", ["db.example.com"], [(target, 1)]),
+                        )
+                        assert response.status_code == 200, response.text
+                        # A connection made right after the response follows the new table.
+                        async with tls_client(port, "db.example.com", context) as fresh:
+                            assert (await fresh.test())["backend"] == target
+                        # The held connection is untouched and still exchanging data.
+                        assert await held.call(f"ECHO change {i}") == f"change {i}"
+                    # Delete its route: new connections are refused, the held one goes on.
+                    deleted = await http.delete("/v1/tlsroutes/apps/db")
+                    assert deleted.status_code == 200
+                    assert await handshake_outcome(port, "db.example.com", context) in (
+                        "eof",
+                        "reset",
+                    )
+                    assert await held.call("PING") == "PONG"
+                    # Delete its Gateway: the listener closes, the held one goes on.
+                    assert (await http.delete("/v1/gateways/infra/gw")).status_code == 200
+                    assert server.state.snapshot.binds == {}
+                    with pytest.raises(OSError):
+                        await trio.open_tcp_stream("127.0.0.1", port)
+                    assert (await held.test())["backend"] == "one"
+                    assert await held.call("ECHO still here") == "still here"
+
+
+def test_non_loopback_admin_without_token_refuses_to_start(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--admin",
+            "0.0.0.0:0",
+            "--state-dir",
+            str(tmp_path / "s"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={k: v for k, v in os.environ.items() if k != "TLSGATE_ADMIN_TOKEN"},
+    )
+    assert result.returncode == 2
+    assert "without a token" in result.stderr
