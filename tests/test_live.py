@@ -180,3 +180,40 @@ def test_non_loopback_admin_without_token_refuses_to_start(tmp_path: Path) -> No
     )
     assert result.returncode == 2
     assert "without a token" in result.stderr
+
+
+def test_readme_walkthrough_works_as_written(tmp_path: Path) -> None:
+    """Run the README's curl walk-through, command by command, against `tlsgate serve`
+    (on a free port instead of 9901, the only substitution)."""
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    block = readme.split("```sh walkthrough\n", 1)[1].split("```", 1)[0]
+    port = free_port()
+    process = _start(tmp_path / "state", port)
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}", process)
+        script = block.replace("127.0.0.1:9901", f"127.0.0.1:{port}")
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        outputs = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+        applied, route, explained, table, patched, deleted = outputs
+        assert [i["action"] for i in applied["items"]] == ["created"] * 5
+        assert [c["reason"] for c in route["status"]["parents"][0]["conditions"]] == [
+            "Accepted",
+            "ResolvedRefs",
+        ]
+        assert (explained["result"], explained["route"]) == ("routed", "data/postgres")
+        assert explained["backends"][0]["endpoints"] == ["127.0.0.1:15432"]
+        assert table["binds"][0]["port"] == 18444
+        assert patched["metadata"]["labels"] == {"tier": "db"}
+        assert deleted["metadata"]["name"] == "postgres"
+    finally:
+        process.terminate()
+        process.wait(20)
