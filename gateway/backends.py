@@ -8,15 +8,20 @@ ready endpoint is a valid reference (ResolvedRefs stays True) whose share is rej
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 
 from gateway import GATEWAY_GROUP, corev1, model
+from gateway.policies import Target, policy_for
 from gateway.resources import NamespacedName, Resources
-from gateway.routing import Backend, Endpoint
+from gateway.routing import Backend, BackendTLS, Endpoint
 from gateway.status import ConditionType, Draft, Reason
 
 
 def resolve_backends(
-    key: NamespacedName, route: model.TLSRoute, resources: Resources
+    key: NamespacedName,
+    route: model.TLSRoute,
+    resources: Resources,
+    policies: Mapping[Target, BackendTLS] | None = None,
 ) -> tuple[Draft, tuple[Backend, ...]]:
     """ResolvedRefs for the route (one reason: the first failure; every bad ref in the
     message) and the backend pool of its single rule."""
@@ -35,6 +40,7 @@ def resolve_backends(
                 continue
             service = resources.services[(namespace, ref.name)]
             endpoints = _endpoints(service, ref.port, resources)
+            port_name = next(p.name for p in service.spec.ports or () if p.port == ref.port)
             pool.append(
                 Backend(
                     name=name,
@@ -43,6 +49,7 @@ def resolve_backends(
                     reject=None
                     if endpoints
                     else f"Service {namespace}/{ref.name} has no ready endpoints",
+                    tls=policy_for(policies or {}, namespace, ref.name, port_name),
                 )
             )
     if failures:

@@ -55,6 +55,8 @@ class GatewayState:
     refusal: Draft | None = None
     #: Gateway ResolvedRefs, published when spec.tls.backend.clientCertificateRef is set.
     client_certificate: Draft | None = None
+    #: The Secret of that reference once it resolves, presented to re-encrypted backends.
+    client_certificate_ref: NamespacedName | None = None
     insecure_frontend: bool = False
 
     @property
@@ -85,9 +87,10 @@ def evaluate_gateway(
     )
     tls = doc.spec.tls
     if tls is not None and tls.backend is not None and tls.backend.client_certificate_ref:
-        state.client_certificate = _client_certificate(
-            key, tls.backend.client_certificate_ref, resources, runtime
-        )
+        client_ref = tls.backend.client_certificate_ref
+        state.client_certificate = _client_certificate(key, client_ref, resources, runtime)
+        if state.client_certificate.status:
+            state.client_certificate_ref = (client_ref.namespace or key[0], client_ref.name)
     if tls is not None and tls.frontend is not None:
         configs = [tls.frontend.default, *(p.tls for p in tls.frontend.per_port or ())]
         state.insecure_frontend = any(

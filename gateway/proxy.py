@@ -14,16 +14,20 @@ import logging
 import os
 import random
 import socket
+import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 import trio
 
 from gateway.clienthello import MAX_HELLO_BYTES, ClientHelloError, parse_client_hello
-from gateway.relay import SPLICE_AVAILABLE, PipePool, Transfer, relay
-from gateway.routing import Backend, Endpoint, Rejected, Routed, Snapshot
+from gateway.kinds import Document, ObjectKey
+from gateway.relay import SPLICE_AVAILABLE, End, PipePool, PlainEnd, Transfer, relay, relay_ends
+from gateway.routing import Backend, BackendTLS, Endpoint, ListenerTable, Rejected, Snapshot
+from gateway.tls import ContextRegistry, choose_certificate, subject_alt_names_match
+from gateway.tlsstream import TlsConnection, TlsError
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("tlsgate.access")
@@ -89,9 +93,15 @@ class Proxy:
     round robin, the pipe pool, and the count of live connections."""
 
     def __init__(
-        self, snapshot: Callable[[], Snapshot], config: ProxyConfig, pool: PipePool | None = None
+        self,
+        snapshot: Callable[[], Snapshot],
+        config: ProxyConfig,
+        pool: PipePool | None = None,
+        documents: Callable[[], Mapping[ObjectKey, Document]] = dict,
     ) -> None:
         self._snapshot = snapshot
+        self._documents = documents
+        self.contexts = ContextRegistry()
         self.config = config
         self._rng = random.Random(config.seed)
         self.pool = pool if pool is not None else (PipePool() if config.splice else None)
@@ -137,29 +147,117 @@ class Proxy:
         hello_bytes = await self._read_hello(client, conn)
         if hello_bytes is None:
             return
-        decision = self._snapshot().lookup(conn.bind[0], conn.bind[1], conn.sni)
+        # One read of the table (and the documents it was built from) for the connection's life.
+        snapshot, documents = self._snapshot(), self._documents()
+        decision = snapshot.lookup(conn.bind[0], conn.bind[1], conn.sni)
         if isinstance(decision, Rejected):
             if decision.listener is not None:
                 conn.listener = f"{decision.listener.gateway}/{decision.listener.name}"
             conn.outcome, conn.detail = f"rejected-{decision.reason}", decision.message
             return
-        conn.listener = f"{decision.listener.gateway}/{decision.listener.name}"
+        listener = decision.listener
+        conn.listener = f"{listener.gateway}/{listener.name}"
         conn.route = decision.target.route
-        if decision.listener.mode != "Passthrough":
-            conn.outcome = "rejected-terminate-unavailable"
-            conn.detail = "Terminate listeners are not served by this build"
-            return
         backend = decision.target.choose(self._rng.randrange(decision.target.total_weight))
         conn.backend = backend.name
         if backend.reject is not None:
-            # An invalid backend keeps its share of the weight: that share is closed (§10.4).
+            # An invalid backend keeps its share of the weight: that share is closed (§10.4),
+            # before any handshake, in both modes.
             conn.outcome, conn.detail = "rejected-invalid-backend", backend.reject
+            return
+        if listener.mode == "Passthrough":
+            upstream = await self._connect(backend, conn)
+            if upstream is None:
+                return
+            with upstream:
+                await self._relay(client, upstream, hello_bytes, conn)
+            return
+        await self._terminate(client, hello_bytes, conn, snapshot, documents, listener, backend)
+
+    async def _terminate(
+        self,
+        client: socket.socket,
+        hello_bytes: bytes,
+        conn: Connection,
+        snapshot: Snapshot,
+        documents: Mapping[ObjectKey, Document],
+        listener: ListenerTable,
+        backend: Backend,
+    ) -> None:
+        """Terminate mode (SPEC.md §10.6): finish the handshake by replaying the hello into
+        the TLS engine with the certificate that best matches the SNI, then connect the
+        backend at once (it may speak first) and relay plaintext."""
+        certificates = self.contexts.server_certificates(snapshot.generation, listener, documents)
+        if not certificates:
+            conn.outcome = "rejected-listener-not-programmed"
+            conn.detail = "no certificate could be loaded"
+            return
+        tls = TlsConnection(
+            client,
+            choose_certificate(certificates, conn.sni),
+            server_side=True,
+            initial=hello_bytes,
+        )
+        with trio.move_on_after(self.config.hello_timeout) as timeout:
+            try:
+                await tls.handshake()
+            except TlsError as exc:
+                conn.outcome, conn.detail = "tls-handshake-failed", str(exc)
+                return
+        if timeout.cancelled_caught:
+            conn.outcome = "handshake-timeout"
             return
         upstream = await self._connect(backend, conn)
         if upstream is None:
             return
         with upstream:
-            await self._relay(client, upstream, hello_bytes, conn, decision)
+            end: End = PlainEnd(upstream)
+            if backend.tls is not None:
+                reencrypted = await self._reencrypt(
+                    upstream, backend.tls, listener, documents, conn
+                )
+                if reencrypted is None:
+                    return
+                end = reencrypted
+            conn.transfer = Transfer(idle_timeout=self.config.idle_timeout)
+            await relay_ends(tls, end, conn.transfer)
+            if conn.transfer.scope.cancelled_caught:
+                conn.outcome = "idle-timeout"
+
+    async def _reencrypt(
+        self,
+        upstream: socket.socket,
+        policy: BackendTLS,
+        listener: ListenerTable,
+        documents: Mapping[ObjectKey, Document],
+        conn: Connection,
+    ) -> TlsConnection | None:
+        """TLS to the backend as its BackendTLSPolicy says (SPEC.md §10.7)."""
+        try:
+            context = self.contexts.backend_context(
+                policy, listener.backend_client_certificate, documents
+            )
+        except (ssl.SSLError, ValueError) as exc:
+            conn.outcome, conn.detail = "backend-tls-failed", f"policy {policy.policy}: {exc}"
+            return None
+        tls = TlsConnection(upstream, context, server_side=False, server_hostname=policy.hostname)
+        with trio.move_on_after(self.config.connect_timeout) as timeout:
+            try:
+                await tls.handshake()
+            except TlsError as exc:
+                conn.outcome, conn.detail = "backend-tls-failed", str(exc)
+                return None
+        if timeout.cancelled_caught:
+            conn.outcome, conn.detail = "backend-tls-failed", "handshake timed out"
+            return None
+        peer = tls.peer_certificate()
+        if policy.subject_alt_names and (
+            peer is None or not subject_alt_names_match(peer, policy.subject_alt_names)
+        ):
+            conn.outcome = "backend-tls-failed"
+            conn.detail = "the backend certificate has none of the policy's subjectAltNames"
+            return None
+        return tls
 
     async def _read_hello(self, client: socket.socket, conn: Connection) -> bytes | None:
         buffer = bytearray()
@@ -212,14 +310,8 @@ class Proxy:
         return None
 
     async def _relay(
-        self,
-        client: socket.socket,
-        upstream: socket.socket,
-        hello_bytes: bytes,
-        conn: Connection,
-        decision: Routed,
+        self, client: socket.socket, upstream: socket.socket, hello_bytes: bytes, conn: Connection
     ) -> None:
-        del decision  # passthrough needs nothing more from the table
         conn.transfer = Transfer(idle_timeout=self.config.idle_timeout)
         # The buffered hello goes first, verbatim: the backend sees the client's own SNI.
         await send_all(upstream, hello_bytes)

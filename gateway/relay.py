@@ -20,6 +20,7 @@ import fcntl
 import os
 import socket
 import termios
+from typing import Protocol
 
 import attrs
 import trio
@@ -28,6 +29,8 @@ import trio
 CHUNK = 1024 * 1024
 #: Below this many waiting bytes a round is a plain read and write.
 SPLICE_MIN = 64 * 1024
+#: Largest plaintext read from a backend socket per round (Terminate listeners).
+READ_SIZE = 256 * 1024
 SPLICE_AVAILABLE = hasattr(os, "splice")
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 
@@ -185,3 +188,65 @@ def _send_eof(dst: socket.socket) -> None:
     except OSError as exc:
         if exc.errno != errno.ENOTCONN:
             raise
+
+
+class End(Protocol):
+    """One side of a terminated connection: plaintext in and out."""
+
+    async def receive(self) -> bytes: ...
+
+    async def send(self, data: bytes) -> None: ...
+
+    async def finish(self) -> None: ...
+
+
+class PlainEnd:
+    """A plain TCP socket as an `End` (the backend of a Terminate listener)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    async def receive(self) -> bytes:
+        while True:
+            try:
+                return self.sock.recv(READ_SIZE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self.sock)
+
+    async def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self.sock.send(view) :]
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self.sock)
+
+    async def finish(self) -> None:
+        _send_eof(self.sock)
+
+
+async def relay_ends(client: End, backend: End, transfer: Transfer) -> None:
+    """Relay plaintext between a terminated client and its backend.
+
+    The client ending (close_notify or FIN) half-closes toward the backend, whose answer still
+    flows back; the backend ending closes the client's TLS and then both sides, since TLS has
+    no half-close to rely on (STACK-NOTES.md). Returns quietly on the idle timeout.
+    """
+    transfer.scope.deadline = trio.current_time() + transfer.idle_timeout
+    with transfer.scope:
+        async with trio.open_nursery() as nursery:
+
+            async def downstream() -> None:
+                while data := await backend.receive():
+                    await client.send(data)
+                    transfer.down += len(data)
+                    transfer.progress()
+                await client.finish()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(downstream)
+            while data := await client.receive():
+                await backend.send(data)
+                transfer.up += len(data)
+                transfer.progress()
+            await backend.finish()

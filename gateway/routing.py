@@ -34,6 +34,19 @@ class Endpoint:
 
 
 @frozen(kw_only=True)
+class BackendTLS:
+    """Re-encryption to a backend Service targeted by an accepted BackendTLSPolicy (SPEC.md
+    §10.7): TLS with SNI = hostname, verified against the CA bundles (or the system roots) and
+    the hostname, or the subjectAltNames when the policy lists some. Terminate listeners only."""
+
+    policy: str
+    hostname: str
+    ca_config_maps: tuple[tuple[str, str], ...] = ()
+    well_known: str | None = None
+    subject_alt_names: tuple[tuple[str, str], ...] = ()
+
+
+@frozen(kw_only=True)
 class Backend:
     """One weighted backendRef. `reject` says why connections drawn to it are closed
     (an invalid reference, or no ready endpoint): its weight still counts (SPEC.md §10.4)."""
@@ -42,6 +55,7 @@ class Backend:
     weight: int
     endpoints: tuple[Endpoint, ...] = ()
     reject: str | None = None
+    tls: BackendTLS | None = None
 
 
 @frozen(kw_only=True)
@@ -87,6 +101,8 @@ class ListenerTable:
     #: Secrets (namespace, name) whose certificates this listener serves (Terminate).
     certificates: tuple[tuple[str, str], ...] = ()
     frontend: FrontendValidation | None = None
+    #: The Gateway's spec.tls.backend.clientCertificateRef, presented when re-encrypting.
+    backend_client_certificate: tuple[str, str] | None = None
     #: Set when the listener cannot serve: the connections it wins are closed, never handed to
     #: a broader listener (SPEC.md §10.1 recommendation).
     reject: str | None = None
@@ -212,6 +228,8 @@ def _backend_wire(backend: Backend) -> dict[str, Any]:
     }
     if backend.reject is not None:
         out["reject"] = backend.reject
+    if backend.tls is not None:
+        out["tls"] = {"policy": backend.tls.policy, "hostname": backend.tls.hostname}
     return out
 
 

@@ -221,7 +221,10 @@ class Server:
         self.control = Control(self.state, self.store)
         self.bootstrap = list(bootstrap)
         self.proxy = Proxy(
-            lambda: self.state.snapshot, config.proxy, PipePool() if config.proxy.splice else None
+            lambda: self.state.snapshot,
+            config.proxy,
+            PipePool() if config.proxy.splice else None,
+            documents=lambda: self.state.documents,
         )
         self.limit = config.max_connections or connection_limit(
             self.proxy.pool.limit if self.proxy.pool else 0

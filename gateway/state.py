@@ -49,10 +49,13 @@ class State:
 
     def put(self, documents: Iterable[Document], deleted: Iterable[ObjectKey] = ()) -> Snapshot:
         """Apply committed writes and deletions, then rebuild once."""
+        # A new dict, never an update in place: a connection keeps the one it read.
+        updated = dict(self.documents)
         for doc in documents:
-            self.documents[key_of(doc)] = doc
+            updated[key_of(doc)] = doc
         for key in deleted:
-            self.documents.pop(key, None)
+            updated.pop(key, None)
+        self.documents = updated
         return self.rebuild()
 
     def set_bind_failures(self, failures: Mapping[tuple[str, int], str]) -> None:

@@ -55,6 +55,8 @@ class Reason(StrEnum):
     NO_MATCHING_PARENT = "NoMatchingParent"
     INVALID_KIND = "InvalidKind"
     BACKEND_NOT_FOUND = "BackendNotFound"
+    # BackendTLSPolicy (SPEC.md §7)
+    CONFLICTED = "Conflicted"
 
 
 @frozen(kw_only=True)
@@ -111,7 +113,19 @@ class RouteStatus:
     parents: tuple[RouteParentStatus, ...]
 
 
-Status = GatewayClassStatus | GatewayStatus | RouteStatus
+@frozen(kw_only=True)
+class PolicyAncestorStatus:
+    ancestor_ref: ParentReference
+    controller_name: str
+    conditions: tuple[Condition, ...]
+
+
+@frozen(kw_only=True)
+class PolicyStatus:
+    ancestors: tuple[PolicyAncestorStatus, ...]
+
+
+Status = GatewayClassStatus | GatewayStatus | RouteStatus | PolicyStatus
 
 
 @frozen

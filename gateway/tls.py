@@ -14,11 +14,15 @@ import hashlib
 import os
 import ssl
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+
+from attrs import frozen as attrs_frozen
 
 from gateway import corev1
 from gateway.convert import secret_bytes
+from gateway.kinds import Document, ObjectKey
 from gateway.resources import Resources
+from gateway.routing import BackendTLS, ListenerTable
 from gateway.runtime import LoadResult, NamespacedName
 
 TLS_CERT_KEY = "tls.crt"
@@ -114,3 +118,178 @@ def load_facts(
     secrets = {key: check_secret(secret) for key, secret in resources.secrets.items()}
     bundles = {key: check_ca_bundle(cm) for key, cm in resources.config_maps.items()}
     return secrets, bundles
+
+
+# --- serving certificates -----------------------------------------------------------------
+
+
+def certificate_names(certificate_pem: bytes) -> tuple[str, ...]:
+    """The DNS names of the leaf certificate (SANs; the CN only when there are none)."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    leaf = x509.load_pem_x509_certificate(certificate_pem)
+    try:
+        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        dns = tuple(n.lower() for n in names.value.get_values_for_type(x509.DNSName))
+        if dns:
+            return dns
+    except x509.ExtensionNotFound:
+        pass
+    common = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return tuple(str(a.value).lower() for a in common)
+
+
+def name_rank(pattern: str, server_name: str) -> tuple[int, int] | None:
+    """How well a certificate name covers an SNI: exact beats wildcard, a longer name beats a
+    shorter one; a wildcard covers exactly one label (RFC 6125 §6.4.3, as clients check)."""
+    if pattern == server_name:
+        return (2, len(pattern))
+    if pattern.startswith("*.") and server_name.endswith(pattern[1:]):
+        head = server_name[: -len(pattern) + 1]
+        if head and "." not in head:
+            return (1, len(pattern))
+    return None
+
+
+@attrs_frozen
+class ServedCertificate:
+    names: tuple[str, ...]
+    context: ssl.SSLContext
+
+
+def choose_certificate(
+    certificates: Sequence[ServedCertificate], server_name: str | None
+) -> ssl.SSLContext:
+    """The certificate whose name best matches the SNI ("longest matching SNI out of all
+    available certificates", SPEC.md §10.6); the first one when none matches."""
+    best: tuple[tuple[int, int], ssl.SSLContext] | None = None
+    name = (server_name or "").lower().removesuffix(".")
+    for certificate in certificates:
+        for pattern in certificate.names:
+            rank = name_rank(pattern, name)
+            if rank is not None and (best is None or rank > best[0]):
+                best = (rank, certificate.context)
+    return best[1] if best is not None else certificates[0].context
+
+
+class ContextRegistry:
+    """SSL contexts for Terminate listeners and re-encrypted backends, built from the Secrets
+    and ConfigMaps in force. Contexts are cached by the digest of what they are made of, so
+    updating a Secret changes the certificate of the next connection and nothing else."""
+
+    def __init__(self) -> None:
+        self._contexts: dict[tuple[object, ...], ssl.SSLContext] = {}
+        self._names: dict[bytes, tuple[str, ...]] = {}
+        self._listeners: dict[tuple[int, str, str], list[ServedCertificate]] = {}
+
+    def server_certificates(
+        self, generation: int, listener: ListenerTable, documents: Mapping[ObjectKey, Document]
+    ) -> list[ServedCertificate]:
+        key = (generation, listener.gateway, listener.name)
+        found = self._listeners.get(key)
+        if found is None:
+            if self._listeners and next(iter(self._listeners))[0] != generation:
+                self._listeners.clear()  # a new snapshot: forget the old one's choices
+            found = self._listeners[key] = self._build(listener, documents)
+        return found
+
+    def _build(
+        self, listener: ListenerTable, documents: Mapping[ObjectKey, Document]
+    ) -> list[ServedCertificate]:
+        bundle, mode = b"", None
+        if listener.frontend is not None:
+            mode = listener.frontend.mode
+            bundle = b"".join(
+                _ca_bundle(documents, ns, name).encode()
+                for ns, name in listener.frontend.ca_config_maps
+            )
+        served = []
+        for namespace, name in listener.certificates:
+            secret = documents.get(ObjectKey("Secret", namespace, name))
+            if not isinstance(secret, corev1.Secret):
+                continue
+            try:
+                certificate, key = secret_pem(secret)
+                digest = hashlib.sha256(certificate + b"\0" + key).digest()
+                context = self._server_context(digest, certificate, key, bundle, mode)
+                names = self._names.get(digest)
+                if names is None:
+                    names = self._names[digest] = certificate_names(certificate)
+            except (CertificateError, ValueError):
+                continue  # reported in status already (InvalidCertificateRef)
+            served.append(ServedCertificate(names, context))
+        return served
+
+    def _server_context(
+        self, digest: bytes, certificate: bytes, key: bytes, bundle: bytes, mode: str | None
+    ) -> ssl.SSLContext:
+        cache_key = ("server", digest, hashlib.sha256(bundle).digest(), mode)
+        context = self._contexts.get(cache_key)
+        if context is None:
+            context = server_context(certificate, key)
+            if mode is not None:
+                # Client-certificate validation (SPEC.md §10.8). AllowInsecureFallback admits
+                # clients without a valid certificate: no certificate is asked for, since its
+                # identity is not passed on and a bad one would otherwise fail the handshake.
+                context.load_verify_locations(cadata=bundle.decode())
+                context.verify_mode = (
+                    ssl.CERT_REQUIRED if mode == "AllowValidOnly" else ssl.CERT_NONE
+                )
+            self._contexts[cache_key] = context
+        return context
+
+    def backend_context(
+        self,
+        policy: BackendTLS,
+        client_certificate: tuple[str, str] | None,
+        documents: Mapping[ObjectKey, Document],
+    ) -> ssl.SSLContext:
+        """A client context to re-encrypt to a backend (SPEC.md §10.7)."""
+        bundle = "".join(_ca_bundle(documents, ns, name) for ns, name in policy.ca_config_maps)
+        client_pem: tuple[bytes, bytes] | None = None
+        if client_certificate is not None:
+            secret = documents.get(ObjectKey("Secret", *client_certificate))
+            if isinstance(secret, corev1.Secret):
+                client_pem = secret_pem(secret)
+        cache_key = (
+            "client",
+            hashlib.sha256(bundle.encode()).digest(),
+            policy.well_known,
+            bool(policy.subject_alt_names),
+            hashlib.sha256(b"".join(client_pem)).digest() if client_pem else None,
+        )
+        context = self._contexts.get(cache_key)
+        if context is None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            if bundle:
+                context.load_verify_locations(cadata=bundle)
+            else:
+                context.load_default_certs()  # wellKnownCACertificates: System
+            # With subjectAltNames the names checked are those, after the handshake.
+            context.check_hostname = not policy.subject_alt_names
+            if client_pem is not None:
+                with _as_file(client_pem[0]) as cert_path, _as_file(client_pem[1]) as key_path:
+                    context.load_cert_chain(cert_path, key_path)
+            self._contexts[cache_key] = context
+        return context
+
+
+def _ca_bundle(documents: Mapping[ObjectKey, Document], namespace: str, name: str) -> str:
+    config_map = documents.get(ObjectKey("ConfigMap", namespace, name))
+    if isinstance(config_map, corev1.ConfigMap):
+        return (config_map.data or {}).get(CA_BUNDLE_KEY, "") + "\n"
+    return ""
+
+
+def subject_alt_names_match(peer: Mapping[str, object], wanted: Sequence[tuple[str, str]]) -> bool:
+    """Does the backend certificate carry one of the policy's subjectAltNames (SPEC.md §7)?"""
+    sans = peer.get("subjectAltName", ())
+    have = [(kind, str(value).lower()) for kind, value in sans]  # type: ignore[attr-defined]
+    for kind, value in wanted:
+        if kind == "Hostname" and any(k == "DNS" and name_rank(v, value.lower()) for k, v in have):
+            return True
+        if kind == "URI" and ("URI", value.lower()) in have:
+            return True
+    return False

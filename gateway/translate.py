@@ -23,8 +23,9 @@ from gateway import CONTROLLER_NAME, GATEWAY_GROUP, hostnames, model
 from gateway.backends import resolve_backends
 from gateway.kinds import ObjectKey
 from gateway.listeners import TLS_ROUTE_KIND, GatewayState, ListenerState, evaluate_gateway
+from gateway.policies import PolicyResult, Target, evaluate_policies
 from gateway.resources import NamespacedName, Resources, selector_matches
-from gateway.routing import Backend, Bind, ListenerTable, RouteTarget, Snapshot
+from gateway.routing import Backend, BackendTLS, Bind, ListenerTable, RouteTarget, Snapshot
 from gateway.runtime import Runtime
 from gateway.status import (
     ConditionType,
@@ -33,6 +34,8 @@ from gateway.status import (
     GatewayStatus,
     GatewayStatusAddress,
     ListenerStatus,
+    PolicyAncestorStatus,
+    PolicyStatus,
     Reason,
     RouteParentStatus,
     RouteStatus,
@@ -60,6 +63,7 @@ def translate(resources: Resources, runtime: Runtime, generation: int = 0) -> Sn
     binds = build.binds()
     build.finish_gateways()
     build.finish_routes()
+    build.finish_policies()
     return Snapshot(generation=generation, statuses=build.statuses, binds=binds)
 
 
@@ -107,6 +111,11 @@ class _Build:
     route_backends: dict[NamespacedName, tuple[Backend, ...]] = field(factory=dict)
     #: (gateway, listener name, effective hostname) -> (winner, [losers]) route keys.
     winners: dict[tuple[NamespacedName, str, str], list[NamespacedName]] = field(factory=dict)
+    policies: dict[Target, BackendTLS] = field(factory=dict)
+    policy_results: dict[NamespacedName, PolicyResult] = field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        self.policies, self.policy_results = evaluate_policies(self.resources, self.runtime)
 
     def previous(self, key: ObjectKey) -> Status | None:
         return self.runtime.previous.get(key)
@@ -197,7 +206,7 @@ class _Build:
     def routes(self) -> None:
         for key, route in self.resources.tls_routes.items():
             self.route_resolved[key], self.route_backends[key] = resolve_backends(
-                key, route, self.resources
+                key, route, self.resources, self.policies
             )
             self.route_parents[key] = [
                 parent
@@ -340,6 +349,7 @@ class _Build:
             port=listener.spec.port,
             certificates=listener.certificates,
             frontend=listener.frontend,
+            backend_client_certificate=state.client_certificate_ref,
             reject=self._problem(state, listener),
             routes=tuple(targets),
         )
@@ -517,3 +527,48 @@ class _Build:
         if shadowed:
             message += "; shadowed: " + "; ".join(shadowed)
         return message
+
+    def finish_policies(self) -> None:
+        """PolicyStatus.ancestors: one entry per Gateway of ours that routes to a targeted
+        Service (SPEC.md §7), with the policy's own generation."""
+        users: dict[tuple[str, str], set[NamespacedName]] = {}
+        for key, route in self.resources.tls_routes.items():
+            gateways = {
+                state.key for parent in self.route_parents[key] for state, _, _ in parent.attached
+            }
+            for rule in route.spec.rules:
+                for ref in rule.backend_refs:
+                    if (ref.group, ref.kind) == ("", "Service"):
+                        users.setdefault((ref.namespace or key[0], ref.name), set()).update(
+                            gateways
+                        )
+        for key, result in self.policy_results.items():
+            ancestors = sorted(
+                {g for ns, name, _ in result.targets for g in users.get((ns, name), ())}
+            )
+            if not ancestors:
+                continue  # no Gateway of ours uses it: not ours to report on
+            status_key = ObjectKey("BackendTLSPolicy", key[0], key[1])
+            old = self.previous(status_key)
+            policy = self.resources.backend_tls_policies[key]
+            entries = []
+            for namespace, name in ancestors:
+                ancestor = model.ParentReference(namespace=namespace, name=name)
+                previous = (
+                    next((a.conditions for a in old.ancestors if a.ancestor_ref == ancestor), ())
+                    if isinstance(old, PolicyStatus)
+                    else ()
+                )
+                entries.append(
+                    PolicyAncestorStatus(
+                        ancestor_ref=ancestor,
+                        controller_name=CONTROLLER_NAME,
+                        conditions=stamp(
+                            [result.accepted, result.resolved_refs],
+                            policy.metadata.generation or 1,
+                            self.runtime.now,
+                            previous,
+                        ),
+                    )
+                )
+            self.statuses[status_key] = PolicyStatus(ancestors=tuple(entries))

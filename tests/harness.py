@@ -279,3 +279,51 @@ async def _run_server(
     server: Server, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
 ) -> None:
     await server.run(task_status=task_status)
+
+
+def _indent(text: str, spaces: int) -> str:
+    return "\n".join(" " * spaces + line for line in text.splitlines())
+
+
+def secret_yaml(name: str, cert: trustme.LeafCert, namespace: str = "infra") -> str:
+    chain = "".join(b.bytes().decode() for b in cert.cert_chain_pems)
+    return f"""
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: {name}, namespace: {namespace}}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+{_indent(chain, 4)}
+  tls.key: |
+{_indent(cert.private_key_pem.bytes().decode(), 4)}
+"""
+
+
+def ca_config_map_yaml(name: str, ca: trustme.CA, namespace: str = "infra") -> str:
+    return f"""
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: {name}, namespace: {namespace}}}
+data:
+  ca.crt: |
+{_indent(ca.cert_pem.bytes().decode(), 4)}
+"""
+
+
+def terminate_listener(name: str, port: int, hostname: str | None, *secrets: str) -> str:
+    host = f", hostname: {json.dumps(hostname)}" if hostname else ""
+    refs = ", ".join(f"{{name: {s}}}" for s in secrets)
+    return f"""
+  - {{name: {name}, port: {port}, protocol: TLS{host},
+     tls: {{mode: Terminate, certificateRefs: [{refs}]}},
+     allowedRoutes: {{namespaces: {{from: All}}}}}}"""
+
+
+def passthrough_listener(name: str, port: int, hostname: str | None) -> str:
+    host = f", hostname: {json.dumps(hostname)}" if hostname else ""
+    return f"""
+  - {{name: {name}, port: {port}, protocol: TLS{host}, tls: {{mode: Passthrough}},
+     allowedRoutes: {{namespaces: {{from: All}}}}}}"""

@@ -15,7 +15,7 @@ from gateway.manifests import parse_documents
 from gateway.resources import Resources
 from gateway.routing import Snapshot
 from gateway.runtime import Runtime
-from gateway.status import Condition, GatewayStatus, RouteStatus, Status
+from gateway.status import Condition, GatewayClassStatus, GatewayStatus, RouteStatus, Status
 from gateway.tls import load_facts
 from gateway.translate import translate
 
@@ -96,7 +96,7 @@ def conditions(
         return {c.type: c for c in found.conditions}
     if isinstance(status, RouteStatus):
         return {c.type: c for c in status.parents[parent].conditions}
-    assert not isinstance(status, RouteStatus)
+    assert isinstance(status, GatewayStatus | GatewayClassStatus)
     return {c.type: c for c in status.conditions}
 
 

@@ -373,3 +373,83 @@ def test_route_with_only_foreign_parents_gets_no_status() -> None:
 def test_translate_is_deterministic() -> None:
     text = _all(GATEWAY_CLASS, GATEWAY, ROUTE, SERVICE, GRANT, ENDPOINTS)
     assert snapshot_of(text) == snapshot_of(text)
+
+
+POLICY = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {{name: {name}, namespace: data{timestamp}}}
+spec:
+  targetRefs: [{{group: "", kind: Service, name: pg}}]
+  validation:
+    hostname: pg.internal
+    caCertificateRefs: [{{group: "", kind: {kind}, name: {ca}}}]
+"""
+
+
+def _policy(name: str, ca: str = "pg-ca", kind: str = "ConfigMap", timestamp: str = "") -> str:
+    stamp = f", creationTimestamp: '{timestamp}'" if timestamp else ""
+    return POLICY.format(name=name, ca=ca, kind=kind, timestamp=stamp)
+
+
+def _pg_ca() -> str:
+    ca = (CERTS / "ca.crt").read_text().replace("\n", "\n    ")
+    return CA_MAP.replace("client-ca", "pg-ca").replace("infra", "data").replace("CA_PEM", ca)
+
+
+def _policy_conditions(snap: object, name: str) -> dict[str, tuple[str, str]]:
+    status = snap.statuses[ObjectKey("BackendTLSPolicy", "data", name)]  # type: ignore[attr-defined]
+    return {c.type: (c.status, c.reason) for c in status.ancestors[0].conditions}
+
+
+def test_backend_tls_policy_status_and_table() -> None:
+    snap = snapshot_of(
+        _all(GATEWAY_CLASS, GATEWAY, ROUTE, SERVICE, GRANT, ENDPOINTS, _pg_ca(), _policy("pg"))
+    )
+    assert _policy_conditions(snap, "pg") == {
+        "Accepted": ("True", "Accepted"),
+        "ResolvedRefs": ("True", "ResolvedRefs"),
+    }
+    status = snap.statuses[ObjectKey("BackendTLSPolicy", "data", "pg")]
+    assert [a.ancestor_ref.name for a in status.ancestors] == ["gw"]  # type: ignore[union-attr]
+    backend = snap.binds[("0.0.0.0", 443)].listeners[0].routes[0].backends[0]
+    assert backend.tls is not None and backend.tls.hostname == "pg.internal"
+    assert backend.tls.ca_config_maps == (("data", "pg-ca"),)
+
+
+def test_backend_tls_policy_with_bad_ca_refs_is_not_accepted() -> None:
+    base = (GATEWAY_CLASS, GATEWAY, ROUTE, SERVICE, GRANT, ENDPOINTS)
+    snap = snapshot_of(_all(*base, _policy("pg", ca="missing")))
+    assert _policy_conditions(snap, "pg") == {
+        "Accepted": ("False", "NoValidCACertificate"),
+        "ResolvedRefs": ("False", "InvalidCACertificateRef"),
+    }
+    backend = snap.binds[("0.0.0.0", 443)].listeners[0].routes[0].backends[0]
+    assert backend.tls is None
+    snap = snapshot_of(_all(*base, _policy("pg", kind="Secret")))
+    assert _policy_conditions(snap, "pg")["ResolvedRefs"] == ("False", "InvalidKind")
+
+
+def test_conflicting_backend_tls_policies_the_older_wins() -> None:
+    snap = snapshot_of(
+        _all(
+            GATEWAY_CLASS,
+            GATEWAY,
+            ROUTE,
+            SERVICE,
+            GRANT,
+            ENDPOINTS,
+            _pg_ca(),
+            _policy("newer"),
+            _policy("older", timestamp="2020-01-01T00:00:00Z"),
+        )
+    )
+    assert _policy_conditions(snap, "older")["Accepted"] == ("True", "Accepted")
+    assert _policy_conditions(snap, "newer")["Accepted"] == ("False", "Conflicted")
+    backend = snap.binds[("0.0.0.0", 443)].listeners[0].routes[0].backends[0]
+    assert backend.tls is not None and backend.tls.policy == "data/older"
+
+
+def test_backend_tls_policy_no_route_uses_gets_no_status() -> None:
+    snap = snapshot_of(_all(GATEWAY_CLASS, GATEWAY, SERVICE, _pg_ca(), _policy("pg")))
+    assert ObjectKey("BackendTLSPolicy", "data", "pg") not in snap.statuses

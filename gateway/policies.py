@@ -1,0 +1,155 @@
+"""BackendTLSPolicy: which backend Services are re-encrypted, and each policy's conditions
+(SPEC.md §7, §10.7).
+
+Pure. A policy targets core Services (optionally one port, by name). Its CA references must be
+ConfigMaps in its own namespace with a loadable `ca.crt`; when none is usable the policy is not
+accepted (`NoValidCACertificate`), so traffic never goes out unverified. When two policies
+target the same Service port, the older wins, then namespace/name; the others are
+`Conflicted`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from attrs import frozen
+
+from gateway import model
+from gateway.resources import NamespacedName, Resources
+from gateway.routing import BackendTLS
+from gateway.runtime import Runtime
+from gateway.status import ConditionType, Draft, Reason
+
+#: (namespace, Service name, Service port name or None for every port)
+Target = tuple[str, str, str | None]
+
+
+@frozen
+class PolicyResult:
+    accepted: Draft
+    resolved_refs: Draft
+    targets: tuple[Target, ...]
+
+
+def evaluate_policies(
+    resources: Resources, runtime: Runtime
+) -> tuple[dict[Target, BackendTLS], dict[NamespacedName, PolicyResult]]:
+    results: dict[NamespacedName, PolicyResult] = {}
+    candidates: dict[Target, list[tuple[tuple[str, str, str], NamespacedName, BackendTLS]]] = {}
+    for key, policy in resources.backend_tls_policies.items():
+        result, tls = _evaluate(key, policy, resources, runtime)
+        results[key] = result
+        if tls is None:
+            continue
+        age = (policy.metadata.creation_timestamp or "", key[0], key[1])
+        for target in result.targets:
+            candidates.setdefault(target, []).append((age, key, tls))
+    chosen: dict[Target, BackendTLS] = {}
+    for target, entries in candidates.items():
+        entries.sort(key=lambda entry: entry[0])
+        chosen[target] = entries[0][2]
+        for _, loser, _ in entries[1:]:
+            winner = entries[0][1]
+            results[loser] = PolicyResult(
+                Draft(
+                    ConditionType.ACCEPTED,
+                    False,
+                    Reason.CONFLICTED,
+                    f"Service {target[0]}/{target[1]} is already targeted by the older "
+                    f"BackendTLSPolicy {winner[0]}/{winner[1]}",
+                ),
+                results[loser].resolved_refs,
+                results[loser].targets,
+            )
+    return chosen, results
+
+
+def _evaluate(
+    key: NamespacedName, policy: model.BackendTLSPolicy, resources: Resources, runtime: Runtime
+) -> tuple[PolicyResult, BackendTLS | None]:
+    namespace = key[0]
+    targets = []
+    invalid_targets = []
+    for i, ref in enumerate(policy.spec.target_refs):
+        if (ref.group, ref.kind) == ("", "Service"):
+            targets.append((namespace, ref.name, ref.section_name))
+        else:
+            invalid_targets.append(f"targetRefs[{i}]: {ref.group or 'core'}/{ref.kind}")
+    validation = policy.spec.validation
+    problems: list[tuple[Reason, str]] = []
+    usable: list[tuple[str, str]] = []
+    for i, ca_ref in enumerate(validation.ca_certificate_refs or ()):
+        where = f"caCertificateRefs[{i}]"
+        if (ca_ref.group, ca_ref.kind) != ("", "ConfigMap"):
+            problems.append(
+                (
+                    Reason.INVALID_KIND,
+                    f"{where}: {ca_ref.group or 'core'}/{ca_ref.kind} "
+                    "is not supported; only core ConfigMaps are",
+                )
+            )
+            continue
+        config_map = resources.config_maps.get((namespace, ca_ref.name))
+        loaded = runtime.ca_bundles.get((namespace, ca_ref.name))
+        if config_map is None or "ca.crt" not in (config_map.data or {}):
+            problems.append(
+                (
+                    Reason.INVALID_CA_CERTIFICATE_REF,
+                    f"{where}: ConfigMap {namespace}/{ca_ref.name} does not exist or has no ca.crt",
+                )
+            )
+        elif loaded is None or not loaded.ok:
+            why = loaded.message if loaded else "it has not been loaded"
+            problems.append(
+                (
+                    Reason.INVALID_CA_CERTIFICATE_REF,
+                    f"{where}: ConfigMap {namespace}/{ca_ref.name} ca.crt is not a valid "
+                    f"CA bundle: {why}",
+                )
+            )
+        else:
+            usable.append((namespace, ca_ref.name))
+    if problems:
+        resolved = Draft(
+            ConditionType.RESOLVED_REFS, False, problems[0][0], "; ".join(m for _, m in problems)
+        )
+    else:
+        resolved = Draft(
+            ConditionType.RESOLVED_REFS, True, Reason.RESOLVED_REFS, "All references are resolved"
+        )
+    if invalid_targets:
+        accepted = Draft(
+            ConditionType.ACCEPTED,
+            False,
+            Reason.INVALID,
+            "only core Services can be targeted: " + ", ".join(invalid_targets),
+        )
+        return PolicyResult(accepted, resolved, tuple(targets)), None
+    if validation.ca_certificate_refs and not usable:
+        accepted = Draft(
+            ConditionType.ACCEPTED,
+            False,
+            Reason.NO_VALID_CA_CERTIFICATE,
+            "no caCertificateRef is usable: traffic is not re-encrypted unverified",
+        )
+        return PolicyResult(accepted, resolved, tuple(targets)), None
+    accepted = Draft(ConditionType.ACCEPTED, True, Reason.ACCEPTED, "Policy is accepted")
+    tls = BackendTLS(
+        policy=f"{key[0]}/{key[1]}",
+        hostname=validation.hostname,
+        ca_config_maps=tuple(usable),
+        well_known=validation.well_known_ca_certificates,
+        subject_alt_names=tuple(
+            (san.type, san.hostname or san.uri or "") for san in validation.subject_alt_names or ()
+        ),
+    )
+    return PolicyResult(accepted, resolved, tuple(targets)), tls
+
+
+def policy_for(
+    policies: Mapping[Target, BackendTLS], namespace: str, service: str, port_name: str | None
+) -> BackendTLS | None:
+    """A policy for this port by name wins over one for the whole Service."""
+    if port_name is not None and (namespace, service, port_name) in policies:
+        return policies[(namespace, service, port_name)]
+    return policies.get((namespace, service, None))
