@@ -378,7 +378,7 @@ def test_translate_is_deterministic() -> None:
 POLICY = """
 apiVersion: gateway.networking.k8s.io/v1
 kind: BackendTLSPolicy
-metadata: {{name: {name}, namespace: data{timestamp}}}
+metadata: {{name: {name}, namespace: data}}
 spec:
   targetRefs: [{{group: "", kind: Service, name: pg}}]
   validation:
@@ -387,9 +387,8 @@ spec:
 """
 
 
-def _policy(name: str, ca: str = "pg-ca", kind: str = "ConfigMap", timestamp: str = "") -> str:
-    stamp = f", creationTimestamp: '{timestamp}'" if timestamp else ""
-    return POLICY.format(name=name, ca=ca, kind=kind, timestamp=stamp)
+def _policy(name: str, ca: str = "pg-ca", kind: str = "ConfigMap") -> str:
+    return POLICY.format(name=name, ca=ca, kind=kind)
 
 
 def _pg_ca() -> str:
@@ -440,8 +439,8 @@ def test_conflicting_backend_tls_policies_the_older_wins() -> None:
             GRANT,
             ENDPOINTS,
             _pg_ca(),
+            _policy("older"),  # applied first, so older
             _policy("newer"),
-            _policy("older", timestamp="2020-01-01T00:00:00Z"),
         )
     )
     assert _policy_conditions(snap, "older")["Accepted"] == ("True", "Accepted")
