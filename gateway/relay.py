@@ -30,7 +30,7 @@ CHUNK = 1024 * 1024
 #: Below this many waiting bytes a round is a plain read and write.
 SPLICE_MIN = 64 * 1024
 #: Largest plaintext read from a backend socket per round (Terminate listeners).
-READ_SIZE = 256 * 1024
+READ_SIZE = 64 * 1024
 SPLICE_AVAILABLE = hasattr(os, "splice")
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 

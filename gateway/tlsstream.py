@@ -17,6 +17,11 @@ import ssl
 import trio
 
 READ_SIZE = 256 * 1024
+#: Copies through the BIOs go in pieces below glibc's mmap threshold (128 KiB by default), so
+#: each one reuses heap memory instead of mapping and faulting in fresh pages.
+CHUNK = 64 * 1024
+#: The largest TLS plaintext record (RFC 8446 §5.1): what one SSLObject.read can return.
+RECORD = 16 * 1024
 
 
 class TlsError(Exception):
@@ -69,7 +74,7 @@ class TlsConnection:
             chunks = []
             try:
                 while True:
-                    chunk = self.tls.read(READ_SIZE)
+                    chunk = self.tls.read(RECORD)
                     if not chunk:
                         break
                     chunks.append(chunk)
@@ -116,7 +121,7 @@ class TlsConnection:
             return False
         while True:
             try:
-                data = self.sock.recv(READ_SIZE)
+                data = self.sock.recv(CHUNK)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(self.sock)
                 continue
@@ -127,10 +132,10 @@ class TlsConnection:
             return True
 
     async def _flush(self) -> None:
-        data = self._out.read()
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[self.sock.send(view) :]
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(self.sock)
+        while self._out.pending:
+            view = memoryview(self._out.read(CHUNK))
+            while view:
+                try:
+                    view = view[self.sock.send(view) :]
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(self.sock)
