@@ -41,16 +41,12 @@ def resolve_backends(
             service = resources.services[(namespace, ref.name)]
             endpoints = _endpoints(service, ref.port, resources)
             port_name = next(p.name for p in service.spec.ports or () if p.port == ref.port)
+            tls = policy_for(policies or {}, namespace, ref.name, port_name)
+            reject = None if endpoints else f"Service {namespace}/{ref.name} has no ready endpoints"
+            if tls is not None and tls.error is not None:
+                reject = f"BackendTLSPolicy {tls.policy} is not accepted: {tls.error}"
             pool.append(
-                Backend(
-                    name=name,
-                    weight=ref.weight,
-                    endpoints=endpoints,
-                    reject=None
-                    if endpoints
-                    else f"Service {namespace}/{ref.name} has no ready endpoints",
-                    tls=policy_for(policies or {}, namespace, ref.name, port_name),
-                )
+                Backend(name=name, weight=ref.weight, endpoints=endpoints, reject=reject, tls=tls)
             )
     if failures:
         draft = Draft(

@@ -130,9 +130,13 @@ def _evaluate(
             ConditionType.ACCEPTED,
             False,
             Reason.NO_VALID_CA_CERTIFICATE,
-            "no caCertificateRef is usable: traffic is not re-encrypted unverified",
+            "no caCertificateRef is usable: connections to its Services are refused rather "
+            "than sent unverified or in plain text",
         )
-        return PolicyResult(accepted, resolved, tuple(targets)), None
+        refused = BackendTLS(
+            policy=f"{key[0]}/{key[1]}", hostname=validation.hostname, error=accepted.message
+        )
+        return PolicyResult(accepted, resolved, tuple(targets)), refused
     accepted = Draft(ConditionType.ACCEPTED, True, Reason.ACCEPTED, "Policy is accepted")
     tls = BackendTLS(
         policy=f"{key[0]}/{key[1]}",

@@ -44,6 +44,9 @@ class BackendTLS:
     ca_config_maps: tuple[tuple[str, str], ...] = ()
     well_known: str | None = None
     subject_alt_names: tuple[tuple[str, str], ...] = ()
+    #: Set when the policy is not accepted: its Services' shares are refused (never sent
+    #: unverified or in plain text).
+    error: str | None = None
 
 
 @frozen(kw_only=True)

@@ -17,7 +17,12 @@ import trustme
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / "demo-state"
 GATEWAY_PORT = 18443
-BACKENDS = {"db": (19441, False), "web": (19442, True)}  # name: (port, speaks HTTP)
+#: name: (port, answers HTTP, serves TLS itself)
+BACKENDS = {
+    "db": (19441, False, True),
+    "web": (19442, True, True),
+    "cache": (19443, False, False),
+}
 
 
 def wait_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
@@ -32,72 +37,101 @@ def wait_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
     raise SystemExit(f"{what} did not open port {port}")
 
 
+def secret_manifest(name: str, namespace: str, certificate: str, key: str) -> str:
+    def block(text: str) -> str:
+        return "\n".join("    " + line for line in text.strip().splitlines())
+
+    return (
+        f"apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {namespace}\n"
+        f"type: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{block(certificate)}\n"
+        f"  tls.key: |\n{block(key)}\n"
+    )
+
+
 def certificates() -> None:
-    """A demo CA and one certificate per backend, issued fresh each run."""
+    """A demo CA, a certificate per TLS backend, and the Terminate listener's Secret, issued
+    fresh on each run."""
     STATE.mkdir(exist_ok=True)
     ca = trustme.CA(organization_name="tlsgate demo CA")
     ca.cert_pem.write_to_path(str(STATE / "ca.pem"))
-    for name in BACKENDS:
-        ca.issue_cert(f"{name}.example.test").private_key_and_cert_chain_pem.write_to_path(
-            str(STATE / f"{name}.pem")
-        )
+    for name, (_, _, tls) in BACKENDS.items():
+        if tls:
+            leaf = ca.issue_cert(f"{name}.example.test")
+            leaf.private_key_and_cert_chain_pem.write_to_path(str(STATE / f"{name}.pem"))
+    gateway = ca.issue_cert("cache.example.test")
+    chain = "".join(b.bytes().decode() for b in gateway.cert_chain_pems)
+    manifest = secret_manifest("demo-cert", "demo", chain, gateway.private_key_pem.bytes().decode())
+    (STATE / "gateway-cert.yaml").write_text(manifest)
+
+
+def s_client(server_name: str) -> list[str]:
+    return [
+        "openssl",
+        "s_client",
+        "-connect",
+        f"127.0.0.1:{GATEWAY_PORT}",
+        "-servername",
+        server_name,
+        "-CAfile",
+        str(STATE / "ca.pem"),
+        "-verify_return_error",
+        "-quiet",
+    ]
 
 
 def commands() -> dict[str, list[str]]:
-    ca = str(STATE / "ca.pem")
     return {
         "curl": [
             "curl",
             "--silent",
             "--show-error",
             "--cacert",
-            ca,
+            str(STATE / "ca.pem"),
             "--resolve",
             f"web.example.test:{GATEWAY_PORT}:127.0.0.1",
             f"https://web.example.test:{GATEWAY_PORT}/",
         ],
-        "openssl": [
-            "openssl",
-            "s_client",
-            "-connect",
-            f"127.0.0.1:{GATEWAY_PORT}",
-            "-servername",
-            "db.example.test",
-            "-CAfile",
-            ca,
-            "-verify_return_error",
-            "-quiet",
-        ],
+        "passthrough": s_client("db.example.test"),
+        "terminate": s_client("cache.example.test"),
     }
 
 
+def _line_check(label: str, command: list[str], greeting: str, expected: dict[str, object]) -> bool:
+    result = subprocess.run(
+        command, input="TEST\nQUIT\n", capture_output=True, text=True, timeout=30, check=False
+    )
+    lines = result.stdout.splitlines()
+    try:
+        good = (
+            result.returncode == 0 and lines[:1] == [greeting] and json.loads(lines[1]) == expected
+        )
+    except (IndexError, json.JSONDecodeError):
+        good = False
+    print(f"{'ok ' if good else 'FAIL'} {label} -> {' | '.join(lines) or result.stderr.strip()}")
+    return good
+
+
 def check() -> bool:
-    ok = True
     cmds = commands()
     curl = subprocess.run(cmds["curl"], capture_output=True, text=True, timeout=30, check=False)
     try:
         answer = json.loads(curl.stdout)
     except json.JSONDecodeError:
         answer = {}
-    good = answer == {"backend": "web", "sni": "web.example.test", "tls": True}
-    print(f"{'ok ' if good else 'FAIL'} curl -> {curl.stdout.strip() or curl.stderr.strip()}")
-    ok &= good
-    s_client = subprocess.run(
-        cmds["openssl"],
-        input="TEST\nQUIT\n",
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    ok = answer == {"backend": "web", "sni": "web.example.test", "tls": True}
+    print(f"{'ok ' if ok else 'FAIL'} curl -> {curl.stdout.strip() or curl.stderr.strip()}")
+    ok &= _line_check(
+        "openssl s_client, passthrough",
+        cmds["passthrough"],
+        "HELLO db",
+        {"backend": "db", "sni": "db.example.test", "tls": True},
     )
-    lines = s_client.stdout.splitlines()
-    good = (
-        s_client.returncode == 0
-        and lines[:1] == ["HELLO db"]
-        and json.loads(lines[1]) == {"backend": "db", "sni": "db.example.test", "tls": True}
+    ok &= _line_check(
+        "openssl s_client, terminated",
+        cmds["terminate"],
+        "HELLO cache",
+        {"backend": "cache", "sni": None, "tls": False},
     )
-    print(f"{'ok ' if good else 'FAIL'} openssl s_client -> {' | '.join(lines) or s_client.stderr}")
-    ok &= good
     rejected = subprocess.run(
         [
             "openssl",
@@ -116,7 +150,7 @@ def check() -> bool:
     )
     good = rejected.returncode != 0
     print(f"{'ok ' if good else 'FAIL'} an unknown SNI is closed during the handshake")
-    return ok & good
+    return ok and good
 
 
 def main() -> int:
@@ -128,8 +162,9 @@ def main() -> int:
     certificates()
     started: list[subprocess.Popen[bytes]] = []
     python = sys.executable
+    quiet = subprocess.DEVNULL if args.check else None
     try:
-        for name, (port, http) in BACKENDS.items():
+        for name, (port, http, tls) in BACKENDS.items():
             pem = str(STATE / f"{name}.pem")
             process = subprocess.Popen(
                 [
@@ -139,10 +174,7 @@ def main() -> int:
                     name,
                     "--port",
                     str(port),
-                    "--cert",
-                    pem,
-                    "--key",
-                    pem,
+                    *(["--cert", pem, "--key", pem] if tls else []),
                     *(["--http"] if http else []),
                 ],
                 stdout=subprocess.DEVNULL,
@@ -157,13 +189,15 @@ def main() -> int:
                 "serve",
                 "--bootstrap",
                 str(ROOT / "examples" / "demo.yaml"),
+                "--bootstrap",
+                str(STATE / "gateway-cert.yaml"),
                 "--bind-address",
                 "127.0.0.1",
                 "--state-dir",
                 str(STATE / "store"),
             ],
-            stdout=None if not args.check else subprocess.DEVNULL,
-            stderr=None if not args.check else subprocess.DEVNULL,
+            stdout=quiet,
+            stderr=quiet,
         )
         started.append(gateway)
         wait_port(GATEWAY_PORT, gateway, "tlsgate")
@@ -177,11 +211,16 @@ tlsgate demo: listening on 127.0.0.1:{GATEWAY_PORT} (manifests: examples/demo.ya
   HTTPS backend, passed through (the certificate you see is the backend's own):
     {" ".join(cmds["curl"])}
 
-  Line-protocol backend (type PING, TEST, QUIT):
-    {" ".join(cmds["openssl"])}
+  Line-protocol backend, passed through (type PING, TEST, QUIT):
+    {" ".join(cmds["passthrough"])}
+
+  Plain-TCP backend, TLS terminated by tlsgate (TEST shows the backend saw no TLS):
+    {" ".join(cmds["terminate"])}
 
   An unknown name is closed during the handshake:
     openssl s_client -connect 127.0.0.1:{GATEWAY_PORT} -servername nope.example.test
+
+  The admin API: curl http://127.0.0.1:9901/v1/routingtable
 
 Ctrl-C stops everything.
 """,

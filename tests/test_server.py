@@ -337,4 +337,4 @@ def test_demo_check_passes() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("ok ") == 3
+    assert result.stdout.count("ok ") == 4

@@ -424,7 +424,7 @@ def test_backend_tls_policy_with_bad_ca_refs_is_not_accepted() -> None:
         "ResolvedRefs": ("False", "InvalidCACertificateRef"),
     }
     backend = snap.binds[("0.0.0.0", 443)].listeners[0].routes[0].backends[0]
-    assert backend.tls is None
+    assert backend.reject is not None and "data/pg is not accepted" in backend.reject
     snap = snapshot_of(_all(*base, _policy("pg", kind="Secret")))
     assert _policy_conditions(snap, "pg")["ResolvedRefs"] == ("False", "InvalidKind")
 
