@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -21,6 +22,7 @@ from gateway.control import BadRequest, Control, NotFound, Outcome
 from gateway.convert import CONVERTER, Invalid, structure_document, unstructure_document
 from gateway.kinds import BY_PLURAL, Document, KindInfo, ObjectKey, key_of
 from gateway.manifests import ManifestError, parse_documents
+from gateway.metrics import Metrics
 from gateway.routing import Snapshot, explain, table_to_wire
 from gateway.writes import Conflict
 
@@ -36,7 +38,7 @@ def create_app(
     token: str | None = None,
     body_limit: int = 4 * 1024 * 1024,
     ready: Callable[[], str | None] = lambda: None,
-    metrics: Callable[[], bytes] | None = None,
+    metrics: Metrics | None = None,
 ) -> QuartTrio:
     app = QuartTrio(__name__)
     app.config["MAX_CONTENT_LENGTH"] = body_limit
@@ -77,10 +79,16 @@ def create_app(
             return _json({"status": "ready", "generation": control.state.generation}, 200)
         return _json(ApiError(503, reason).body(), 503)
 
+    @app.after_request
+    async def count(response: Response) -> Response:
+        if metrics is not None:
+            metrics.admin_requests.labels(request.method, str(response.status_code)).inc()
+        return response
+
     @app.get("/metrics")
     async def metrics_view() -> Response:
-        body = metrics() if metrics is not None else b""
-        return Response(body, 200, content_type="text/plain; version=0.0.4; charset=utf-8")
+        body = metrics.render() if metrics is not None else b""
+        return Response(body, 200, content_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/routingtable")
     async def routing_table() -> Response:

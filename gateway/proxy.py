@@ -24,6 +24,7 @@ import trio
 
 from gateway.clienthello import MAX_HELLO_BYTES, ClientHelloError, parse_client_hello
 from gateway.kinds import Document, ObjectKey
+from gateway.metrics import Metrics
 from gateway.relay import SPLICE_AVAILABLE, End, PipePool, PlainEnd, Transfer, relay, relay_ends
 from gateway.routing import Backend, BackendTLS, Endpoint, ListenerTable, Rejected, Snapshot
 from gateway.tls import ContextRegistry, choose_certificate, subject_alt_names_match
@@ -57,6 +58,7 @@ class Connection:
     bind: tuple[str, int]
     started: float = attrs.field(factory=time.monotonic)
     sni: str | None = None
+    gateway: str = "-"
     listener: str = "-"
     route: str = "-"
     backend: str = "-"
@@ -74,7 +76,7 @@ class Connection:
             f"client={client}",
             f"bind={self.bind[0]}:{self.bind[1]}",
             f"sni={self.sni or '-'}",
-            f"listener={self.listener}",
+            f"listener={self.gateway}/{self.listener}",
             f"route={self.route}",
             f"backend={self.backend}",
             f"endpoint={self.endpoint}",
@@ -98,8 +100,10 @@ class Proxy:
         config: ProxyConfig,
         pool: PipePool | None = None,
         documents: Callable[[], Mapping[ObjectKey, Document]] = dict,
+        metrics: Metrics | None = None,
     ) -> None:
         self._snapshot = snapshot
+        self.metrics = metrics or Metrics()
         self._documents = documents
         self.contexts = ContextRegistry()
         self.config = config
@@ -131,15 +135,27 @@ class Proxy:
         finally:
             sock.close()
             access_log.info("%s", conn.line())
+            self._account(conn)
             self._leave()
+
+    def _account(self, conn: Connection) -> None:
+        metrics = self.metrics
+        metrics.connections_finished.labels(
+            conn.gateway, conn.listener, conn.route, conn.outcome
+        ).inc()
+        if conn.transfer is not None:
+            metrics.route_bytes.labels(conn.route, "up").inc(conn.transfer.up)
+            metrics.route_bytes.labels(conn.route, "down").inc(conn.transfer.down)
 
     def _enter(self) -> None:
         if self.active == 0:
             self.idle = trio.Event()
         self.active += 1
+        self.metrics.connections_active.inc()
 
     def _leave(self) -> None:
         self.active -= 1
+        self.metrics.connections_active.dec()
         if self.active == 0:
             self.idle.set()
 
@@ -152,11 +168,11 @@ class Proxy:
         decision = snapshot.lookup(conn.bind[0], conn.bind[1], conn.sni)
         if isinstance(decision, Rejected):
             if decision.listener is not None:
-                conn.listener = f"{decision.listener.gateway}/{decision.listener.name}"
+                conn.gateway, conn.listener = decision.listener.gateway, decision.listener.name
             conn.outcome, conn.detail = f"rejected-{decision.reason}", decision.message
             return
         listener = decision.listener
-        conn.listener = f"{listener.gateway}/{listener.name}"
+        conn.gateway, conn.listener = listener.gateway, listener.name
         conn.route = decision.target.route
         backend = decision.target.choose(self._rng.randrange(decision.target.total_weight))
         conn.backend = backend.name
@@ -198,6 +214,7 @@ class Proxy:
             server_side=True,
             initial=hello_bytes,
         )
+        started = time.monotonic()
         with trio.move_on_after(self.config.hello_timeout) as timeout:
             try:
                 await tls.handshake()
@@ -207,6 +224,7 @@ class Proxy:
         if timeout.cancelled_caught:
             conn.outcome = "handshake-timeout"
             return
+        self.metrics.handshake_duration.observe(time.monotonic() - started)
         upstream = await self._connect(backend, conn)
         if upstream is None:
             return
@@ -281,6 +299,7 @@ class Proxy:
                     return None
                 if hello is not None:
                     conn.sni = hello.server_name
+                    self.metrics.client_hello_duration.observe(time.monotonic() - conn.started)
                     return bytes(buffer)
                 if len(buffer) > limit:
                     conn.outcome, conn.detail = "rejected-not-tls", "ClientHello too large"
@@ -303,8 +322,10 @@ class Proxy:
                     return await _open(endpoint)
                 except OSError as exc:
                     errors.append(f"{endpoint}: {exc.strerror or exc}")
+                    self.metrics.backend_connect_failures.labels(backend.name).inc()
                     continue
             errors.append(f"{endpoint}: timed out")
+            self.metrics.backend_connect_failures.labels(backend.name).inc()
         conn.outcome = "connect-failed"
         conn.detail = "; ".join(errors) or "no endpoint"
         return None

@@ -23,6 +23,7 @@ from gateway.control import Control
 from gateway.convert import Invalid, structure_document
 from gateway.kinds import Document, ObjectKey, key_of
 from gateway.manifests import parse_documents
+from gateway.metrics import Metrics
 from gateway.proxy import Proxy, ProxyConfig
 from gateway.relay import PipePool
 from gateway.state import State
@@ -161,6 +162,7 @@ class Listeners:
         # Plain non-blocking calls, waiting only when there is nothing to accept: a Trio socket
         # would add a scheduler pass to every accept (~30 us each).
         accepted = 0
+        counter = self.proxy.metrics.connections_accepted.labels(key[0], str(key[1]))
         while True:
             try:
                 conn, peer = sock.accept()
@@ -177,6 +179,7 @@ class Listeners:
                 self.over_capacity += 1
                 conn.close()
                 continue
+            counter.inc()
             conn.setblocking(False)
             # Small messages (handshake flights) must not wait for Nagle.
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -220,11 +223,15 @@ class Server:
         self.store = Store(config.state_dir) if config.state_dir else None
         self.control = Control(self.state, self.store)
         self.bootstrap = list(bootstrap)
+        self.metrics = Metrics()
+        self.metrics.snapshot_generation.set_function(lambda: self.state.generation)
+        self.metrics.snapshot_swap_time.set_function(lambda: self.state.swapped_at)
         self.proxy = Proxy(
             lambda: self.state.snapshot,
             config.proxy,
             PipePool() if config.proxy.splice else None,
             documents=lambda: self.state.documents,
+            metrics=self.metrics,
         )
         self.limit = config.max_connections or connection_limit(
             self.proxy.pool.limit if self.proxy.pool else 0
@@ -305,6 +312,7 @@ class Server:
             token=self.config.admin_token,
             body_limit=self.config.body_limit,
             ready=self.not_ready,
+            metrics=self.metrics,
         )
         config = Config()
         config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]

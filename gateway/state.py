@@ -8,6 +8,7 @@ table or the new one, never a mix (ARCHITECTURE.md "Compute then swap").
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
@@ -17,6 +18,7 @@ from gateway.kinds import Document, ObjectKey, key_of
 from gateway.resources import Resources
 from gateway.routing import Snapshot
 from gateway.runtime import Runtime
+from gateway.status import accepted_counts
 from gateway.tls import load_facts
 from gateway.translate import translate
 
@@ -37,6 +39,7 @@ class State:
         self._generation = 0
         self._changed = trio.Event()
         self.snapshot: Snapshot = self._build()
+        self.swapped_at = time.time()
 
     @property
     def generation(self) -> int:
@@ -66,8 +69,18 @@ class State:
 
     def rebuild(self) -> Snapshot:
         self.snapshot = self._build()  # the swap: one assignment, no await before it
+        self.swapped_at = time.time()
         changed, self._changed = self._changed, trio.Event()
         changed.set()
+        accepted, rejected = accepted_counts(self.snapshot.statuses)
+        log.info(
+            "configuration swapped generation=%d documents=%d accepted=%d rejected=%d binds=%d",
+            self.snapshot.generation,
+            len(self.documents),
+            accepted,
+            rejected,
+            len(self.snapshot.binds),
+        )
         return self.snapshot
 
     def _build(self) -> Snapshot:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
+from typing import Any
 
 from attrs import frozen
 
@@ -163,3 +164,24 @@ def stamp(
             )
         )
     return tuple(out)
+
+
+def accepted_counts(statuses: Mapping[Any, Status]) -> tuple[int, int]:
+    """(accepted, not accepted) over every object's Accepted conditions, route parents and
+    policy ancestors included: the one-line summary logged at each swap."""
+    accepted = rejected = 0
+    for status in statuses.values():
+        if isinstance(status, RouteStatus):
+            groups = [p.conditions for p in status.parents]
+        elif isinstance(status, PolicyStatus):
+            groups = [a.conditions for a in status.ancestors]
+        else:
+            groups = [status.conditions]
+        for conditions in groups:
+            for condition in conditions:
+                if condition.type == ConditionType.ACCEPTED:
+                    if condition.status == "True":
+                        accepted += 1
+                    else:
+                        rejected += 1
+    return accepted, rejected

@@ -1,0 +1,147 @@
+"""The operations surface: Prometheus metrics after real traffic, the command-line client
+against a live server, and the compose file validated by Docker Compose itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from .harness import (
+    Pki,
+    admin_gateway,
+    backends,
+    free_port,
+    gateway_yaml,
+    handshake_outcome,
+    passthrough_listener,
+    route_yaml,
+    secret_yaml,
+    service_yaml,
+    terminate_listener,
+    tls_client,
+)
+
+YAML = {"Content-Type": "application/yaml"}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return Pki(tmp_path)
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def _value(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_metrics_count_real_traffic(pki: Pki) -> None:
+    port = free_port()
+    dead = free_port()
+    listeners = passthrough_listener("tls", port, "*.example.com") + terminate_listener(
+        "term", port, "cache.example.com", "cert"
+    )
+    with backends(pki, ("db", ["db.example.com"]), ("cache", None)) as (db, cache):
+        bundle = (
+            gateway_yaml(port, listeners)
+            + secret_yaml("cert", pki.ca.issue_cert("cache.example.com"))
+            + service_yaml("db", db.port)
+            + service_yaml("cache", cache.port)
+            + service_yaml("dead", dead)
+            + route_yaml("db", ["db.example.com"], [("db", 1)], section="tls")
+            + route_yaml("dead", ["dead.example.com"], [("dead", 1)], section="tls")
+            + route_yaml("cache", ["cache.example.com"], [("cache", 1)], section="term")
+        )
+        async with admin_gateway(None) as (server, url), httpx.AsyncClient(base_url=url) as http:
+            assert (await http.post("/v1/apply", headers=YAML, content=bundle)).status_code == 200
+            context = pki.client_context()
+            with trio.fail_after(30):
+                for _ in range(3):
+                    async with tls_client(port, "db.example.com", context) as client:
+                        assert await client.call("PING") == "PONG"
+                async with tls_client(port, "cache.example.com", context) as client:
+                    assert await client.call("PING") == "PONG"
+                assert await handshake_outcome(port, "nobody.example.com", context) in (
+                    "eof",
+                    "reset",
+                )
+                assert await handshake_outcome(port, "dead.example.com", context) in (
+                    "eof",
+                    "reset",
+                )
+                await server.proxy.idle.wait()
+            response = await http.get("/metrics")
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/plain")
+            samples = _samples(response.text)
+    m = samples
+    assert _value(m, "tlsgate_connections_accepted_total", address="127.0.0.1", port=str(port)) == 6
+    assert (
+        _value(
+            m,
+            "tlsgate_connections_finished_total",
+            gateway="infra/gw",
+            listener="tls",
+            route="apps/db",
+            outcome="closed",
+        )
+        == 3
+    )
+    assert (
+        _value(
+            m,
+            "tlsgate_connections_finished_total",
+            gateway="infra/gw",
+            listener="term",
+            route="apps/cache",
+            outcome="closed",
+        )
+        == 1
+    )
+    assert (
+        _value(
+            m,
+            "tlsgate_connections_finished_total",
+            gateway="infra/gw",
+            listener="tls",
+            route="-",
+            outcome="rejected-no-route",
+        )
+        == 1
+    )
+    assert (
+        _value(
+            m,
+            "tlsgate_connections_finished_total",
+            gateway="infra/gw",
+            listener="tls",
+            route="apps/dead",
+            outcome="connect-failed",
+        )
+        == 1
+    )
+    assert _value(m, "tlsgate_connections_active") == 0
+    assert _value(m, "tlsgate_route_bytes_total", route="apps/db", direction="up") > 0
+    assert _value(m, "tlsgate_route_bytes_total", route="apps/db", direction="down") > 0
+    # Terminate counts plaintext: "PING\n" up; "HELLO cache\n" and "PONG\n" down.
+    assert _value(m, "tlsgate_route_bytes_total", route="apps/cache", direction="up") == 5
+    assert _value(m, "tlsgate_route_bytes_total", route="apps/cache", direction="down") == 17
+    assert _value(m, "tlsgate_client_hello_duration_seconds_count") == 6
+    assert _value(m, "tlsgate_tls_handshake_duration_seconds_count") == 1
+    assert _value(m, "tlsgate_backend_connect_failures_total", backend="apps/dead:443") == 1
+    assert _value(m, "tlsgate_snapshot_generation") >= 2
+    assert _value(m, "tlsgate_snapshot_last_swap_timestamp_seconds") > 1.7e9
+    assert _value(m, "tlsgate_admin_requests_total", method="POST", code="200") == 1
