@@ -231,9 +231,79 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client_command(args: argparse.Namespace) -> int:
+    from gateway import client
+
+    admin = client.AdminClient(args.server, args.token)
+    try:
+        if args.command == "apply":
+            texts = []
+            for path in args.file:
+                try:
+                    texts.append(_read(path))
+                except (OSError, UnicodeDecodeError) as exc:
+                    raise client.ClientError(f"{path}: {exc}") from None
+            client.apply(admin, texts, args.output)
+        elif args.command == "get":
+            client.get(admin, args.kind, args.name, args.namespace, args.output)
+        elif args.command == "delete":
+            client.delete(admin, args.kind, args.name, args.namespace)
+        else:
+            client.explain(admin, args.port, args.sni, args.address, args.output)
+    except client.ClientError as exc:
+        print(f"error: {exc.lines[0]}", file=sys.stderr)
+        for line in exc.lines[1:]:
+            print(line, file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlsgate", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    remote = argparse.ArgumentParser(add_help=False)
+    remote.add_argument(
+        "--server",
+        default=os.environ.get("TLSGATE_SERVER", "http://127.0.0.1:9901"),
+        help="admin API URL (env TLSGATE_SERVER; default http://127.0.0.1:9901)",
+    )
+    remote.add_argument(
+        "--token",
+        default=os.environ.get("TLSGATE_ADMIN_TOKEN"),
+        help="bearer token (env TLSGATE_ADMIN_TOKEN)",
+    )
+    ap = commands.add_parser(
+        "apply", parents=[remote], help="create or update the documents of files (POST /v1/apply)"
+    )
+    ap.add_argument(
+        "-f",
+        "--file",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="manifest file ('-' for stdin); repeat",
+    )
+    ap.add_argument("-o", "--output", choices=("yaml", "json"))
+    ap.set_defaults(run=_client_command)
+    gt = commands.add_parser("get", parents=[remote], help="list or read documents with status")
+    gt.add_argument("kind", help="tlsroutes, gateways, ... (singular, Kind or short names too)")
+    gt.add_argument("name", nargs="?", help="NAME or NAMESPACE/NAME")
+    gt.add_argument("-n", "--namespace")
+    gt.add_argument("-o", "--output", choices=("yaml", "json"))
+    gt.set_defaults(run=_client_command)
+    dl = commands.add_parser("delete", parents=[remote], help="delete one document")
+    dl.add_argument("kind")
+    dl.add_argument("name", help="NAME or NAMESPACE/NAME")
+    dl.add_argument("-n", "--namespace")
+    dl.set_defaults(run=_client_command)
+    ex = commands.add_parser(
+        "explain", parents=[remote], help="what a connection with this SNI would get"
+    )
+    ex.add_argument("--port", type=int, required=True)
+    ex.add_argument("--sni", required=True)
+    ex.add_argument("--address")
+    ex.add_argument("-o", "--output", choices=("yaml", "json"))
+    ex.set_defaults(run=_client_command)
     sv = commands.add_parser("serve", help="run the gateway")
     sv.add_argument(
         "--bootstrap",

@@ -3,6 +3,9 @@ against a live server, and the compose file validated by Docker Compose itself."
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -145,3 +148,73 @@ async def test_metrics_count_real_traffic(pki: Pki) -> None:
     assert _value(m, "tlsgate_snapshot_generation") >= 2
     assert _value(m, "tlsgate_snapshot_last_swap_timestamp_seconds") > 1.7e9
     assert _value(m, "tlsgate_admin_requests_total", method="POST", code="200") == 1
+
+
+def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_cli_round_trips_against_a_live_server(tmp_path: Path) -> None:
+    port = free_port()
+    bundle = tmp_path / "bundle.yaml"
+    bundle.write_text(
+        gateway_yaml(port)
+        + service_yaml("db", 9)
+        + route_yaml("db", ["db.example.com"], [("db", 1)])
+    )
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(route_yaml("broken", ["10.0.0.1"], [("db", 1)]).replace(", port: 443", ""))
+    async with admin_gateway(tmp_path / "state", token="t0ken") as (_, url):
+        server = ["--server", url, "--token", "t0ken"]
+
+        async def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return await trio.to_thread.run_sync(lambda: _cli(*args))
+
+        applied = await cli("apply", "-f", str(bundle), *server)
+        assert applied.returncode == 0, applied.stderr
+        assert "tlsroute/apps/db created" in applied.stdout
+        assert "gateway/infra/gw created" in applied.stdout
+        again = await cli("apply", "-f", str(bundle), *server)
+        assert "tlsroute/apps/db unchanged" in again.stdout
+
+        table = await cli("get", "tlsroutes", "-n", "apps", *server)
+        assert table.returncode == 0, table.stderr
+        header, row = table.stdout.splitlines()
+        assert header.split() == ["NAMESPACE", "NAME", "HOSTNAMES", "ACCEPTED", "RESOLVED", "AGE"]
+        assert row.split()[:5] == ["apps", "db", "db.example.com", "True", "True"]
+        gateways = await cli("get", "gw", *server)
+        assert "PROGRAMMED" in gateways.stdout and "127.0.0.1" in gateways.stdout
+        as_json = await cli("get", "tlsroute", "apps/db", "-o", "json", *server)
+        document = json.loads(as_json.stdout)
+        assert document["status"]["parents"][0]["conditions"][0]["reason"] == "Accepted"
+
+        explained = await cli("explain", "--port", str(port), "--sni", "db.example.com", *server)
+        assert explained.returncode == 0, explained.stderr
+        assert "Passthrough via listener infra/gw/tls, route apps/db" in explained.stdout
+        assert "127.0.0.1:9" in explained.stdout
+
+        failed = await cli("apply", "-f", str(bad), *server)
+        assert failed.returncode == 1
+        assert "(422 Invalid)" in failed.stderr
+        assert 'items[0].spec.hostnames[0]: Invalid value: "10.0.0.1"' in failed.stderr
+        assert "items[0].spec.rules[0].backendRefs[0].port: Required value" in failed.stderr
+
+        deleted = await cli("delete", "tlsroute", "db", "-n", "apps", *server)
+        assert deleted.returncode == 0 and "tlsroute/apps/db deleted" in deleted.stdout
+        missing = await cli("get", "tlsroute", "apps/db", *server)
+        assert missing.returncode == 1 and "(404 NotFound)" in missing.stderr
+        unauthorized = await cli("get", "tlsroutes", "--server", url, "--token", "wrong")
+        assert unauthorized.returncode == 1 and "401" in unauthorized.stderr
+
+
+def test_cli_reports_an_unreachable_server() -> None:
+    result = _cli("get", "gateways", "--server", f"http://127.0.0.1:{free_port()}")
+    assert result.returncode == 1
+    assert "cannot reach the admin API" in result.stderr and "Traceback" not in result.stderr

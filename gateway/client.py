@@ -1,0 +1,244 @@
+"""`tlsgate apply/get/delete/explain`: the admin API from the command line (API.md).
+
+I/O edge (standard-library HTTP, so the command needs nothing the gateway does not). Errors are
+printed as the Status message with its field causes, and the exit code is 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from datetime import UTC, datetime
+from typing import Any
+
+import yaml
+
+from gateway.kinds import KINDS, KindInfo
+
+SHORT_NAMES = {
+    "gwc": "GatewayClass",
+    "gw": "Gateway",
+    "svc": "Service",
+    "ns": "Namespace",
+    "cm": "ConfigMap",
+    "eps": "EndpointSlice",
+    "btlspolicy": "BackendTLSPolicy",
+}
+
+
+class ClientError(Exception):
+    """Something to print and exit 1 for; `lines` are the Status message and causes."""
+
+    def __init__(self, *lines: str) -> None:
+        super().__init__(lines[0])
+        self.lines = lines
+
+
+def resolve_kind(name: str) -> KindInfo:
+    """`tlsroutes`, `tlsroute`, `TLSRoute` or a short name like `gw`."""
+    wanted = SHORT_NAMES.get(name.lower(), name).lower()
+    for info in KINDS:
+        if wanted in (info.plural, info.kind.lower()):
+            return info
+    known = ", ".join(sorted(k.plural for k in KINDS))
+    raise ClientError(f"unknown kind {name!r}; known: {known}")
+
+
+class AdminClient:
+    def __init__(self, server: str, token: str | None) -> None:
+        self.server = server.rstrip("/")
+        self.token = token
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, content_type: str | None = None
+    ) -> Any:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(self.server + path, data=body, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            raise _status_error(exc) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ClientError(f"cannot reach the admin API at {self.server}: {reason}") from None
+
+
+def _status_error(exc: urllib.error.HTTPError) -> ClientError:
+    try:
+        status = json.loads(exc.read())
+    except (json.JSONDecodeError, ValueError):
+        return ClientError(f"{exc.code} {exc.reason}")
+    lines = [f"{status.get('message', exc.reason)} ({status.get('code')} {status.get('reason')})"]
+    for cause in (status.get("details") or {}).get("causes") or ():
+        field = f"{cause['field']}: " if cause.get("field") else ""
+        lines.append(f"  {field}{cause.get('message', '')} [{cause.get('reason', '')}]")
+    return ClientError(*lines)
+
+
+def item_path(info: KindInfo, name: str, namespace: str | None) -> str:
+    if not info.namespaced:
+        return f"/v1/{info.plural}/{urllib.parse.quote(name)}"
+    if "/" in name:
+        namespace, name = name.split("/", 1)
+    return (
+        f"/v1/{info.plural}/{urllib.parse.quote(namespace or 'default')}/{urllib.parse.quote(name)}"
+    )
+
+
+def apply(client: AdminClient, texts: list[str], output: str | None) -> None:
+    body = "\n---\n".join(texts).encode()
+    result = client.request("POST", "/v1/apply", body, "application/yaml")
+    if output:
+        _print(result, output)
+        return
+    for item in result["items"]:
+        print(f"{_ref(item)} {item['action']}")
+
+
+def get(
+    client: AdminClient, kind: str, name: str | None, namespace: str | None, output: str | None
+) -> None:
+    info = resolve_kind(kind)
+    if name is not None:
+        result = client.request("GET", item_path(info, name, namespace))
+        items = [result]
+    else:
+        query = f"?namespace={urllib.parse.quote(namespace)}" if namespace else ""
+        result = client.request("GET", f"/v1/{info.plural}{query}")
+        items = result["items"]
+    if output:
+        _print(result, output)
+        return
+    _table(info, items)
+
+
+def delete(client: AdminClient, kind: str, name: str, namespace: str | None) -> None:
+    info = resolve_kind(kind)
+    result = client.request("DELETE", item_path(info, name, namespace))
+    print(f"{_ref(result)} deleted")
+
+
+def explain(
+    client: AdminClient, port: int, sni: str, address: str | None, output: str | None
+) -> None:
+    query = {"port": str(port), "sni": sni}
+    if address:
+        query["address"] = address
+    result = client.request("GET", "/v1/explain?" + urllib.parse.urlencode(query))
+    if output:
+        _print(result, output)
+        return
+    where = f"{result['address']}:{result['port']} sni={result['sni']}"
+    if result["result"] == "rejected":
+        print(f"{where}: rejected ({result['reason']}): {result['message']}")
+        return
+    listener = result["listener"]
+    print(
+        f"{where}: {result['mode']} via listener {listener['gateway']}/{listener['name']}, "
+        f"route {result['route']} (hostname {result['hostname']})"
+    )
+    for backend in result["backends"]:
+        state = (
+            f"REJECTED: {backend['reject']}"
+            if backend.get("reject")
+            else ", ".join(backend["endpoints"])
+        )
+        print(f"  {backend['share']:.0%}  {backend['name']}  {state}")
+    if result.get("shadowed"):
+        print(f"  shadowed routes: {', '.join(result['shadowed'])}")
+    if result.get("message"):
+        print(f"  {result['message']}")
+
+
+def _ref(item: dict[str, Any]) -> str:
+    meta = item["metadata"]
+    name = f"{meta['namespace']}/{meta['name']}" if meta.get("namespace") else meta["name"]
+    return f"{item['kind'].lower()}/{name}"
+
+
+def _print(result: Any, output: str) -> None:
+    if output == "json":
+        json.dump(result, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        yaml.safe_dump(result, sys.stdout, sort_keys=False)
+
+
+def _age(timestamp: str | None) -> str:
+    if not timestamp:
+        return "-"
+    try:
+        then = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return "-"
+    seconds = int((datetime.now(UTC) - then).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def _condition(conditions: list[dict[str, Any]], kind: str) -> str:
+    for condition in conditions:
+        if condition["type"] == kind:
+            return (
+                condition["status"]
+                if condition["status"] == "True"
+                else f"{condition['status']}/{condition['reason']}"
+            )
+    return "-"
+
+
+def _columns(info: KindInfo, item: dict[str, Any]) -> list[tuple[str, str]]:
+    spec, status = item.get("spec") or {}, item.get("status") or {}
+    if info.kind == "GatewayClass":
+        return [
+            ("CONTROLLER", spec.get("controllerName", "")),
+            ("ACCEPTED", _condition(status.get("conditions", []), "Accepted")),
+        ]
+    if info.kind == "Gateway":
+        addresses = ",".join(a["value"] for a in status.get("addresses", []))
+        return [
+            ("CLASS", spec.get("gatewayClassName", "")),
+            ("ADDRESS", addresses or "-"),
+            ("PROGRAMMED", _condition(status.get("conditions", []), "Programmed")),
+        ]
+    if info.kind == "TLSRoute":
+        parents = status.get("parents", [])
+        accepted = ",".join(_condition(p["conditions"], "Accepted") for p in parents) or "-"
+        resolved = ",".join(_condition(p["conditions"], "ResolvedRefs") for p in parents) or "-"
+        return [
+            ("HOSTNAMES", ",".join(spec.get("hostnames", []))),
+            ("ACCEPTED", accepted),
+            ("RESOLVED", resolved),
+        ]
+    return []
+
+
+def _table(info: KindInfo, items: list[dict[str, Any]]) -> None:
+    if not items:
+        print(f"No {info.plural} found.")
+        return
+    rows = []
+    for item in items:
+        meta = item["metadata"]
+        row = [("NAMESPACE", meta.get("namespace", ""))] if info.namespaced else []
+        row += [
+            ("NAME", meta["name"]),
+            *_columns(info, item),
+            ("AGE", _age(meta.get("creationTimestamp"))),
+        ]
+        rows.append(row)
+    headers = [h for h, _ in rows[0]]
+    widths = [max(len(h), *(len(r[i][1]) for r in rows)) for i, h in enumerate(headers)]
+    print("   ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for row in rows:
+        print("   ".join(v.ljust(w) for (_, v), w in zip(row, widths, strict=True)).rstrip())
