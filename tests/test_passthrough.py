@@ -301,3 +301,17 @@ async def test_idle_connection_is_closed_after_the_idle_timeout(pki: Pki) -> Non
                     with pytest.raises((trio.BrokenResourceError, EOFError)):
                         await client.line()  # nothing is said: the gateway closes both sides
                     assert trio.current_time() - started >= 0.4
+
+
+async def test_fqdn_endpoints_are_resolved_when_connecting(pki: Pki) -> None:
+    """How the compose stack finds its backends: an FQDN EndpointSlice, resolved with DNS at
+    connect time (API.md)."""
+    port = free_port()
+    with backends(pki, ("db", ["db.example.com"])) as (db,):
+        fqdn = service_yaml("db", db.port).replace("addressType: IPv4", "addressType: FQDN")
+        fqdn = fqdn.replace("addresses: [127.0.0.1]", "addresses: [localhost]")
+        manifests = gateway_yaml(port) + fqdn + route_yaml("db", ["db.example.com"], [("db", 1)])
+        async with running_gateway(manifests):
+            with trio.fail_after(10):
+                async with tls_client(port, "db.example.com", pki.client_context()) as client:
+                    assert (await client.test())["backend"] == "db"
