@@ -149,6 +149,9 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            out.update(fields)  # structured access-log fields, next to the text line
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out)

@@ -67,27 +67,30 @@ class Connection:
     detail: str = ""
     transfer: Transfer | None = None
 
-    def line(self) -> str:
-        up = self.transfer.up if self.transfer else 0
-        down = self.transfer.down if self.transfer else 0
+    def fields(self) -> dict[str, object]:
+        """The access-log fields, in order (ARCHITECTURE.md "Logging"; never key material)."""
         host, port = self.peer[:2]
-        client = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        fields = [
-            f"client={client}",
-            f"bind={self.bind[0]}:{self.bind[1]}",
-            f"sni={self.sni or '-'}",
-            f"listener={self.gateway}/{self.listener}",
-            f"route={self.route}",
-            f"backend={self.backend}",
-            f"endpoint={self.endpoint}",
-            f"bytes_up={up}",
-            f"bytes_down={down}",
-            f"duration={time.monotonic() - self.started:.3f}",
-            f"outcome={self.outcome}",
-        ]
+        out: dict[str, object] = {
+            "client": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+            "bind": f"{self.bind[0]}:{self.bind[1]}",
+            "sni": self.sni or "-",
+            "listener": f"{self.gateway}/{self.listener}",
+            "route": self.route,
+            "backend": self.backend,
+            "endpoint": self.endpoint,
+            "bytes_up": self.transfer.up if self.transfer else 0,
+            "bytes_down": self.transfer.down if self.transfer else 0,
+            "duration": round(time.monotonic() - self.started, 3),
+            "outcome": self.outcome,
+        }
         if self.detail:
-            fields.append(f"detail={self.detail!r}")
-        return " ".join(fields)
+            out["detail"] = self.detail
+        return out
+
+    def line(self) -> str:
+        return " ".join(
+            f"{k}={v!r}" if k == "detail" else f"{k}={v}" for k, v in self.fields().items()
+        )
 
 
 class Proxy:
@@ -134,7 +137,8 @@ class Proxy:
             conn.detail = type(exc).__name__
         finally:
             sock.close()
-            access_log.info("%s", conn.line())
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info("%s", conn.line(), extra={"fields": conn.fields()})
             self._account(conn)
             self._leave()
 

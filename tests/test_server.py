@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import json
 import os
 import signal
 import socket
@@ -338,3 +339,46 @@ def test_demo_check_passes() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("ok ") == 4
+
+
+async def test_json_logs_carry_connection_swap_and_listener_lines(pki: Pki, tmp_path: Path) -> None:
+    port = free_port()
+    with backends(pki, ("db", ["db.example.com"])) as (db,):
+        bootstrap = tmp_path / "gateway.yaml"
+        bootstrap.write_text(
+            gateway_yaml(port)
+            + service_yaml("db", db.port)
+            + route_yaml("db", ["db.example.com"], [("db", 1)])
+        )
+        with _serve_process(bootstrap, "--log-format", "json") as process:
+            await trio.to_thread.run_sync(_wait_listening, process, port)
+            with trio.fail_after(20):
+                async with tls_client(port, "db.example.com", pki.client_context()) as client:
+                    assert await client.call("PING") == "PONG"
+                os.kill(process.pid, signal.SIGTERM)
+                assert await trio.to_thread.run_sync(process.wait, 20) == 0
+            lines = [
+                json.loads(line)
+                for line in (process.stdout.read() if process.stdout else "").splitlines()
+            ]
+    # The readiness probe's bare connect is logged too (outcome client-closed).
+    access = [
+        entry
+        for entry in lines
+        if entry["logger"] == "tlsgate.access" and entry["outcome"] != "client-closed"
+    ]
+    assert len(access) == 1
+    entry = access[0]
+    assert (entry["sni"], entry["listener"], entry["route"], entry["outcome"]) == (
+        "db.example.com",
+        "infra/gw/tls",
+        "apps/db",
+        "closed",
+    )
+    assert entry["endpoint"] == f"127.0.0.1:{db.port}"
+    assert entry["bytes_up"] > 0 and entry["bytes_down"] > 0 and entry["duration"] >= 0
+    messages = [entry["message"] for entry in lines]
+    assert any(
+        m.startswith("configuration swapped generation=") and "accepted=" in m for m in messages
+    )
+    assert f"listener bound address=127.0.0.1 port={port}" in messages
