@@ -14,7 +14,7 @@ from gateway import GATEWAY_GROUP, corev1, model
 from gateway.policies import Target, policy_for
 from gateway.resources import NamespacedName, Resources
 from gateway.routing import Backend, BackendTLS, Endpoint
-from gateway.status import ConditionType, Draft, Reason
+from gateway.status import Draft, Reason, resolved_refs
 
 
 def resolve_backends(
@@ -48,17 +48,7 @@ def resolve_backends(
             pool.append(
                 Backend(name=name, weight=ref.weight, endpoints=endpoints, reject=reject, tls=tls)
             )
-    if failures:
-        draft = Draft(
-            ConditionType.RESOLVED_REFS,
-            False,
-            failures[0][0],
-            "; ".join(message for _, message in failures),
-        )
-    else:
-        draft = Draft(
-            ConditionType.RESOLVED_REFS, True, Reason.RESOLVED_REFS, "All references are resolved"
-        )
+    draft = resolved_refs(failures)
     return draft, tuple(pool)
 
 

@@ -13,10 +13,11 @@ import ipaddress
 from attrs import define, field
 
 from gateway import GATEWAY_GROUP, model
+from gateway.references import Fault, check_reference
 from gateway.resources import NamespacedName, Resources
 from gateway.routing import FrontendValidation
 from gateway.runtime import Runtime
-from gateway.status import ConditionType, Draft, Reason
+from gateway.status import ConditionType, Draft, Reason, resolved_refs
 
 TLS_ROUTE_KIND = model.RouteGroupKind(group=GATEWAY_GROUP, kind="TLSRoute")
 
@@ -169,42 +170,8 @@ def _listener(
     if tls is not None and tls.mode == "Terminate":
         problems += _certificates(gateway, state, tls, resources, runtime)
         problems += _frontend(gateway, doc, state, resources, runtime)
-    if problems:
-        reason = problems[0][0]
-        state.resolved_refs = Draft(
-            ConditionType.RESOLVED_REFS,
-            False,
-            reason,
-            "; ".join(message for _, message in problems),
-        )
+    state.resolved_refs = resolved_refs(problems)
     return state
-
-
-def _ref_problem(
-    gateway: NamespacedName,
-    *,
-    group: str,
-    kind: str,
-    namespace: str,
-    name: str,
-    want_kind: str,
-    resources: Resources,
-) -> str | None:
-    """Cross-namespace grant first, so a refused reference never reveals whether its target
-    exists (SPEC.md §6 privacy rule, §9.1 step 4 order)."""
-    if not resources.grant_allows(
-        from_group=GATEWAY_GROUP,
-        from_kind="Gateway",
-        from_namespace=gateway[0],
-        to_group=group,
-        to_kind=kind,
-        to_namespace=namespace,
-        to_name=name,
-    ):
-        return "grant"
-    if (group, kind) != ("", want_kind):
-        return "kind"
-    return None
 
 
 def _certificates(
@@ -217,53 +184,26 @@ def _certificates(
     problems: list[tuple[Reason, str]] = []
     usable: list[NamespacedName] = []
     for i, ref in enumerate(tls.certificate_refs or ()):
-        namespace = ref.namespace or gateway[0]
-        where = f"certificateRefs[{i}]"
-        found = _ref_problem(
-            gateway,
+        checked = check_reference(
+            resources,
+            runtime,
+            from_kind="Gateway",
+            from_namespace=gateway[0],
             group=ref.group,
             kind=ref.kind,
-            namespace=namespace,
+            namespace=ref.namespace,
             name=ref.name,
-            want_kind="Secret",
-            resources=resources,
+            target="Secret",
         )
-        if found == "grant":
-            problems.append(
-                (
-                    Reason.REF_NOT_PERMITTED,
-                    f"{where}: Secret {namespace}/{ref.name} is in another namespace "
-                    "and no ReferenceGrant allows the reference",
-                )
-            )
-        elif found == "kind":
-            problems.append(
-                (
-                    Reason.INVALID_CERTIFICATE_REF,
-                    f"{where}: {ref.group or 'core'}/{ref.kind} is not supported; "
-                    "only core Secrets are",
-                )
-            )
-        elif (namespace, ref.name) not in resources.secrets:
-            problems.append(
-                (
-                    Reason.INVALID_CERTIFICATE_REF,
-                    f"{where}: Secret {namespace}/{ref.name} does not exist",
-                )
-            )
-        else:
-            loaded = runtime.secrets.get((namespace, ref.name))
-            if loaded is None or not loaded.ok:
-                why = loaded.message if loaded is not None else "it has not been loaded"
-                problems.append(
-                    (
-                        Reason.INVALID_CERTIFICATE_REF,
-                        f"{where}: Secret {namespace}/{ref.name} is not a valid TLS "
-                        f"certificate: {why}",
-                    )
-                )
-            else:
-                usable.append((namespace, ref.name))
+        if checked.fault is None:
+            usable.append(checked.key)
+            continue
+        reason = (
+            Reason.REF_NOT_PERMITTED
+            if checked.fault is Fault.NOT_PERMITTED
+            else Reason.INVALID_CERTIFICATE_REF
+        )
+        problems.append((reason, f"certificateRefs[{i}]: {checked.message}"))
     state.certificates = tuple(dict.fromkeys(usable))
     if not usable:
         state.problem = state.problem or (
@@ -272,6 +212,14 @@ def _certificates(
             else "no certificateRefs"
         )
     return problems
+
+
+_CA_REASONS = {
+    Fault.NOT_PERMITTED: Reason.REF_NOT_PERMITTED,
+    Fault.WRONG_KIND: Reason.INVALID_CA_CERTIFICATE_KIND,
+    Fault.MISSING: Reason.INVALID_CA_CERTIFICATE_REF,
+    Fault.UNLOADABLE: Reason.INVALID_CA_CERTIFICATE_REF,
+}
 
 
 def _frontend(
@@ -293,53 +241,23 @@ def _frontend(
     problems: list[tuple[Reason, str]] = []
     usable: list[NamespacedName] = []
     for i, ref in enumerate(validation.ca_certificate_refs):
-        namespace = ref.namespace or gateway[0]
-        where = f"caCertificateRefs[{i}]"
-        found = _ref_problem(
-            gateway,
+        checked = check_reference(
+            resources,
+            runtime,
+            from_kind="Gateway",
+            from_namespace=gateway[0],
             group=ref.group,
             kind=ref.kind,
-            namespace=namespace,
+            namespace=ref.namespace,
             name=ref.name,
-            want_kind="ConfigMap",
-            resources=resources,
+            target="ConfigMap",
         )
-        config_map = resources.config_maps.get((namespace, ref.name))
-        loaded = runtime.ca_bundles.get((namespace, ref.name))
-        if found == "grant":
-            problems.append(
-                (
-                    Reason.REF_NOT_PERMITTED,
-                    f"{where}: ConfigMap {namespace}/{ref.name} is in another "
-                    "namespace and no ReferenceGrant allows the reference",
-                )
-            )
-        elif found == "kind":
-            problems.append(
-                (
-                    Reason.INVALID_CA_CERTIFICATE_KIND,
-                    f"{where}: {ref.group or 'core'}/{ref.kind} is not supported; "
-                    "only core ConfigMaps are",
-                )
-            )
-        elif config_map is None or "ca.crt" not in (config_map.data or {}):
-            problems.append(
-                (
-                    Reason.INVALID_CA_CERTIFICATE_REF,
-                    f"{where}: ConfigMap {namespace}/{ref.name} does not exist or has no ca.crt",
-                )
-            )
-        elif loaded is None or not loaded.ok:
-            why = loaded.message if loaded is not None else "it has not been loaded"
-            problems.append(
-                (
-                    Reason.INVALID_CA_CERTIFICATE_REF,
-                    f"{where}: ConfigMap {namespace}/{ref.name} ca.crt is not a valid "
-                    f"CA bundle: {why}",
-                )
-            )
+        if checked.fault is None:
+            usable.append(checked.key)
         else:
-            usable.append((namespace, ref.name))
+            problems.append(
+                (_CA_REASONS[checked.fault], f"caCertificateRefs[{i}]: {checked.message}")
+            )
     if not usable:
         # Never fall back to skipping validation (SPEC.md §9.3).
         state.refuse(
@@ -357,48 +275,22 @@ def _client_certificate(
     resources: Resources,
     runtime: Runtime,
 ) -> Draft:
-    namespace = ref.namespace or gateway[0]
-    found = _ref_problem(
-        gateway,
+    checked = check_reference(
+        resources,
+        runtime,
+        from_kind="Gateway",
+        from_namespace=gateway[0],
         group=ref.group,
         kind=ref.kind,
-        namespace=namespace,
+        namespace=ref.namespace,
         name=ref.name,
-        want_kind="Secret",
-        resources=resources,
+        target="Secret",
     )
-    what = f"tls.backend.clientCertificateRef Secret {namespace}/{ref.name}"
-    if found == "grant":
-        return Draft(
-            ConditionType.RESOLVED_REFS,
-            False,
-            Reason.REF_NOT_PERMITTED,
-            f"{what} is in another namespace and no ReferenceGrant allows it",
-        )
-    if found == "kind":
-        return Draft(
-            ConditionType.RESOLVED_REFS,
-            False,
-            Reason.INVALID_CLIENT_CERTIFICATE_REF,
-            f"tls.backend.clientCertificateRef {ref.group or 'core'}/{ref.kind} is "
-            "not supported; only core Secrets are",
-        )
-    loaded = runtime.secrets.get((namespace, ref.name))
-    if (namespace, ref.name) not in resources.secrets:
-        return Draft(
-            ConditionType.RESOLVED_REFS,
-            False,
-            Reason.INVALID_CLIENT_CERTIFICATE_REF,
-            f"{what} does not exist",
-        )
-    if loaded is None or not loaded.ok:
-        why = loaded.message if loaded is not None else "it has not been loaded"
-        return Draft(
-            ConditionType.RESOLVED_REFS,
-            False,
-            Reason.INVALID_CLIENT_CERTIFICATE_REF,
-            f"{what} is not a valid TLS certificate: {why}",
-        )
-    return Draft(
-        ConditionType.RESOLVED_REFS, True, Reason.RESOLVED_REFS, "All references are resolved"
+    if checked.fault is None:
+        return resolved_refs([])
+    reason = (
+        Reason.REF_NOT_PERMITTED
+        if checked.fault is Fault.NOT_PERMITTED
+        else Reason.INVALID_CLIENT_CERTIFICATE_REF
     )
+    return resolved_refs([(reason, f"tls.backend.clientCertificateRef: {checked.message}")])

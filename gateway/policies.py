@@ -15,10 +15,11 @@ from collections.abc import Mapping
 from attrs import frozen
 
 from gateway import model
+from gateway.references import Fault, check_reference
 from gateway.resources import NamespacedName, Resources
 from gateway.routing import BackendTLS
 from gateway.runtime import Runtime
-from gateway.status import ConditionType, Draft, Reason
+from gateway.status import ConditionType, Draft, Reason, resolved_refs
 
 #: (namespace, Service name, Service port name or None for every port)
 Target = tuple[str, str, str | None]
@@ -79,44 +80,28 @@ def _evaluate(
     problems: list[tuple[Reason, str]] = []
     usable: list[tuple[str, str]] = []
     for i, ca_ref in enumerate(validation.ca_certificate_refs or ()):
-        where = f"caCertificateRefs[{i}]"
-        if (ca_ref.group, ca_ref.kind) != ("", "ConfigMap"):
-            problems.append(
-                (
-                    Reason.INVALID_KIND,
-                    f"{where}: {ca_ref.group or 'core'}/{ca_ref.kind} "
-                    "is not supported; only core ConfigMaps are",
-                )
-            )
-            continue
-        config_map = resources.config_maps.get((namespace, ca_ref.name))
-        loaded = runtime.ca_bundles.get((namespace, ca_ref.name))
-        if config_map is None or "ca.crt" not in (config_map.data or {}):
-            problems.append(
-                (
-                    Reason.INVALID_CA_CERTIFICATE_REF,
-                    f"{where}: ConfigMap {namespace}/{ca_ref.name} does not exist or has no ca.crt",
-                )
-            )
-        elif loaded is None or not loaded.ok:
-            why = loaded.message if loaded else "it has not been loaded"
-            problems.append(
-                (
-                    Reason.INVALID_CA_CERTIFICATE_REF,
-                    f"{where}: ConfigMap {namespace}/{ca_ref.name} ca.crt is not a valid "
-                    f"CA bundle: {why}",
-                )
-            )
+        # LocalObjectReferences: the policy's own namespace, so no grant is involved.
+        checked = check_reference(
+            resources,
+            runtime,
+            from_kind="BackendTLSPolicy",
+            from_namespace=namespace,
+            group=ca_ref.group,
+            kind=ca_ref.kind,
+            namespace=None,
+            name=ca_ref.name,
+            target="ConfigMap",
+        )
+        if checked.fault is None:
+            usable.append(checked.key)
         else:
-            usable.append((namespace, ca_ref.name))
-    if problems:
-        resolved = Draft(
-            ConditionType.RESOLVED_REFS, False, problems[0][0], "; ".join(m for _, m in problems)
-        )
-    else:
-        resolved = Draft(
-            ConditionType.RESOLVED_REFS, True, Reason.RESOLVED_REFS, "All references are resolved"
-        )
+            reason = (
+                Reason.INVALID_KIND
+                if checked.fault is Fault.WRONG_KIND
+                else Reason.INVALID_CA_CERTIFICATE_REF
+            )
+            problems.append((reason, f"caCertificateRefs[{i}]: {checked.message}"))
+    resolved = resolved_refs(problems)
     if invalid_targets:
         accepted = Draft(
             ConditionType.ACCEPTED,

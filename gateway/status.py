@@ -185,3 +185,18 @@ def accepted_counts(statuses: Mapping[Any, Status]) -> tuple[int, int]:
                     else:
                         rejected += 1
     return accepted, rejected
+
+
+def resolved_refs(problems: Sequence[tuple[Reason, str]]) -> Draft:
+    """ResolvedRefs from the problems found, in check order: the first one's reason, every
+    message (SPEC.md §8 step 5)."""
+    if not problems:
+        return Draft(
+            ConditionType.RESOLVED_REFS, True, Reason.RESOLVED_REFS, "All references are resolved"
+        )
+    return Draft(
+        ConditionType.RESOLVED_REFS,
+        False,
+        problems[0][0],
+        "; ".join(message for _, message in problems),
+    )
