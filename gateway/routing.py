@@ -129,11 +129,12 @@ class ListenerTable:
 
 @frozen(kw_only=True)
 class Bind:
-    """One (address, port) socket, owned by one Gateway (SPEC.md §9.2 "Across Gateways")."""
+    """One (address, port) socket, served by one Gateway or by a merged set of Gateways whose
+    listeners there have distinct hostnames (SPEC.md §9.2 "Across Gateways")."""
 
     address: str
     port: int
-    gateway: str
+    gateways: tuple[str, ...]
     listeners: tuple[ListenerTable, ...]
     #: The last bind attempt's error; the data plane keeps retrying while it is set.
     error: str | None = None
@@ -274,7 +275,7 @@ def table_to_wire(snapshot: Snapshot) -> dict[str, Any]:
             {
                 "address": bind.address,
                 "port": bind.port,
-                "gateway": bind.gateway,
+                "gateways": list(bind.gateways),
                 **({"error": bind.error} if bind.error else {}),
                 "listeners": [_listener_wire(lst) for lst in bind.listeners],
             }

@@ -7,7 +7,8 @@ so one bad route never blocks the good ones (ARCHITECTURE.md).
 Order of the build:
 1. GatewayClasses of our controller, and the Gateways that use them (§2).
 2. Per Gateway, the listener checks of §9.1 (`listeners.evaluate_gateway`).
-3. Across Gateways, who holds each (address, port): the older Gateway (§9.2 "Across Gateways").
+3. Across Gateways, who serves each (address, port): compatible Gateways share it, the older
+   Gateway keeps what conflicts (§9.2 "Across Gateways").
 4. Per TLSRoute and parentRef, attachment (§8) and ResolvedRefs (§8 step 5).
 5. Per listener, the winning route of each effective hostname (§10.2), and the table.
 6. Conditions stamped with generations and transition times (§12).
@@ -105,7 +106,7 @@ class _Build:
     our_classes: dict[str, bool] = field(factory=dict)
     states: dict[NamespacedName, GatewayState] = field(factory=dict)
     #: (address, port) -> the Gateway holding it.
-    holders: dict[tuple[str, int], GatewayState] = field(factory=dict)
+    holders: dict[tuple[str, int], list[GatewayState]] = field(factory=dict)
     route_parents: dict[NamespacedName, list[_Parent]] = field(factory=dict)
     route_resolved: dict[NamespacedName, Draft] = field(factory=dict)
     route_backends: dict[NamespacedName, tuple[Backend, ...]] = field(factory=dict)
@@ -165,8 +166,16 @@ class _Build:
     # --- 3. Ports across Gateways (SPEC.md §9.2) -------------------------------------------
 
     def claim_ports(self) -> None:
-        """The older Gateway keeps a contested (address, port); the newer one's listeners get
-        PortUnavailable naming the holder. A failed bind is PortUnavailable too."""
+        """Who serves each (address, port) (SPEC.md §9.2 "Across Gateways").
+
+        Gateways on the very same address and port share one socket when their listeners are
+        compatible (distinct hostnames): the bind is a merged set, as the spec allows, and the
+        most specific listener of the set wins each connection. A listener whose hostname an
+        older Gateway already serves there, or whose address overlaps another Gateway's (a
+        wildcard and a specific address cannot both be bound), gets PortUnavailable naming
+        the older Gateway. A failed bind is PortUnavailable too.
+        """
+        served: dict[tuple[str, int], dict[str | None, GatewayState]] = {}
         for state in sorted(self.states.values(), key=lambda s: _age(s.doc.metadata)):
             if state.refusal is not None:
                 continue
@@ -178,28 +187,53 @@ class _Build:
                 if not any(lst.accepted.status for lst in listeners):
                     continue
                 for address in state.addresses:
-                    holder = next(
-                        (
-                            h
-                            for (a, p), h in self.holders.items()
-                            if p == port and h is not state and _overlaps(a, address)
-                        ),
-                        None,
-                    )
-                    if holder is not None:
-                        message = (
-                            f"port {port} on {address} is held by Gateway {holder.name}, "
-                            "which is older"
-                        )
-                    else:
-                        # Claimed even when the bind failed, so the data plane keeps retrying.
-                        self.holders[(address, port)] = state
-                        failure = self.runtime.bind_failures.get((address, port))
-                        if failure is None:
-                            continue
-                        message = f"cannot bind {address}:{port}: {failure}"
-                    for listener in listeners:
-                        listener.refuse(Reason.PORT_UNAVAILABLE, message)
+                    self._claim(state, address, port, listeners, served)
+
+    def _claim(
+        self,
+        state: GatewayState,
+        address: str,
+        port: int,
+        listeners: list[ListenerState],
+        served: dict[tuple[str, int], dict[str | None, GatewayState]],
+    ) -> None:
+        other = next(
+            (
+                h
+                for (a, p), holders in self.holders.items()
+                for h in holders
+                if p == port and a != address and h is not state and _overlaps(a, address)
+            ),
+            None,
+        )
+        if other is not None:
+            for listener in listeners:
+                listener.refuse(
+                    Reason.PORT_UNAVAILABLE,
+                    f"port {port} on {address} overlaps {other.name}'s bind of the "
+                    "same port, which is older",
+                )
+            return
+        # Claimed even when the bind failed, so the data plane keeps retrying.
+        holders = self.holders.setdefault((address, port), [])
+        if state not in holders:
+            holders.append(state)
+        hostnames = served.setdefault((address, port), {})
+        failure = self.runtime.bind_failures.get((address, port))
+        for listener in listeners:
+            if failure is not None:
+                listener.refuse(Reason.PORT_UNAVAILABLE, f"cannot bind {address}:{port}: {failure}")
+                continue
+            holder = hostnames.get(listener.spec.hostname)
+            if holder is not None and holder is not state:
+                listener.refuse(
+                    Reason.PORT_UNAVAILABLE,
+                    f"port {port} on {address} already serves hostname "
+                    f"{listener.spec.hostname or '*'} for Gateway {holder.name}, "
+                    "which is older",
+                )
+            elif listener.accepted.status:
+                hostnames[listener.spec.hostname] = state
 
     # --- 4. Routes (SPEC.md §8) ------------------------------------------------------------
 
@@ -296,9 +330,10 @@ class _Build:
 
     def binds(self) -> dict[tuple[str, int], Bind]:
         out: dict[tuple[str, int], Bind] = {}
-        for (address, port), state in sorted(self.holders.items()):
+        for (address, port), holders in sorted(self.holders.items()):
             tables = tuple(
                 self._listener_table(state, listener)
+                for state in holders
                 for listener in state.listeners
                 if listener.is_tls
                 and listener.spec.port == port
@@ -307,7 +342,8 @@ class _Build:
             out[(address, port)] = Bind(
                 address=address,
                 port=port,
-                gateway=state.name,
+                # The Gateways that serve listeners here (the oldest claimant when none does).
+                gateways=tuple(dict.fromkeys(t.gateway for t in tables)) or (holders[0].name,),
                 listeners=tables,
                 error=self.runtime.bind_failures.get((address, port)),
             )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gateway.kinds import ObjectKey
+from gateway.routing import Routed
 from gateway.status import GatewayClassStatus, GatewayStatus, RouteStatus
 
 from .helpers import GATEWAY_CLASS, World, conditions, reasons, snapshot_of
@@ -452,3 +453,26 @@ def test_conflicting_backend_tls_policies_the_older_wins() -> None:
 def test_backend_tls_policy_no_route_uses_gets_no_status() -> None:
     snap = snapshot_of(_all(GATEWAY_CLASS, GATEWAY, SERVICE, _pg_ca(), _policy("pg")))
     assert ObjectKey("BackendTLSPolicy", "data", "pg") not in snap.statuses
+
+
+def test_compatible_gateways_share_a_port_and_the_most_specific_listener_wins() -> None:
+    text = Path(__file__).parent / "data" / "translate" / "gateways-sharing-a-port.in.yaml"
+    snap = snapshot_of(text.read_text())
+    bind = snap.binds[("0.0.0.0", 443)]
+    assert bind.gateways == ("infra/exact", "infra/wildcard", "infra/empty")
+
+    def outcome(sni: str) -> tuple[str, str] | str:
+        result = snap.lookup("0.0.0.0", 443, sni)
+        if isinstance(result, Routed):
+            return result.listener.gateway, result.target.route
+        assert result.listener is not None
+        return f"rejected by {result.listener.gateway}"
+
+    assert outcome("abc.example.com") == (
+        "infra/exact",
+        "infra/tlsroute-more-specific-wildcard-hostname",
+    )
+    # *.example.com is the wildcard Gateway's, whose only route is abc.example.com: no
+    # fallback to the hostname-less Gateway's *.com route (listener isolation, §10.1).
+    assert outcome("other.example.com") == "rejected by infra/wildcard"
+    assert outcome("shop.com") == ("infra/empty", "infra/tlsroute-less-specific-wildcard-hostname")
