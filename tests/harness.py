@@ -327,3 +327,13 @@ def passthrough_listener(name: str, port: int, hostname: str | None) -> str:
     return f"""
   - {{name: {name}, port: {port}, protocol: TLS{host}, tls: {{mode: Passthrough}},
      allowedRoutes: {{namespaces: {{from: All}}}}}}"""
+
+
+def db_route(port: int, backend_port: int) -> str:
+    """The most common setup: a Passthrough Gateway on `port` and one route for
+    db.example.com to the backend on `backend_port`."""
+    return (
+        gateway_yaml(port)
+        + service_yaml("db", backend_port)
+        + route_yaml("db", ["db.example.com"], [("db", 1)])
+    )

@@ -15,6 +15,7 @@ from gateway.server import Server
 from .harness import (
     Pki,
     backends,
+    db_route,
     free_port,
     gateway_yaml,
     handshake_outcome,
@@ -106,11 +107,7 @@ async def test_most_specific_listener_wins_and_there_is_no_fallback(pki: Pki) ->
 async def test_rejections_close_during_the_client_handshake(pki: Pki) -> None:
     port = free_port()
     with backends(pki, ("db", ["db.example.com"])) as (db,):
-        manifests = (
-            gateway_yaml(port)
-            + service_yaml("db", db.port)
-            + route_yaml("db", ["db.example.com"], [("db", 1)])
-        )
+        manifests = db_route(port, db.port)
         async with running_gateway(manifests):
             with trio.fail_after(10):
                 context = pki.client_context()
@@ -202,11 +199,7 @@ async def test_dead_endpoint_is_skipped_and_all_dead_closes_promptly(pki: Pki) -
 async def test_backend_reset_closes_the_client_and_leaks_nothing(pki: Pki) -> None:
     port = free_port()
     with backends(pki, ("db", ["db.example.com"])) as (db,):
-        manifests = (
-            gateway_yaml(port)
-            + service_yaml("db", db.port)
-            + route_yaml("db", ["db.example.com"], [("db", 1)])
-        )
+        manifests = db_route(port, db.port)
         async with running_gateway(manifests) as server:
             context = pki.client_context()
 
@@ -234,11 +227,7 @@ async def _wait_idle(server: Server) -> None:
 async def test_silent_client_times_out_while_others_are_served(pki: Pki) -> None:
     port = free_port()
     with backends(pki, ("db", ["db.example.com"])) as (db,):
-        manifests = (
-            gateway_yaml(port)
-            + service_yaml("db", db.port)
-            + route_yaml("db", ["db.example.com"], [("db", 1)])
-        )
+        manifests = db_route(port, db.port)
         async with running_gateway(manifests, hello_timeout=0.5):
             with trio.fail_after(10):
                 silent = await trio.open_tcp_stream("127.0.0.1", port)
@@ -254,11 +243,7 @@ async def test_silent_client_times_out_while_others_are_served(pki: Pki) -> None
 async def test_bulk_both_ways_and_half_close(pki: Pki, splice: bool) -> None:
     port = free_port()
     with backends(pki, ("db", ["db.example.com"])) as (db,):
-        manifests = (
-            gateway_yaml(port)
-            + service_yaml("db", db.port)
-            + route_yaml("db", ["db.example.com"], [("db", 1)])
-        )
+        manifests = db_route(port, db.port)
         async with running_gateway(manifests, splice=splice):
             with trio.fail_after(30):
                 size = 8 * 1024 * 1024 + 17
@@ -288,11 +273,7 @@ async def test_bulk_both_ways_and_half_close(pki: Pki, splice: bool) -> None:
 async def test_idle_connection_is_closed_after_the_idle_timeout(pki: Pki) -> None:
     port = free_port()
     with backends(pki, ("db", ["db.example.com"])) as (db,):
-        manifests = (
-            gateway_yaml(port)
-            + service_yaml("db", db.port)
-            + route_yaml("db", ["db.example.com"], [("db", 1)])
-        )
+        manifests = db_route(port, db.port)
         async with running_gateway(manifests, idle_timeout=0.5):
             with trio.fail_after(10):
                 async with tls_client(port, "db.example.com", pki.client_context()) as client:

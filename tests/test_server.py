@@ -25,6 +25,7 @@ from gateway.status import GatewayStatus
 from .harness import (
     Pki,
     backends,
+    db_route,
     free_port,
     gateway_yaml,
     handshake_outcome,
@@ -99,11 +100,7 @@ async def test_bind_failure_is_reported_and_retried() -> None:
 async def test_connections_over_the_limit_are_closed_at_once(pki: Pki) -> None:
     port = free_port()
     with backends(pki, ("db", ["db.example.com"])) as (db,):
-        manifests = (
-            gateway_yaml(port)
-            + service_yaml("db", db.port)
-            + route_yaml("db", ["db.example.com"], [("db", 1)])
-        )
+        manifests = db_route(port, db.port)
         async with running_gateway(manifests, max_connections=2) as server:
             with trio.fail_after(10):
                 async with (
@@ -260,11 +257,7 @@ async def test_sigterm_drains_live_connections_then_exits_zero(pki: Pki, tmp_pat
     port = free_port()
     with backends(pki, ("db", ["db.example.com"])) as (db,):
         bootstrap = tmp_path / "gateway.yaml"
-        bootstrap.write_text(
-            gateway_yaml(port)
-            + service_yaml("db", db.port)
-            + route_yaml("db", ["db.example.com"], [("db", 1)])
-        )
+        bootstrap.write_text(db_route(port, db.port))
         with _serve_process(bootstrap, "--drain-timeout", "20") as process:
             await trio.to_thread.run_sync(_wait_listening, process, port)
             with trio.fail_after(30):
@@ -285,11 +278,7 @@ async def test_drain_timeout_closes_the_rest(pki: Pki, tmp_path: Path) -> None:
     port = free_port()
     with backends(pki, ("db", ["db.example.com"])) as (db,):
         bootstrap = tmp_path / "gateway.yaml"
-        bootstrap.write_text(
-            gateway_yaml(port)
-            + service_yaml("db", db.port)
-            + route_yaml("db", ["db.example.com"], [("db", 1)])
-        )
+        bootstrap.write_text(db_route(port, db.port))
         with _serve_process(bootstrap, "--drain-timeout", "0.5") as process:
             await trio.to_thread.run_sync(_wait_listening, process, port)
             with trio.fail_after(30):
@@ -345,11 +334,7 @@ async def test_json_logs_carry_connection_swap_and_listener_lines(pki: Pki, tmp_
     port = free_port()
     with backends(pki, ("db", ["db.example.com"])) as (db,):
         bootstrap = tmp_path / "gateway.yaml"
-        bootstrap.write_text(
-            gateway_yaml(port)
-            + service_yaml("db", db.port)
-            + route_yaml("db", ["db.example.com"], [("db", 1)])
-        )
+        bootstrap.write_text(db_route(port, db.port))
         with _serve_process(bootstrap, "--log-format", "json") as process:
             await trio.to_thread.run_sync(_wait_listening, process, port)
             with trio.fail_after(20):
