@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,8 @@ from gateway.writes import Conflict
 JSON_TYPES = {"application/json"}
 YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"}
 MERGE_PATCH = "application/merge-patch+json"
+log = logging.getLogger("tlsgate.admin")
+
 OPEN_PATHS = {"/healthz", "/readyz", "/metrics"}
 
 
@@ -56,6 +59,13 @@ def create_app(
         else:
             message = error.description or error.name
         return _json(ApiError(code, message).body(), code)
+
+    @app.errorhandler(Exception)
+    async def internal_error(error: Exception) -> Response:
+        # Nothing was swapped: a write that fails (a full disk, say) changes nothing in force.
+        log.exception("admin request failed: %s %s", request.method, request.path)
+        body = ApiError(500, f"internal error: {type(error).__name__}: {error}").body()
+        return _json(body, 500)
 
     @app.before_request
     async def authenticate() -> Response | None:

@@ -87,10 +87,9 @@ class Connection:
             out["detail"] = self.detail
         return out
 
-    def line(self) -> str:
-        return " ".join(
-            f"{k}={v!r}" if k == "detail" else f"{k}={v}" for k, v in self.fields().items()
-        )
+    @staticmethod
+    def line(fields: dict[str, object]) -> str:
+        return " ".join(f"{k}={v!r}" if k == "detail" else f"{k}={v}" for k, v in fields.items())
 
 
 class Proxy:
@@ -138,7 +137,8 @@ class Proxy:
         finally:
             sock.close()
             if access_log.isEnabledFor(logging.INFO):
-                access_log.info("%s", conn.line(), extra={"fields": conn.fields()})
+                fields = conn.fields()
+                access_log.info("%s", Connection.line(fields), extra={"fields": fields})
             self._account(conn)
             self._leave()
 

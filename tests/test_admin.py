@@ -436,3 +436,20 @@ async def test_readyz_reports_unbound_listeners(tmp_path: Path) -> None:
             assert f"127.0.0.1:{port}" in body["message"]
     finally:
         blocker.close()
+
+
+async def test_a_failing_commit_is_a_500_status_and_changes_nothing(tmp_path: Path) -> None:
+    async with (
+        admin_gateway(tmp_path / "state") as (server, url),
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        assert (await http.post("/v1/tlsroutes", json=route())).status_code == 201
+        assert server.store is not None
+        server.store.close()  # every later commit fails, as on a broken disk
+        generation = server.state.generation
+        response = await http.put("/v1/tlsroutes/apps/db", json=route(hostname="new.example.com"))
+        body = assert_status(response, 500, "InternalError")
+        assert "ProgrammingError" in body["message"]
+        assert server.state.generation == generation
+        kept = (await http.get("/v1/tlsroutes/apps/db")).json()
+        assert kept["spec"]["hostnames"] == ["db.example.com"]
