@@ -36,7 +36,7 @@ access_log = logging.getLogger("tlsgate.access")
 #: Endpoints of one backend tried per connection before the client is closed.
 CONNECT_ATTEMPTS = 3
 #: Expected ways for a connection to fail: one log line, no traceback.
-EXPECTED_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+EXPECTED_ERRORS = (OSError, TlsError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 @attrs.frozen(kw_only=True)
@@ -124,16 +124,20 @@ class Proxy:
         conn = Connection(peer=peer, bind=bind)
         try:
             await self._serve(sock, conn)
-        except EXPECTED_ERRORS as exc:
-            conn.outcome = conn.outcome if conn.outcome != "closed" else "error"
-            conn.detail = conn.detail or f"{type(exc).__name__}: {exc}"
-        except trio.Cancelled:
-            conn.outcome = "shutdown"
-            raise
-        except Exception as exc:  # the one broad except: a bug must not stop the server
-            conn.outcome = "internal-error"
-            log.exception("unexpected error on connection from %s", conn.peer)
-            conn.detail = type(exc).__name__
+        except BaseException as exc:
+            # The relay's nursery wraps failures in exception groups: judge the leaves.
+            leaves = _leaves(exc)
+            if not all(isinstance(leaf, Exception) for leaf in leaves):
+                conn.outcome = "shutdown"  # Cancelled (drain timeout), KeyboardInterrupt...
+                raise
+            if all(isinstance(leaf, EXPECTED_ERRORS) for leaf in leaves):
+                conn.outcome = conn.outcome if conn.outcome != "closed" else "error"
+                first = leaves[0]
+                conn.detail = conn.detail or f"{type(first).__name__}: {first}"
+            else:  # the one broad except: a bug must not stop the server
+                conn.outcome = "internal-error"
+                log.exception("unexpected error on connection from %s", conn.peer)
+                conn.detail = type(exc).__name__
         finally:
             sock.close()
             if access_log.isEnabledFor(logging.INFO):
@@ -395,3 +399,9 @@ async def send_all(sock: socket.socket, data: bytes) -> None:
             view = view[sock.send(view) :]
         except BlockingIOError:
             await trio.lowlevel.wait_writable(sock)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]

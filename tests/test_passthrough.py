@@ -217,6 +217,10 @@ async def test_backend_reset_closes_the_client_and_leaks_nothing(pki: Pki) -> No
                     await reset_once()
                 await _wait_idle(server)
                 assert open_fds() <= baseline
+        # Each reset is an expected failure (one log line), never an internal error.
+        finished = server.metrics.connections_finished
+        assert finished.labels("infra/gw", "tls", "apps/db", "error")._value.get() == 201
+        assert finished.labels("infra/gw", "tls", "apps/db", "internal-error")._value.get() == 0
 
 
 async def _wait_idle(server: Server) -> None:

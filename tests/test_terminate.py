@@ -344,3 +344,30 @@ async def test_openssl_s_client_shows_the_listener_chain(pki: Pki, tmp_path: Pat
             assert "Verify return code: 0 (ok)" in output
             assert "Certificate chain" in output and "trustme" in output
             assert "PONG" in output
+
+
+async def test_garbage_after_the_handshake_closes_only_that_connection(pki: Pki) -> None:
+    port = free_port()
+    with backends(pki, ("redis", None)) as (redis,):
+        bundle = (
+            gateway_yaml(port, terminate_listener("tls", port, None, "cert"))
+            + secret_yaml("cert", pki.ca.issue_cert("redis.example.com"))
+            + service_yaml("redis", redis.port)
+            + route_yaml("r", ["redis.example.com"], [("redis", 1)])
+        )
+        async with admin_gateway(None) as (server, url), httpx.AsyncClient(base_url=url) as http:
+            await _apply(http, bundle)
+            with trio.fail_after(20):
+                async with tls_client(port, "redis.example.com", pki.client_context()) as client:
+                    assert isinstance(client.stream, trio.SSLStream)
+                    transport = client.stream.transport_stream
+                    await transport.send_all(b"\x17\x03\x03\x00\x10" + b"\x00" * 16)
+                    with pytest.raises((trio.BrokenResourceError, EOFError)):
+                        await client.line()
+                await server.proxy.idle.wait()
+                finished = server.metrics.connections_finished.labels(
+                    "infra/gw", "tls", "apps/r", "error"
+                )
+                assert finished._value.get() == 1  # an expected failure, not an internal error
+                async with tls_client(port, "redis.example.com", pki.client_context()) as client:
+                    assert await client.call("PING") == "PONG"
