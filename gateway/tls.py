@@ -183,6 +183,15 @@ class ContextRegistry:
         self._names: dict[bytes, tuple[str, ...]] = {}
         self._listeners: dict[tuple[int, str, str], list[ServedCertificate]] = {}
 
+    #: Contexts kept at most: rotated certificates must not accumulate for the process's life.
+    MAX_CONTEXTS = 1024
+
+    def _remember(self, key: tuple[object, ...], context: ssl.SSLContext) -> None:
+        if len(self._contexts) >= self.MAX_CONTEXTS:
+            self._contexts.clear()  # rebuilt on demand: the next connections pay ~1 ms each
+            self._names.clear()
+        self._contexts[key] = context
+
     def server_certificates(
         self, generation: int, listener: ListenerTable, documents: Mapping[ObjectKey, Document]
     ) -> list[ServedCertificate]:
@@ -236,7 +245,7 @@ class ContextRegistry:
                 context.verify_mode = (
                     ssl.CERT_REQUIRED if mode == "AllowValidOnly" else ssl.CERT_NONE
                 )
-            self._contexts[cache_key] = context
+            self._remember(cache_key, context)
         return context
 
     def backend_context(
@@ -272,7 +281,7 @@ class ContextRegistry:
             if client_pem is not None:
                 with _as_file(client_pem[0]) as cert_path, _as_file(client_pem[1]) as key_path:
                     context.load_cert_chain(cert_path, key_path)
-            self._contexts[cache_key] = context
+            self._remember(cache_key, context)
         return context
 
 
