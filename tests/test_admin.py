@@ -453,3 +453,34 @@ async def test_a_failing_commit_is_a_500_status_and_changes_nothing(tmp_path: Pa
         assert server.state.generation == generation
         kept = (await http.get("/v1/tlsroutes/apps/db")).json()
         assert kept["spec"]["hostnames"] == ["db.example.com"]
+
+
+async def test_cluster_scoped_kinds_use_name_only_paths(tmp_path: Path) -> None:
+    async with (
+        admin_gateway(tmp_path / "state") as (_, url),
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        namespace = {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": "team-a", "labels": {"team": "a"}},
+        }
+        created = await http.put("/v1/namespaces/team-a", json=namespace)
+        assert created.status_code == 201, created.text
+        assert created.json()["metadata"]["labels"] == {
+            "team": "a",
+            "kubernetes.io/metadata.name": "team-a",
+        }
+        gateway_class = {
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "GatewayClass",
+            "metadata": {"name": "tlsgate"},
+            "spec": {"controllerName": "tlsgate.dev/gateway-controller"},
+        }
+        assert (await http.post("/v1/gatewayclasses", json=gateway_class)).status_code == 201
+        got = (await http.get("/v1/gatewayclasses/tlsgate")).json()
+        assert got["status"]["conditions"][0]["reason"] == "Accepted"
+        assert_status(await http.get("/v1/gatewayclasses/x/tlsgate"), 404, "NotFound")
+        assert_status(await http.get("/v1/tlsroutes/only-a-name"), 404, "NotFound")
+        assert (await http.delete("/v1/namespaces/team-a")).status_code == 200
+        assert (await http.get("/v1/namespaces")).json()["items"] == []
