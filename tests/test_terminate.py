@@ -43,6 +43,16 @@ async def _apply(http: httpx.AsyncClient, text: str) -> None:
     assert response.status_code == 200, response.text
 
 
+def _redis_route(pki: Pki, port: int, backend_port: int) -> str:
+    """A Terminate listener on `port` serving redis.example.com to a plain backend."""
+    return (
+        gateway_yaml(port, terminate_listener("tls", port, None, "cert"))
+        + secret_yaml("cert", pki.ca.issue_cert("redis.example.com"))
+        + service_yaml("redis", backend_port)
+        + route_yaml("r", ["redis.example.com"], [("redis", 1)])
+    )
+
+
 def _peer_names(client: object) -> list[str]:
     stream = client.stream  # type: ignore[attr-defined]
     cert = stream.getpeercert()
@@ -310,12 +320,7 @@ spec:
 async def test_openssl_s_client_shows_the_listener_chain(pki: Pki, tmp_path: Path) -> None:
     port = free_port()
     with backends(pki, ("redis", None)) as (redis,):
-        bundle = (
-            gateway_yaml(port, terminate_listener("tls", port, None, "cert"))
-            + secret_yaml("cert", pki.ca.issue_cert("redis.example.com"))
-            + service_yaml("redis", redis.port)
-            + route_yaml("r", ["redis.example.com"], [("redis", 1)])
-        )
+        bundle = _redis_route(pki, port, redis.port)
         async with admin_gateway(None) as (_, url), httpx.AsyncClient(base_url=url) as http:
             await _apply(http, bundle)
             with trio.fail_after(30):
@@ -349,12 +354,7 @@ async def test_openssl_s_client_shows_the_listener_chain(pki: Pki, tmp_path: Pat
 async def test_garbage_after_the_handshake_closes_only_that_connection(pki: Pki) -> None:
     port = free_port()
     with backends(pki, ("redis", None)) as (redis,):
-        bundle = (
-            gateway_yaml(port, terminate_listener("tls", port, None, "cert"))
-            + secret_yaml("cert", pki.ca.issue_cert("redis.example.com"))
-            + service_yaml("redis", redis.port)
-            + route_yaml("r", ["redis.example.com"], [("redis", 1)])
-        )
+        bundle = _redis_route(pki, port, redis.port)
         async with admin_gateway(None) as (server, url), httpx.AsyncClient(base_url=url) as http:
             await _apply(http, bundle)
             with trio.fail_after(20):
