@@ -18,13 +18,9 @@ import trio
 
 from gateway.convert import structure_document, unstructure_document
 from gateway.kinds import Document, ObjectKey, key_of
-from gateway.resources import Resources
 from gateway.routing import Snapshot
-from gateway.runtime import Runtime
 from gateway.state import State, utc_now
 from gateway.store import Store
-from gateway.tls import load_facts
-from gateway.translate import translate
 from gateway.writes import Action, Change, Conflict, merge_patch, plan
 
 
@@ -77,22 +73,9 @@ class Control:
                 for doc in documents:
                     if key_of(doc) in current:
                         raise Conflict("AlreadyExists", f"{key_of(doc)} already exists")
-            revision = (self.store.revision if self.store else self.state.generation) + 1
-            changes = plan(
-                current,
-                documents,
-                now=utc_now(),
-                resource_version=str(revision),
-                new_uid=lambda: str(uuid.uuid4()),
-                expected_versions=expected_versions,
+            return await self._write(
+                documents, dry_run=dry_run, expected_versions=expected_versions
             )
-            written = [c for c in changes if c.action is not Action.UNCHANGED]
-            if dry_run:
-                return Outcome(changes, self.preview(written, []))
-            if not written:
-                return Outcome(changes, self.state.snapshot)  # no commit, no swap
-            await self._commit(written, [])
-            return Outcome(changes, self.state.put([c.document for c in written]))
 
     async def patch(self, key: ObjectKey, patch: Any) -> Outcome:
         async with self._lock:
@@ -106,20 +89,33 @@ class Control:
             doc = structure_document(merged)
             if key_of(doc) != key:
                 raise BadRequest(f"a patch cannot change the name or namespace of {key}")
-            revision = (self.store.revision if self.store else self.state.generation) + 1
-            changes = plan(
-                self.state.documents,
-                [doc],
-                now=utc_now(),
-                resource_version=str(revision),
-                new_uid=lambda: str(uuid.uuid4()),
-                expected_versions=expected,
-            )
-            written = [c for c in changes if c.action is not Action.UNCHANGED]
-            if written:
-                await self._commit(written, [])
-                return Outcome(changes, self.state.put([c.document for c in written]))
+            return await self._write([doc], expected_versions=expected)
+
+    async def _write(
+        self,
+        documents: Sequence[Document],
+        *,
+        dry_run: bool = False,
+        expected_versions: dict[ObjectKey, str] | None = None,
+    ) -> Outcome:
+        """Plan, commit, swap; the caller holds the lock. Nothing unchanged is written, and a
+        write that changes nothing neither commits nor swaps."""
+        revision = (self.store.revision if self.store else self.state.generation) + 1
+        changes = plan(
+            self.state.documents,
+            documents,
+            now=utc_now(),
+            resource_version=str(revision),
+            new_uid=lambda: str(uuid.uuid4()),
+            expected_versions=expected_versions,
+        )
+        written = [c for c in changes if c.action is not Action.UNCHANGED]
+        if dry_run:
+            return Outcome(changes, self.preview(written, []))
+        if not written:
             return Outcome(changes, self.state.snapshot)
+        await self._commit(written, [])
+        return Outcome(changes, self.state.put([c.document for c in written]))
 
     async def delete(self, key: ObjectKey) -> Outcome:
         async with self._lock:
@@ -134,17 +130,7 @@ class Control:
             documents[change.key] = change.document
         for key in deleted:
             documents.pop(key, None)
-        resources = Resources.of(documents.values())
-        secrets, bundles = load_facts(resources)
-        runtime = Runtime(
-            now=utc_now(),
-            bind_address=self.state.bind_address,
-            bind_failures=self.state.bind_failures,
-            secrets=secrets,
-            ca_bundles=bundles,
-            previous=self.state.snapshot.statuses,
-        )
-        return translate(resources, runtime, generation=self.state.generation + 1)
+        return self.state.build(documents, self.state.generation + 1, self.state.snapshot.statuses)
 
     async def _commit(self, written: Sequence[Change], deleted: Sequence[ObjectKey]) -> None:
         if self.store is None:

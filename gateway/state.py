@@ -18,7 +18,7 @@ from gateway.kinds import Document, ObjectKey, key_of
 from gateway.resources import Resources
 from gateway.routing import Snapshot
 from gateway.runtime import Runtime
-from gateway.status import accepted_counts
+from gateway.status import Status, accepted_counts
 from gateway.tls import load_facts
 from gateway.translate import translate
 
@@ -85,9 +85,19 @@ class State:
 
     def _build(self) -> Snapshot:
         self._generation += 1
-        resources = Resources.of(self.documents.values())
-        secrets, bundles = load_facts(resources)
         previous = self.snapshot.statuses if hasattr(self, "snapshot") else {}
+        return self.build(self.documents, self._generation, previous)
+
+    def build(
+        self,
+        documents: Mapping[ObjectKey, Document],
+        generation: int,
+        previous: Mapping[ObjectKey, Status],
+    ) -> Snapshot:
+        """The snapshot these documents give with this process's runtime facts; swaps
+        nothing (the dry run of a write uses it as is)."""
+        resources = Resources.of(documents.values())
+        secrets, bundles = load_facts(resources)
         runtime = Runtime(
             now=utc_now(),
             bind_address=self.bind_address,
@@ -96,7 +106,7 @@ class State:
             ca_bundles=bundles,
             previous=previous,
         )
-        return translate(resources, runtime, generation=self._generation)
+        return translate(resources, runtime, generation=generation)
 
     async def wait_changed(self, generation: int) -> Snapshot:
         """Block until the snapshot is newer than `generation`."""

@@ -101,6 +101,12 @@ def check_ca_bundle(config_map: corev1.ConfigMap) -> LoadResult:
     bundle = (config_map.data or {}).get(CA_BUNDLE_KEY)
     if not bundle:
         return LoadResult(False, f"the ConfigMap has no {CA_BUNDLE_KEY}")
+    return _check_bundle(bundle)
+
+
+@functools.lru_cache(maxsize=1024)
+def _check_bundle(bundle: str) -> LoadResult:
+    """Cached by content, like certificates: every rebuild checks every ConfigMap."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.load_verify_locations(cadata=bundle)
