@@ -261,6 +261,15 @@ def _client_command(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The serve timeouts: option name, default seconds, meaning.
+_TIMEOUTS = (
+    ("hello-timeout", "10", "seconds a client has to send its ClientHello"),
+    ("connect-timeout", "5", "seconds to connect to one backend endpoint"),
+    ("idle-timeout", "3600", "seconds without a byte either way before a connection is closed"),
+    ("drain-timeout", "30", "on SIGTERM/SIGINT, seconds live connections may finish"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlsgate", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -344,30 +353,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("bind-address", "0.0.0.0"),
         help="where listeners bind when a Gateway has no spec.addresses (default 0.0.0.0)",
     )
-    sv.add_argument(
-        "--hello-timeout",
-        type=float,
-        default=float(_env("hello-timeout", "10")),
-        help="seconds a client has to send its ClientHello (default 10)",
-    )
-    sv.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=float(_env("connect-timeout", "5")),
-        help="seconds to connect to one backend endpoint (default 5)",
-    )
-    sv.add_argument(
-        "--idle-timeout",
-        type=float,
-        default=float(_env("idle-timeout", "3600")),
-        help="seconds without a byte either way before a connection is closed (default 3600)",
-    )
-    sv.add_argument(
-        "--drain-timeout",
-        type=float,
-        default=float(_env("drain-timeout", "30")),
-        help="on SIGTERM/SIGINT, seconds live connections may finish (default 30)",
-    )
+    for name, default, meaning in _TIMEOUTS:
+        sv.add_argument(
+            f"--{name}",
+            type=float,
+            default=float(_env(name, default)),
+            metavar="SECONDS",
+            help=f"{meaning} (default {default})",
+        )
     sv.add_argument(
         "--max-connections",
         type=int,

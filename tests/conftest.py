@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+from .harness import Pki
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -11,3 +15,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="rewrite tests/data/translate/*.out.yaml from the current output of translate",
     )
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    """A fresh test CA (trustme) for the end-to-end tests."""
+    return Pki(tmp_path)

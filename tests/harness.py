@@ -7,6 +7,8 @@ import json
 import os
 import socket
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -336,4 +338,16 @@ def db_route(port: int, backend_port: int) -> str:
         gateway_yaml(port)
         + service_yaml("db", backend_port)
         + route_yaml("db", ["db.example.com"], [("db", 1)])
+    )
+
+
+def run_tlsgate(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`tlsgate ARGS...` as a user runs it, in a real process."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=60,
+        check=False,
     )

@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
+from .harness import run_tlsgate
+
 DATA = Path(__file__).parent / "data" / "translate"
 
 
-def _run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        capture_output=True,
-        text=True,
-        input=stdin,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_translate_prints_documents_with_status_and_the_table() -> None:
-    result = _run("translate", "-f", str(DATA / "passthrough-simple.in.yaml"), "-o", "json")
+    result = run_tlsgate("translate", "-f", str(DATA / "passthrough-simple.in.yaml"), "-o", "json")
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert (out["apiVersion"], out["kind"]) == ("v1", "List")
@@ -39,7 +28,7 @@ def test_translate_prints_documents_with_status_and_the_table() -> None:
 
 
 def test_creation_timestamps_follow_file_order_and_yaml_is_the_default() -> None:
-    result = _run(
+    result = run_tlsgate(
         "translate", "-f", str(DATA / "passthrough-simple.in.yaml"), "--now", "2030-05-01T00:00:00Z"
     )
     assert result.returncode == 0, result.stderr
@@ -63,7 +52,7 @@ spec:
   rules: [{backendRefs: [{name: db}]}]
 """
     )
-    result = _run("translate", "-f", str(bad), "-o", "json")
+    result = run_tlsgate("translate", "-f", str(bad), "-o", "json")
     assert result.returncode == 1
     assert "TLSRoute 'broken' is invalid" in result.stderr
     assert 'spec.hostnames[0]: Invalid value: "10.0.0.1"' in result.stderr
@@ -76,7 +65,7 @@ spec:
 def test_unreadable_and_garbage_files(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.yaml"
     garbage.write_bytes(b"\x00\xff not: [yaml")
-    result = _run("translate", "-f", str(garbage), "-f", str(tmp_path / "missing.yaml"))
+    result = run_tlsgate("translate", "-f", str(garbage), "-f", str(tmp_path / "missing.yaml"))
     assert result.returncode == 1
     assert "garbage.yaml" in result.stderr and "missing.yaml" in result.stderr
     assert "Traceback" not in result.stderr
@@ -84,7 +73,7 @@ def test_unreadable_and_garbage_files(tmp_path: Path) -> None:
 
 
 def test_reads_standard_input() -> None:
-    result = _run(
+    result = run_tlsgate(
         "translate",
         "-f",
         "-",
@@ -100,7 +89,7 @@ def test_private_keys_are_never_printed() -> None:
     key_line = (
         (Path(__file__).parent / "data" / "certs" / "example.key").read_text().splitlines()[1]
     )
-    result = _run("translate", "-f", str(DATA / "terminate-simple.in.yaml"), "-o", "json")
+    result = run_tlsgate("translate", "-f", str(DATA / "terminate-simple.in.yaml"), "-o", "json")
     assert result.returncode == 0, result.stderr
     assert key_line not in result.stdout
     secret = next(i for i in json.loads(result.stdout)["items"] if i["kind"] == "Secret")

@@ -29,11 +29,6 @@ from .harness import (
 YAML = {"Content-Type": "application/yaml"}
 
 
-@pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    return Pki(tmp_path)
-
-
 def _start(state_dir: Path, admin_port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [

@@ -23,6 +23,7 @@ from .harness import (
     handshake_outcome,
     passthrough_listener,
     route_yaml,
+    run_tlsgate,
     secret_yaml,
     service_yaml,
     terminate_listener,
@@ -31,11 +32,6 @@ from .harness import (
 
 YAML = {"Content-Type": "application/yaml"}
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    return Pki(tmp_path)
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -151,17 +147,6 @@ async def test_metrics_count_real_traffic(pki: Pki) -> None:
     assert _value(m, "tlsgate_admin_requests_total", method="POST", code="200") == 1
 
 
-def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        capture_output=True,
-        text=True,
-        input=stdin,
-        timeout=60,
-        check=False,
-    )
-
-
 async def test_cli_round_trips_against_a_live_server(tmp_path: Path) -> None:
     port = free_port()
     bundle = tmp_path / "bundle.yaml"
@@ -176,7 +161,7 @@ async def test_cli_round_trips_against_a_live_server(tmp_path: Path) -> None:
         server = ["--server", url, "--token", "t0ken"]
 
         async def cli(*args: str) -> subprocess.CompletedProcess[str]:
-            return await trio.to_thread.run_sync(lambda: _cli(*args))
+            return await trio.to_thread.run_sync(lambda: run_tlsgate(*args))
 
         applied = await cli("apply", "-f", str(bundle), *server)
         assert applied.returncode == 0, applied.stderr
@@ -216,7 +201,7 @@ async def test_cli_round_trips_against_a_live_server(tmp_path: Path) -> None:
 
 
 def test_cli_reports_an_unreachable_server() -> None:
-    result = _cli("get", "gateways", "--server", f"http://127.0.0.1:{free_port()}")
+    result = run_tlsgate("get", "gateways", "--server", f"http://127.0.0.1:{free_port()}")
     assert result.returncode == 1
     assert "cannot reach the admin API" in result.stderr and "Traceback" not in result.stderr
 
@@ -272,7 +257,7 @@ def test_demo_and_compose_share_the_manifests(tmp_path: Path) -> None:
         check=True,
         timeout=60,
     )
-    result = _cli(
+    result = run_tlsgate(
         "translate",
         "-f",
         str(ROOT / "examples" / "demo.yaml"),

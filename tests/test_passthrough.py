@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import ssl
-from pathlib import Path
 
 import pytest
 import trio
@@ -25,11 +24,6 @@ from .harness import (
     service_yaml,
     tls_client,
 )
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    return Pki(tmp_path)
 
 
 @pytest.mark.parametrize("splice", [True, False], ids=["splice", "copy"])

@@ -33,11 +33,6 @@ from .harness import (
 YAML = {"Content-Type": "application/yaml"}
 
 
-@pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    return Pki(tmp_path)
-
-
 async def _apply(http: httpx.AsyncClient, text: str) -> None:
     response = await http.post("/v1/apply", headers=YAML, content=text)
     assert response.status_code == 200, response.text
