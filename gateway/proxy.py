@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import json
 import logging
 import os
 import random
+import re
 import socket
 import ssl
 import time
@@ -22,7 +24,7 @@ from typing import Any
 import attrs
 import trio
 
-from gateway.clienthello import MAX_HELLO_BYTES, ClientHelloError, parse_client_hello
+from gateway.clienthello import MAX_HELLO_BYTES, ClientHelloError, ClientHelloParser
 from gateway.kinds import Document, ObjectKey
 from gateway.metrics import Metrics
 from gateway.relay import SPLICE_AVAILABLE, End, PipePool, PlainEnd, Transfer, relay, relay_ends
@@ -48,6 +50,15 @@ class ProxyConfig:
     splice: bool = SPLICE_AVAILABLE
     #: Seed of the weighted backend choice; tests fix it so that weight checks are exact.
     seed: int | None = None
+
+
+@attrs.define
+class HelloWork:
+    """What the ClientHello parsers were fed and what they examined, summed over connections:
+    a hostile hello (1-byte records, sent slowly) can only cost work linear in what it sends."""
+
+    fed: int = 0
+    scanned: int = 0
 
 
 @attrs.define
@@ -89,7 +100,27 @@ class Connection:
 
     @staticmethod
     def line(fields: dict[str, object]) -> str:
-        return " ".join(f"{k}={v!r}" if k == "detail" else f"{k}={v}" for k, v in fields.items())
+        """The text access-log line, logfmt style: a value that is not a plain token is written
+        as a quoted string with JSON escapes, so whatever a client put in its SNI (CR, LF, NUL,
+        quotes, `key=value`) the line stays one line and a value cannot fake another field."""
+        texts = [str(value) for value in fields.values()]
+        if all(texts) and _PLAIN_LOG_VALUE.fullmatch("".join(texts)):  # the usual line, at once
+            return " ".join(f"{key}={text}" for key, text in zip(fields, texts, strict=True))
+        return " ".join(
+            f"{key}={_log_value(text)}" for key, text in zip(fields, texts, strict=True)
+        )
+
+
+#: A log value written as is: printable ASCII except space, `"`, `=` and backslash.
+_PLAIN_LOG_VALUE = re.compile(r"[!#-<>-\[\]-~]+")
+
+
+def _log_value(text: str) -> str:
+    if _PLAIN_LOG_VALUE.fullmatch(text):
+        return text
+    # ensure_ascii escapes every control and non-ASCII character (U+2028 and NEL split lines
+    # in some readers too); DEL is the one non-printable character JSON leaves alone.
+    return json.dumps(text).replace("\x7f", "\\u007f")
 
 
 class Proxy:
@@ -113,6 +144,7 @@ class Proxy:
         self.pool = pool if pool is not None else (PipePool() if config.splice else None)
         self._next: dict[str, int] = {}
         self.active = 0
+        self.hello_work = HelloWork()
         self.idle = trio.Event()
         self.idle.set()
 
@@ -286,32 +318,36 @@ class Proxy:
         return tls
 
     async def _read_hello(self, client: socket.socket, conn: Connection) -> bytes | None:
+        # The parser keeps its reassembly state: each byte is examined a bounded number of times
+        # however finely the client fragments the hello, and it bounds what is buffered (at most
+        # max_hello_bytes of handshake plus 5 bytes per record, MAX_HELLO_RECORDS records, before
+        # the chunk that completes the hello).
+        parser = ClientHelloParser(self.config.max_hello_bytes)
         buffer = bytearray()
-        # Records add 5 bytes each: allow for a hello fragmented into 512-byte records.
-        limit = self.config.max_hello_bytes + self.config.max_hello_bytes // 100 + 64
-        with trio.move_on_after(self.config.hello_timeout) as timeout:
-            while True:
-                try:
-                    chunk = client.recv(16384)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_readable(client)
-                    continue
-                if not chunk:
-                    conn.outcome = "client-closed"
-                    return None
-                buffer += chunk
-                try:
-                    hello = parse_client_hello(buffer, self.config.max_hello_bytes)
-                except ClientHelloError as exc:
-                    conn.outcome, conn.detail = "rejected-not-tls", str(exc)
-                    return None
-                if hello is not None:
-                    conn.sni = hello.server_name
-                    self.metrics.client_hello_duration.observe(time.monotonic() - conn.started)
-                    return bytes(buffer)
-                if len(buffer) > limit:
-                    conn.outcome, conn.detail = "rejected-not-tls", "ClientHello too large"
-                    return None
+        try:
+            with trio.move_on_after(self.config.hello_timeout) as timeout:
+                while True:
+                    try:
+                        chunk = client.recv(16384)
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_readable(client)
+                        continue
+                    if not chunk:
+                        conn.outcome = "client-closed"
+                        return None
+                    buffer += chunk
+                    try:
+                        hello = parser.feed(chunk)
+                    except ClientHelloError as exc:
+                        conn.outcome, conn.detail = "rejected-not-tls", str(exc)
+                        return None
+                    if hello is not None:
+                        conn.sni = hello.server_name
+                        self.metrics.client_hello_duration.observe(time.monotonic() - conn.started)
+                        return bytes(buffer)
+        finally:
+            self.hello_work.fed += parser.fed
+            self.hello_work.scanned += parser.scanned
         assert timeout.cancelled_caught
         conn.outcome = "hello-timeout"
         return None

@@ -1,15 +1,23 @@
 """The ClientHello parser against real hellos from Python's ssl (OpenSSL), split at every byte,
-fragmented across records, and fuzzed (only a ClientHello, None or ClientHelloError come out)."""
+fragmented across records, fed byte by byte and record by record (the work stays linear), and
+fuzzed (only a ClientHello, None or ClientHelloError come out)."""
 
 from __future__ import annotations
 
+import itertools
 import ssl
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.clienthello import ClientHello, ClientHelloError, parse_client_hello
+from gateway.clienthello import (
+    MAX_HELLO_RECORDS,
+    ClientHello,
+    ClientHelloError,
+    ClientHelloParser,
+    parse_client_hello,
+)
 
 
 def real_hello(
@@ -33,15 +41,21 @@ def real_hello(
     return outgoing.read()
 
 
-def fragment(hello: bytes, size: int) -> bytes:
+def records(hello: bytes, size: int) -> list[bytes]:
     """Re-frame one handshake record into records of at most `size` bytes (RFC 8446 §5.1)."""
     assert hello[0] == 22
     header, body = hello[1:3], hello[5:]
-    out = bytearray()
-    for start in range(0, len(body), size):
-        chunk = body[start : start + size]
-        out += bytes([22]) + header + len(chunk).to_bytes(2) + chunk
-    return bytes(out)
+    return [
+        bytes([22])
+        + header
+        + len(body[start : start + size]).to_bytes(2)
+        + body[start : start + size]
+        for start in range(0, len(body), size)
+    ]
+
+
+def fragment(hello: bytes, size: int) -> bytes:
+    return b"".join(records(hello, size))
 
 
 @pytest.mark.parametrize(
@@ -95,7 +109,7 @@ def test_bytes_after_the_hello_are_ignored() -> None:
     assert isinstance(hello, ClientHello) and hello.length == len(data)
 
 
-def _hello_with_extensions(extensions: bytes) -> bytes:
+def hello_with_extensions(extensions: bytes) -> bytes:
     body = (
         b"\x03\x03"
         + bytes(32)
@@ -109,7 +123,7 @@ def _hello_with_extensions(extensions: bytes) -> bytes:
     return b"\x16\x03\x01" + len(handshake).to_bytes(2) + handshake
 
 
-def _sni(name: bytes) -> bytes:
+def sni_extension(name: bytes) -> bytes:
     entry = b"\x00" + len(name).to_bytes(2) + name
     listing = len(entry).to_bytes(2) + entry
     return b"\x00\x00" + len(listing).to_bytes(2) + listing
@@ -127,11 +141,14 @@ def _sni(name: bytes) -> bytes:
         (b"\x16\x03\x01\x40\x01" + bytes(10), "record length 16385"),
         (b"\x16\x03\x01\x00\x04\x02\x00\x00\x00", "not a ClientHello"),
         (b"\x16\x03\x01\x00\x04\x01\xff\xff\xff", "exceeds"),
-        (_hello_with_extensions(_sni(b"caf\xc3\xa9.example")), "not ASCII"),
-        (_hello_with_extensions(_sni(b"a.example") + _sni(b"b.example")), "duplicate extension"),
-        (_hello_with_extensions(_sni(b"")), "empty host_name"),
-        (_hello_with_extensions(b"\x00\x00\x00\x05\x00\x03\x00\x00"), "truncated"),
-        (_hello_with_extensions(b"\x00\x10\x00\x02\x00\x00"), "empty ALPN list"),
+        (hello_with_extensions(sni_extension(b"caf\xc3\xa9.example")), "not ASCII"),
+        (
+            hello_with_extensions(sni_extension(b"a.example") + sni_extension(b"b.example")),
+            "duplicate extension",
+        ),
+        (hello_with_extensions(sni_extension(b"")), "empty host_name"),
+        (hello_with_extensions(b"\x00\x00\x00\x05\x00\x03\x00\x00"), "truncated"),
+        (hello_with_extensions(b"\x00\x10\x00\x02\x00\x00"), "empty ALPN list"),
     ],
 )
 def test_malformed(data: bytes, reason: str) -> None:
@@ -140,7 +157,7 @@ def test_malformed(data: bytes, reason: str) -> None:
 
 
 def test_handmade_hello_parses() -> None:
-    hello = parse_client_hello(_hello_with_extensions(_sni(b"hand.example")))
+    hello = parse_client_hello(hello_with_extensions(sni_extension(b"hand.example")))
     assert isinstance(hello, ClientHello) and hello.server_name == "hand.example"
     assert hello.versions == (0x0303,)
 
@@ -149,6 +166,128 @@ def test_size_cap_applies_before_the_bytes_arrive() -> None:
     header = b"\x16\x03\x01\x40\x00\x01" + (70_000).to_bytes(3)
     with pytest.raises(ClientHelloError, match="exceeds"):
         parse_client_hello(header)
+
+
+def _fed(chunks: list[bytes], parser: ClientHelloParser | None = None) -> ClientHello:
+    """Feed the chunks in turn: None until the last one, which completes the hello."""
+    parser = parser or ClientHelloParser()
+    for chunk in chunks[:-1]:
+        assert parser.feed(chunk) is None
+    hello = parser.feed(chunks[-1])
+    assert isinstance(hello, ClientHello)
+    return hello
+
+
+def test_fed_byte_by_byte() -> None:
+    data = real_hello("bytes.example.com", ["h2"])
+    parser = ClientHelloParser()
+    hello = _fed([data[i : i + 1] for i in range(len(data))], parser)
+    assert hello == parse_client_hello(data)
+    assert (hello.server_name, hello.alpn, hello.length) == (
+        "bytes.example.com",
+        (b"h2",),
+        len(data),
+    )
+    assert parser.fed == len(data) and parser.records == 1
+    assert parser.scanned <= 2 * parser.fed
+
+
+@pytest.mark.parametrize("size", [1, 7, 100, 512])
+def test_fed_record_by_record(size: int) -> None:
+    data = real_hello("records.example.com")
+    pieces = records(data, size)
+    parser = ClientHelloParser()
+    hello = _fed(pieces, parser)
+    assert hello.server_name == "records.example.com"
+    assert hello.length == sum(map(len, pieces))
+    assert parser.records == len(pieces)
+    assert parser.scanned <= 2 * parser.fed
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 40), st.lists(st.integers(0, 3000), max_size=30))
+def test_any_chunking_of_fragmented_records_gives_the_same_hello(
+    size: int, cuts: list[int]
+) -> None:
+    data = fragment(HELLO, size)
+    bounds = [0, *sorted({c for c in cuts if 0 < c < len(data)}), len(data)]
+    hello = _fed([data[a:b] for a, b in itertools.pairwise(bounds)])
+    assert hello == parse_client_hello(data)
+    assert hello.length == len(data)
+
+
+def padded_hello(name: bytes, padding: int) -> bytes:
+    """A hand-made hello grown with the padding extension (RFC 7685) to `padding` bytes."""
+    return hello_with_extensions(
+        sni_extension(name) + b"\x00\x15" + padding.to_bytes(2) + bytes(padding)
+    )
+
+
+def test_work_is_linear_in_the_bytes_of_a_hello_in_1_byte_records() -> None:
+    """The attack of issue 9: a ~10 KB hello as 1-byte records, one record per receive. A parser
+    that keeps its state examines each byte a bounded number of times; re-parsing the buffer
+    after every receive (what the proxy did) examines it once per record: quadratic."""
+    pieces = records(padded_hello(b"big.example.com", 10_000), 1)
+    assert len(pieces) > 10_000
+    parser = ClientHelloParser(max_records=len(pieces))
+    hello = _fed(pieces, parser)
+    assert hello.server_name == "big.example.com"
+    assert parser.fed == hello.length == 6 * len(pieces)
+    assert parser.scanned <= 2 * parser.fed
+
+    # The old way on the first 1000 records alone already costs ~500 times their size.
+    buffer, rescanned = bytearray(), 0
+    for piece in pieces[:1000]:
+        buffer += piece
+        fresh = ClientHelloParser(max_records=len(pieces))
+        assert fresh.feed(buffer) is None
+        rescanned += fresh.scanned
+    assert rescanned > 400 * len(buffer)
+
+
+def test_records_beyond_the_cap_are_refused() -> None:
+    pieces = records(real_hello("cap.example.com"), 1)
+    assert len(pieces) <= MAX_HELLO_RECORDS  # a real hello in 1-byte records is admitted
+    assert _fed(pieces, ClientHelloParser(max_records=len(pieces))).server_name == "cap.example.com"
+    parser = ClientHelloParser(max_records=len(pieces) - 1)
+    for piece in pieces[:-1]:
+        assert parser.feed(piece) is None
+    with pytest.raises(ClientHelloError, match=f"more than {len(pieces) - 1} records"):
+        parser.feed(pieces[-1])
+    # The default cap: a 10 KB hello in 1-byte records is refused after MAX_HELLO_RECORDS of them.
+    big = fragment(padded_hello(b"big.example.com", 10_000), 1)
+    parser = ClientHelloParser()
+    with pytest.raises(ClientHelloError, match=f"more than {MAX_HELLO_RECORDS} records"):
+        parser.feed(big)
+    assert parser.scanned <= 6 * (MAX_HELLO_RECORDS + 1)
+
+
+def test_a_record_of_another_type_inside_the_hello_is_refused() -> None:
+    pieces = records(real_hello("mixed.example.com"), 100)
+    alert = b"\x15\x03\x03\x00\x02\x01\x00"
+    with pytest.raises(ClientHelloError, match="content type 21"):
+        parse_client_hello(pieces[0] + alert + b"".join(pieces[1:]))
+
+
+def test_length_when_the_hello_ends_inside_a_record() -> None:
+    # Bytes after the message in its last record: the record spans them once it has all come.
+    data = real_hello("tail.example.com")
+    payload = data[5:] + bytes(10)
+    record = data[:3] + len(payload).to_bytes(2) + payload
+    assert _fed([record[: len(data)]]).length == len(data)
+    assert _fed([record[:100], record[100:]]).length == len(record)
+
+
+def test_a_spent_parser_keeps_its_answer() -> None:
+    data = real_hello("spent.example.com")
+    parser = ClientHelloParser()
+    hello = parser.feed(data)
+    assert hello is not None and parser.feed(b"\x17\x03\x03\x00\x01x") is hello
+    parser = ClientHelloParser()
+    with pytest.raises(ClientHelloError, match="content type 71"):
+        parser.feed(b"GET")
+    with pytest.raises(ClientHelloError, match="content type 71"):
+        parser.feed(data)
 
 
 @settings(max_examples=400, deadline=None)
