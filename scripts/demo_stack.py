@@ -1,40 +1,159 @@
-"""The demo stack as local processes: what `scripts/demo` runs (see its header)."""
+"""The demo stack as local processes: what `scripts/demo` runs (see its header). I/O script.
+
+The interactive demo runs on the documented fixed ports (the README prints them): the Gateway's
+listener port and the Services' targetPorts in examples/demo.yaml, the admin API on
+127.0.0.1:9901, certificates and store under ./demo-state. It refuses to start when one of
+those ports is taken rather than half-starting next to another demo.
+
+`--check` (CI) runs the same manifests with every port replaced by a free one and its
+certificates and store in a temporary directory, so it can run beside a demo, or anything else,
+without touching it. Every process the script starts is stopped by PID on every way out.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import trustme
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / "demo-state"
-GATEWAY_PORT = 18443
-#: name: (port, answers HTTP, serves TLS itself)
-BACKENDS = {
-    "db": (19441, False, True),
-    "web": (19442, True, True),
-    "cache": (19443, False, False),
-}
+#: The manifests `scripts/demo` bootstraps; the compose stack shares examples/demo.yaml.
+MANIFESTS = (ROOT / "examples" / "demo.yaml", ROOT / "examples" / "demo-endpoints-local.yaml")
+ADMIN_PORT = 9901  # `tlsgate serve`'s default admin address, printed by the README
+#: Service name: (answers HTTP, serves TLS itself). Their ports are the Services' targetPorts.
+BACKENDS = {"db": (False, True), "web": (True, True), "cache": (False, False)}
+TIMEOUT = 30  # seconds, for each process to start or stop
 
 
-def wait_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{what} exited with {process.returncode}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"{what} did not open port {port}")
+@dataclass(frozen=True)
+class Stack:
+    """Where one run of the stack lives: its directory (certificates, store) and its ports."""
+
+    state: Path
+    gateway_port: int
+    admin_port: int
+    backend_ports: Mapping[str, int]
+
+
+class Stopped(Exception):
+    """SIGINT, SIGTERM or SIGHUP arrived: unwind, so that every started process is stopped."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _raise_stopped(signum: int, _frame: FrameType | None) -> None:
+    raise Stopped(signum)
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def documented_ports() -> tuple[int, dict[str, int]]:
+    """The Gateway's listener port and each backend's port (its Service's targetPort), as
+    examples/demo.yaml says them."""
+    docs = load(MANIFESTS[0])
+    listener_ports = {
+        listener["port"]
+        for doc in docs
+        if doc["kind"] == "Gateway"
+        for listener in doc["spec"]["listeners"]
+    }
+    (gateway_port,) = listener_ports  # the demo's listeners share one port (Mixed)
+    backend_ports = {
+        doc["metadata"]["name"]: port["targetPort"]
+        for doc in docs
+        if doc["kind"] == "Service"
+        for port in doc["spec"]["ports"]
+    }
+    return gateway_port, backend_ports
+
+
+def _integers(value: object) -> Iterator[int]:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _integers(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _integers(item)
+
+
+def with_ports(
+    docs: list[dict[str, Any]], gateway_port: int, backend_ports: Mapping[str, int]
+) -> list[dict[str, Any]]:
+    """The demo manifests with the Gateway's listener ports and the backends' ports (Services'
+    targetPorts, EndpointSlices' ports) changed in place in the structure; raises if a
+    documented port is left anywhere, so a port added elsewhere in the examples is noticed."""
+    out = copy.deepcopy(docs)
+    for doc in out:
+        kind = doc["kind"]
+        if kind == "Gateway":
+            for listener in doc["spec"]["listeners"]:
+                listener["port"] = gateway_port
+        elif kind == "Service":
+            for port in doc["spec"]["ports"]:
+                port["targetPort"] = backend_ports[doc["metadata"]["name"]]
+        elif kind == "EndpointSlice":
+            service = doc["metadata"]["labels"]["kubernetes.io/service-name"]
+            for port in doc.get("ports") or []:
+                port["port"] = backend_ports[service]
+    old_gateway, old_backends = documented_ports()
+    new = {gateway_port, *backend_ports.values()}
+    left = ({old_gateway, *old_backends.values()} - new) & set(_integers(out))
+    if left:
+        raise SystemExit(f"demo manifests: port(s) {sorted(left)} not substituted for --check")
+    return out
+
+
+def ensure_free(port: int) -> None:
+    """Bind as tlsgate and the backends will (SO_REUSEADDR: a TIME_WAIT left by an earlier
+    run does not count, a listening socket does)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise SystemExit(f"port {port} is in use: is another demo running?") from None
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports: the sockets stay bound until all are picked."""
+    with contextlib.ExitStack() as sockets:
+        ports = []
+        for _ in range(count):
+            sock = sockets.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+        return ports
 
 
 def secret_manifest(name: str, namespace: str, certificate: str, key: str) -> str:
@@ -54,7 +173,7 @@ def certificates(directory: Path = STATE) -> None:
     directory.mkdir(exist_ok=True)
     ca = trustme.CA(organization_name="tlsgate demo CA")
     ca.cert_pem.write_to_path(str(directory / "ca.pem"))
-    for name, (_, _, tls) in BACKENDS.items():
+    for name, (_, tls) in BACKENDS.items():
         if tls:
             leaf = ca.issue_cert(f"{name}.example.test")
             leaf.private_key_and_cert_chain_pem.write_to_path(str(directory / f"{name}.pem"))
@@ -64,35 +183,132 @@ def certificates(directory: Path = STATE) -> None:
     (directory / "gateway-cert.yaml").write_text(manifest)
 
 
-def s_client(server_name: str) -> list[str]:
+class Processes:
+    """The processes of one stack, stopped by PID (SIGTERM, then SIGKILL after TIMEOUT)."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, command: list[str], **options: Any) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(command, **options)
+        self.started.append(process)
+        return process
+
+    def stop(self) -> None:
+        # A second Ctrl-C must not cut the cleanup short (the children get it from the
+        # terminal themselves). SIG_IGN is set only now, after the last child started.
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+        for process in reversed(self.started):  # tlsgate first, then its backends
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in reversed(self.started):
+            try:
+                process.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if process.stdout:
+                process.stdout.close()
+
+
+def listening_port(process: subprocess.Popen[bytes], what: str) -> int:
+    """The port from the backend's first line, `listening HOST PORT` (tests/linebackend.py),
+    printed once it is bound."""
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    line = b""
+    deadline = time.monotonic() + TIMEOUT
+    while not line.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise SystemExit(f"{what} did not start listening within {TIMEOUT}s")
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if readable:
+            chunk = os.read(fd, 256)
+            if not chunk:
+                raise SystemExit(f"{what} exited with {process.wait(TIMEOUT)}")
+            line += chunk
+    words = line.split()
+    if len(words) != 3 or words[0] != b"listening" or not words[2].isdigit():
+        raise SystemExit(f"{what} said {line!r}, not `listening HOST PORT`")
+    return int(words[2])
+
+
+def wait_ready(admin_port: int, process: subprocess.Popen[bytes]) -> None:
+    """Until tlsgate's GET /readyz answers 200: the configuration is loaded and every listener
+    bound (API.md). Asking the admin API, not the TLS port, keeps probes out of the access log."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy
+    url = f"http://127.0.0.1:{admin_port}/readyz"
+    reason = "no answer"
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"tlsgate exited with {process.returncode}")
+        try:
+            with opener.open(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:  # 503 with the reason
+            reason = exc.read().decode(errors="replace").strip()
+        except OSError as exc:
+            reason = str(exc)
+        time.sleep(0.05)
+    raise SystemExit(f"tlsgate was not ready within {TIMEOUT}s: {reason}")
+
+
+def start_backends(processes: Processes, state: Path, ports: Mapping[str, int]) -> dict[str, int]:
+    """Starts each backend on its port (0: a free one) and returns the ports they bound."""
+    bound = {}
+    for name, (http, tls) in BACKENDS.items():
+        pem = str(state / f"{name}.pem")
+        process = processes.start(
+            [
+                sys.executable,
+                str(ROOT / "tests" / "linebackend.py"),
+                "--name",
+                name,
+                "--port",
+                str(ports.get(name, 0)),
+                *(["--cert", pem, "--key", pem] if tls else []),
+                *(["--http"] if http else []),
+            ],
+            stdout=subprocess.PIPE,
+        )
+        bound[name] = listening_port(process, f"backend {name}")
+    return bound
+
+
+def s_client(stack: Stack, server_name: str) -> list[str]:
     return [
         "openssl",
         "s_client",
         "-connect",
-        f"127.0.0.1:{GATEWAY_PORT}",
+        f"127.0.0.1:{stack.gateway_port}",
         "-servername",
         server_name,
         "-CAfile",
-        str(STATE / "ca.pem"),
+        str(stack.state / "ca.pem"),
         "-verify_return_error",
         "-quiet",
     ]
 
 
-def commands() -> dict[str, list[str]]:
+def commands(stack: Stack) -> dict[str, list[str]]:
+    port = stack.gateway_port
     return {
         "curl": [
             "curl",
             "--silent",
             "--show-error",
             "--cacert",
-            str(STATE / "ca.pem"),
+            str(stack.state / "ca.pem"),
             "--resolve",
-            f"web.example.test:{GATEWAY_PORT}:127.0.0.1",
-            f"https://web.example.test:{GATEWAY_PORT}/",
+            f"web.example.test:{port}:127.0.0.1",
+            f"https://web.example.test:{port}/",
         ],
-        "passthrough": s_client("db.example.test"),
-        "terminate": s_client("cache.example.test"),
+        "passthrough": s_client(stack, "db.example.test"),
+        "terminate": s_client(stack, "cache.example.test"),
     }
 
 
@@ -111,8 +327,8 @@ def _line_check(label: str, command: list[str], greeting: str, expected: dict[st
     return good
 
 
-def check() -> bool:
-    cmds = commands()
+def check(stack: Stack) -> bool:
+    cmds = commands(stack)
     curl = subprocess.run(cmds["curl"], capture_output=True, text=True, timeout=30, check=False)
     try:
         answer = json.loads(curl.stdout)
@@ -137,7 +353,7 @@ def check() -> bool:
             "openssl",
             "s_client",
             "-connect",
-            f"127.0.0.1:{GATEWAY_PORT}",
+            f"127.0.0.1:{stack.gateway_port}",
             "-servername",
             "unknown.example.test",
             "-quiet",
@@ -153,71 +369,11 @@ def check() -> bool:
     return ok and good
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description="Run the tlsgate demo stack locally.")
-    parser.add_argument(
-        "--check", action="store_true", help="run the example commands, verify them, stop, exit 0/1"
-    )
-    parser.add_argument(
-        "--certs-only",
-        metavar="DIR",
-        type=Path,
-        help="only write the demo CA, certificates and Secret into DIR (the compose stack)",
-    )
-    args = parser.parse_args()
-    if args.certs_only:
-        certificates(args.certs_only)
-        return 0
-    certificates()
-    started: list[subprocess.Popen[bytes]] = []
-    python = sys.executable
-    quiet = subprocess.DEVNULL if args.check else None
-    try:
-        for name, (port, http, tls) in BACKENDS.items():
-            pem = str(STATE / f"{name}.pem")
-            process = subprocess.Popen(
-                [
-                    python,
-                    str(ROOT / "tests" / "linebackend.py"),
-                    "--name",
-                    name,
-                    "--port",
-                    str(port),
-                    *(["--cert", pem, "--key", pem] if tls else []),
-                    *(["--http"] if http else []),
-                ],
-                stdout=subprocess.DEVNULL,
-            )
-            started.append(process)
-            wait_port(port, process, f"backend {name}")
-        gateway = subprocess.Popen(
-            [
-                python,
-                "-m",
-                "gateway",
-                "serve",
-                "--bootstrap",
-                str(ROOT / "examples" / "demo.yaml"),
-                "--bootstrap",
-                str(ROOT / "examples" / "demo-endpoints-local.yaml"),
-                "--bootstrap",
-                str(STATE / "gateway-cert.yaml"),
-                "--bind-address",
-                "127.0.0.1",
-                "--state-dir",
-                str(STATE / "store"),
-            ],
-            stdout=quiet,
-            stderr=quiet,
-        )
-        started.append(gateway)
-        wait_port(GATEWAY_PORT, gateway, "tlsgate")
-        if args.check:
-            return 0 if check() else 1
-        cmds = commands()
-        print(
-            f"""
-tlsgate demo: listening on 127.0.0.1:{GATEWAY_PORT} (manifests: examples/demo.yaml)
+def banner(stack: Stack) -> str:
+    cmds = commands(stack)
+    port = stack.gateway_port
+    return f"""
+tlsgate demo: listening on 127.0.0.1:{port} (manifests: examples/demo.yaml)
 
   HTTPS backend, passed through (the certificate you see is the backend's own):
     {" ".join(cmds["curl"])}
@@ -229,28 +385,98 @@ tlsgate demo: listening on 127.0.0.1:{GATEWAY_PORT} (manifests: examples/demo.ya
     {" ".join(cmds["terminate"])}
 
   An unknown name is closed during the handshake:
-    openssl s_client -connect 127.0.0.1:{GATEWAY_PORT} -servername nope.example.test
+    openssl s_client -connect 127.0.0.1:{port} -servername nope.example.test
 
-  The admin API: curl http://127.0.0.1:9901/v1/routingtable
+  The admin API: curl http://127.0.0.1:{stack.admin_port}/v1/routingtable
 
 Ctrl-C stops everything.
-""",
-            flush=True,
-        )
-        signals = {signal.SIGINT, signal.SIGTERM}
-        signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # after the children started
-        signal.sigwait(signals)
+"""
+
+
+def run(check_only: bool, cleanup: contextlib.ExitStack) -> int:
+    if check_only:
+        state = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="tlsgate-demo-")))
+        wanted: Mapping[str, int] = {}  # free ports, each backend binds port 0
+    else:
+        gateway_port, wanted = documented_ports()
+        for port in (gateway_port, *wanted.values(), ADMIN_PORT):
+            ensure_free(port)  # before anything is written or started
+        state = STATE
+    certificates(state)
+    processes = Processes()
+    cleanup.callback(processes.stop)  # runs before the temporary directory goes
+    backend_ports = start_backends(processes, state, wanted)
+    if check_only:
+        gateway_port, admin_port = free_ports(2)
+        stack = Stack(state, gateway_port, admin_port, backend_ports)
+        bootstrap = []
+        for path in MANIFESTS:
+            derived = with_ports(load(path), stack.gateway_port, backend_ports)
+            bootstrap.append(state / path.name)
+            bootstrap[-1].write_text(yaml.safe_dump_all(derived, sort_keys=False))
+        log = cleanup.enter_context((state / "tlsgate.log").open("wb"))
+        output: dict[str, Any] = {"stdout": log, "stderr": subprocess.STDOUT}
+    else:
+        stack = Stack(state, gateway_port, ADMIN_PORT, backend_ports)
+        bootstrap = list(MANIFESTS)
+        output = {}
+    gateway = processes.start(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            *(f"--bootstrap={path}" for path in bootstrap),
+            f"--bootstrap={state / 'gateway-cert.yaml'}",
+            "--bind-address",
+            "127.0.0.1",
+            "--admin",
+            f"127.0.0.1:{stack.admin_port}",
+            "--state-dir",
+            str(state / "store"),
+        ],
+        **output,
+    )
+    try:
+        wait_ready(stack.admin_port, gateway)
+        if check_only:
+            if check(stack):
+                return 0
+            raise SystemExit(1)
+    except SystemExit:
+        if check_only:
+            print(f"tlsgate's log:\n{(state / 'tlsgate.log').read_text()}", file=sys.stderr)
+        raise
+    print(banner(stack), flush=True)
+    while True:
+        signal.pause()  # until Stopped
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Run the tlsgate demo stack locally.")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="run the example commands against a stack on free ports, verify them, stop, exit 0/1",
+    )
+    parser.add_argument(
+        "--certs-only",
+        metavar="DIR",
+        type=Path,
+        help="only write the demo CA, certificates and Secret into DIR (the compose stack)",
+    )
+    args = parser.parse_args()
+    if args.certs_only:
+        certificates(args.certs_only)
         return 0
-    finally:
-        for process in reversed(started):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in reversed(started):
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _raise_stopped)
+    try:
+        with contextlib.ExitStack() as cleanup:
+            return run(args.check, cleanup)
+    except Stopped:
+        # Ctrl-C is how the interactive demo ends; a stopped check did not pass.
+        return 1 if args.check else 0
 
 
 if __name__ == "__main__":

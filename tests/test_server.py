@@ -7,12 +7,14 @@ import contextlib
 import http.server
 import json
 import os
+import shlex
 import signal
 import socket
 import ssl
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -323,6 +325,110 @@ def test_demo_check_passes() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("ok ") == 4
+
+
+#: The interactive demo's documented ports (README): the listener, the backends, the admin API.
+_DEMO_PORTS = (18443, 19441, 19442, 19443, 9901)
+
+
+def _port_taken(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+        return False
+
+
+def _demo_generation() -> object:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open("http://127.0.0.1:9901/v1/routingtable", timeout=10) as response:
+        return json.load(response)["generation"]
+
+
+def test_demo_check_runs_beside_a_running_demo() -> None:
+    """`scripts/demo --check` while the interactive `scripts/demo` runs on the same machine: the
+    check takes its own ports and directory, a second demo refuses to start, and the first one
+    keeps answering, then stops everything it started on SIGTERM."""
+    root = Path(__file__).resolve().parent.parent
+    taken = [port for port in _DEMO_PORTS if _port_taken(port)]
+    if taken:
+        pytest.skip(f"port(s) {taken} in use on this machine: the interactive demo needs them")
+    demo = subprocess.Popen(
+        [str(root / "scripts" / "demo")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    listening = threading.Event()
+
+    def read() -> None:
+        assert demo.stdout is not None
+        for line in demo.stdout:
+            output.append(line)
+            if line.startswith("tlsgate demo: listening on 127.0.0.1:18443"):
+                listening.set()
+        listening.set()  # end of output: the demo exited
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert listening.wait(120), "".join(output)
+        if demo.poll() is not None and any("is in use" in line for line in output):
+            pytest.skip(f"another demo took the ports meanwhile: {''.join(output)}")
+        assert demo.poll() is None, "".join(output)
+        # The curl command the demo prints, as a user would paste it.
+        curl = next(shlex.split(line) for line in output if line.strip().startswith("curl "))
+        web = {"backend": "web", "sni": "web.example.test", "tls": True}
+
+        def demo_answers() -> object:
+            result = subprocess.run(curl, capture_output=True, text=True, timeout=30, check=False)
+            assert result.returncode == 0, result.stderr
+            return json.loads(result.stdout)
+
+        assert demo_answers() == web
+        generation = _demo_generation()
+
+        check = subprocess.run(
+            [str(root / "scripts" / "demo"), "--check"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert check.stdout.count("ok ") == 4
+        second = subprocess.run(
+            [str(root / "scripts" / "demo")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert "port 18443 is in use: is another demo running?" in second.stderr
+
+        # The running demo was not touched: same certificates, same configuration.
+        assert demo_answers() == web
+        assert _demo_generation() == generation
+        assert demo.poll() is None, "".join(output)
+        os.kill(demo.pid, signal.SIGTERM)
+        assert demo.wait(60) == 0, "".join(output)
+        still = [port for port in _DEMO_PORTS if _port_taken(port)]
+        assert not still, f"ports {still} still bound after the demo stopped"
+    finally:
+        if demo.poll() is None:
+            os.kill(demo.pid, signal.SIGTERM)
+            try:
+                demo.wait(60)
+            except subprocess.TimeoutExpired:
+                demo.kill()
+                demo.wait(10)
+        reader.join(10)
+        assert demo.stdout is not None
+        demo.stdout.close()
 
 
 async def test_json_logs_carry_connection_swap_and_listener_lines(pki: Pki, tmp_path: Path) -> None:
