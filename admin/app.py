@@ -6,12 +6,13 @@ which would break the atomic swap (ARCHITECTURE.md). Errors are Kubernetes `Stat
 
 from __future__ import annotations
 
-import hmac
+import ipaddress
 import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -38,7 +39,6 @@ OPEN_PATHS = {"/healthz", "/readyz", "/metrics"}
 def create_app(
     control: Control,
     *,
-    token: str | None = None,
     body_limit: int = 4 * 1024 * 1024,
     ready: Callable[[], str | None] = lambda: None,
     metrics: Metrics | None = None,
@@ -67,17 +67,6 @@ def create_app(
         body = ApiError(500, f"internal error: {type(error).__name__}: {error}").body()
         return _json(body, 500)
 
-    @app.before_request
-    async def authenticate() -> Response | None:
-        if token is None or request.path in OPEN_PATHS:
-            return None
-        header = request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
-            error = ApiError(401, "a valid 'Authorization: Bearer <token>' header is required")
-            return _json(error.body(), 401)
-        return None
-
     @app.get("/healthz")
     async def healthz() -> Response:
         return _json({"status": "ok"}, 200)
@@ -88,12 +77,6 @@ def create_app(
         if reason is None:
             return _json({"status": "ready", "generation": control.state.generation}, 200)
         return _json(ApiError(503, reason).body(), 503)
-
-    @app.after_request
-    async def count(response: Response) -> Response:
-        if metrics is not None:
-            metrics.admin_requests.labels(request.method, str(response.status_code)).inc()
-        return response
 
     @app.get("/metrics")
     async def metrics_view() -> Response:
@@ -108,12 +91,18 @@ def create_app(
     async def explain_view() -> Response:
         sni = request.args.get("sni")
         port_text = request.args.get("port", "")
-        if not port_text.isdigit():
-            raise ApiError(400, "query parameter 'port' (a number) is required")
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ApiError(400, "query parameter 'port' must be a port number, 1 to 65535")
+        address = request.args.get("address") or None
+        if address is not None:
+            try:
+                address = str(ipaddress.ip_address(address))
+            except ValueError:
+                raise ApiError(
+                    400, f"query parameter 'address' must be an IP address, not {address!r}"
+                ) from None
         try:
-            result = explain(
-                control.state.snapshot, request.args.get("address") or None, int(port_text), sni
-            )
+            result = explain(control.state.snapshot, address, int(port_text), sni)
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
         return _json(result, 200)
@@ -141,7 +130,7 @@ def create_app(
     @app.route("/v1/<plural>", methods=["GET", "POST"])
     async def collection(plural: str) -> Response:
         info = _kind(plural)
-        if request.method == "GET":
+        if _reading():
             namespace = request.args.get("namespace")
             items = [
                 _with_status(doc, control.state.snapshot)
@@ -179,20 +168,29 @@ def create_app(
         return await _item(info, ObjectKey(info.kind, namespace, name))
 
     async def _item(info: KindInfo, key: ObjectKey) -> Response:
-        if request.method == "GET":
+        if _reading():
             return _json(_with_status(_get(key), control.state.snapshot), 200)
         if request.method == "DELETE":
+            options = _delete_options(await _read_body())
             _get(key)
-            outcome = await _write(control.delete(key))
+            outcome = await _write(
+                control.delete(
+                    key,
+                    dry_run=_dry_run() or options.dry_run,
+                    expected_version=options.resource_version,
+                    expected_uid=options.uid,
+                )
+            )
             return _json(_with_status(outcome.changes[0].document, outcome.snapshot), 200)
         if request.method == "PATCH":
             if _content_type() != MERGE_PATCH:
-                raise ApiError(400, f"PATCH takes a JSON merge patch: Content-Type: {MERGE_PATCH}")
+                raise ApiError(415, f"PATCH takes a JSON merge patch (Content-Type: {MERGE_PATCH})")
+            dry_run = _dry_run()
             patch = _json_body(await _read_body())
             if not isinstance(patch, dict):
                 raise ApiError(400, "a merge patch must be a JSON object")
             _get(key)
-            outcome = await _write(control.patch(key, patch))
+            outcome = await _write(control.patch(key, patch, dry_run=dry_run))
             return _json(_with_status(outcome.changes[0].document, outcome.snapshot), 200)
         (raw,) = await _body_documents(allow_many=False)
         doc = _admit_one(raw, info)
@@ -230,6 +228,40 @@ def _kind(plural: str) -> KindInfo:
     if info is None:
         raise ApiError(404, f"unknown resource {plural!r}; known: {', '.join(sorted(BY_PLURAL))}")
     return info
+
+
+def _reading() -> bool:
+    """HEAD is a GET without a body (RFC 9110 §9.3.2): it never writes, whatever it carries."""
+    return request.method in ("GET", "HEAD")
+
+
+@attrs.frozen
+class DeleteOptions:
+    dry_run: bool = False
+    resource_version: str | None = None
+    uid: str | None = None
+
+
+def _delete_options(data: bytes) -> DeleteOptions:
+    """A DELETE body, if any, is a Kubernetes DeleteOptions: `dryRun: [All]` and
+    `preconditions` (resourceVersion, uid) are honoured; propagationPolicy and the grace
+    period mean nothing here (nothing has dependents or a termination period)."""
+    if not data.strip():
+        return DeleteOptions()
+    body = _json_body(data)
+    if not isinstance(body, dict) or body.get("kind") not in (None, "DeleteOptions"):
+        raise ApiError(400, "a DELETE body must be a DeleteOptions object")
+    dry_run = body.get("dryRun") or []
+    if not isinstance(dry_run, list) or any(v != "All" for v in dry_run):
+        raise ApiError(400, "dryRun takes only the value 'All'")
+    preconditions = body.get("preconditions") or {}
+    if not isinstance(preconditions, dict):
+        raise ApiError(400, "preconditions must be an object")
+    version, uid = preconditions.get("resourceVersion"), preconditions.get("uid")
+    for name, value in (("resourceVersion", version), ("uid", uid)):
+        if value is not None and not isinstance(value, str):
+            raise ApiError(400, f"preconditions.{name} must be a string")
+    return DeleteOptions(dry_run=bool(dry_run), resource_version=version, uid=uid)
 
 
 def _dry_run() -> bool:

@@ -77,19 +77,22 @@ class Control:
                 documents, dry_run=dry_run, expected_versions=expected_versions
             )
 
-    async def patch(self, key: ObjectKey, patch: Any) -> Outcome:
+    async def patch(self, key: ObjectKey, patch: Any, *, dry_run: bool = False) -> Outcome:
         async with self._lock:
             current = self.get(key)
             wire = unstructure_document(current, redact=False)
             merged = merge_patch(wire, patch)
             expected = None
-            patched_meta = patch.get("metadata") if isinstance(patch, dict) else None
-            if isinstance(patched_meta, dict) and "resourceVersion" in patched_meta:
-                expected = {key: str(patched_meta["resourceVersion"])}
+            meta = patch.get("metadata") if isinstance(patch, dict) else None
+            version = meta.get("resourceVersion") if isinstance(meta, dict) else None
+            # A resourceVersion in the patch makes it conditional; null (RFC 7386: remove the
+            # member) or "" makes it unconditional, as in Kubernetes.
+            if version not in (None, ""):
+                expected = {key: str(version)}
             doc = structure_document(merged)
             if key_of(doc) != key:
                 raise BadRequest(f"a patch cannot change the name or namespace of {key}")
-            return await self._write([doc], expected_versions=expected)
+            return await self._write([doc], expected_versions=expected, dry_run=dry_run)
 
     async def _write(
         self,
@@ -117,11 +120,31 @@ class Control:
         await self._commit(written, [])
         return Outcome(changes, self.state.put([c.document for c in written]))
 
-    async def delete(self, key: ObjectKey) -> Outcome:
+    async def delete(
+        self,
+        key: ObjectKey,
+        *,
+        dry_run: bool = False,
+        expected_version: str | None = None,
+        expected_uid: str | None = None,
+    ) -> Outcome:
+        """Delete one document; with preconditions (DeleteOptions), only the version named."""
         async with self._lock:
             doc = self.get(key)
+            for what, expected, actual in (
+                ("resourceVersion", expected_version, doc.metadata.resource_version),
+                ("uid", expected_uid, doc.metadata.uid),
+            ):
+                if expected not in (None, "") and expected != actual:
+                    raise Conflict(
+                        "Conflict",
+                        f"precondition failed: {key} has {what} {actual}, not {expected}",
+                    )
+            changes = [Change(key, Action.DELETED, doc)]
+            if dry_run:
+                return Outcome(changes, self.preview([], [key]))
             await self._commit([], [key])
-            return Outcome([Change(key, Action.DELETED, doc)], self.state.put([], deleted=[key]))
+            return Outcome(changes, self.state.put([], deleted=[key]))
 
     def preview(self, written: Sequence[Change], deleted: Sequence[ObjectKey]) -> Snapshot:
         """The snapshot these changes would give, without storing or swapping (dry run)."""

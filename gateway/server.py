@@ -14,11 +14,14 @@ import logging
 import resource
 import signal
 import socket
+import ssl
 from collections.abc import Sequence
 
 import attrs
 import trio
 
+from admin.listen import AdminLimits, AdminTLSError, admin_tls_context
+from admin.listen import bind as bind_admin
 from gateway.control import Control
 from gateway.convert import Invalid, structure_document
 from gateway.kinds import Document, ObjectKey, key_of
@@ -37,6 +40,11 @@ FD_RESERVE = 256
 _TRANSIENT_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 #: How often a failed bind is retried while no configuration change happens.
 BIND_RETRY_SECONDS = 5.0
+
+
+class StartError(Exception):
+    """The gateway cannot start (an address in use, an unreadable certificate): one line for
+    the operator, no traceback."""
 
 
 class BootstrapError(Exception):
@@ -71,11 +79,12 @@ def load_bootstrap(paths: Sequence[str]) -> list[Document]:
     return list(admitted.values())
 
 
-def connection_limit(reserve_pipes: int) -> int:
+def connection_limit(reserve_pipes: int, admin_connections: int = 0) -> int:
     """Concurrent connections the file-descriptor limit allows: two sockets each, after the
-    reserve and the pipe pool. Above it new connections are closed at once."""
+    reserve, the pipe pool and the admin API's own bounded share. Above it new connections
+    are closed at once."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return max(16, (soft - FD_RESERVE - 2 * reserve_pipes) // 2)
+    return max(16, (soft - FD_RESERVE - admin_connections - 2 * reserve_pipes) // 2)
 
 
 @attrs.frozen(kw_only=True)
@@ -91,7 +100,15 @@ class ServeConfig:
     #: The admin API's (host, port), or None for no admin API.
     admin: tuple[str, int] | None = None
     admin_token: str | None = None
+    #: The admin API's HTTPS certificate chain and key (PEM files); None serves plain HTTP.
+    admin_tls_cert: str | None = None
+    admin_tls_key: str | None = None
+    #: CA bundle (PEM) that admin clients' certificates must chain to; None asks for none.
+    admin_client_ca: str | None = None
+    admin_limits: AdminLimits = attrs.Factory(AdminLimits)
     body_limit: int = 4 * 1024 * 1024
+    #: Seconds a request body may take to arrive in full.
+    body_timeout: float = 30.0
     #: The embedded store's directory, or None to keep the configuration in memory only.
     state_dir: str | None = None
 
@@ -234,7 +251,8 @@ class Server:
             metrics=self.metrics,
         )
         self.limit = config.max_connections or connection_limit(
-            self.proxy.pool.limit if self.proxy.pool else 0
+            self.proxy.pool.limit if self.proxy.pool else 0,
+            config.admin_limits.max_connections if config.admin is not None else 0,
         )
         self._stop = trio.Event()
         self.listeners: Listeners | None = None
@@ -259,6 +277,7 @@ class Server:
         return None
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
+        admin = self._open_admin()  # first: a taken admin address must fail the start, at once
         try:
             stored = self.control.load()
             if self.bootstrap:
@@ -277,8 +296,8 @@ class Server:
                 )
                 async with trio.open_nursery() as control:
                     await control.start(self.listeners.run)
-                    if self.config.admin is not None:
-                        self.admin_urls = await control.start(self._admin)
+                    if admin is not None:
+                        self.admin_urls = await control.start(self._admin, *admin)
                     control.start_soon(self._signals)
                     task_status.started(self)
                     await self._stop.wait()
@@ -294,31 +313,65 @@ class Server:
                     log.info("drain timeout: closing %d connections", self.proxy.active)
                 connections.cancel_scope.cancel()
         finally:
+            if admin is not None:
+                admin[0].close()
             if self.proxy.pool is not None:
                 self.proxy.pool.close()
             if self.store is not None:
                 self.store.close()
 
-    async def _admin(self, *, task_status: trio.TaskStatus[list[str]]) -> None:
-        from hypercorn.config import Config
-        from hypercorn.trio import serve as serve_http
-
-        from admin.app import create_app
-
-        assert self.config.admin is not None
+    def _open_admin(self) -> tuple[socket.socket, ssl.SSLContext | None] | None:
+        """The admin API's listening socket and TLS context, or StartError saying why not."""
+        if self.config.admin is None:
+            return None
+        tls = None
+        if self.config.admin_tls_cert or self.config.admin_tls_key:
+            try:
+                tls = admin_tls_context(
+                    self.config.admin_tls_cert,
+                    self.config.admin_tls_key,
+                    self.config.admin_client_ca,
+                )
+            except AdminTLSError as exc:
+                raise StartError(str(exc)) from None
         host, port = self.config.admin
+        try:
+            sock = bind_admin(host, port)
+        except OSError as exc:
+            shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            raise StartError(
+                f"cannot serve the admin API on {shown}: {exc.strerror or exc}"
+            ) from None
+        return sock, tls
+
+    async def _admin(
+        self,
+        sock: socket.socket,
+        tls: ssl.SSLContext | None,
+        *,
+        task_status: trio.TaskStatus[list[str]],
+    ) -> None:
+        from admin.app import OPEN_PATHS, create_app
+        from admin.edge import Edge
+        from admin.serve import serve_admin
+
         app = create_app(
             self.control,
-            token=self.config.admin_token,
             body_limit=self.config.body_limit,
             ready=self.not_ready,
             metrics=self.metrics,
         )
-        config = Config()
-        config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-        config.accesslog = None
-        config.errorlog = logging.getLogger("tlsgate.admin")
-        await serve_http(app, config, task_status=task_status)
+        edge = Edge(
+            app,
+            token=self.config.admin_token,
+            body_limit=self.config.body_limit,
+            body_timeout=self.config.body_timeout,
+            open_paths=OPEN_PATHS,
+            metrics=self.metrics,
+        )
+        await serve_admin(
+            edge, sock, limits=self.config.admin_limits, tls=tls, task_status=task_status
+        )
 
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -103,7 +103,9 @@ async def test_crud_of_one_document_and_its_errors(tmp_path: Path) -> None:
         assert patched.status_code == 200, patched.text
         assert patched.json()["metadata"]["labels"] == {"team": "a"}
         assert patched.json()["metadata"]["generation"] == 2
-        assert_status(await http.patch("/v1/tlsroutes/apps/db", json={"x": 1}), 400, "BadRequest")
+        assert_status(
+            await http.patch("/v1/tlsroutes/apps/db", json={"x": 1}), 415, "UnsupportedMediaType"
+        )
         bad_patch = await http.patch(
             "/v1/tlsroutes/apps/db",
             headers=PATCH,

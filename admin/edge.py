@@ -1,0 +1,151 @@
+"""The admin API's front door: an ASGI layer in front of the Quart app that authenticates,
+reads the whole request body (bounded in size and time) before anything answers, and counts
+every request.
+
+HTTP edge. Why the body is read first: an answer sent before the body has arrived (401, 404,
+405, 413) leaves Hypercorn's HTTP/1.1 connection with a request half read; it then tries to
+close the connection from inside the app's task, which quart-trio has just cancelled, so the
+connection is neither closed nor reused and the next request on it hangs for ever. With the
+body read first, every answer ends a complete exchange and keep-alive works; where the body
+is not read (too large, too slow), the answer says `connection: close` and the close runs
+shielded from that cancellation.
+
+An unauthenticated body is read and dropped, never kept, so unknown clients cannot make the
+process buffer. Metrics labels are fixed vocabularies: an invented method is `other`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable, Collection, MutableMapping
+from typing import Any
+
+import trio
+
+from admin.status import ApiError
+from gateway.metrics import Metrics
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[..., Awaitable[None]]
+
+#: The `method` label's vocabulary (RFC 9110 §9 plus PATCH, RFC 5789).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else "other"
+
+
+class Edge:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        token: str | None,
+        body_limit: int,
+        body_timeout: float,
+        open_paths: Collection[str],
+        metrics: Metrics | None,
+    ) -> None:
+        self.app = app
+        self.token = token
+        self.body_limit = body_limit
+        self.body_timeout = body_timeout
+        self.open_paths = open_paths
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status: list[int] = []
+
+        async def shielded_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status.append(int(message["status"]))
+            # Hypercorn may close the connection from inside this call (after the last body
+            # message); quart-trio cancels its request nursery on the disconnect that close
+            # reports, which would abandon the close half done. Hypercorn shields its socket
+            # writes already; writes are bounded by admin.serve's write timeout.
+            with trio.CancelScope(shield=True):
+                await send(message)
+
+        try:
+            await self._serve(scope, receive, shielded_send)
+        finally:
+            if self.metrics is not None:
+                code = str(status[0]) if status else "none"
+                self.metrics.admin_requests.labels(method_label(scope["method"]), code).inc()
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = {k.lower(): v for k, v in scope["headers"]}
+        authorized = self._authorized(scope["path"], headers.get(b"authorization", b""))
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.body_limit:
+            await _answer(send, ApiError(413, self._too_large()), close=True)
+            return
+        body = bytearray()
+        received = 0
+        with trio.move_on_after(self.body_timeout) as deadline:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return  # the client went away: nobody to answer
+                chunk = message.get("body", b"")
+                received += len(chunk)
+                if received > self.body_limit:
+                    await _answer(send, ApiError(413, self._too_large()), close=True)
+                    return
+                if authorized:
+                    body += chunk
+                if not message.get("more_body", False):
+                    break
+        if deadline.cancelled_caught:
+            error = ApiError(408, f"the request body did not arrive within {self.body_timeout:g}s")
+            await _answer(send, error, close=True)
+            return
+        if not authorized:
+            error = ApiError(401, "a valid 'Authorization: Bearer <token>' header is required")
+            await _answer(send, error)
+            return
+        await self.app(scope, _replay(bytes(body), receive), send)
+
+    def _authorized(self, path: str, header: bytes) -> bool:
+        if self.token is None or path in self.open_paths:
+            return True
+        scheme, _, given = header.decode("latin-1").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode("latin-1"), self.token.encode()
+        )
+
+    def _too_large(self) -> str:
+        return f"the request body is larger than the {self.body_limit}-byte limit"
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive callable that yields the body already read, then the client's next event
+    (its disconnect)."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> Message:
+        if pending:
+            return pending.pop()
+        return await receive()
+
+    return replayed
+
+
+async def _answer(send: Send, error: ApiError, *, close: bool = False) -> None:
+    body = (json.dumps(error.body(), separators=(",", ":")) + "\n").encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": error.code, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

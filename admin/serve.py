@@ -1,0 +1,159 @@
+"""Serving the admin API: Hypercorn's HTTP/1.1 and HTTP/2 protocol code behind tlsgate's own
+accept loop.
+
+I/O. `hypercorn.trio.serve` accepts without bound and has no write timeout, so a few hundred
+idle or slow clients could take the file descriptors the data plane counts on (its connection
+limit is derived from the same limit, `server.connection_limit`). This loop is Hypercorn's
+`worker_serve` (hypercorn/trio/run.py, pinned to 0.18) with three changes:
+
+- at most `limits.max_connections` admin connections at once; the next client waits in the
+  kernel's accept queue, holding no descriptor of ours;
+- every send toward a client has a deadline (`limits.write_timeout`): Hypercorn shields its
+  writes from cancellation, so a client that never reads would otherwise hold a slot for ever;
+- the timeouts that do exist are set: the request head must arrive within the keep-alive
+  timeout (Hypercorn's idle timer runs until a request's headers are complete), and each read
+  within `read_timeout`. The body's overall deadline is `admin.edge`'s.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ASGIFramework
+from hypercorn.utils import wrap_app
+
+from admin.listen import AdminLimits
+
+#: accept() failures that mean "out of descriptors or memory for now": wait, retry.
+_TRANSIENT_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+class _TimedStream(trio.abc.HalfCloseableStream):
+    """A stream whose writes give up after `timeout` seconds: the client is then treated as
+    gone (Hypercorn handles BrokenResourceError by closing the connection)."""
+
+    def __init__(
+        self, inner: trio.abc.HalfCloseableStream, timeout: float, scope: trio.CancelScope
+    ) -> None:
+        self.inner = inner
+        self.timeout = timeout
+        self.scope = scope
+
+    def __getattr__(self, name: str) -> Any:
+        # TCPServer asks for `do_handshake`, `transport_stream` and `socket` to tell TLS from
+        # plain TCP: answer as the wrapped stream does (AttributeError included).
+        return getattr(self.inner, name)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        with trio.move_on_after(self.timeout):
+            await self.inner.send_all(data)
+            return
+        # The whole connection ends here, not only this write: Hypercorn's reader may be
+        # parked waiting for pipelined answers to drain, and would hold the slot for ever.
+        self.scope.cancel()
+        await trio.aclose_forcefully(self.inner)
+        raise trio.BrokenResourceError(f"the client read nothing for {self.timeout:g}s")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class _TCPServer(TCPServer):
+    """Hypercorn's connection, let go as soon as the client has gone: upstream keeps the task
+    (and its socket) until the keep-alive timer runs out even after the client closed, so
+    connections that come and go would hold descriptors and slots for seconds each."""
+
+    async def _read_data(self) -> None:
+        try:
+            await super()._read_data()
+        finally:
+            await self.idle_task.stop()
+
+
+def hypercorn_config(limits: AdminLimits, log_name: str) -> Config:
+    config = Config()
+    config.accesslog = None
+    config.errorlog = logging.getLogger(log_name)
+    config.keep_alive_timeout = limits.keep_alive_timeout
+    config.read_timeout = math.ceil(limits.read_timeout)
+    config.ssl_handshake_timeout = limits.handshake_timeout
+    config.graceful_timeout = 1.0
+    return config
+
+
+async def serve_admin(
+    app: Callable[..., Awaitable[None]],
+    sock: socket.socket,
+    *,
+    limits: AdminLimits,
+    tls: ssl.SSLContext | None = None,
+    log_name: str = "tlsgate.admin",
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `app` on the listening `sock` until cancelled; `task_status` gets the URL."""
+    config = hypercorn_config(limits, log_name)
+    wrapped = wrap_app(cast(ASGIFramework, app), config.wsgi_max_body_size, "asgi")
+    context = WorkerContext(None)
+    lifespan = Lifespan(wrapped, config, {})
+    listener: trio.abc.Listener[Any] = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+    if tls is not None:
+        # https_compatible: HTTP clients close without close_notify (RFC 2818 §2.2.2).
+        listener = trio.SSLListener(listener, tls, https_compatible=True)
+    slots = trio.Semaphore(limits.max_connections)
+
+    async def handle(stream: trio.abc.HalfCloseableStream) -> None:
+        try:
+            with trio.CancelScope() as scope:
+                timed = _TimedStream(stream, limits.write_timeout, scope)
+                await _TCPServer(wrapped, config, context, {}, timed)  # type: ignore[arg-type]
+        finally:
+            # Cancelled (at shutdown), TCPServer's own close can stop half way: make sure the
+            # socket is closed before the slot is given back.
+            await trio.aclose_forcefully(stream)
+            slots.release()
+
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        try:
+            async with listener, trio.open_nursery() as connections:
+                task_status.started([f"{'https' if tls else 'http'}://{shown}"])
+                while True:
+                    await slots.acquire()
+                    try:
+                        stream = await listener.accept()
+                    except OSError as exc:
+                        slots.release()
+                        if exc.errno not in _TRANSIENT_ACCEPT_ERRORS:
+                            raise
+                        await trio.sleep(0.1)
+                        continue
+                    except BaseException:
+                        slots.release()
+                        raise
+                    connections.start_soon(handle, stream)
+        finally:
+            await context.terminated.set()
+            lifespan_nursery.cancel_scope.cancel()

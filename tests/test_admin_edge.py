@@ -1,0 +1,225 @@
+"""The admin API against hostile and careless clients, over real sockets: answers sent before
+the body arrives, bodies over the limit or too slow, idle and never-reading clients, invented
+methods (issue 9, items 1 and 4)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import trio
+
+from admin.listen import AdminLimits
+
+from .harness import admin_gateway, open_fds
+from .test_admin import assert_status, route
+
+TOKEN = "s3cret"
+
+
+async def _request(stream: trio.SocketStream, head: bytes, body: bytes = b"") -> None:
+    """Send the head, then the body in a later TCP segment: the case that used to wedge."""
+    await stream.send_all(head)
+    if body:
+        await trio.sleep(0.05)  # not synchronisation: makes the body a separate segment
+        await stream.send_all(body)
+
+
+async def _response(stream: trio.SocketStream, buffer: bytearray) -> tuple[int, bytes, bool]:
+    """One HTTP/1.1 response (status, body, closed after it) read from `stream`."""
+    while b"\r\n\r\n" not in buffer:
+        chunk = await stream.receive_some(65536)
+        assert chunk, f"connection closed before a response: {bytes(buffer)!r}"
+        buffer += chunk
+    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    code = int(lines[0].split()[1])
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    length = int(headers.get("content-length", "0"))
+    while len(rest) < length:
+        chunk = await stream.receive_some(65536)
+        assert chunk
+        rest += chunk
+    buffer[:] = rest[length:]
+    return code, rest[:length], headers.get("connection") == "close"
+
+
+def _head(method: str, path: str, length: int, content_type: str = "application/json") -> bytes:
+    return (
+        f"{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+EARLY_ANSWERS = [
+    # (method, path, content type, authorized, expected code)
+    ("POST", "/v1/tlsroutes", "application/json", False, 401),
+    ("POST", "/v1/widgets", "application/json", True, 404),
+    ("PUT", "/v1/tlsroutes", "application/json", True, 405),
+    ("POST", "/v1/apply?dryRun=Yes", "application/json", True, 400),
+    ("PATCH", "/v1/tlsroutes/apps/db", "application/json", True, 415),
+    ("PATCH", "/v1/tlsroutes/apps/db?dryRun=x", "application/merge-patch+json", True, 400),
+]
+
+
+async def test_early_answers_leave_a_keep_alive_connection_usable(tmp_path: Path) -> None:
+    """Every answer that can be given before the body has arrived, then a second request on
+    the same connection: it is answered (it used to hang for ever)."""
+    body = json.dumps(route()).encode()
+    async with admin_gateway(None, token=TOKEN) as (_, url):
+        port = int(url.rsplit(":", 1)[1])
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            buffer = bytearray()
+            for method, path, content_type, authorized, expected in EARLY_ANSWERS:
+                head = _head(method, path, len(body), content_type)
+                if authorized:
+                    head = head.replace(
+                        b"\r\n\r\n", f"\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+                    )
+                with trio.fail_after(5):
+                    await _request(stream, head, body)
+                    code, answer, closed = await _response(stream, buffer)
+                assert (code, closed) == (expected, False), answer
+                assert json.loads(answer)["code"] == expected
+            with trio.fail_after(5):
+                await _request(stream, b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n")
+                code, answer, _ = await _response(stream, buffer)
+            assert code == 200, answer
+
+
+async def test_httpx_keep_alive_survives_early_answers(tmp_path: Path) -> None:
+    """The same through a real HTTP client that reuses its connection: each body is sent in
+    two pieces, after the head."""
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        data = json.dumps(route()).encode()
+        yield data[:10]
+        await trio.sleep(0.02)
+        yield data[10:]
+
+    async with (
+        admin_gateway(None, token=TOKEN) as (_, url),
+        httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=1)) as http,
+    ):
+        for _ in range(3):
+            with trio.fail_after(5):
+                denied = await http.post(
+                    "/v1/tlsroutes",
+                    content=slow_body(),
+                    headers={"Content-Type": "application/json"},
+                )
+            assert_status(denied, 401, "Unauthorized")
+        with trio.fail_after(5):
+            ok = await http.post(
+                "/v1/tlsroutes",
+                content=slow_body(),
+                headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"},
+            )
+        assert ok.status_code == 201, ok.text
+
+
+async def test_over_the_limit_is_413_and_the_connection_closes(tmp_path: Path) -> None:
+    async with admin_gateway(None, body_limit=1000) as (_, url):
+        port = int(url.rsplit(":", 1)[1])
+        # Declared too large: refused without reading a byte of it.
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            with trio.fail_after(5):
+                await stream.send_all(_head("POST", "/v1/apply", 10**9))
+                code, answer, closed = await _response(stream, bytearray())
+                assert (code, closed) == (413, True)
+                assert json.loads(answer)["reason"] == "RequestEntityTooLarge"
+                assert await stream.receive_some(100) == b""  # closed, not left hanging
+        # Chunked, growing past the limit while it is read.
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            head = (
+                b"POST /v1/apply HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n"
+            )
+            with trio.fail_after(5):
+                await stream.send_all(head + b"400\r\n" + b" " * 1024 + b"\r\n")
+                code, _, closed = await _response(stream, bytearray())
+                assert (code, closed) == (413, True)
+
+
+async def test_a_body_that_never_finishes_gets_408_and_a_close(tmp_path: Path) -> None:
+    async with admin_gateway(None, body_timeout=0.5) as (_, url):
+        port = int(url.rsplit(":", 1)[1])
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(_head("POST", "/v1/apply", 100) + b"{")
+            with trio.fail_after(5):
+                code, _, closed = await _response(stream, bytearray())
+            assert (code, closed) == (408, True)
+
+
+async def test_admin_connections_are_bounded_and_idle_ones_released(tmp_path: Path) -> None:
+    """Idle clients cannot take more than the admin share of descriptors, and the keep-alive
+    timeout gives their slots back: a real request gets through afterwards."""
+    limits = AdminLimits(max_connections=4, keep_alive_timeout=0.5)
+    async with admin_gateway(None, admin_limits=limits) as (_, url):
+        port = int(url.rsplit(":", 1)[1])
+        before = open_fds()
+        idle = []
+        try:
+            for _ in range(40):
+                sock = socket.create_connection(("127.0.0.1", port))  # our own side: 1 fd each
+                idle.append(sock)
+            await trio.sleep(0.2)  # let the server accept what it will
+            # 40 of ours; at most 4 accepted by the server (one descriptor each).
+            assert open_fds() - before <= 40 + 4
+            async with httpx.AsyncClient(base_url=url) as http:
+                with trio.fail_after(10):
+                    assert (await http.get("/healthz")).status_code == 200
+        finally:
+            for sock in idle:
+                sock.close()
+
+
+async def test_a_client_that_never_reads_is_let_go(tmp_path: Path) -> None:
+    """Writes toward the client have a deadline: a client that asks for a big answer and never
+    reads it loses its connection instead of holding its slot for ever. The answer (~5.4 MB)
+    is larger than the kernel's largest send buffer (4 MiB), and the keep-alive timeout is long
+    here, so only the write timeout can free the one slot for the next client."""
+    limits = AdminLimits(max_connections=1, write_timeout=0.5, keep_alive_timeout=60)
+    async with admin_gateway(None, admin_limits=limits) as (_, url):
+        async with httpx.AsyncClient(base_url=url) as http:
+            for i in range(6):
+                blob = {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {"name": f"blob{i}", "namespace": "apps"},
+                    "data": {"blob": "x" * 900_000},
+                }
+                assert (await http.post("/v1/configmaps", json=blob)).status_code == 201
+        port = int(url.rsplit(":", 1)[1])
+        hog = socket.socket()
+        hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: tiny window
+        hog.connect(("127.0.0.1", port))
+        try:
+            hog.sendall(b"GET /v1/configmaps HTTP/1.1\r\nHost: a\r\n\r\n")
+            async with httpx.AsyncClient(base_url=url, timeout=20) as other:
+                with trio.fail_after(15):
+                    assert (await other.get("/healthz")).status_code == 200
+        finally:
+            hog.close()
+
+
+async def test_invented_methods_do_not_grow_metrics(tmp_path: Path) -> None:
+    async with (
+        admin_gateway(None) as (_, url),
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        for i in range(300):
+            await http.request(f"X{i}", "/v1/tlsroutes")
+        text = (await http.get("/metrics")).text
+        lines = [line for line in text.splitlines() if line.startswith("tlsgate_admin_requests")]
+        methods = {line.split('method="')[1].split('"')[0] for line in lines if 'method="' in line}
+        assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}
+        assert 'tlsgate_admin_requests_total{code="405",method="other"} 300.0' in text
+        assert len(text) < 20_000

@@ -1,0 +1,143 @@
+"""No write happens on a read or a dry run, over real HTTP against a real store (issue 9,
+item 3): HEAD with a body, `?dryRun=All` on every verb, DeleteOptions, and merge patches
+whose resourceVersion is null."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .harness import admin_gateway, free_port, gateway_yaml, route_yaml, service_yaml
+from .test_admin import PATCH, assert_status, route
+
+YAML = {"Content-Type": "application/yaml"}
+
+
+async def _fingerprint(http: httpx.AsyncClient) -> tuple[Any, ...]:
+    """Everything a write would change: the store revision, every document's version, the
+    routing table's generation."""
+    listed = (await http.get("/v1/tlsroutes")).json()
+    table = (await http.get("/v1/routingtable")).json()
+    versions = sorted(
+        (i["metadata"]["name"], i["metadata"]["resourceVersion"], json.dumps(i["spec"]))
+        for i in listed["items"]
+    )
+    return listed["metadata"]["resourceVersion"], versions, table["generation"]
+
+
+async def test_reads_and_dry_runs_never_write(tmp_path: Path) -> None:
+    port = free_port()
+    bundle = (
+        gateway_yaml(port)
+        + service_yaml("db", 9)
+        + route_yaml("db", ["db.example.com"], [("db", 1)])
+    )
+    async with (
+        admin_gateway(tmp_path / "state") as (_, url),
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        assert (await http.post("/v1/apply", content=bundle, headers=YAML)).status_code == 200
+        before = await _fingerprint(http)
+        current = (await http.get("/v1/tlsroutes/apps/db")).json()
+        other = json.dumps(route(hostname="other.example.com")).encode()
+        new = json.dumps(route(name="new")).encode()
+        json_type = {"Content-Type": "application/json"}
+
+        # HEAD is a GET without a body, whatever it carries (API.md "Errors").
+        for path, body in [
+            ("/v1/tlsroutes", new),
+            ("/v1/tlsroutes/apps/db", other),
+            ("/v1/gatewayclasses/tlsgate", b'{"spec": {}}'),
+        ]:
+            head = await http.request("HEAD", path, content=body, headers=json_type)
+            assert head.status_code == 200 and head.content == b""
+            assert await _fingerprint(http) == before, path
+
+        # ?dryRun=All on every verb: the answer is what would result; nothing is stored.
+        created = await http.post("/v1/tlsroutes?dryRun=All", content=new, headers=json_type)
+        assert created.status_code == 201 and created.json()["metadata"]["name"] == "new"
+        replaced = await http.put(
+            "/v1/tlsroutes/apps/db?dryRun=All", content=other, headers=json_type
+        )
+        assert replaced.status_code == 200
+        assert replaced.json()["spec"]["hostnames"] == ["other.example.com"]
+        patched = await http.patch(
+            "/v1/tlsroutes/apps/db?dryRun=All",
+            content=json.dumps({"spec": {"hostnames": ["patched.example.com"]}}),
+            headers=PATCH,
+        )
+        assert patched.status_code == 200, patched.text
+        assert patched.json()["spec"]["hostnames"] == ["patched.example.com"]
+        deleted = await http.delete("/v1/tlsroutes/apps/db?dryRun=All")
+        assert deleted.status_code == 200 and deleted.json()["metadata"]["name"] == "db"
+        options = await http.request(
+            "DELETE",
+            "/v1/tlsroutes/apps/db",
+            content=json.dumps({"kind": "DeleteOptions", "apiVersion": "v1", "dryRun": ["All"]}),
+            headers=json_type,
+        )
+        assert options.status_code == 200, options.text
+        applied = await http.post("/v1/apply?dryRun=All", content=other, headers=json_type)
+        assert applied.status_code == 200 and applied.json()["dryRun"] is True
+        assert await _fingerprint(http) == before
+        assert (await http.get("/v1/tlsroutes/apps/db")).json() == current
+
+
+async def test_delete_preconditions_and_unconditional_patches(tmp_path: Path) -> None:
+    async with (
+        admin_gateway(tmp_path / "state") as (_, url),
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        created = (await http.post("/v1/tlsroutes", json=route())).json()
+        version = created["metadata"]["resourceVersion"]
+
+        # RFC 7386: null removes the member; a patch without a version is unconditional.
+        patched = await http.patch(
+            "/v1/tlsroutes/apps/db",
+            content=json.dumps({"metadata": {"resourceVersion": None, "labels": {"a": "b"}}}),
+            headers=PATCH,
+        )
+        assert patched.status_code == 200, patched.text
+        stale = await http.patch(
+            "/v1/tlsroutes/apps/db",
+            content=json.dumps({"metadata": {"resourceVersion": version, "labels": {"a": "c"}}}),
+            headers=PATCH,
+        )
+        assert_status(stale, 409, "Conflict")
+
+        def delete_options(**preconditions: str) -> dict[str, Any]:
+            return {"content": json.dumps({"preconditions": preconditions}), "headers": PATCH}
+
+        wrong = await http.request("DELETE", "/v1/tlsroutes/apps/db", **delete_options(uid="nope"))
+        assert_status(wrong, 409, "Conflict")
+        wrong = await http.request(
+            "DELETE", "/v1/tlsroutes/apps/db", **delete_options(resourceVersion=version)
+        )
+        assert_status(wrong, 409, "Conflict")
+        bad = await http.request(
+            "DELETE", "/v1/tlsroutes/apps/db", content=b'{"dryRun": ["Yes"]}', headers=PATCH
+        )
+        assert_status(bad, 400, "BadRequest")
+        assert (await http.get("/v1/tlsroutes/apps/db")).status_code == 200
+        current = patched.json()["metadata"]
+        right = await http.request(
+            "DELETE",
+            "/v1/tlsroutes/apps/db",
+            **delete_options(uid=current["uid"], resourceVersion=current["resourceVersion"]),
+        )
+        assert right.status_code == 200
+        assert_status(await http.get("/v1/tlsroutes/apps/db"), 404, "NotFound")
+
+
+async def test_explain_refuses_impossible_ports_and_addresses(tmp_path: Path) -> None:
+    async with (
+        admin_gateway(None) as (_, url),
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        for query in ("port=99999&sni=a", "port=0&sni=a", "port=443&address=zz&sni=a"):
+            assert_status(await http.get(f"/v1/explain?{query}"), 400, "BadRequest")
+        good = await http.get("/v1/explain?port=443&address=127.0.0.1&sni=a")
+        assert good.status_code == 200 and good.json()["result"] == "rejected"
