@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+import trio
 from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -23,7 +24,7 @@ from gateway.admission import Cause
 from gateway.control import BadRequest, Control, NotFound, Outcome
 from gateway.convert import CONVERTER, Invalid, structure_document, unstructure_document
 from gateway.kinds import BY_PLURAL, Document, KindInfo, ObjectKey, key_of
-from gateway.manifests import ManifestError, parse_documents
+from gateway.manifests import ManifestError, flatten, load_json, parse_documents
 from gateway.metrics import Metrics
 from gateway.routing import Snapshot, explain, table_to_wire
 from gateway.writes import Conflict
@@ -186,7 +187,7 @@ def create_app(
             if _content_type() != MERGE_PATCH:
                 raise ApiError(415, f"PATCH takes a JSON merge patch (Content-Type: {MERGE_PATCH})")
             dry_run = _dry_run()
-            patch = _json_body(await _read_body())
+            patch = await _parse(_json_body, await _read_body())
             if not isinstance(patch, dict):
                 raise ApiError(400, "a merge patch must be a JSON object")
             _get(key)
@@ -280,24 +281,42 @@ async def _read_body() -> bytes:
     return data
 
 
+#: Bodies larger than this are parsed on a worker thread, so that the event loop (which
+#: relays every proxied connection) keeps running meanwhile.
+PARSE_IN_THREAD = 64 * 1024
+
+
 def _json_body(data: bytes) -> Any:
     try:
-        return json.loads(data)
+        return load_json(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+    except ManifestError as exc:
+        raise ApiError(400, f"the body is refused: {exc}") from None
+
+
+def _yaml_body(data: bytes) -> list[Any]:
+    try:
+        return parse_documents(data.decode("utf-8"))
+    except (ManifestError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the body is not valid YAML: {exc}") from None
+
+
+async def _parse(parse: Callable[[bytes], Any], data: bytes) -> Any:
+    if len(data) <= PARSE_IN_THREAD:
+        return parse(data)
+    # Parsing is pure (it touches nothing shared), so a thread is safe here.
+    return await trio.to_thread.run_sync(parse, data)
 
 
 async def _body_documents(*, allow_many: bool) -> list[Any]:
     content_type = _content_type()
     data = await _read_body()
     if content_type in JSON_TYPES:
-        value = _json_body(data)
-        documents = parse_documents(json.dumps(value)) if allow_many else [value]
+        value = await _parse(_json_body, data)
+        documents = flatten(value) if allow_many else [value]
     elif content_type in YAML_TYPES:
-        try:
-            documents = parse_documents(data.decode("utf-8"))
-        except (ManifestError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"the body is not valid YAML: {exc}") from None
+        documents = await _parse(_yaml_body, data)
     else:
         raise ApiError(
             400,

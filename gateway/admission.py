@@ -49,8 +49,42 @@ _ADDRESS_TYPE: Final = re.compile(
 _IANA_SVC_NAME: Final = re.compile(r"^(?=.*[a-z])[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 
 
-def _show(value: object) -> str:
-    return json.dumps(value)
+def show_value(value: object, limit: int = 120) -> str:
+    """`value` as JSON for an error message, at most about `limit` characters. Rendering stops
+    once the limit is reached: a value can be huge (a big body, YAML aliases), and a message
+    must never cost more than its own length to build."""
+    parts: list[str] = []
+    budget = limit
+
+    def emit(text: str) -> bool:
+        nonlocal budget
+        parts.append(text)
+        budget -= len(text)
+        return budget > 0
+
+    def walk(item: object) -> bool:
+        if isinstance(item, dict):
+            if not emit("{"):
+                return False
+            for index, (key, child) in enumerate(item.items()):
+                text = ("," if index else "") + json.dumps(str(key)) + ":"
+                if not emit(text) or not walk(child):
+                    return False
+            return emit("}")
+        if isinstance(item, list | tuple):
+            if not emit("["):
+                return False
+            for index, child in enumerate(item):
+                if (index and not emit(",")) or not walk(child):
+                    return False
+            return emit("]")
+        if isinstance(item, str) and len(item) > limit:
+            item = item[:limit]
+        return emit(json.dumps(item, default=str))
+
+    if walk(value):
+        return "".join(parts)
+    return "".join(parts)[: max(limit - 3, 0)] + "..."
 
 
 class _Checker:
@@ -63,7 +97,7 @@ class _Checker:
         self.causes.append(Cause(field, reason, message))
 
     def invalid(self, field: str, value: object, detail: str) -> None:
-        self.add(field, "FieldValueInvalid", f"Invalid value: {_show(value)}: {detail}")
+        self.add(field, "FieldValueInvalid", f"Invalid value: {show_value(value)}: {detail}")
 
     def required(self, field: str, detail: str = "Required value") -> None:
         self.add(field, "FieldValueRequired", detail)
@@ -73,8 +107,8 @@ class _Checker:
             self.add(
                 field,
                 "FieldValueNotSupported",
-                f"Unsupported value: {_show(value)}: supported values: "
-                + ", ".join(_show(a) for a in allowed),
+                f"Unsupported value: {show_value(value)}: supported values: "
+                + ", ".join(show_value(a) for a in allowed),
             )
 
     def length(self, field: str, value: str, low: int, high: int) -> bool:
@@ -82,7 +116,7 @@ class _Checker:
             self.add(
                 field,
                 "FieldValueTooLong",
-                f"Too long: {_show(value)} has {len(value)} characters, "
+                f"Too long: {show_value(value)} has {len(value)} characters, "
                 f"may not be more than {high}",
             )
             return False
@@ -125,7 +159,7 @@ class _Checker:
                 self.add(
                     f"{field}[{index}]",
                     "FieldValueDuplicate",
-                    f"Duplicate value: {shown} {_show(value)} must be unique",
+                    f"Duplicate value: {shown} {show_value(value)} must be unique",
                 )
             seen.add(value)
 
@@ -495,7 +529,7 @@ def _parent_ref_sections(c: _Checker, doc: model.TLSRoute) -> None:
                 c.add(
                     f"spec.parentRefs[{i}].sectionName",
                     "FieldValueDuplicate",
-                    f"Duplicate value: {_show(refs[i].section_name)}: sectionName must be "
+                    f"Duplicate value: {show_value(refs[i].section_name)}: sectionName must be "
                     "unique when parentRefs includes 2 or more references to the same "
                     "parent",
                 )

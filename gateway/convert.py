@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import types
 from collections.abc import Callable
 from typing import Any, Final, Union, get_args, get_origin
@@ -28,7 +27,7 @@ from cattrs.errors import (
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from gateway import corev1
-from gateway.admission import Cause, admit
+from gateway.admission import Cause, admit, show_value
 from gateway.kinds import BY_KIND, CONVERTED_TO_STORED, Document
 from gateway.model import ObjectMeta
 
@@ -82,9 +81,7 @@ def _type_name(value: object) -> str:
 
 
 def _wrong_type(value: object, expected: str) -> TypeError:
-    shown = json.dumps(value, default=str)
-    if len(shown) > 80:
-        shown = shown[:77] + "..."
+    shown = show_value(value, 80)
     return TypeError(f"Invalid value: {shown}: expected {expected}, got {_type_name(value)}")
 
 
@@ -244,7 +241,9 @@ def _causes_from(exc: BaseException, path: str) -> list[Cause]:
     if isinstance(exc, ForbiddenExtraKeysError):
         return [
             Cause(
-                f"{path}.{key}" if path else key, "FieldValueNotSupported", f"unknown field {key!r}"
+                f"{path}.{key}" if path else key,
+                "FieldValueNotSupported",
+                f"unknown field {show_value(key, 60)}",
             )
             for key in sorted(exc.extra_fields)
         ]
@@ -276,13 +275,13 @@ def structure_document(raw: object) -> Document:
     if info is None:
         known = ", ".join(sorted(BY_KIND))
         raise Invalid(
-            str(kind or ""),
+            show_value(kind, 60) if kind else "",
             name,
             [
                 Cause(
                     "kind",
                     "FieldValueNotSupported",
-                    f"unknown kind {kind!r}; supported kinds: {known}",
+                    f"unknown kind {show_value(kind, 60)}; supported kinds: {known}",
                 )
             ],
         )
@@ -294,7 +293,7 @@ def structure_document(raw: object) -> Document:
                 Cause(
                     "apiVersion",
                     "FieldValueNotSupported",
-                    f"apiVersion {api_version!r} is not served for {info.kind}; "
+                    f"apiVersion {show_value(api_version, 60)} is not served for {info.kind}; "
                     f"supported: {', '.join(info.api_versions)}",
                 )
             ],
