@@ -27,6 +27,7 @@ from gateway.kinds import BY_PLURAL, Document, KindInfo, ObjectKey, key_of
 from gateway.manifests import ManifestError, flatten, load_json, parse_documents
 from gateway.metrics import Metrics
 from gateway.routing import Snapshot, explain, table_to_wire
+from gateway.store import StoreUnavailable
 from gateway.writes import Conflict
 
 JSON_TYPES = {"application/json"}
@@ -386,6 +387,8 @@ async def _write(operation: Any) -> Outcome:
         raise ApiError(404, str(exc)) from None
     except BadRequest as exc:
         raise ApiError(400, str(exc)) from None
+    except StoreUnavailable as exc:
+        raise ApiError(503, str(exc)) from None
     except Invalid as exc:
         raise ApiError(422, exc.message, kind=exc.kind, name=exc.name, causes=exc.causes) from None
     return outcome

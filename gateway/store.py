@@ -5,6 +5,13 @@ I/O. Every acknowledged write is committed and synced before it returns (WAL wit
 the full wire JSON, private keys included: the state directory is created mode 0700 and the
 database 0600. One writer at a time (the caller serializes); reads happen only at start.
 `resourceVersion`s are the store's revision counter at each write.
+
+One process owns the database: it is opened in exclusive locking mode, which also keeps the
+WAL index in private memory instead of a shared `-shm` mapping (an unwritable or truncated
+mapping is a SIGBUS that kills the whole gateway, data plane included), and a second tlsgate
+on the same directory is refused at start. A write the disk cannot take (full, read-only, I/O
+error) raises StoreUnavailable; SQLite has rolled it back, the database stays usable, and the
+next write succeeds once space returns.
 """
 
 from __future__ import annotations
@@ -30,22 +37,51 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+#: The WAL is truncated back to this size after each checkpoint (bytes).
+JOURNAL_SIZE_LIMIT = 8 * 1024 * 1024
+
+
+class StoreError(Exception):
+    """The store cannot be opened (in use by another process, unreadable): a start error."""
+
+
+class StoreUnavailable(Exception):
+    """The store cannot take a write now (disk full, read-only, I/O error); nothing changed."""
+
+
 class Store:
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
         self.directory = Path(state_dir)
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.directory, 0o700)  # it holds private keys
         self.path = self.directory / "tlsgate.db"
-        if not self.path.exists():
-            self.path.touch(mode=0o600)
-        os.chmod(self.path, 0o600)
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.directory, 0o700)  # it holds private keys
+            if not self.path.exists():
+                self.path.touch(mode=0o600)
+            os.chmod(self.path, 0o600)
+        except OSError as exc:
+            raise StoreError(f"state directory {self.directory}: {exc.strerror or exc}") from None
         # Commits run on a worker thread (never on the event loop); the caller's lock makes
         # them one at a time, so sharing the connection across threads is safe.
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
+        self._db = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=0.5
+        )
+        try:
+            # Exclusive before WAL: then SQLite never creates the shared-memory WAL index
+            # (sqlite.org/wal.html, "Use of WAL Without Shared-Memory").
+            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+            self._db.executescript(SCHEMA)
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
+        except sqlite3.Error as exc:
+            self._db.close()
+            if getattr(exc, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+                raise StoreError(
+                    f"the store {self.path} is in use by another tlsgate process"
+                ) from None
+            raise StoreError(f"the store {self.path} cannot be opened: {exc}") from None
         self.revision = int(row[0]) if row else 0
 
     def load(self) -> list[dict[str, Any]]:
@@ -80,11 +116,30 @@ class Store:
                 (str(revision),),
             )
             db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
+        except BaseException as exc:
+            # SQLite may have rolled back already (SQLITE_FULL does): ROLLBACK only what is
+            # still open, or the real error is lost behind "no transaction is active".
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise StoreUnavailable(
+                    f"the store cannot take the write ({_reason(exc)}, {self.path}); "
+                    "nothing was changed"
+                ) from exc
             raise
         self.revision = revision
         return revision
 
     def close(self) -> None:
         self._db.close()
+
+
+def _reason(exc: sqlite3.Error) -> str:
+    name: str = getattr(exc, "sqlite_errorname", "")
+    if name == "SQLITE_FULL":
+        return "the disk is full"
+    if name.startswith("SQLITE_READONLY"):
+        return "the database is read-only"
+    if name.startswith("SQLITE_IOERR"):
+        return f"an I/O error: {exc}"
+    return str(exc)
