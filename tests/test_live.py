@@ -178,16 +178,25 @@ def test_non_loopback_admin_without_token_refuses_to_start(tmp_path: Path) -> No
 
 
 def test_readme_walkthrough_works_as_written(tmp_path: Path) -> None:
-    """Run the README's curl walk-through, command by command, against `tlsgate serve`
-    (on a free port instead of 9901, the only substitution)."""
+    """Run the README's curl walk-through, command by command, against `tlsgate serve`. The
+    only substitutions are ports: free ones instead of 9901 (admin) and 18444 (the listener),
+    so the test passes beside a running demo or walk-through."""
     root = Path(__file__).resolve().parent.parent
     readme = (root / "README.md").read_text()
     block = readme.split("```sh walkthrough\n", 1)[1].split("```", 1)[0]
-    port = free_port()
+    port, listener = free_port(), free_port()
+    manifests = tmp_path / "walkthrough.yaml"
+    text = (root / "examples" / "walkthrough.yaml").read_text()
+    assert "port: 18444" in text
+    manifests.write_text(text.replace("port: 18444", f"port: {listener}"))
     process = _start(tmp_path / "state", port)
     try:
         _wait_healthy(f"http://127.0.0.1:{port}", process)
-        script = block.replace("127.0.0.1:9901", f"127.0.0.1:{port}")
+        script = (
+            block.replace("127.0.0.1:9901", f"127.0.0.1:{port}")
+            .replace("@examples/walkthrough.yaml", f"@{manifests}")
+            .replace("port=18444", f"port={listener}")
+        )
         result = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", script],
             cwd=root,
@@ -206,7 +215,7 @@ def test_readme_walkthrough_works_as_written(tmp_path: Path) -> None:
         ]
         assert (explained["result"], explained["route"]) == ("routed", "data/postgres")
         assert explained["backends"][0]["endpoints"] == ["127.0.0.1:15432"]
-        assert table["binds"][0]["port"] == 18444
+        assert table["binds"][0]["port"] == listener
         assert patched["metadata"]["labels"] == {"tier": "db"}
         assert deleted["metadata"]["name"] == "postgres"
     finally:
