@@ -30,6 +30,17 @@ from gateway.translate import translate
 
 log = logging.getLogger("tlsgate")
 
+DESCRIPTION = """\
+tlsgate routes TLS connections by SNI with Kubernetes Gateway API semantics (TLSRoute):
+Passthrough listeners splice the client's own TLS to a backend, Terminate listeners end TLS
+with certificates from Secrets. `serve` runs the gateway and its admin API; apply, get,
+delete and explain talk to that API; translate checks manifests offline.
+"""
+
+#: Problems with TLSGATE_* environment values, found while the parser's defaults were built;
+#: reported by `serve` (the only command that reads them), one line each.
+_ENV_ERRORS: list[str] = []
+
 RFC3339 = "%Y-%m-%dT%H:%M:%SZ"
 
 
@@ -125,9 +136,28 @@ def _translate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def env_name(option: str) -> str:
+    return "TLSGATE_" + option.upper().replace("-", "_")
+
+
 def _env(name: str, default: str) -> str:
     """Every serve option is also an environment variable TLSGATE_<NAME> (API.md)."""
-    return os.environ.get("TLSGATE_" + name.upper().replace("-", "_"), default)
+    return os.environ.get(env_name(name), default)
+
+
+def _env_number(name: str, default: str, kind: type[int] | type[float]) -> Any:
+    """A numeric option's default from its environment variable; a value that is not a
+    number is remembered (reported by `serve`, naming the variable) and the default used."""
+    text = _env(name, default)
+    try:
+        value = kind(text)
+        if value < 0:
+            raise ValueError(text)
+    except ValueError:
+        noun = "a whole number" if kind is int else "a number"
+        _ENV_ERRORS.append(f"{env_name(name)}={text!r} is not {noun} of at least 0")
+        return kind(default)
+    return value
 
 
 def _setup_logging(level: str, log_format: str) -> None:
@@ -191,21 +221,24 @@ def _admin_token(args: argparse.Namespace) -> str | None:
 def _serve(args: argparse.Namespace) -> int:
     import trio
 
+    from admin.listen import AdminLimits
     from gateway.proxy import ProxyConfig
-    from gateway.server import BootstrapError, ServeConfig, load_bootstrap, serve
+    from gateway.server import BootstrapError, ServeConfig, StartError, load_bootstrap, serve
+    from gateway.store import StoreError, StoreUnavailable
 
+    if _ENV_ERRORS:
+        for problem in _ENV_ERRORS:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
     _setup_logging(args.log_level, args.log_format)
     try:
         token = _admin_token(args)
     except (OSError, ValueError) as exc:
         print(f"error: admin token: {exc}", file=sys.stderr)
         return 2
-    if args.admin is not None and token is None and not _is_loopback(args.admin[0]):
-        print(
-            f"error: refusing to serve the admin API on {args.admin[0]} without a token: set "
-            "--admin-token-file or TLSGATE_ADMIN_TOKEN, or bind it to a loopback address",
-            file=sys.stderr,
-        )
+    refusal = _admin_refusal(args, token)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
         return 2
     try:
         documents = load_bootstrap(args.bootstrap)
@@ -227,18 +260,47 @@ def _serve(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
         admin=args.admin,
         admin_token=token,
+        admin_tls_cert=args.admin_tls_cert or None,
+        admin_tls_key=args.admin_tls_key or None,
+        admin_client_ca=args.admin_client_ca or None,
+        admin_limits=AdminLimits(max_connections=max(1, args.admin_max_connections)),
         body_limit=args.body_limit,
         state_dir=args.state_dir or None,
     )
-    trio.run(serve, config, documents)
+    try:
+        trio.run(serve, config, documents)
+    except (StartError, StoreError, StoreUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _admin_refusal(args: argparse.Namespace, token: str | None) -> str | None:
+    """Why the admin API must not start as configured (API.md "Security"), or None."""
+    if args.admin is None or _is_loopback(args.admin[0]):
+        return None
+    host = args.admin[0]
+    if token is None:
+        return (
+            f"refusing to serve the admin API on {host} without a token: set "
+            "--admin-token-file or TLSGATE_ADMIN_TOKEN, or bind it to a loopback address"
+        )
+    if not (args.admin_tls_cert or args.admin_tls_key) and not args.admin_plaintext:
+        return (
+            f"refusing to serve the admin API on {host} in plain HTTP: the token would cross "
+            "the network in clear text. Give --admin-tls-cert and --admin-tls-key, or "
+            "--admin-plaintext if TLS is ended in front of tlsgate"
+        )
+    return None
 
 
 def _client_command(args: argparse.Namespace) -> int:
     from gateway import client
 
-    admin = client.AdminClient(args.server, args.token)
     try:
+        admin = client.AdminClient(
+            args.server, args.token, cacert=args.cacert, cert=args.cert, key=args.key
+        )
         if args.command == "apply":
             texts = []
             for path in args.file:
@@ -271,7 +333,7 @@ _TIMEOUTS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tlsgate", description=__doc__)
+    parser = argparse.ArgumentParser(prog="tlsgate", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
     remote = argparse.ArgumentParser(add_help=False)
     remote.add_argument(
@@ -282,7 +344,27 @@ def build_parser() -> argparse.ArgumentParser:
     remote.add_argument(
         "--token",
         default=os.environ.get("TLSGATE_ADMIN_TOKEN"),
-        help="bearer token (env TLSGATE_ADMIN_TOKEN)",
+        help="bearer token (env TLSGATE_ADMIN_TOKEN); sent only over https:// or to loopback",
+    )
+    remote.add_argument(
+        "--cacert",
+        metavar="FILE",
+        default=os.environ.get("TLSGATE_CACERT"),
+        help="CA bundle that the https:// admin API's certificate chains to "
+        "(env TLSGATE_CACERT; default: the system's CAs)",
+    )
+    remote.add_argument(
+        "--cert",
+        metavar="FILE",
+        default=os.environ.get("TLSGATE_CLIENT_CERT"),
+        help="client certificate (PEM) for an admin API that requires one "
+        "(env TLSGATE_CLIENT_CERT)",
+    )
+    remote.add_argument(
+        "--key",
+        metavar="FILE",
+        default=os.environ.get("TLSGATE_CLIENT_KEY"),
+        help="the client certificate's key, if not in --cert (env TLSGATE_CLIENT_KEY)",
     )
     ap = commands.add_parser(
         "apply", parents=[remote], help="create or update the documents of files (POST /v1/apply)"
@@ -316,7 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--address")
     ex.add_argument("-o", "--output", choices=("yaml", "json"))
     ex.set_defaults(run=_client_command)
-    sv = commands.add_parser("serve", help="run the gateway")
+    sv = commands.add_parser(
+        "serve",
+        help="run the gateway",
+        description="Run the gateway and its admin API.",
+        epilog="Every option is also an environment variable: TLSGATE_ and the option's name "
+        "in capitals, e.g. TLSGATE_ADMIN=0.0.0.0:9901 or TLSGATE_IDLE_TIMEOUT=600. "
+        "TLSGATE_ADMIN_TOKEN holds the admin API's bearer token.",
+    )
     sv.add_argument(
         "--bootstrap",
         action="append",
@@ -338,6 +427,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="bearer token for the admin API (else TLSGATE_ADMIN_TOKEN)",
     )
     sv.add_argument(
+        "--admin-tls-cert",
+        default=_env("admin-tls-cert", ""),
+        metavar="FILE",
+        help="serve the admin API over HTTPS with this certificate chain (PEM)",
+    )
+    sv.add_argument(
+        "--admin-tls-key",
+        default=_env("admin-tls-key", ""),
+        metavar="FILE",
+        help="the private key of --admin-tls-cert (PEM)",
+    )
+    sv.add_argument(
+        "--admin-client-ca",
+        default=_env("admin-client-ca", ""),
+        metavar="FILE",
+        help="require admin clients to present a certificate from this CA bundle (PEM)",
+    )
+    sv.add_argument(
+        "--admin-plaintext",
+        action="store_true",
+        default=_env("admin-plaintext", "") not in ("", "0", "false"),
+        help="allow plain HTTP on a non-loopback admin address: TLS is ended in front",
+    )
+    sv.add_argument(
+        "--admin-max-connections",
+        type=int,
+        default=_env_number("admin-max-connections", "64", int),
+        metavar="N",
+        help="admin connections served at once; more wait in the kernel's queue (default 64)",
+    )
+    sv.add_argument(
         "--state-dir",
         default=_env("state-dir", "./tlsgate-state"),
         help="embedded store directory (default ./tlsgate-state; empty: in memory)",
@@ -345,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument(
         "--body-limit",
         type=int,
-        default=int(_env("body-limit", str(4 << 20))),
+        default=_env_number("body-limit", str(4 << 20), int),
         help="largest admin request body in bytes (default 4 MiB)",
     )
     sv.add_argument(
@@ -357,14 +477,14 @@ def build_parser() -> argparse.ArgumentParser:
         sv.add_argument(
             f"--{name}",
             type=float,
-            default=float(_env(name, default)),
+            default=_env_number(name, default, float),
             metavar="SECONDS",
             help=f"{meaning} (default {default})",
         )
     sv.add_argument(
         "--max-connections",
         type=int,
-        default=int(_env("max-connections", "0")) or None,
+        default=_env_number("max-connections", "0", int) or None,
         help="concurrent connections (default: derived from the fd limit)",
     )
     sv.add_argument(
@@ -410,7 +530,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.run(args)
+    try:
+        code: int = args.run(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`tlsgate get ... | head`): stop quietly, as other Unix tools
+        # do, and keep the interpreter's final flush from failing again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + 13  # as if ended by SIGPIPE
     return code
 
 

@@ -6,7 +6,9 @@ printed as the Status message with its field causes, and the exit code is 1.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import ssl
 import sys
 import urllib.error
 import urllib.parse
@@ -48,9 +50,32 @@ def resolve_kind(name: str) -> KindInfo:
 
 
 class AdminClient:
-    def __init__(self, server: str, token: str | None) -> None:
+    def __init__(
+        self,
+        server: str,
+        token: str | None,
+        *,
+        cacert: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+    ) -> None:
         self.server = server.rstrip("/")
         self.token = token
+        self.context: ssl.SSLContext | None = None
+        if self.server.startswith("https://"):
+            # Verified against the system's CAs, or --cacert (the gateway's own CA).
+            try:
+                self.context = ssl.create_default_context(cafile=cacert)
+                if cert:
+                    self.context.load_cert_chain(cert, key)
+            except (OSError, ssl.SSLError) as exc:
+                raise ClientError(f"TLS settings: {exc}") from None
+        elif not self.server.startswith("http://"):
+            raise ClientError(f"--server {server!r}: give an http:// or https:// URL")
+        elif token and not _is_loopback_url(self.server):
+            raise ClientError(
+                f"refusing to send the token in clear text to {self.server}: use https://"
+            )
 
     def request(
         self, method: str, path: str, body: bytes | None = None, content_type: str | None = None
@@ -62,13 +87,23 @@ class AdminClient:
             headers["Authorization"] = f"Bearer {self.token}"
         req = urllib.request.Request(self.server + path, data=body, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=30) as response:
+            with urllib.request.urlopen(req, timeout=30, context=self.context) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
             raise _status_error(exc) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ClientError(f"cannot reach the admin API at {self.server}: {reason}") from None
+
+
+def _is_loopback_url(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _status_error(exc: urllib.error.HTTPError) -> ClientError:

