@@ -59,6 +59,12 @@ class Edge:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            # None are served today; the token guards them all the same, should one appear.
+            headers = {k.lower(): v for k, v in scope["headers"]}
+            if not self._authorized(scope["path"], headers.get(b"authorization", b"")):
+                await send({"type": "websocket.close", "code": 1008})
+                return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
