@@ -145,6 +145,24 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(env_name(name), default)
 
 
+def _env_choice(name: str, default: str, choices: Sequence[str]) -> str:
+    """A choice option's default from its environment variable, checked like `_env_number`."""
+    text = _env(name, default)
+    if text not in choices:
+        _ENV_ERRORS.append(f"{env_name(name)}={text!r} is not one of {', '.join(choices)}")
+        return default
+    return text
+
+
+def _env_admin(default: str) -> tuple[str, int] | None:
+    text = _env("admin", default)
+    try:
+        return _admin_address(text)
+    except argparse.ArgumentTypeError as exc:
+        _ENV_ERRORS.append(f"{env_name('admin')}: {exc}")
+        return _admin_address(default)
+
+
 def _env_number(name: str, default: str, kind: type[int] | type[float]) -> Any:
     """A numeric option's default from its environment variable; a value that is not a
     number is remembered (reported by `serve`, naming the variable) and the default used."""
@@ -277,6 +295,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _admin_refusal(args: argparse.Namespace, token: str | None) -> str | None:
     """Why the admin API must not start as configured (API.md "Security"), or None."""
+    if args.admin_client_ca and not (args.admin_tls_cert and args.admin_tls_key):
+        return (
+            "--admin-client-ca needs --admin-tls-cert and --admin-tls-key: client "
+            "certificates are asked for only over HTTPS"
+        )
     if args.admin is None or _is_loopback(args.admin[0]):
         return None
     host = args.admin[0]
@@ -416,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument(
         "--admin",
         type=_admin_address,
-        default=_env("admin", "127.0.0.1:9901"),
+        default=_env_admin("127.0.0.1:9901"),
         metavar="HOST:PORT",
         help="admin API address (default 127.0.0.1:9901; empty turns it off)",
     )
@@ -493,11 +516,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("no-splice", "") not in ("", "0", "false"),
         help="relay with receive/send instead of zero-copy splice",
     )
-    sv.add_argument("--log-format", choices=("text", "json"), default=_env("log-format", "text"))
+    sv.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=_env_choice("log-format", "text", ("text", "json")),
+        help="text (key=value access lines) or json (one object per line); default text",
+    )
+    levels = ("debug", "info", "warning", "error")
     sv.add_argument(
         "--log-level",
-        default=_env("log-level", "info"),
-        choices=("debug", "info", "warning", "error"),
+        default=_env_choice("log-level", "info", levels),
+        choices=levels,
+        help="default info (one access line per connection)",
     )
     sv.set_defaults(run=_serve)
     tr = commands.add_parser(

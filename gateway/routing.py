@@ -328,6 +328,6 @@ def explain(snapshot: Snapshot, address: str | None, port: int, sni: str | None)
         rejected = sum(b.weight for b in target.backends if b.reject) / total
         out["message"] = (
             f"{rejected:.0%} of connections fall on an invalid backend and are "
-            "closed (SPEC.md §10.4)"
+            "closed (Gateway API: an invalid backend keeps its weight)"
         )
     return out

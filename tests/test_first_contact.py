@@ -213,6 +213,9 @@ def test_start_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
         ("TLSGATE_IDLE_TIMEOUT", "abc"),
         ("TLSGATE_BODY_LIMIT", "4MB"),
         ("TLSGATE_MAX_CONNECTIONS", "-3"),
+        ("TLSGATE_LOG_LEVEL", "verbose"),
+        ("TLSGATE_LOG_FORMAT", "xml"),
+        ("TLSGATE_ADMIN", "garbage"),
     ):
         bad = subprocess.run(
             [sys.executable, "-m", "gateway", "serve", "--state-dir", ""],
@@ -232,6 +235,10 @@ def test_start_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     )  # fmt: skip
     assert unreadable.returncode == 2
     assert len(unreadable.stderr.strip().splitlines()) == 1 and "nope.pem" in unreadable.stderr
+    ca_alone = run_tlsgate(
+        "serve", "--admin-client-ca", str(tmp_path / "ca.pem"), "--state-dir", ""
+    )
+    assert ca_alone.returncode == 2 and "--admin-tls-cert" in ca_alone.stderr
 
 
 def test_a_second_gateway_on_the_same_state_directory_is_refused(tmp_path: Path) -> None:
