@@ -10,8 +10,11 @@ body read first, every answer ends a complete exchange and keep-alive works; whe
 is not read (too large, too slow), the answer says `connection: close` and the close runs
 shielded from that cancellation.
 
-An unauthenticated body is read and dropped, never kept, so unknown clients cannot make the
-process buffer. Metrics labels are fixed vocabularies: an invented method is `other`.
+An unauthenticated request gets its 401 at once: a small body already on its way is read and
+dropped (so the connection stays usable), a large or slow one is not waited for (the 401 then
+closes the connection). Bodies held in memory are bounded in total across connections and
+HTTP/2 streams (429 beyond). Metrics labels are fixed vocabularies: an invented method is
+`other`.
 """
 
 from __future__ import annotations
@@ -36,6 +39,14 @@ ASGIApp = Callable[..., Awaitable[None]]
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+#: Request bodies held in memory at once, all connections together, in body limits.
+BODY_BUDGET_FACTOR = 8
+#: How long, and how much, an unauthenticated body is read (and dropped) so that its 401 can
+#: keep the connection; beyond either, the 401 closes it.
+UNAUTHENTICATED_DRAIN_SECONDS = 1.0
+UNAUTHENTICATED_DRAIN_BYTES = 64 * 1024
+
+
 def method_label(method: str) -> str:
     return method if method in METHODS else "other"
 
@@ -57,6 +68,9 @@ class Edge:
         self.body_timeout = body_timeout
         self.open_paths = open_paths
         self.metrics = metrics
+        #: Bytes of request bodies held in memory now, across connections and streams.
+        self.buffered = 0
+        self.buffer_budget = BODY_BUDGET_FACTOR * body_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -94,31 +108,66 @@ class Edge:
         if declared is not None and declared.isdigit() and int(declared) > self.body_limit:
             await _answer(send, ApiError(413, self._too_large()), close=True)
             return
+        if not authorized:
+            await self._refuse(receive, send)
+            return
         body = bytearray()
-        received = 0
-        with trio.move_on_after(self.body_timeout) as deadline:
+        held = 0
+        try:
+            with trio.move_on_after(self.body_timeout) as deadline:
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return  # the client went away: nobody to answer
+                    chunk = message.get("body", b"")
+                    if len(body) + len(chunk) > self.body_limit:
+                        await _answer(send, ApiError(413, self._too_large()), close=True)
+                        return
+                    if chunk and self.buffered + len(chunk) > self.buffer_budget:
+                        # Every connection may carry bodies on several HTTP/2 streams: the
+                        # total kept in memory is bounded, and the client told to come back.
+                        error = ApiError(
+                            429, "too many request bodies are being received now; retry shortly"
+                        )
+                        await _answer(send, error, close=True, retry_after=1)
+                        return
+                    body += chunk
+                    held += len(chunk)
+                    self.buffered += len(chunk)
+                    if not message.get("more_body", False):
+                        break
+            if deadline.cancelled_caught:
+                error = ApiError(
+                    408, f"the request body did not arrive within {self.body_timeout:g}s"
+                )
+                await _answer(send, error, close=True)
+                return
+            data = bytes(body)
+            body.clear()
+            # Still counted while the app works on it: a parsed body costs more than its bytes.
+            await self.app(scope, _replay(data, receive), send)
+        finally:
+            self.buffered -= held
+
+    async def _refuse(self, receive: Receive, send: Send) -> None:
+        """401, keeping the connection when that is cheap: a small body already on its way is
+        read and dropped (then keep-alive works, see the module docstring); one that is large
+        or slow is not waited for, so unauthenticated clients cannot hold admin connections
+        for the body deadline. Then the answer closes the connection."""
+        error = ApiError(401, "a valid 'Authorization: Bearer <token>' header is required")
+        drained = 0
+        with trio.move_on_after(min(UNAUTHENTICATED_DRAIN_SECONDS, self.body_timeout)):
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
-                    return  # the client went away: nobody to answer
-                chunk = message.get("body", b"")
-                received += len(chunk)
-                if received > self.body_limit:
-                    await _answer(send, ApiError(413, self._too_large()), close=True)
                     return
-                if authorized:
-                    body += chunk
-                if not message.get("more_body", False):
+                drained += len(message.get("body", b""))
+                if drained > UNAUTHENTICATED_DRAIN_BYTES:
                     break
-        if deadline.cancelled_caught:
-            error = ApiError(408, f"the request body did not arrive within {self.body_timeout:g}s")
-            await _answer(send, error, close=True)
-            return
-        if not authorized:
-            error = ApiError(401, "a valid 'Authorization: Bearer <token>' header is required")
-            await _answer(send, error)
-            return
-        await self.app(scope, _replay(bytes(body), receive), send)
+                if not message.get("more_body", False):
+                    await _answer(send, error)
+                    return
+        await _answer(send, error, close=True)
 
     def _authorized(self, path: str, header: bytes) -> bool:
         if self.token is None or path in self.open_paths:
@@ -145,7 +194,9 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replayed
 
 
-async def _answer(send: Send, error: ApiError, *, close: bool = False) -> None:
+async def _answer(
+    send: Send, error: ApiError, *, close: bool = False, retry_after: int | None = None
+) -> None:
     body = (json.dumps(error.body(), separators=(",", ":")) + "\n").encode()
     headers = [
         (b"content-type", b"application/json"),
@@ -153,5 +204,7 @@ async def _answer(send: Send, error: ApiError, *, close: bool = False) -> None:
     ]
     if close:
         headers.append((b"connection", b"close"))
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
     await send({"type": "http.response.start", "status": error.code, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})

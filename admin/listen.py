@@ -29,6 +29,8 @@ class AdminLimits:
     write_timeout: float = 10.0
     #: Seconds for a TLS handshake to finish.
     handshake_timeout: float = 10.0
+    #: Concurrent HTTP/2 streams per connection.
+    h2_max_streams: int = 8
 
 
 def bind(host: str, port: int, backlog: int = 128) -> socket.socket:

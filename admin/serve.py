@@ -35,6 +35,8 @@ from hypercorn.utils import wrap_app
 
 from admin.listen import AdminLimits
 
+log = logging.getLogger("tlsgate.admin")
+
 #: accept() failures that mean "out of descriptors or memory for now": wait, retry.
 _TRANSIENT_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
@@ -98,6 +100,9 @@ def hypercorn_config(limits: AdminLimits, log_name: str) -> Config:
     config.read_timeout = math.ceil(limits.read_timeout)
     config.ssl_handshake_timeout = limits.handshake_timeout
     config.graceful_timeout = 1.0
+    # HTTP/2 streams per connection: with bodies up to the limit each, 100 (the default) would
+    # let one connection hold hundreds of MiB; the edge's budget bounds the total as well.
+    config.h2_max_concurrent_streams = limits.h2_max_streams
     return config
 
 
@@ -126,6 +131,11 @@ async def serve_admin(
             with trio.CancelScope() as scope:
                 timed = _TimedStream(stream, limits.write_timeout, scope)
                 await _TCPServer(wrapped, config, context, {}, timed)  # type: ignore[arg-type]
+        except Exception:
+            # The per-connection boundary: whatever one client makes the protocol code raise
+            # (Hypercorn 0.18's HTTP/2 raises KeyError on DATA for a stream it has answered),
+            # ends that connection only, never the process and its data plane.
+            log.exception("admin connection failed; closing it")
         finally:
             # Cancelled (at shutdown), TCPServer's own close can stop half way: make sure the
             # socket is closed before the slot is given back.

@@ -16,6 +16,7 @@ import signal
 import socket
 import ssl
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 import trio
@@ -257,6 +258,7 @@ class Server:
         self._stop = trio.Event()
         self.listeners: Listeners | None = None
         self.admin_urls: list[str] = []
+        self.admin_edge: Any = None  # admin.edge.Edge once serving (tests read its counters)
         self.loaded = False
 
     def shutdown(self) -> None:
@@ -369,6 +371,7 @@ class Server:
             open_paths=OPEN_PATHS,
             metrics=self.metrics,
         )
+        self.admin_edge = edge
         await serve_admin(
             edge, sock, limits=self.config.admin_limits, tls=tls, task_status=task_status
         )

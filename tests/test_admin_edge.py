@@ -4,6 +4,7 @@ methods (issue 9, items 1 and 4)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -12,9 +13,10 @@ from pathlib import Path
 import httpx
 import trio
 
+from admin.edge import BODY_BUDGET_FACTOR
 from admin.listen import AdminLimits
 
-from .harness import admin_gateway, open_fds
+from .harness import admin_gateway, open_fds, wait_until
 from .test_admin import assert_status, route
 
 TOKEN = "s3cret"
@@ -223,3 +225,96 @@ async def test_invented_methods_do_not_grow_metrics(tmp_path: Path) -> None:
         assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}
         assert 'tlsgate_admin_requests_total{code="405",method="other"} 300.0' in text
         assert len(text) < 20_000
+
+
+async def test_http2_data_after_an_early_answer_ends_only_that_connection(tmp_path: Path) -> None:
+    """HTTP/2 with prior knowledge: a 413 on a stream, then DATA on that finished stream.
+    Hypercorn raises on it; that must close the one connection, not the process."""
+    import h2.config
+    import h2.connection
+    import hyperframe.frame
+
+    async with (
+        admin_gateway(None, body_limit=1000) as (_, url),
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        port = int(url.rsplit(":", 1)[1])
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            conn.initiate_connection()
+            headers = [
+                (":method", "POST"),
+                (":path", "/v1/apply"),
+                (":scheme", "http"),
+                (":authority", "admin"),
+                ("content-type", "application/json"),
+                ("content-length", "999999999"),
+            ]
+            conn.send_headers(1, headers)
+            await stream.send_all(conn.data_to_send())
+            ended = False
+            with trio.fail_after(5):
+                while not ended:
+                    data = await stream.receive_some(65536)
+                    assert data
+                    events = conn.receive_data(data)
+                    ended = any(type(e).__name__ == "StreamEnded" for e in events)
+                    await stream.send_all(conn.data_to_send())
+            late = hyperframe.frame.DataFrame(1)
+            late.data = b"x" * 10
+            await stream.send_all(late.serialize())
+            with trio.fail_after(5), contextlib.suppress(trio.BrokenResourceError):
+                while await stream.receive_some(65536):
+                    pass  # until the server closes this connection
+        for _ in range(3):
+            assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_unauthenticated_clients_cannot_hold_the_admin_slots(tmp_path: Path) -> None:
+    """Unauthenticated requests trickling a body are answered 401 without waiting for it, so
+    a client with the token gets a slot long before the 30 s body deadline."""
+    limits = AdminLimits(max_connections=4)
+    async with admin_gateway(None, token=TOKEN, admin_limits=limits) as (_, url):
+        port = int(url.rsplit(":", 1)[1])
+        holders = []
+        try:
+            for _ in range(8):
+                sock = socket.create_connection(("127.0.0.1", port))
+                sock.sendall(_head("POST", "/v1/apply", 1000) + b"{")
+                holders.append(sock)
+            async with httpx.AsyncClient(base_url=url) as http:
+                with trio.fail_after(10):
+                    answer = await http.get(
+                        "/v1/tlsroutes", headers={"Authorization": f"Bearer {TOKEN}"}
+                    )
+                assert answer.status_code == 200
+        finally:
+            for sock in holders:
+                sock.close()
+
+
+async def test_bodies_held_in_memory_are_bounded_in_total(tmp_path: Path) -> None:
+    """Each connection may hold one body up to the limit; all of them together at most
+    BODY_BUDGET_FACTOR limits, and the next one is told 429 to retry."""
+    limit = 1000
+    async with admin_gateway(None, body_limit=limit) as (server, url):
+        port = int(url.rsplit(":", 1)[1])
+        streams = []
+        try:
+            for index in range(BODY_BUDGET_FACTOR):
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                streams.append(stream)
+                await stream.send_all(_head("POST", "/v1/apply", limit) + b" " * 900)
+                held = 900 * (index + 1)
+                await wait_until(lambda: bool(server.admin_edge.buffered >= held))  # noqa: B023
+            extra = await trio.open_tcp_stream("127.0.0.1", port)
+            streams.append(extra)
+            await extra.send_all(_head("POST", "/v1/apply", limit) + b" " * 900)
+            with trio.fail_after(5):
+                code, _, closed = await _response(extra, bytearray())
+            assert (code, closed) == (429, True)
+        finally:
+            for stream in streams:
+                await stream.aclose()
+        await wait_until(lambda: server.admin_edge.buffered == 0)
