@@ -28,7 +28,7 @@ from gateway.manifests import ManifestError, flatten, load_json, parse_documents
 from gateway.metrics import Metrics
 from gateway.routing import Snapshot, explain, table_to_wire
 from gateway.store import StoreUnavailable
-from gateway.writes import Conflict
+from gateway.writes import Action, Conflict
 
 JSON_TYPES = {"application/json"}
 YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"}
@@ -149,6 +149,7 @@ def create_app(
                 200,
             )
         (raw,) = await _body_documents(allow_many=False)
+        _namespace_from_query(raw, info)
         doc = _admit_one(raw, info)
         outcome = await _write(control.apply([doc], must_not_exist=True, dry_run=_dry_run()))
         return _json(_with_status(outcome.changes[0].document, outcome.snapshot), 201)
@@ -201,8 +202,9 @@ def create_app(
         meta = raw.get("metadata") if isinstance(raw, dict) else None
         version = meta.get("resourceVersion") if isinstance(meta, dict) else None
         expected = {key: str(version)} if version not in (None, "") else None
-        created = key not in control.state.documents
         outcome = await _write(control.apply([doc], expected_versions=expected, dry_run=_dry_run()))
+        # Decided under the write lock: of two concurrent PUTs of a new object, one creates.
+        created = outcome.changes[0].action is Action.CREATED
         return _json(
             _with_status(outcome.changes[0].document, outcome.snapshot), 201 if created else 200
         )
@@ -230,6 +232,24 @@ def _kind(plural: str) -> KindInfo:
     if info is None:
         raise ApiError(404, f"unknown resource {plural!r}; known: {', '.join(sorted(BY_PLURAL))}")
     return info
+
+
+def _namespace_from_query(raw: Any, info: KindInfo) -> None:
+    """`POST /v1/{plural}?namespace=NS` creates in NS: the body may leave the namespace out,
+    but may not name another (as the Kubernetes API refuses a mismatch)."""
+    namespace = request.args.get("namespace")
+    if namespace is None or not isinstance(raw, dict):
+        return
+    if not info.namespaced:
+        raise ApiError(400, f"{info.kind} is cluster-scoped: it takes no namespace")
+    meta = raw.setdefault("metadata", {})
+    if not isinstance(meta, dict):
+        return  # admission reports the malformed metadata
+    given = meta.setdefault("namespace", namespace)
+    if given != namespace:
+        raise ApiError(
+            400, f"the body's namespace {given!r} differs from the request's {namespace!r}"
+        )
 
 
 def _reading() -> bool:

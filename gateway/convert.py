@@ -305,12 +305,27 @@ def structure_document(raw: object) -> Document:
     try:
         doc: Document = CONVERTER.structure(body, info.cls)
     except (ClassValidationError, IterableValidationError) as exc:
-        raise Invalid(info.kind, name, _causes_from(exc, "")) from None
+        raise Invalid(info.kind, name, _redact(_causes_from(exc, ""))) from None
     doc = _default(doc, info.namespaced)
     causes = admit(doc)
     if causes:
-        raise Invalid(info.kind, name, causes)
+        raise Invalid(info.kind, name, _redact(causes))
     return doc
+
+
+def _redact(causes: list[Cause]) -> list[Cause]:
+    """Private keys are write-only (API.md): a cause about one never shows its value, even
+    when the value is malformed (a list, an object) and would otherwise be echoed back."""
+    out = []
+    for cause in causes:
+        if any(f"[{key}]" in cause.field for key in PRIVATE_KEYS):
+            detail = cause.message.rsplit(": ", 1)[-1] if ": " in cause.message else ""
+            message = "Invalid value: (a private key, not shown)" + (
+                f": {detail}" if detail and detail != cause.message else ""
+            )
+            cause = Cause(cause.field, cause.reason, message)
+        out.append(cause)
+    return out
 
 
 def _name_of(raw: dict[str, Any]) -> str:

@@ -141,3 +141,40 @@ async def test_explain_refuses_impossible_ports_and_addresses(tmp_path: Path) ->
             assert_status(await http.get(f"/v1/explain?{query}"), 400, "BadRequest")
         good = await http.get("/v1/explain?port=443&address=127.0.0.1&sni=a")
         assert good.status_code == 200 and good.json()["result"] == "rejected"
+
+
+async def test_a_malformed_private_key_is_never_echoed(tmp_path: Path) -> None:
+    secret = "MHcCAQEEIKEYMATERIALNEVERTOBESHOWN"
+    async with (
+        admin_gateway(None) as (_, url),
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        for data in (
+            {"stringData": {"tls.crt": "x", "tls.key": [secret]}},
+            {"data": {"tls.key": {"pem": secret}}},
+            {"data": {"tls.key": secret + "!"}},
+        ):
+            body = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "s", "namespace": "infra"},
+                "type": "kubernetes.io/tls",
+                **data,
+            }
+            answer = await http.put("/v1/secrets/infra/s", json=body)
+            assert_status(answer, 422, "Invalid")
+            assert secret not in answer.text and "tls.key" in answer.text
+
+
+async def test_the_namespace_of_a_create_request_is_honoured(tmp_path: Path) -> None:
+    async with (
+        admin_gateway(None) as (_, url),
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}
+        created = await http.post("/v1/configmaps?namespace=infra", json=config_map)
+        assert created.status_code == 201 and created.json()["metadata"]["namespace"] == "infra"
+        other = config_map | {"metadata": {"name": "d", "namespace": "other"}}
+        mismatch = await http.post("/v1/configmaps?namespace=infra", json=other)
+        assert_status(mismatch, 400, "BadRequest")
+        assert_status(await http.get("/v1/configmaps/other/d"), 404, "NotFound")
