@@ -305,6 +305,7 @@ async def _read_body() -> bytes:
 #: Bodies larger than this are parsed on a worker thread, so that the event loop (which
 #: relays every proxied connection) keeps running meanwhile.
 PARSE_IN_THREAD = 64 * 1024
+_PARSERS = trio.CapacityLimiter(2)
 
 
 def _json_body(data: bytes) -> Any:
@@ -326,8 +327,9 @@ def _yaml_body(data: bytes) -> list[Any]:
 async def _parse(parse: Callable[[bytes], Any], data: bytes) -> Any:
     if len(data) <= PARSE_IN_THREAD:
         return parse(data)
-    # Parsing is pure (it touches nothing shared), so a thread is safe here.
-    return await trio.to_thread.run_sync(parse, data)
+    # Parsing is pure (it touches nothing shared), so a thread is safe here; its own limiter
+    # keeps it out of the queue of DNS lookups (trio's default limiter).
+    return await trio.to_thread.run_sync(parse, data, limiter=_PARSERS)
 
 
 async def _body_documents(*, allow_many: bool) -> list[Any]:

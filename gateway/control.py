@@ -43,6 +43,7 @@ class Control:
         self.state = state
         self.store = store
         self._lock = trio.Lock()
+        self._commits = trio.CapacityLimiter(1)
 
     def load(self) -> int:
         """Bring the stored documents into force (at start)."""
@@ -160,4 +161,6 @@ class Control:
             return
         puts = [(c.key, unstructure_document(c.document, redact=False)) for c in written]
         store = self.store
-        await trio.to_thread.run_sync(store.commit, puts, list(deleted))
+        # A limiter of its own: commits never queue behind other threads (DNS lookups of FQDN
+        # endpoints share trio's default one, and a slow resolver must not stall writes).
+        await trio.to_thread.run_sync(store.commit, puts, list(deleted), limiter=self._commits)

@@ -323,8 +323,9 @@ def _redact(causes: list[Cause]) -> list[Cause]:
             message = "Invalid value: (a private key, not shown)" + (
                 f": {detail}" if detail and detail != cause.message else ""
             )
-            cause = Cause(cause.field, cause.reason, message)
-        out.append(cause)
+            out.append(Cause(cause.field, cause.reason, message))
+        else:
+            out.append(cause)
     return out
 
 
