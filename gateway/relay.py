@@ -191,7 +191,11 @@ def _send_eof(dst: socket.socket) -> None:
 
 
 class End(Protocol):
-    """One side of a terminated connection: plaintext in and out."""
+    """One side of a terminated connection: plaintext in and out.
+
+    `relay_ends` uses each end full duplex from two tasks: one calls `receive`, the other
+    `send` and then `finish`, at the same time. An end must allow exactly that (a TLS end,
+    whose `receive` also writes, serialises its writers: gateway/tlsstream.py)."""
 
     async def receive(self) -> bytes: ...
 
@@ -201,7 +205,8 @@ class End(Protocol):
 
 
 class PlainEnd:
-    """A plain TCP socket as an `End` (the backend of a Terminate listener)."""
+    """A plain TCP socket as an `End` (the backend of a Terminate listener). Its receiver only
+    waits readable and its sender only writable, which trio allows at once on one socket."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -231,6 +236,10 @@ async def relay_ends(client: End, backend: End, transfer: Transfer) -> None:
     The client ending (close_notify or FIN) half-closes toward the backend, whose answer still
     flows back; the backend ending closes the client's TLS and then both sides, since TLS has
     no half-close to rely on (STACK-NOTES.md). Returns quietly on the idle timeout.
+
+    Tasks: this one receives from the client and sends to (then finishes) the backend;
+    `downstream` receives from the backend and sends to (then finishes) the client. So each
+    end has one receiver and one sender, concurrently (`End`).
     """
     transfer.scope.deadline = trio.current_time() + transfer.idle_timeout
     with transfer.scope:
