@@ -11,6 +11,8 @@ import ssl
 
 import attrs
 
+from gateway.sockets import listening_socket
+
 
 class AdminTLSError(Exception):
     """A certificate, key or CA file of the admin API cannot be used; the message says which."""
@@ -36,16 +38,7 @@ class AdminLimits:
 def bind(host: str, port: int, backlog: int = 128) -> socket.socket:
     """The admin listening socket, bound now so that a taken address fails the start with a
     plain OSError (the caller says which address, in one line)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(backlog)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    return listening_socket(host, port, backlog)
 
 
 def admin_tls_context(

@@ -6,7 +6,6 @@ I/O edge: reads files, prints, exits. `translate` is offline: no server, no stor
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from gateway.manifests import ManifestError, parse_documents
 from gateway.resources import Resources
 from gateway.routing import table_to_wire
 from gateway.runtime import Runtime
+from gateway.sockets import is_loopback
 from gateway.tls import load_facts
 from gateway.translate import translate
 
@@ -216,15 +216,6 @@ def _admin_address(value: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _admin_token(args: argparse.Namespace) -> str | None:
     """--admin-token-file wins over TLSGATE_ADMIN_TOKEN (API.md "Security")."""
     if args.admin_token_file:
@@ -300,7 +291,7 @@ def _admin_refusal(args: argparse.Namespace, token: str | None) -> str | None:
             "--admin-client-ca needs --admin-tls-cert and --admin-tls-key: client "
             "certificates are asked for only over HTTPS"
         )
-    if args.admin is None or _is_loopback(args.admin[0]):
+    if args.admin is None or is_loopback(args.admin[0]):
         return None
     host = args.admin[0]
     if token is None:

@@ -6,7 +6,6 @@ printed as the Status message with its field causes, and the exit code is 1.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import ssl
 import sys
@@ -19,6 +18,7 @@ from typing import Any
 import yaml
 
 from gateway.kinds import KINDS, KindInfo
+from gateway.sockets import is_loopback
 
 SHORT_NAMES = {
     "gwc": "GatewayClass",
@@ -97,13 +97,7 @@ class AdminClient:
 
 
 def _is_loopback_url(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(urllib.parse.urlsplit(url).hostname or "")
 
 
 def _status_error(exc: urllib.error.HTTPError) -> ClientError:

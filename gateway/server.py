@@ -30,6 +30,7 @@ from gateway.manifests import parse_documents
 from gateway.metrics import Metrics
 from gateway.proxy import Proxy, ProxyConfig
 from gateway.relay import PipePool
+from gateway.sockets import listening_socket
 from gateway.state import State
 from gateway.store import Store
 
@@ -208,17 +209,8 @@ class Listeners:
 
 
 def _bind(key: tuple[str, int], backlog: int) -> socket.socket:
-    address, port = key
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setblocking(False)
-        sock.bind((address, port))
-        sock.listen(backlog)
-    except BaseException:
-        sock.close()
-        raise
+    sock = listening_socket(key[0], key[1], backlog)
+    sock.setblocking(False)
     return sock
 
 

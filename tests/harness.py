@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -351,3 +352,26 @@ def run_tlsgate(*args: str, stdin: str | None = None) -> subprocess.CompletedPro
         timeout=60,
         check=False,
     )
+
+
+def wait_serving(
+    url: str,
+    process: subprocess.Popen[Any],
+    *,
+    path: str = "/healthz",
+    verify: ssl.SSLContext | bool = True,
+) -> None:
+    """Poll a `tlsgate serve` process's admin API until `path` answers 200 (30 s at most),
+    failing at once if the process exits."""
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the gateway exited"
+        try:
+            if httpx.get(f"{url}{path}", timeout=2, verify=verify).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"the admin API never answered {path}")

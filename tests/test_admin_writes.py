@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from .harness import admin_gateway, free_port, gateway_yaml, route_yaml, service_yaml
+from .harness import admin_gateway, db_route, free_port
 from .test_admin import PATCH, assert_status, route
 
 YAML = {"Content-Type": "application/yaml"}
@@ -29,12 +29,7 @@ async def _fingerprint(http: httpx.AsyncClient) -> tuple[Any, ...]:
 
 
 async def test_reads_and_dry_runs_never_write(tmp_path: Path) -> None:
-    port = free_port()
-    bundle = (
-        gateway_yaml(port)
-        + service_yaml("db", 9)
-        + route_yaml("db", ["db.example.com"], [("db", 1)])
-    )
+    bundle = db_route(free_port(), 9)
     async with (
         admin_gateway(tmp_path / "state") as (_, url),
         httpx.AsyncClient(base_url=url) as http,

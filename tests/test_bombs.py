@@ -17,8 +17,7 @@ from gateway.admission import show_value
 from gateway.convert import Invalid, structure_document
 from gateway.manifests import MAX_DEPTH, ManifestError, load_json, parse_documents
 
-from .harness import free_port
-from .test_live import _wait_healthy
+from .harness import free_port, wait_serving
 
 
 def billion_laughs(levels: int = 9) -> str:
@@ -138,7 +137,7 @@ def test_a_real_server_refuses_bombs_within_a_memory_bound(tmp_path: Path) -> No
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_healthy(url, process)
+        wait_serving(url, process)
         with httpx.Client(base_url=url, timeout=15) as http:
             bodies = [
                 ("application/yaml", billion_laughs().encode()),

@@ -9,7 +9,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +17,7 @@ import httpx
 import pytest
 import trustme
 
-from .harness import free_port, run_tlsgate
+from .harness import free_port, run_tlsgate, wait_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "t0ken-for-tests"
@@ -55,21 +54,6 @@ def _tls(ca: str, cert: str | None = None) -> ssl.SSLContext:
     return context
 
 
-def _wait_ready(
-    url: str, process: subprocess.Popen[str], verify: ssl.SSLContext | bool = True
-) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read() if process.stderr else ""
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2, verify=verify).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError("the admin API never became ready")
-
-
 def _demo_certificates(directory: Path) -> Path:
     """The compose stack's certs step, run as a local process."""
     subprocess.run(
@@ -98,7 +82,7 @@ def test_admin_api_over_https_with_the_compose_certificates(tmp_path: Path) -> N
         str(ROOT / "examples" / "demo.yaml"),
         env=_environment(TLSGATE_ADMIN_TOKEN=TOKEN),
     ) as process:
-        _wait_ready(url, process, _tls(ca))
+        wait_serving(url, process, path="/readyz", verify=_tls(ca))
         auth = {"Authorization": f"Bearer {TOKEN}"}
         with httpx.Client(base_url=url, verify=_tls(ca)) as http:
             assert http.get("/v1/gateways", headers=auth).status_code == 200
@@ -145,7 +129,7 @@ def test_admin_client_certificates_are_required_with_a_client_ca(tmp_path: Path)
         "--state-dir",
         "",
     ) as process:
-        _wait_ready(url, process, _tls(files["ca"], files["client"]))
+        wait_serving(url, process, path="/readyz", verify=_tls(files["ca"], files["client"]))
         anonymous = run_tlsgate("get", "tlsroutes", "--server", url, "--cacert", files["ca"])
         assert anonymous.returncode == 1
         identified = run_tlsgate(
@@ -175,7 +159,7 @@ def test_plaintext_admin_off_loopback_is_refused_unless_tls_ends_in_front(tmp_pa
         "",
         env=_environment(TLSGATE_ADMIN_TOKEN=TOKEN),
     ) as process:
-        _wait_ready(f"http://127.0.0.1:{port}", process)
+        wait_serving(f"http://127.0.0.1:{port}", process)
     # The CLI does not send a token in clear text to a non-loopback server either (refused
     # before any connection is attempted).
     cli = run_tlsgate("get", "tlsroutes", "--server", "http://admin.invalid:9901", "--token", "x")
@@ -245,7 +229,7 @@ def test_a_second_gateway_on_the_same_state_directory_is_refused(tmp_path: Path)
     port = free_port()
     state = str(tmp_path / "state")
     with serving("--admin", f"127.0.0.1:{port}", "--state-dir", state) as first:
-        _wait_ready(f"http://127.0.0.1:{port}", first)
+        wait_serving(f"http://127.0.0.1:{port}", first)
         second = run_tlsgate("serve", "--admin", "", "--state-dir", state)
         assert second.returncode == 2
         assert "in use by another tlsgate process" in second.stderr
@@ -256,7 +240,7 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     port = free_port()
     with serving("--admin", f"127.0.0.1:{port}", "--state-dir", "") as process:
         url = f"http://127.0.0.1:{port}"
-        _wait_ready(url, process)
+        wait_serving(url, process)
         documents = "".join(
             f"---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c{i}, namespace: a}}\n"
             f"data: {{k: '{'v' * 200}'}}\n"

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -24,6 +23,7 @@ from .harness import (
     route_yaml,
     service_yaml,
     tls_client,
+    wait_serving,
 )
 
 YAML = {"Content-Type": "application/yaml"}
@@ -48,25 +48,12 @@ def _start(state_dir: Path, admin_port: int) -> subprocess.Popen[bytes]:
     )
 
 
-def _wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the gateway exited"
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError("the admin API never came up")
-
-
 def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
     state_dir, port = tmp_path / "state", free_port()
     url = f"http://127.0.0.1:{port}"
     process = _start(state_dir, port)
     try:
-        _wait_healthy(url, process)
+        wait_serving(url, process)
         acknowledged: dict[str, dict[str, object]] = {}
         with httpx.Client(base_url=url, timeout=10) as http:
             for i in range(40):
@@ -94,7 +81,7 @@ def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
             process.wait()
     process = _start(state_dir, port)
     try:
-        _wait_healthy(url, process)
+        wait_serving(url, process)
         with httpx.Client(base_url=url, timeout=10) as http:
             items = http.get("/v1/configmaps", params={"namespace": "apps"}).json()["items"]
         found = {item["metadata"]["name"]: item for item in items}
@@ -191,7 +178,7 @@ def test_readme_walkthrough_works_as_written(tmp_path: Path) -> None:
     manifests.write_text(text.replace("port: 18444", f"port: {listener}"))
     process = _start(tmp_path / "state", port)
     try:
-        _wait_healthy(f"http://127.0.0.1:{port}", process)
+        wait_serving(f"http://127.0.0.1:{port}", process)
         script = (
             block.replace("127.0.0.1:9901", f"127.0.0.1:{port}")
             .replace("@examples/walkthrough.yaml", f"@{manifests}")
