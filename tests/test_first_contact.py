@@ -17,7 +17,7 @@ import httpx
 import pytest
 import trustme
 
-from .harness import free_port, run_tlsgate, wait_serving
+from .harness import free_port, gateway_yaml, run_tlsgate, wait_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "t0ken-for-tests"
@@ -69,6 +69,8 @@ def test_admin_api_over_https_with_the_compose_certificates(tmp_path: Path) -> N
     ca, admin = str(certs / "ca.pem"), str(certs / "admin.pem")
     port = free_port()
     url = f"https://127.0.0.1:{port}"
+    bootstrap = tmp_path / "gateway.yaml"  # a free listener port: readyz needs it bound
+    bootstrap.write_text(gateway_yaml(free_port()))
     with serving(
         "--admin",
         f"127.0.0.1:{port}",
@@ -79,7 +81,7 @@ def test_admin_api_over_https_with_the_compose_certificates(tmp_path: Path) -> N
         "--state-dir",
         "",
         "--bootstrap",
-        str(ROOT / "examples" / "demo.yaml"),
+        str(bootstrap),
         env=_environment(TLSGATE_ADMIN_TOKEN=TOKEN),
     ) as process:
         wait_serving(url, process, path="/readyz", verify=_tls(ca))
@@ -95,7 +97,7 @@ def test_admin_api_over_https_with_the_compose_certificates(tmp_path: Path) -> N
         # The CLI, as a user runs it.
         got = run_tlsgate("get", "gateways", "--server", url, "--cacert", ca, "--token", TOKEN)
         assert got.returncode == 0, got.stderr
-        assert "demo" in got.stdout
+        assert "infra" in got.stdout and "gw" in got.stdout
         unverified = run_tlsgate("get", "gateways", "--server", url, "--token", TOKEN)
         assert unverified.returncode == 1
         assert (
