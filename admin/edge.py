@@ -22,6 +22,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Awaitable, Callable, Collection, MutableMapping
+from contextvars import ContextVar
 from typing import Any
 
 import trio
@@ -47,6 +48,11 @@ UNAUTHENTICATED_DRAIN_SECONDS = 1.0
 UNAUTHENTICATED_DRAIN_BYTES = 64 * 1024
 
 
+#: The connection a request arrived on, as the cancel scope that ends it, when the server
+#: provides one (admin.serve sets it per connection; the tasks serving it inherit it).
+CONNECTION: ContextVar[trio.CancelScope | None] = ContextVar("admin_connection", default=None)
+
+
 def method_label(method: str) -> str:
     return method if method in METHODS else "other"
 
@@ -61,6 +67,7 @@ class Edge:
         body_timeout: float,
         open_paths: Collection[str],
         metrics: Metrics | None,
+        write_timeout: float = 10.0,
     ) -> None:
         self.app = app
         self.token = token
@@ -68,6 +75,7 @@ class Edge:
         self.body_timeout = body_timeout
         self.open_paths = open_paths
         self.metrics = metrics
+        self.write_timeout = write_timeout
         #: Bytes of request bodies held in memory now, across connections and streams.
         self.buffered = 0
         self.buffer_budget = BODY_BUDGET_FACTOR * body_limit
@@ -84,15 +92,27 @@ class Edge:
             return
         status: list[int] = []
 
+        abandoned = False
+
         async def shielded_send(message: Message) -> None:
+            nonlocal abandoned
             if message["type"] == "http.response.start":
                 status.append(int(message["status"]))
+            if abandoned:
+                return  # the client stopped reading: the rest of the answer goes nowhere
             # Hypercorn may close the connection from inside this call (after the last body
             # message); quart-trio cancels its request nursery on the disconnect that close
-            # reports, which would abandon the close half done. Hypercorn shields its socket
-            # writes already; writes are bounded by admin.serve's write timeout.
-            with trio.CancelScope(shield=True):
+            # reports, which would abandon the close half done: hence the shield. It has a
+            # deadline, since a send can wait for ever on a client that reads nothing (an
+            # HTTP/2 window it never opens); then the connection is ended.
+            with trio.CancelScope(shield=True) as bounded:
+                bounded.deadline = trio.current_time() + self.write_timeout
                 await send(message)
+            if bounded.cancelled_caught:
+                abandoned = True
+                connection = CONNECTION.get(None)
+                if connection is not None:
+                    connection.cancel()
 
         try:
             await self._serve(scope, receive, shielded_send)

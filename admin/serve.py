@@ -27,12 +27,14 @@ from typing import Any, cast
 
 import trio
 from hypercorn.config import Config
+from hypercorn.events import Event, Updated
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ASGIFramework
 from hypercorn.utils import wrap_app
 
+from admin.edge import CONNECTION
 from admin.listen import AdminLimits
 
 log = logging.getLogger("tlsgate.admin")
@@ -81,15 +83,34 @@ class _TimedStream(trio.abc.HalfCloseableStream):
 
 
 class _TCPServer(TCPServer):
-    """Hypercorn's connection, let go as soon as the client has gone: upstream keeps the task
-    (and its socket) until the keep-alive timer runs out even after the client closed, so
-    connections that come and go would hold descriptors and slots for seconds each."""
+    """Hypercorn's connection, with what the accept loop needs to know and do:
+
+    - `idle`: between requests (or before the first request head is complete): such a
+      connection may be closed to make room when every slot is taken;
+    - once the client has gone, the connection is let go: upstream keeps the task (and its
+      socket) until the keep-alive timer runs out, and an HTTP/2 stream waiting for flow
+      control the client will never grant would wait for ever. After the client's end, what
+      is left gets `grace` seconds, then the connection's scope is cancelled.
+    """
+
+    def __init__(self, *args: Any, scope: trio.CancelScope, grace: float) -> None:
+        super().__init__(*args)
+        self.scope = scope
+        self.grace = grace
+        self.idle = True
+
+    async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, Updated):
+            self.idle = event.idle
+        await super().protocol_send(event)
 
     async def _read_data(self) -> None:
         try:
             await super()._read_data()
         finally:
+            self.idle = False  # ending: not a candidate for eviction any more
             await self.idle_task.stop()
+            self.scope.deadline = min(self.scope.deadline, trio.current_time() + self.grace)
 
 
 def hypercorn_config(limits: AdminLimits, log_name: str) -> Config:
@@ -125,22 +146,44 @@ async def serve_admin(
         # https_compatible: HTTP clients close without close_notify (RFC 2818 §2.2.2).
         listener = trio.SSLListener(listener, tls, https_compatible=True)
     slots = trio.Semaphore(limits.max_connections)
+    #: Live connections, oldest first (dicts keep insertion order).
+    live: dict[_TCPServer, None] = {}
 
     async def handle(stream: trio.abc.HalfCloseableStream) -> None:
+        server = None
         try:
             with trio.CancelScope() as scope:
+                # The edge ends the connection through this when a client stops reading.
+                CONNECTION.set(scope)
                 timed = _TimedStream(stream, limits.write_timeout, scope)
-                await _TCPServer(wrapped, config, context, {}, timed)  # type: ignore[arg-type]
-        except Exception:
+                server = _TCPServer(
+                    wrapped, config, context, {}, timed, scope=scope, grace=limits.write_timeout
+                )
+                live[server] = None
+                await server
+        except Exception as exc:
             # The per-connection boundary: whatever one client makes the protocol code raise
-            # (Hypercorn 0.18's HTTP/2 raises KeyError on DATA for a stream it has answered),
-            # ends that connection only, never the process and its data plane.
-            log.exception("admin connection failed; closing it")
+            # (Hypercorn 0.18's HTTP/2 raises KeyError on DATA for a stream it has answered)
+            # ends that connection only, never the process and its data plane. One line: a
+            # client can do this at will, so no traceback per connection.
+            log.warning("admin connection closed after an error: %s: %s", type(exc).__name__, exc)
+            log.debug("admin connection error", exc_info=True)
         finally:
+            live.pop(server, None)  # type: ignore[arg-type]
             # Cancelled (at shutdown), TCPServer's own close can stop half way: make sure the
             # socket is closed before the slot is given back.
             await trio.aclose_forcefully(stream)
             slots.release()
+
+    def evict_idle() -> None:
+        """Every slot is taken and a client is waiting: close the connection idle longest
+        (between requests, or still sending its first request head). Keep-alive clients,
+        polling probes and slow senders then cannot keep a newcomer out."""
+        for server in live:
+            if server.idle:
+                server.idle = False
+                server.scope.cancel()
+                return
 
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -151,18 +194,23 @@ async def serve_admin(
             async with listener, trio.open_nursery() as connections:
                 task_status.started([f"{'https' if tls else 'http'}://{shown}"])
                 while True:
-                    await slots.acquire()
+                    # Accept first (one descriptor beyond the slots at most), then make room.
                     try:
                         stream = await listener.accept()
                     except OSError as exc:
-                        slots.release()
                         if exc.errno not in _TRANSIENT_ACCEPT_ERRORS:
                             raise
                         await trio.sleep(0.1)
                         continue
-                    except BaseException:
-                        slots.release()
-                        raise
+                    try:
+                        slots.acquire_nowait()
+                    except trio.WouldBlock:
+                        evict_idle()
+                        try:
+                            await slots.acquire()
+                        except BaseException:
+                            await trio.aclose_forcefully(stream)
+                            raise
                     connections.start_soon(handle, stream)
         finally:
             await context.terminated.set()

@@ -362,6 +362,7 @@ class Server:
             body_timeout=self.config.body_timeout,
             open_paths=OPEN_PATHS,
             metrics=self.metrics,
+            write_timeout=self.config.admin_limits.write_timeout,
         )
         self.admin_edge = edge
         await serve_admin(

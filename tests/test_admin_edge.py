@@ -9,8 +9,10 @@ import json
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 import trio
 
 from admin.edge import BODY_BUDGET_FACTOR
@@ -227,7 +229,9 @@ async def test_invented_methods_do_not_grow_metrics(tmp_path: Path) -> None:
         assert len(text) < 20_000
 
 
-async def test_http2_data_after_an_early_answer_ends_only_that_connection(tmp_path: Path) -> None:
+async def test_http2_data_after_an_early_answer_ends_only_that_connection(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """HTTP/2 with prior knowledge: a 413 on a stream, then DATA on that finished stream.
     Hypercorn raises on it; that must close the one connection, not the process."""
     import h2.config
@@ -269,6 +273,8 @@ async def test_http2_data_after_an_early_answer_ends_only_that_connection(tmp_pa
                     pass  # until the server closes this connection
         for _ in range(3):
             assert (await http.get("/healthz")).status_code == 200
+    failures = [r for r in caplog.records if "admin connection closed after an error" in r.message]
+    assert len(failures) == 1 and failures[0].exc_info is None  # one line, no traceback
 
 
 async def test_unauthenticated_clients_cannot_hold_the_admin_slots(tmp_path: Path) -> None:
@@ -318,3 +324,75 @@ async def test_bodies_held_in_memory_are_bounded_in_total(tmp_path: Path) -> Non
             for stream in streams:
                 await stream.aclose()
         await wait_until(lambda: server.admin_edge.buffered == 0)
+
+
+def _h2_connect(port: int, *, window: int | None = None) -> tuple[socket.socket, Any]:
+    import h2.config
+    import h2.connection
+    import h2.settings
+
+    sock = socket.create_connection(("127.0.0.1", port))
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    if window is not None:
+        conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
+    sock.sendall(conn.data_to_send())
+    return sock, conn
+
+
+_H2_GET = [(":method", "GET"), (":path", "/v1/tlsroutes"), (":scheme", "http"), (":authority", "a")]
+
+
+async def test_http2_clients_that_never_open_their_window_are_let_go(tmp_path: Path) -> None:
+    """A zero HTTP/2 flow-control window means the answer can never be sent: the write
+    deadline ends such connections, whether the client then closes or stays, so they cannot
+    keep the slots (or the shutdown) for ever."""
+    limits = AdminLimits(max_connections=2, write_timeout=0.5, keep_alive_timeout=60)
+    async with admin_gateway(None, admin_limits=limits) as (_, url):
+        port = int(url.rsplit(":", 1)[1])
+        held = []
+        try:
+            for close in (True, False):
+                sock, conn = _h2_connect(port, window=0)
+                conn.send_headers(1, _H2_GET, end_stream=True)
+                sock.sendall(conn.data_to_send())
+                if close:
+                    sock.close()
+                else:
+                    held.append(sock)
+            async with httpx.AsyncClient(base_url=url, timeout=20) as http:
+                for _ in range(3):
+                    with trio.fail_after(10):
+                        assert (await http.get("/healthz")).status_code == 200
+        finally:
+            for sock in held:
+                sock.close()
+
+
+async def test_idle_keep_alive_connections_make_room_for_newcomers(tmp_path: Path) -> None:
+    """Every slot held by keep-alive clients between requests (a poller, an idle CLI, a slow
+    request head): the next client gets in at once, the longest idle one is closed."""
+    limits = AdminLimits(max_connections=3, keep_alive_timeout=60)
+    async with admin_gateway(None, token=TOKEN, admin_limits=limits) as (_, url):
+        port = int(url.rsplit(":", 1)[1])
+        holders = []
+        try:
+            for index in range(3):
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                holders.append(stream)
+                if index < 2:  # pollers of an open path, idle between their requests
+                    await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+                    with trio.fail_after(5):
+                        assert (await _response(stream, bytearray()))[0] == 200
+                else:  # a request head that never finishes
+                    await stream.send_all(b"GET /healthz HTTP/1.1\r\nHo")
+            async with httpx.AsyncClient(base_url=url) as http:
+                for _ in range(4):
+                    with trio.fail_after(3):
+                        answer = await http.get(
+                            "/v1/tlsroutes", headers={"Authorization": f"Bearer {TOKEN}"}
+                        )
+                    assert answer.status_code == 200
+        finally:
+            for stream in holders:
+                await stream.aclose()
