@@ -273,10 +273,15 @@ def _delete_options(data: bytes) -> DeleteOptions:
     body = _json_body(data)
     if not isinstance(body, dict) or body.get("kind") not in (None, "DeleteOptions"):
         raise ApiError(400, "a DELETE body must be a DeleteOptions object")
-    dry_run = body.get("dryRun") or []
+    # Strict: a malformed option must never fall back to "delete for real, unguarded".
+    dry_run = body.get("dryRun")
+    if dry_run is None:
+        dry_run = []
     if not isinstance(dry_run, list) or any(v != "All" for v in dry_run):
-        raise ApiError(400, "dryRun takes only the value 'All'")
-    preconditions = body.get("preconditions") or {}
+        raise ApiError(400, "dryRun takes a list whose only value is 'All'")
+    preconditions = body.get("preconditions")
+    if preconditions is None:
+        preconditions = {}
     if not isinstance(preconditions, dict):
         raise ApiError(400, "preconditions must be an object")
     version, uid = preconditions.get("resourceVersion"), preconditions.get("uid")
@@ -287,10 +292,10 @@ def _delete_options(data: bytes) -> DeleteOptions:
 
 
 def _dry_run() -> bool:
-    value = request.args.get("dryRun")
-    if value not in (None, "All"):
-        raise ApiError(400, "dryRun takes only the value 'All'")
-    return value == "All"
+    values = request.args.getlist("dryRun")
+    if values not in ([], ["All"]):
+        raise ApiError(400, "dryRun takes only the value 'All', once")
+    return bool(values)
 
 
 def _content_type() -> str:

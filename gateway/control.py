@@ -136,7 +136,7 @@ class Control:
                 ("resourceVersion", expected_version, doc.metadata.resource_version),
                 ("uid", expected_uid, doc.metadata.uid),
             ):
-                if expected not in (None, "") and expected != actual:
+                if expected is not None and expected != actual:
                     raise Conflict(
                         "Conflict",
                         f"precondition failed: {key} has {what} {actual}, not {expected}",

@@ -112,10 +112,26 @@ async def test_delete_preconditions_and_unconditional_patches(tmp_path: Path) ->
             "DELETE", "/v1/tlsroutes/apps/db", **delete_options(resourceVersion=version)
         )
         assert_status(wrong, 409, "Conflict")
-        bad = await http.request(
-            "DELETE", "/v1/tlsroutes/apps/db", content=b'{"dryRun": ["Yes"]}', headers=PATCH
-        )
-        assert_status(bad, 400, "BadRequest")
+        for malformed in (
+            b'{"dryRun": ["Yes"]}',
+            b'{"dryRun": ""}',
+            b'{"dryRun": false}',
+            b'{"dryRun": 0}',
+            b'{"dryRun": {}}',
+            b'{"dryRun": "All"}',
+            b'{"preconditions": ""}',
+            b'{"preconditions": []}',
+            b'{"preconditions": {"resourceVersion": 7}}',
+            b"[]",
+        ):
+            bad = await http.request(
+                "DELETE", "/v1/tlsroutes/apps/db", content=malformed, headers=PATCH
+            )
+            assert_status(bad, 400, "BadRequest")
+        empty_uid = await http.request("DELETE", "/v1/tlsroutes/apps/db", **delete_options(uid=""))
+        assert_status(empty_uid, 409, "Conflict")
+        for query in ("dryRun=All&dryRun=x", "dryRun=x&dryRun=All", "dryRun=All&dryRun=All"):
+            assert_status(await http.delete(f"/v1/tlsroutes/apps/db?{query}"), 400, "BadRequest")
         assert (await http.get("/v1/tlsroutes/apps/db")).status_code == 200
         current = patched.json()["metadata"]
         right = await http.request(
