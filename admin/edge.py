@@ -48,9 +48,36 @@ UNAUTHENTICATED_DRAIN_SECONDS = 1.0
 UNAUTHENTICATED_DRAIN_BYTES = 64 * 1024
 
 
-#: The connection a request arrived on, as the cancel scope that ends it, when the server
-#: provides one (admin.serve sets it per connection; the tasks serving it inherit it).
-CONNECTION: ContextVar[trio.CancelScope | None] = ContextVar("admin_connection", default=None)
+class ConnectionGuard:
+    """One admin connection's write watchdog: it ends the connection (`scope`) and every
+    shielded send on it (`shields`) when sends are waiting and no byte reached the client
+    (`sent`, counted by the connection's stream) for `timeout` seconds."""
+
+    def __init__(self, scope: trio.CancelScope, timeout: float) -> None:
+        self.scope = scope
+        self.timeout = timeout
+        self.sent = 0
+        self.shields: set[trio.CancelScope] = set()
+
+    async def watch(self) -> None:
+        seen = -1
+        try:
+            while True:
+                await trio.sleep(self.timeout)
+                if self.shields and self.sent == seen:
+                    self.scope.cancel()
+                    return
+                seen = self.sent
+        finally:
+            # Whatever ends the watch (a stall, the connection's end, shutdown) ends the
+            # shielded sends too: nothing else can.
+            for shield in list(self.shields):
+                shield.cancel()
+
+
+#: The guard of the connection a request arrived on, when the server provides one
+#: (admin.serve sets it per connection; the tasks serving it inherit it).
+CONNECTION: ContextVar[ConnectionGuard | None] = ContextVar("admin_connection", default=None)
 
 
 def method_label(method: str) -> str:
@@ -105,14 +132,24 @@ class Edge:
             # reports, which would abandon the close half done: hence the shield. It has a
             # deadline, since a send can wait for ever on a client that reads nothing (an
             # HTTP/2 window it never opens); then the connection is ended.
+            # It is bounded by progress: the connection's guard (admin.serve) cancels it when
+            # nothing reached the client for the write timeout, so a slow but steady reader
+            # gets a whole answer. Without a guard, a plain deadline.
+            guard = CONNECTION.get(None)
             with trio.CancelScope(shield=True) as bounded:
-                bounded.deadline = trio.current_time() + self.write_timeout
-                await send(message)
+                if guard is None:
+                    bounded.deadline = trio.current_time() + self.write_timeout
+                else:
+                    guard.shields.add(bounded)
+                try:
+                    await send(message)
+                finally:
+                    if guard is not None:
+                        guard.shields.discard(bounded)
             if bounded.cancelled_caught:
                 abandoned = True
-                connection = CONNECTION.get(None)
-                if connection is not None:
-                    connection.cancel()
+                if guard is not None:
+                    guard.scope.cancel()
 
         try:
             await self._serve(scope, receive, shielded_send)

@@ -34,10 +34,13 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ASGIFramework
 from hypercorn.utils import wrap_app
 
-from admin.edge import CONNECTION
+from admin.edge import CONNECTION, ConnectionGuard
 from admin.listen import AdminLimits
 
 log = logging.getLogger("tlsgate.admin")
+
+#: Bytes a client must take within the write timeout for its answer to go on.
+PROGRESS_CHUNK = 64 * 1024
 
 #: accept() failures that mean "out of descriptors or memory for now": wait, retry.
 _TRANSIENT_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -48,11 +51,12 @@ class _TimedStream(trio.abc.HalfCloseableStream):
     gone (Hypercorn handles BrokenResourceError by closing the connection)."""
 
     def __init__(
-        self, inner: trio.abc.HalfCloseableStream, timeout: float, scope: trio.CancelScope
+        self, inner: trio.abc.HalfCloseableStream, timeout: float, guard: ConnectionGuard
     ) -> None:
         self.inner = inner
         self.timeout = timeout
-        self.scope = scope
+        self.guard = guard
+        self.scope = guard.scope
 
     def __getattr__(self, name: str) -> Any:
         # TCPServer asks for `do_handshake`, `transport_stream` and `socket` to tell TLS from
@@ -60,8 +64,17 @@ class _TimedStream(trio.abc.HalfCloseableStream):
         return getattr(self.inner, name)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        with trio.move_on_after(self.timeout):
-            await self.inner.send_all(data)
+        # The deadline is for progress, not for the whole answer: a client reading a large
+        # answer slowly but steadily gets all of it; one that reads nothing for `timeout`
+        # seconds does not. Hypercorn hands over a whole body in one call, hence the pieces.
+        view = memoryview(data)
+        for start in range(0, max(len(view), 1), PROGRESS_CHUNK):
+            with trio.move_on_after(self.timeout) as deadline:
+                await self.inner.send_all(view[start : start + PROGRESS_CHUNK])
+            if deadline.cancelled_caught:
+                break
+            self.guard.sent += len(view[start : start + PROGRESS_CHUNK])
+        else:
             return
         # The whole connection ends here, not only this write: Hypercorn's reader may be
         # parked waiting for pipelined answers to drain, and would hold the slot for ever.
@@ -85,22 +98,35 @@ class _TimedStream(trio.abc.HalfCloseableStream):
 class _TCPServer(TCPServer):
     """Hypercorn's connection, with what the accept loop needs to know and do:
 
-    - `idle`: between requests (or before the first request head is complete): such a
-      connection may be closed to make room when every slot is taken;
-    - once the client has gone, the connection is let go: upstream keeps the task (and its
-      socket) until the keep-alive timer runs out, and an HTTP/2 stream waiting for flow
-      control the client will never grant would wait for ever. After the client's end, what
-      is left gets `grace` seconds, then the connection's scope is cancelled.
+    - `evictable()`: the connection is between requests (or has not finished its first
+      request head, or its TLS handshake), or is HTTP/2 with no stream open (a stream the
+      client reset never reports itself closed to Hypercorn's idle tracking); `idle_since`
+      says since when, so the longest idle goes first when room is needed;
+    - once the client has gone, the keep-alive timer is stopped at once (upstream keeps the
+      task and its socket until it runs out). Answers still being written are bounded by the
+      write timeout, which is about progress (`_TimedStream`, `admin.edge`).
     """
 
-    def __init__(self, *args: Any, scope: trio.CancelScope, grace: float) -> None:
+    def __init__(self, *args: Any, scope: trio.CancelScope) -> None:
         super().__init__(*args)
         self.scope = scope
-        self.grace = grace
         self.idle = True
+        self.idle_since = trio.current_time()
+        self.ending = False
+
+    def evictable(self) -> bool:
+        if self.ending:
+            return False
+        if self.idle:
+            return True
+        inner = getattr(getattr(self, "protocol", None), "protocol", None)
+        streams = getattr(inner, "streams", None)
+        return isinstance(streams, dict) and not streams
 
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, Updated):
+            if event.idle and not self.idle:
+                self.idle_since = trio.current_time()
             self.idle = event.idle
         await super().protocol_send(event)
 
@@ -108,9 +134,8 @@ class _TCPServer(TCPServer):
         try:
             await super()._read_data()
         finally:
-            self.idle = False  # ending: not a candidate for eviction any more
+            self.ending = True
             await self.idle_task.stop()
-            self.scope.deadline = min(self.scope.deadline, trio.current_time() + self.grace)
 
 
 def hypercorn_config(limits: AdminLimits, log_name: str) -> Config:
@@ -153,14 +178,16 @@ async def serve_admin(
         server = None
         try:
             with trio.CancelScope() as scope:
-                # The edge ends the connection through this when a client stops reading.
-                CONNECTION.set(scope)
-                timed = _TimedStream(stream, limits.write_timeout, scope)
-                server = _TCPServer(
-                    wrapped, config, context, {}, timed, scope=scope, grace=limits.write_timeout
-                )
+                # The edge's sends are bounded by this guard's progress watch.
+                guard = ConnectionGuard(scope, limits.write_timeout)
+                CONNECTION.set(guard)
+                timed = _TimedStream(stream, limits.write_timeout, guard)
+                server = _TCPServer(wrapped, config, context, {}, timed, scope=scope)
                 live[server] = None
-                await server
+                async with trio.open_nursery() as watchdog:
+                    watchdog.start_soon(guard.watch)
+                    await server
+                    watchdog.cancel_scope.cancel()
         except Exception as exc:
             # The per-connection boundary: whatever one client makes the protocol code raise
             # (Hypercorn 0.18's HTTP/2 raises KeyError on DATA for a stream it has answered)
@@ -177,13 +204,14 @@ async def serve_admin(
 
     def evict_idle() -> None:
         """Every slot is taken and a client is waiting: close the connection idle longest
-        (between requests, or still sending its first request head). Keep-alive clients,
-        polling probes and slow senders then cannot keep a newcomer out."""
-        for server in live:
-            if server.idle:
-                server.idle = False
-                server.scope.cancel()
-                return
+        (between requests, still sending its first request head or handshake, or HTTP/2 with
+        no stream). Keep-alive clients, polling probes and slow senders then cannot keep a
+        newcomer out."""
+        candidates = [server for server in live if server.evictable()]
+        if candidates:
+            victim = min(candidates, key=lambda server: server.idle_since)
+            victim.ending = True
+            victim.scope.cancel()
 
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -396,3 +396,121 @@ async def test_idle_keep_alive_connections_make_room_for_newcomers(tmp_path: Pat
         finally:
             for stream in holders:
                 await stream.aclose()
+
+
+async def _big_answer(http: httpx.AsyncClient, count: int = 6) -> None:
+    """ConfigMaps whose list is ~0.9 MB each: an answer far larger than a socket buffer."""
+    for i in range(count):
+        blob = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": f"blob{i}", "namespace": "apps"},
+            "data": {"blob": "x" * 900_000},
+        }
+        assert (await http.post("/v1/configmaps", json=blob)).status_code == 201
+
+
+async def test_a_slow_but_steady_reader_gets_the_whole_answer(tmp_path: Path) -> None:
+    """The write timeout is about progress: a reader taking seconds for a 5.4 MB answer, in
+    steps well inside the 0.5 s timeout, gets all of it, over HTTP/1.1 and HTTP/2."""
+    limits = AdminLimits(write_timeout=0.5)
+    async with admin_gateway(None, admin_limits=limits) as (_, url):
+        async with httpx.AsyncClient(base_url=url) as http:
+            await _big_answer(http)
+            expected = len((await http.get("/v1/configmaps")).content)
+        port = int(url.rsplit(":", 1)[1])
+        # HTTP/1.1, a small window, 16 KiB window, a read every 10 ms.
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.connect(("127.0.0.1", port))
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        async with stream:
+            await stream.send_all(b"GET /v1/configmaps HTTP/1.1\r\nHost: a\r\n\r\n")
+            received = bytearray()
+            with trio.fail_after(30):
+                while (
+                    b"\r\n\r\n" not in received
+                    or len(received.partition(b"\r\n\r\n")[2]) < expected
+                ):
+                    chunk = await stream.receive_some(65536)
+                    assert chunk, f"cut after {len(received)} bytes"
+                    received += chunk
+                    await trio.sleep(0.01)  # pacing the reader, not synchronisation
+        # HTTP/2: the window is opened as data is read, every 10 ms.
+        h2_sock, conn = _h2_connect(port, window=65535)
+        try:
+            conn.send_headers(
+                1, [*_H2_GET[:1], (":path", "/v1/configmaps"), *_H2_GET[2:]], end_stream=True
+            )
+            h2_sock.sendall(conn.data_to_send())
+            h2_sock.setblocking(False)
+            body = 0
+            ended = False
+            with trio.fail_after(30):
+                while not ended:
+                    await trio.lowlevel.wait_readable(h2_sock)
+                    data = h2_sock.recv(65536)
+                    assert data, f"cut after {body} bytes"
+                    for event in conn.receive_data(data):
+                        name = type(event).__name__
+                        if name == "DataReceived":
+                            body += len(event.data)
+                            conn.acknowledge_received_data(event.flow_controlled_length, 1)
+                        ended = ended or name == "StreamEnded"
+                        assert name != "StreamReset"
+                    h2_sock.sendall(conn.data_to_send())
+                    await trio.sleep(0.01)  # pacing the reader
+            assert body == expected
+        finally:
+            h2_sock.close()
+
+
+async def test_http2_connections_whose_streams_were_reset_can_be_evicted(tmp_path: Path) -> None:
+    """A client that opens a stream and resets it leaves an HTTP/2 connection with no stream:
+    it must count as idle, or such connections hold every slot until the read timeout."""
+    limits = AdminLimits(max_connections=2, keep_alive_timeout=60)
+    async with admin_gateway(None, admin_limits=limits) as (server, url):
+        port = int(url.rsplit(":", 1)[1])
+        held = []
+        try:
+            for _ in range(2):
+                sock, conn = _h2_connect(port)
+                post = [(":method", "POST"), *_H2_GET[1:], ("content-type", "application/json")]
+                conn.send_headers(1, post)
+                conn.send_data(1, b"[")  # a body begun, never finished...
+                sock.sendall(conn.data_to_send())
+                # ...the request is in the app (its body being read: the edge holds it)...
+                await wait_until(lambda: server.admin_edge.buffered == 1)
+                conn.reset_stream(1)  # ...and the stream reset: the app lets it go
+                sock.sendall(conn.data_to_send())
+                await wait_until(lambda: server.admin_edge.buffered == 0)
+                held.append(sock)
+            async with httpx.AsyncClient(base_url=url) as http:
+                for _ in range(3):
+                    with trio.fail_after(5):
+                        assert (await http.get("/healthz")).status_code == 200
+        finally:
+            for sock in held:
+                sock.close()
+
+
+async def test_eviction_takes_the_longest_idle_connection(tmp_path: Path) -> None:
+    """An honest keep-alive client between two requests is not the one closed for a newcomer
+    when an older connection has been idle longer (one that never sent a request)."""
+    limits = AdminLimits(max_connections=2, keep_alive_timeout=60)
+    async with admin_gateway(None, admin_limits=limits) as (_, url):
+        port = int(url.rsplit(":", 1)[1])
+        honest = await trio.open_tcp_stream("127.0.0.1", port)  # accepted first
+        squatter = await trio.open_tcp_stream("127.0.0.1", port)
+        buffer = bytearray()
+        async with honest, squatter:
+            await trio.sleep(0.1)  # let the squatter be idle for a while, never requesting
+            for _ in range(2):
+                with trio.fail_after(5):
+                    await honest.send_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+                    assert (await _response(honest, buffer))[0] == 200
+                async with httpx.AsyncClient(base_url=url) as newcomer:
+                    with trio.fail_after(5):
+                        assert (await newcomer.get("/healthz")).status_code == 200
+            with trio.fail_after(5):
+                assert await squatter.receive_some(10) == b""  # the squatter was closed
