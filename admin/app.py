@@ -19,16 +19,16 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from admin.status import ApiError
-from gateway.admission import Cause
-from gateway.control import BadRequest, Control, NotFound, Outcome
-from gateway.convert import CONVERTER, Invalid, structure_document, unstructure_document
-from gateway.kinds import BY_PLURAL, Document, KindInfo, ObjectKey, key_of
-from gateway.manifests import ManifestError, flatten, load_json, parse_documents
+from admin.errors import ApiError
+from gateway.api.admission import Cause
+from gateway.api.convert import CONVERTER, Invalid, structure_document, unstructure_document
+from gateway.api.kinds import BY_PLURAL, Document, KindInfo, ObjectKey, key_of
+from gateway.api.manifests import ManifestError, flatten, load_json, parse_documents
 from gateway.metrics import Metrics
-from gateway.routing import Snapshot, explain, table_to_wire
-from gateway.store import StoreUnavailable
-from gateway.writes import Action, Conflict
+from gateway.routing.snapshot import Snapshot, explain, table_to_wire
+from gateway.store.plan import Action, Conflict
+from gateway.store.sqlite import StoreUnavailable
+from gateway.store.writes import BadRequest, Control, NotFound, Outcome
 
 JSON_TYPES = {"application/json"}
 YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"}

@@ -27,7 +27,7 @@ from typing import Any
 
 import trio
 
-from admin.status import ApiError
+from admin.errors import ApiError
 from gateway.metrics import Metrics
 
 Scope = MutableMapping[str, Any]

@@ -11,7 +11,7 @@ import ssl
 
 import attrs
 
-from gateway.sockets import listening_socket
+from gateway.dataplane.sockets import listening_socket
 
 
 class AdminTLSError(Exception):

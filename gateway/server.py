@@ -23,16 +23,16 @@ import trio
 
 from admin.listen import AdminLimits, AdminTLSError, admin_tls_context
 from admin.listen import bind as bind_admin
-from gateway.control import Control
-from gateway.convert import Invalid, structure_document
-from gateway.kinds import Document, ObjectKey, key_of
-from gateway.manifests import parse_documents
+from gateway.api.convert import Invalid, structure_document
+from gateway.api.kinds import Document, ObjectKey, key_of
+from gateway.api.manifests import parse_documents
+from gateway.dataplane.proxy import Proxy, ProxyConfig
+from gateway.dataplane.relay import PipePool
+from gateway.dataplane.sockets import listening_socket
 from gateway.metrics import Metrics
-from gateway.proxy import Proxy, ProxyConfig
-from gateway.relay import PipePool
-from gateway.sockets import listening_socket
-from gateway.state import State
-from gateway.store import Store
+from gateway.store.sqlite import Store
+from gateway.store.state import State
+from gateway.store.writes import Control
 
 log = logging.getLogger(__name__)
 

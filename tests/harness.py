@@ -18,9 +18,9 @@ import attrs
 import trio
 import trustme
 
-from gateway.proxy import ProxyConfig
+from gateway.dataplane.proxy import ProxyConfig
 from gateway.server import ServeConfig, Server
-from gateway.state import State
+from gateway.store.state import State
 
 from .helpers import GATEWAY_CLASS, World
 from .linebackend import LineBackend

@@ -8,16 +8,16 @@ from typing import Any
 
 import yaml
 
-from gateway import metadata
-from gateway.convert import structure_document
-from gateway.kinds import Document, ObjectKey, key_of
-from gateway.manifests import parse_documents
-from gateway.resources import Resources
-from gateway.routing import Snapshot
-from gateway.runtime import Runtime
-from gateway.status import Condition, GatewayClassStatus, GatewayStatus, RouteStatus, Status
-from gateway.tls import load_facts
-from gateway.translate import translate
+from gateway.api.convert import structure_document
+from gateway.api.kinds import Document, ObjectKey, key_of
+from gateway.api.manifests import parse_documents
+from gateway.api.status import Condition, GatewayClassStatus, GatewayStatus, RouteStatus, Status
+from gateway.dataplane.tls import load_facts
+from gateway.routing.snapshot import Snapshot
+from gateway.store import metadata
+from gateway.translate.build import translate
+from gateway.translate.facts import Runtime
+from gateway.translate.resources import Resources
 
 NOW = "2026-01-01T00:00:00Z"
 

@@ -14,8 +14,8 @@ import pytest
 import trio
 
 from admin.app import create_app
-from gateway.control import Control
-from gateway.state import State
+from gateway.store.state import State
+from gateway.store.writes import Control
 
 from .harness import admin_gateway, free_port, gateway_yaml, route_yaml, service_yaml
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.convert import Invalid, structure_document
+from gateway.api.convert import Invalid, structure_document
 
 from .helpers import with_changes
 

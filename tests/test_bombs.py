@@ -12,10 +12,10 @@ import httpx
 import pytest
 import yaml
 
-from gateway import manifests
-from gateway.admission import show_value
-from gateway.convert import Invalid, structure_document
-from gateway.manifests import MAX_DEPTH, ManifestError, load_json, parse_documents
+from gateway.api import manifests
+from gateway.api.admission import show_value
+from gateway.api.convert import Invalid, structure_document
+from gateway.api.manifests import MAX_DEPTH, ManifestError, load_json, parse_documents
 
 from .harness import free_port, wait_serving
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.clienthello import (
+from gateway.dataplane.clienthello import (
     MAX_HELLO_RECORDS,
     ClientHello,
     ClientHelloError,

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import corev1
-from gateway.convert import Invalid, structure_document, unstructure_document
-from gateway.manifests import ManifestError, parse_documents
-from gateway.model import TLSRoute
+from gateway.api import corev1
+from gateway.api.convert import Invalid, structure_document, unstructure_document
+from gateway.api.manifests import ManifestError, parse_documents
+from gateway.api.model import TLSRoute
 
 labels = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
 dns_names = st.lists(labels, min_size=1, max_size=4).map(".".join)

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from gateway.clienthello import MAX_HELLO_RECORDS
-from gateway.proxy import Connection
+from gateway.dataplane.clienthello import MAX_HELLO_RECORDS
+from gateway.dataplane.proxy import Connection
 
 from .harness import Pki, backends, db_route, free_port, running_gateway, tls_client
 from .test_clienthello import hello_with_extensions, padded_hello, records, sni_extension

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.hostnames import intersect, matches, normalize_sni, specificity, wildcard_suffixes
+from gateway.routing.hostnames import (
+    intersect,
+    matches,
+    normalize_sni,
+    specificity,
+    wildcard_suffixes,
+)
 
 
 @pytest.mark.parametrize(

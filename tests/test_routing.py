@@ -6,7 +6,7 @@ import collections
 
 import pytest
 
-from gateway.routing import Backend, Rejected, RejectReason, Routed, RouteTarget, Snapshot
+from gateway.routing.snapshot import Backend, Rejected, RejectReason, Routed, RouteTarget, Snapshot
 
 from .helpers import GATEWAY_CLASS, snapshot_of
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from gateway.kinds import ObjectKey
-from gateway.status import GatewayStatus
+from gateway.api.kinds import ObjectKey
+from gateway.api.status import GatewayStatus
 
 from .harness import (
     Pki,

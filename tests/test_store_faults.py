@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.store import Store, StoreError
+from gateway.store.sqlite import Store, StoreError
 
 from .harness import admin_gateway
 from .test_admin import assert_status

@@ -11,8 +11,8 @@ import pytest
 import trio
 import trustme
 
-from gateway.kinds import ObjectKey
-from gateway.status import GatewayStatus
+from gateway.api.kinds import ObjectKey
+from gateway.api.status import GatewayStatus
 
 from .harness import (
     Pki,

@@ -7,9 +7,9 @@ import ssl
 
 import trustme
 
-from gateway import corev1
-from gateway.model import ObjectMeta
-from gateway.tls import check_ca_bundle, check_secret, server_context
+from gateway.api import corev1
+from gateway.api.model import ObjectMeta
+from gateway.dataplane.tls import check_ca_bundle, check_secret, server_context
 
 
 def _secret(crt: bytes, key: bytes) -> corev1.Secret:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.kinds import ObjectKey
-from gateway.routing import Routed
-from gateway.status import GatewayClassStatus, GatewayStatus, RouteStatus
+from gateway.api.kinds import ObjectKey
+from gateway.api.status import GatewayClassStatus, GatewayStatus, RouteStatus
+from gateway.routing.snapshot import Routed
 
 from .helpers import GATEWAY_CLASS, World, conditions, reasons, snapshot_of
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.__main__ import main
+from gateway.cli.main import main
 
 from .helpers import NOW
 

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from gateway.kinds import ObjectKey
+from gateway.api.kinds import ObjectKey
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (

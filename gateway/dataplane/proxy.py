@@ -24,13 +24,28 @@ from typing import Any
 import attrs
 import trio
 
-from gateway.clienthello import MAX_HELLO_BYTES, ClientHelloError, ClientHelloParser
-from gateway.kinds import Document, ObjectKey
+from gateway.api.kinds import Document, ObjectKey
+from gateway.dataplane.clienthello import MAX_HELLO_BYTES, ClientHelloError, ClientHelloParser
+from gateway.dataplane.relay import (
+    SPLICE_AVAILABLE,
+    End,
+    PipePool,
+    PlainEnd,
+    Transfer,
+    relay,
+    relay_ends,
+)
+from gateway.dataplane.tls import ContextRegistry, choose_certificate, subject_alt_names_match
+from gateway.dataplane.tlsstream import TlsConnection, TlsError
 from gateway.metrics import Metrics
-from gateway.relay import SPLICE_AVAILABLE, End, PipePool, PlainEnd, Transfer, relay, relay_ends
-from gateway.routing import Backend, BackendTLS, Endpoint, ListenerTable, Rejected, Snapshot
-from gateway.tls import ContextRegistry, choose_certificate, subject_alt_names_match
-from gateway.tlsstream import TlsConnection, TlsError
+from gateway.routing.snapshot import (
+    Backend,
+    BackendTLS,
+    Endpoint,
+    ListenerTable,
+    Rejected,
+    Snapshot,
+)
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("tlsgate.access")

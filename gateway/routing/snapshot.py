@@ -16,9 +16,9 @@ from typing import Any
 
 from attrs import field, frozen
 
-from gateway.hostnames import normalize_sni, wildcard_suffixes
-from gateway.kinds import ObjectKey
-from gateway.status import Status
+from gateway.api.kinds import ObjectKey
+from gateway.api.status import Status
+from gateway.routing.hostnames import normalize_sni, wildcard_suffixes
 
 
 @frozen

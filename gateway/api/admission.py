@@ -19,7 +19,7 @@ from typing import Final
 
 from attrs import frozen
 
-from gateway import corev1, model
+from gateway.api import corev1, model
 
 
 @frozen

@@ -12,12 +12,13 @@ import ipaddress
 
 from attrs import define, field
 
-from gateway import GATEWAY_GROUP, model
-from gateway.references import Fault, check_reference
-from gateway.resources import NamespacedName, Resources
-from gateway.routing import FrontendValidation
-from gateway.runtime import Runtime
-from gateway.status import ConditionType, Draft, Reason, resolved_refs
+from gateway import GATEWAY_GROUP
+from gateway.api import model
+from gateway.api.status import ConditionType, Draft, Reason, resolved_refs
+from gateway.routing.snapshot import FrontendValidation
+from gateway.translate.facts import Runtime
+from gateway.translate.references import Fault, check_reference
+from gateway.translate.resources import NamespacedName, Resources
 
 TLS_ROUTE_KIND = model.RouteGroupKind(group=GATEWAY_GROUP, kind="TLSRoute")
 

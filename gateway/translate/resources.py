@@ -12,9 +12,9 @@ from typing import TypeVar
 
 from attrs import field, frozen
 
-from gateway import corev1, model
-from gateway.convert import NAMESPACE_NAME_LABEL
-from gateway.kinds import Document
+from gateway.api import corev1, model
+from gateway.api.convert import NAMESPACE_NAME_LABEL
+from gateway.api.kinds import Document
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import attrs
 
-from gateway.convert import unstructure_document
-from gateway.kinds import Document
+from gateway.api.convert import unstructure_document
+from gateway.api.kinds import Document
 
 
 def content(doc: Document) -> dict[str, Any]:

@@ -16,12 +16,12 @@ from typing import Any
 import attrs
 import trio
 
-from gateway.convert import structure_document, unstructure_document
-from gateway.kinds import Document, ObjectKey, key_of
-from gateway.routing import Snapshot
-from gateway.state import State, utc_now
-from gateway.store import Store
-from gateway.writes import Action, Change, Conflict, merge_patch, plan
+from gateway.api.convert import structure_document, unstructure_document
+from gateway.api.kinds import Document, ObjectKey, key_of
+from gateway.routing.snapshot import Snapshot
+from gateway.store.plan import Action, Change, Conflict, merge_patch, plan
+from gateway.store.sqlite import Store
+from gateway.store.state import State, utc_now
 
 
 class NotFound(Exception):

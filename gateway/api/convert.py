@@ -26,10 +26,10 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
-from gateway import corev1
-from gateway.admission import Cause, admit, show_value
-from gateway.kinds import BY_KIND, CONVERTED_TO_STORED, Document
-from gateway.model import ObjectMeta
+from gateway.api import corev1
+from gateway.api.admission import Cause, admit, show_value
+from gateway.api.kinds import BY_KIND, CONVERTED_TO_STORED, Document
+from gateway.api.model import ObjectMeta
 
 NAMESPACE_NAME_LABEL: Final = "kubernetes.io/metadata.name"
 DEFAULT_NAMESPACE: Final = "default"

@@ -12,7 +12,7 @@ from typing import Any
 
 from attrs import frozen
 
-from gateway.model import ParentReference, RouteGroupKind
+from gateway.api.model import ParentReference, RouteGroupKind
 
 
 class ConditionType(StrEnum):

@@ -20,15 +20,10 @@ import ipaddress
 
 from attrs import define, field
 
-from gateway import CONTROLLER_NAME, GATEWAY_GROUP, hostnames, model
-from gateway.backends import resolve_backends
-from gateway.kinds import ObjectKey
-from gateway.listeners import TLS_ROUTE_KIND, GatewayState, ListenerState, evaluate_gateway
-from gateway.policies import PolicyResult, Target, evaluate_policies
-from gateway.resources import NamespacedName, Resources, selector_matches
-from gateway.routing import Backend, BackendTLS, Bind, ListenerTable, RouteTarget, Snapshot
-from gateway.runtime import Runtime
-from gateway.status import (
+from gateway import CONTROLLER_NAME, GATEWAY_GROUP
+from gateway.api import model
+from gateway.api.kinds import ObjectKey
+from gateway.api.status import (
     ConditionType,
     Draft,
     GatewayClassStatus,
@@ -44,6 +39,18 @@ from gateway.status import (
     SupportedFeature,
     stamp,
 )
+from gateway.routing import hostnames
+from gateway.routing.snapshot import Backend, BackendTLS, Bind, ListenerTable, RouteTarget, Snapshot
+from gateway.translate.backends import resolve_backends
+from gateway.translate.facts import Runtime
+from gateway.translate.listeners import (
+    TLS_ROUTE_KIND,
+    GatewayState,
+    ListenerState,
+    evaluate_gateway,
+)
+from gateway.translate.policies import PolicyResult, Target, evaluate_policies
+from gateway.translate.resources import NamespacedName, Resources, selector_matches
 
 #: SPEC.md §13, sorted as the spec asks for `status.supportedFeatures`.
 SUPPORTED_FEATURES = (

@@ -16,9 +16,10 @@ from typing import Any
 import attrs
 from attrs import frozen
 
-from gateway import corev1, metadata
-from gateway.convert import PRIVATE_KEYS, unstructure_document
-from gateway.kinds import Document, ObjectKey, key_of
+from gateway.api import corev1
+from gateway.api.convert import PRIVATE_KEYS, unstructure_document
+from gateway.api.kinds import Document, ObjectKey, key_of
+from gateway.store import metadata
 
 
 class Action(enum.StrEnum):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.admission import Cause
+from gateway.api.admission import Cause
 
 REASONS = {
     400: "BadRequest",

@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from gateway.kinds import KINDS, KindInfo
-from gateway.sockets import is_loopback
+from gateway.api.kinds import KINDS, KindInfo
+from gateway.dataplane.sockets import is_loopback
 
 SHORT_NAMES = {
     "gwc": "GatewayClass",

@@ -14,12 +14,12 @@ from collections.abc import Mapping
 
 from attrs import frozen
 
-from gateway import model
-from gateway.references import Fault, check_reference
-from gateway.resources import NamespacedName, Resources
-from gateway.routing import BackendTLS
-from gateway.runtime import Runtime
-from gateway.status import ConditionType, Draft, Reason, resolved_refs
+from gateway.api import model
+from gateway.api.status import ConditionType, Draft, Reason, resolved_refs
+from gateway.routing.snapshot import BackendTLS
+from gateway.translate.facts import Runtime
+from gateway.translate.references import Fault, check_reference
+from gateway.translate.resources import NamespacedName, Resources
 
 #: (namespace, Service name, Service port name or None for every port)
 Target = tuple[str, str, str | None]

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 
 from attrs import Factory, frozen
 
-from gateway.kinds import ObjectKey
-from gateway.status import Status
+from gateway.api.kinds import ObjectKey
+from gateway.api.status import Status
 
 NamespacedName = tuple[str, str]
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 
-from gateway import GATEWAY_GROUP, corev1, model
-from gateway.policies import Target, policy_for
-from gateway.resources import NamespacedName, Resources
-from gateway.routing import Backend, BackendTLS, Endpoint
-from gateway.status import Draft, Reason, resolved_refs
+from gateway import GATEWAY_GROUP
+from gateway.api import corev1, model
+from gateway.api.status import Draft, Reason, resolved_refs
+from gateway.routing.snapshot import Backend, BackendTLS, Endpoint
+from gateway.translate.policies import Target, policy_for
+from gateway.translate.resources import NamespacedName, Resources
 
 
 def resolve_backends(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from attrs import frozen
 
-from gateway.model import ObjectMeta
+from gateway.api.model import ObjectMeta
 
 
 @frozen(kw_only=True)

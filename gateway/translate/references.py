@@ -13,8 +13,8 @@ import enum
 from attrs import frozen
 
 from gateway import GATEWAY_GROUP
-from gateway.resources import NamespacedName, Resources
-from gateway.runtime import Runtime
+from gateway.translate.facts import Runtime
+from gateway.translate.resources import NamespacedName, Resources
 
 
 class Fault(enum.Enum):

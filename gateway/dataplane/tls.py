@@ -18,12 +18,12 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from attrs import frozen as attrs_frozen
 
-from gateway import corev1
-from gateway.convert import secret_bytes
-from gateway.kinds import Document, ObjectKey
-from gateway.resources import Resources
-from gateway.routing import BackendTLS, ListenerTable
-from gateway.runtime import LoadResult, NamespacedName
+from gateway.api import corev1
+from gateway.api.convert import secret_bytes
+from gateway.api.kinds import Document, ObjectKey
+from gateway.routing.snapshot import BackendTLS, ListenerTable
+from gateway.translate.facts import LoadResult, NamespacedName
+from gateway.translate.resources import Resources
 
 TLS_CERT_KEY = "tls.crt"
 TLS_PRIVATE_KEY = "tls.key"

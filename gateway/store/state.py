@@ -14,13 +14,13 @@ from datetime import UTC, datetime
 
 import trio
 
-from gateway.kinds import Document, ObjectKey, key_of
-from gateway.resources import Resources
-from gateway.routing import Snapshot
-from gateway.runtime import Runtime
-from gateway.status import Status, accepted_counts
-from gateway.tls import load_facts
-from gateway.translate import translate
+from gateway.api.kinds import Document, ObjectKey, key_of
+from gateway.api.status import Status, accepted_counts
+from gateway.dataplane.tls import load_facts
+from gateway.routing.snapshot import Snapshot
+from gateway.translate.build import translate
+from gateway.translate.facts import Runtime
+from gateway.translate.resources import Resources
 
 log = logging.getLogger(__name__)
 

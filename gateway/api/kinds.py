@@ -10,8 +10,8 @@ from typing import Final
 from attrs import frozen
 
 from gateway import GATEWAY_GROUP
-from gateway.corev1 import ConfigMap, EndpointSlice, Namespace, Secret, Service
-from gateway.model import (
+from gateway.api.corev1 import ConfigMap, EndpointSlice, Namespace, Secret, Service
+from gateway.api.model import (
     BackendTLSPolicy,
     Gateway,
     GatewayClass,
