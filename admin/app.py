@@ -1,4 +1,4 @@
-"""The admin HTTP API (API.md): a Quart-Trio app with thin views over `Control`.
+"""The admin HTTP API (API.md): a Quart-Trio app with thin views over `WritePath`.
 
 HTTP edge. Every view is `async def`: Quart-Trio runs plain `def` views on a worker thread,
 which would break the atomic swap (ARCHITECTURE.md). Errors are Kubernetes `Status` bodies.
@@ -25,10 +25,11 @@ from gateway.api.convert import CONVERTER, Invalid, structure_document, unstruct
 from gateway.api.kinds import BY_PLURAL, Document, KindInfo, ObjectKey, key_of
 from gateway.api.manifests import ManifestError, flatten, load_json, parse_documents
 from gateway.metrics import Metrics
-from gateway.routing.snapshot import Snapshot, explain, table_to_wire
+from gateway.routing.explain import explain, table_to_wire
+from gateway.routing.snapshot import Snapshot
 from gateway.store.plan import Action, Conflict
 from gateway.store.sqlite import StoreUnavailable
-from gateway.store.writes import BadRequest, Control, NotFound, Outcome
+from gateway.store.writes import BadRequest, NotFound, Outcome, WritePath
 
 JSON_TYPES = {"application/json"}
 YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"}
@@ -39,7 +40,7 @@ OPEN_PATHS = {"/healthz", "/readyz", "/metrics"}
 
 
 def create_app(
-    control: Control,
+    control: WritePath,
     *,
     body_limit: int = 4 * 1024 * 1024,
     ready: Callable[[], str | None] = lambda: None,
@@ -429,5 +430,5 @@ def _with_status(doc: Document, snapshot: Snapshot) -> dict[str, Any]:
     return wire
 
 
-def _revision(control: Control) -> str:
+def _revision(control: WritePath) -> str:
     return str(control.store.revision if control.store else control.state.generation)

@@ -23,16 +23,14 @@ import trio
 
 from admin.listen import AdminLimits, AdminTLSError, admin_tls_context
 from admin.listen import bind as bind_admin
-from gateway.api.convert import Invalid, structure_document
-from gateway.api.kinds import Document, ObjectKey, key_of
-from gateway.api.manifests import parse_documents
+from gateway.api.kinds import Document
 from gateway.dataplane.proxy import Proxy, ProxyConfig
 from gateway.dataplane.relay import PipePool
 from gateway.dataplane.sockets import listening_socket
 from gateway.metrics import Metrics
 from gateway.store.sqlite import Store
 from gateway.store.state import State
-from gateway.store.writes import Control
+from gateway.store.writes import WritePath
 
 log = logging.getLogger(__name__)
 
@@ -47,38 +45,6 @@ BIND_RETRY_SECONDS = 5.0
 class StartError(Exception):
     """The gateway cannot start (an address in use, an unreadable certificate): one line for
     the operator, no traceback."""
-
-
-class BootstrapError(Exception):
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(problems))
-
-
-def load_bootstrap(paths: Sequence[str]) -> list[Document]:
-    """Admit every document of the bootstrap files, all or nothing: a typo must stop the start
-    rather than leave a partial configuration running. Metadata is assigned when they are
-    applied (`Control.apply`), as for any write."""
-    admitted: dict[ObjectKey, Document] = {}
-    problems: list[str] = []
-    for path in paths:
-        try:
-            with open(path, encoding="utf-8") as handle:
-                raw_documents = parse_documents(handle.read())
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            problems.append(f"{path}: {exc}")
-            continue
-        for index, raw in enumerate(raw_documents):
-            try:
-                doc = structure_document(raw)
-            except Invalid as exc:
-                problems.append(f"{path} document {index + 1}: {exc.message}")
-                continue
-            admitted.pop(key_of(doc), None)  # a later document replaces an earlier one
-            admitted[key_of(doc)] = doc
-    if problems:
-        raise BootstrapError(problems)
-    return list(admitted.values())
 
 
 def connection_limit(reserve_pipes: int, admin_connections: int = 0) -> int:
@@ -231,7 +197,7 @@ class Server:
         self.config = config
         self.state = state or State(bind_address=config.bind_address)
         self.store = Store(config.state_dir) if config.state_dir else None
-        self.control = Control(self.state, self.store)
+        self.control = WritePath(self.state, self.store)
         self.bootstrap = list(bootstrap)
         self.metrics = Metrics()
         self.metrics.snapshot_generation.set_function(lambda: self.state.generation)
@@ -240,7 +206,6 @@ class Server:
             lambda: self.state.snapshot,
             config.proxy,
             PipePool() if config.proxy.splice else None,
-            documents=lambda: self.state.documents,
             metrics=self.metrics,
         )
         self.limit = config.max_connections or connection_limit(

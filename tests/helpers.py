@@ -12,12 +12,9 @@ from gateway.api.convert import structure_document
 from gateway.api.kinds import Document, ObjectKey, key_of
 from gateway.api.manifests import parse_documents
 from gateway.api.status import Condition, GatewayClassStatus, GatewayStatus, RouteStatus, Status
-from gateway.dataplane.tls import load_facts
 from gateway.routing.snapshot import Snapshot
 from gateway.store import metadata
-from gateway.translate.build import translate
-from gateway.translate.facts import Runtime
-from gateway.translate.resources import Resources
+from gateway.store.facts import compile_snapshot
 
 NOW = "2026-01-01T00:00:00Z"
 
@@ -63,15 +60,13 @@ class World:
 
     def build(self, **runtime: Any) -> Snapshot:
         self.clock += 1
-        resources = Resources.of(self.docs.values())
-        secrets, bundles = load_facts(resources)
         previous = self.snapshot.statuses if self.snapshot is not None else {}
-        self.snapshot = translate(
-            resources,
-            Runtime(
-                now=self.now(), secrets=secrets, ca_bundles=bundles, previous=previous, **runtime
-            ),
+        self.snapshot = compile_snapshot(
+            self.docs.values(),
+            now=self.now(),
             generation=self.version,
+            previous=previous,
+            **runtime,
         )
         return self.snapshot
 

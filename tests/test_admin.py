@@ -15,7 +15,7 @@ import trio
 
 from admin.app import create_app
 from gateway.store.state import State
-from gateway.store.writes import Control
+from gateway.store.writes import WritePath
 
 from .harness import admin_gateway, free_port, gateway_yaml, route_yaml, service_yaml
 
@@ -161,7 +161,7 @@ async def test_crud_of_one_document_and_its_errors(tmp_path: Path) -> None:
 async def test_error_codes(
     method: str, path: str, headers: dict[str, str], body: bytes | None, code: int, reason: str
 ) -> None:
-    app = create_app(Control(State(), None))
+    app = create_app(WritePath(State(), None))
     client = app.test_client()
     response = await client.open(path, method=method, headers=headers, data=body)  # type: ignore[call-arg]
     assert response.status_code == code, await response.get_data()
@@ -170,7 +170,7 @@ async def test_error_codes(
 
 
 async def test_invalid_document_reports_every_cause_with_wire_paths() -> None:
-    app = create_app(Control(State(), None))
+    app = create_app(WritePath(State(), None))
     bad = route()
     bad["spec"]["hostnames"] = ["10.0.0.1", "*.ok.example.com"]
     del bad["spec"]["rules"][0]["backendRefs"][0]["port"]

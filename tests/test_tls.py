@@ -9,7 +9,8 @@ import trustme
 
 from gateway.api import corev1
 from gateway.api.model import ObjectMeta
-from gateway.dataplane.tls import check_ca_bundle, check_secret, server_context
+from gateway.dataplane.tls import server_context
+from gateway.store.facts import check_ca_bundle, check_secret
 
 
 def _secret(crt: bytes, key: bytes) -> corev1.Secret:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Union, get_args, get_origin
 
 import attrs
@@ -28,8 +28,9 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 
 from gateway.api import corev1
 from gateway.api.admission import Cause, admit, show_value
-from gateway.api.kinds import BY_KIND, CONVERTED_TO_STORED, Document
+from gateway.api.kinds import BY_KIND, CONVERTED_TO_STORED, Document, ObjectKey, key_of
 from gateway.api.model import ObjectMeta
+from gateway.api.status import Status
 
 NAMESPACE_NAME_LABEL: Final = "kubernetes.io/metadata.name"
 DEFAULT_NAMESPACE: Final = "default"
@@ -376,3 +377,13 @@ def secret_bytes(secret: corev1.Secret, key: str) -> bytes | None:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         return None
+
+
+def with_status(doc: Document, statuses: Mapping[ObjectKey, Status]) -> dict[str, Any]:
+    """A document's wire form with the status the last build computed for it, if any: what
+    every read of the admin API and `tlsgate translate` show."""
+    wire = unstructure_document(doc)
+    status = statuses.get(key_of(doc))
+    if status is not None:
+        wire["status"] = CONVERTER.unstructure(status)
+    return wire

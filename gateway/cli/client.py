@@ -6,6 +6,7 @@ printed as the Status message with its field causes, and the exit code is 1.
 
 from __future__ import annotations
 
+import argparse
 import json
 import ssl
 import sys
@@ -18,6 +19,8 @@ from typing import Any
 import yaml
 
 from gateway.api.kinds import KINDS, KindInfo
+from gateway.api.names import RFC3339
+from gateway.cli.files import read_text
 from gateway.dataplane.sockets import is_loopback
 
 SHORT_NAMES = {
@@ -205,7 +208,7 @@ def _age(timestamp: str | None) -> str:
     if not timestamp:
         return "-"
     try:
-        then = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        then = datetime.strptime(timestamp, RFC3339).replace(tzinfo=UTC)
     except ValueError:
         return "-"
     seconds = int((datetime.now(UTC) - then).total_seconds())
@@ -271,3 +274,30 @@ def _table(info: KindInfo, items: list[dict[str, Any]]) -> None:
     print("   ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in rows:
         print("   ".join(v.ljust(w) for (_, v), w in zip(row, widths, strict=True)).rstrip())
+
+
+def run_client(args: argparse.Namespace) -> int:
+    try:
+        admin = AdminClient(
+            args.server, args.token, cacert=args.cacert, cert=args.cert, key=args.key
+        )
+        if args.command == "apply":
+            texts = []
+            for path in args.file:
+                try:
+                    texts.append(read_text(path))
+                except (OSError, UnicodeDecodeError) as exc:
+                    raise ClientError(f"{path}: {exc}") from None
+            apply(admin, texts, args.output)
+        elif args.command == "get":
+            get(admin, args.kind, args.name, args.namespace, args.output)
+        elif args.command == "delete":
+            delete(admin, args.kind, args.name, args.namespace)
+        else:
+            explain(admin, args.port, args.sni, args.address, args.output)
+    except ClientError as exc:
+        print(f"error: {exc.lines[0]}", file=sys.stderr)
+        for line in exc.lines[1:]:
+            print(line, file=sys.stderr)
+        return 1
+    return 0

@@ -18,13 +18,12 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 import trio
 
-from gateway.api.kinds import Document, ObjectKey
 from gateway.dataplane.clienthello import MAX_HELLO_BYTES, ClientHelloError, ClientHelloParser
 from gateway.dataplane.relay import (
     SPLICE_AVAILABLE,
@@ -147,12 +146,10 @@ class Proxy:
         snapshot: Callable[[], Snapshot],
         config: ProxyConfig,
         pool: PipePool | None = None,
-        documents: Callable[[], Mapping[ObjectKey, Document]] = dict,
         metrics: Metrics | None = None,
     ) -> None:
         self._snapshot = snapshot
         self.metrics = metrics or Metrics()
-        self._documents = documents
         self.contexts = ContextRegistry()
         self.config = config
         self._rng = random.Random(config.seed)
@@ -218,8 +215,8 @@ class Proxy:
         hello_bytes = await self._read_hello(client, conn)
         if hello_bytes is None:
             return
-        # One read of the table (and the documents it was built from) for the connection's life.
-        snapshot, documents = self._snapshot(), self._documents()
+        # One read of the table for the connection's life: it holds all the connection needs.
+        snapshot = self._snapshot()
         decision = snapshot.lookup(conn.bind[0], conn.bind[1], conn.sni)
         if isinstance(decision, Rejected):
             if decision.listener is not None:
@@ -243,7 +240,7 @@ class Proxy:
             with upstream:
                 await self._relay(client, upstream, hello_bytes, conn)
             return
-        await self._terminate(client, hello_bytes, conn, snapshot, documents, listener, backend)
+        await self._terminate(client, hello_bytes, conn, snapshot, listener, backend)
 
     async def _terminate(
         self,
@@ -251,14 +248,13 @@ class Proxy:
         hello_bytes: bytes,
         conn: Connection,
         snapshot: Snapshot,
-        documents: Mapping[ObjectKey, Document],
         listener: ListenerTable,
         backend: Backend,
     ) -> None:
         """Terminate mode (SPEC.md §10.6): finish the handshake by replaying the hello into
         the TLS engine with the certificate that best matches the SNI, then connect the
         backend at once (it may speak first) and relay plaintext."""
-        certificates = self.contexts.server_certificates(snapshot.generation, listener, documents)
+        certificates = self.contexts.server_certificates(snapshot.generation, listener)
         if not certificates:
             conn.outcome = "rejected-listener-not-programmed"
             conn.detail = "no certificate could be loaded"
@@ -286,9 +282,7 @@ class Proxy:
         with upstream:
             end: End = PlainEnd(upstream)
             if backend.tls is not None:
-                reencrypted = await self._reencrypt(
-                    upstream, backend.tls, listener, documents, conn
-                )
+                reencrypted = await self._reencrypt(upstream, backend.tls, listener, conn)
                 if reencrypted is None:
                     return
                 end = reencrypted
@@ -302,14 +296,11 @@ class Proxy:
         upstream: socket.socket,
         policy: BackendTLS,
         listener: ListenerTable,
-        documents: Mapping[ObjectKey, Document],
         conn: Connection,
     ) -> TlsConnection | None:
         """TLS to the backend as its BackendTLSPolicy says (SPEC.md §10.7)."""
         try:
-            context = self.contexts.backend_context(
-                policy, listener.backend_client_certificate, documents
-            )
+            context = self.contexts.backend_context(policy, listener.backend_client_certificate)
         except (ssl.SSLError, ValueError) as exc:
             conn.outcome, conn.detail = "backend-tls-failed", f"policy {policy.policy}: {exc}"
             return None

@@ -1,15 +1,15 @@
-"""Certificates and CA bundles from Secrets and ConfigMaps -> `ssl.SSLContext` (SPEC.md §7).
+"""The snapshot's certificates and CA bundles -> `ssl.SSLContext`s (SPEC.md §7, §10.6-§10.8).
 
-A synchronous edge: it touches OpenSSL, not the network. Failures are returned as data
-(`LoadResult`) for `translate` to report as `InvalidCertificateRef` and friends; messages never
-contain key material. Private keys are handed to OpenSSL through an anonymous in-memory file
-(memfd), so they never touch the disk.
+A synchronous edge: it touches OpenSSL, not the network. The material comes from the snapshot
+(the build put each listener's certificates and CA bundles there), so a connection reads one
+reference. Whether a Secret loads at all is checked earlier, on the control side
+(`gateway.store.facts`). Private keys are handed to OpenSSL through an anonymous in-memory
+file (memfd), so they never touch the disk.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import os
 import ssl
@@ -20,10 +20,8 @@ from attrs import frozen as attrs_frozen
 
 from gateway.api import corev1
 from gateway.api.convert import secret_bytes
-from gateway.api.kinds import Document, ObjectKey
-from gateway.routing.snapshot import BackendTLS, ListenerTable
-from gateway.translate.facts import LoadResult, NamespacedName
-from gateway.translate.resources import Resources
+from gateway.api.names import FrontendValidationMode
+from gateway.routing.snapshot import BackendTLS, Certificate, ListenerTable
 
 TLS_CERT_KEY = "tls.crt"
 TLS_PRIVATE_KEY = "tls.key"
@@ -76,54 +74,6 @@ def secret_pem(secret: corev1.Secret) -> tuple[bytes, bytes]:
     if missing or certificate is None or key is None:
         raise CertificateError(f"the Secret has no {' and no '.join(missing)}")
     return certificate, key
-
-
-@functools.lru_cache(maxsize=1024)
-def _check_pair(digest: bytes, certificate: bytes, key: bytes) -> LoadResult:
-    del digest  # part of the cache key only
-    try:
-        server_context(certificate, key)
-    except CertificateError as exc:
-        return LoadResult(False, str(exc))
-    return LoadResult(True)
-
-
-def check_secret(secret: corev1.Secret) -> LoadResult:
-    try:
-        certificate, key = secret_pem(secret)
-    except CertificateError as exc:
-        return LoadResult(False, str(exc))
-    digest = hashlib.sha256(certificate + b"\0" + key).digest()
-    return _check_pair(digest, certificate, key)
-
-
-def check_ca_bundle(config_map: corev1.ConfigMap) -> LoadResult:
-    bundle = (config_map.data or {}).get(CA_BUNDLE_KEY)
-    if not bundle:
-        return LoadResult(False, f"the ConfigMap has no {CA_BUNDLE_KEY}")
-    return _check_bundle(bundle)
-
-
-@functools.lru_cache(maxsize=1024)
-def _check_bundle(bundle: str) -> LoadResult:
-    """Cached by content, like certificates: every rebuild checks every ConfigMap."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_verify_locations(cadata=bundle)
-    except (ssl.SSLError, ValueError) as exc:
-        return LoadResult(False, f"{CA_BUNDLE_KEY} does not load: {exc}")
-    if not context.get_ca_certs():
-        return LoadResult(False, f"{CA_BUNDLE_KEY} holds no certificate")
-    return LoadResult(True)
-
-
-def load_facts(
-    resources: Resources,
-) -> tuple[dict[NamespacedName, LoadResult], dict[NamespacedName, LoadResult]]:
-    """Load results for every Secret and ConfigMap, as `Runtime.secrets` / `.ca_bundles`."""
-    secrets = {key: check_secret(secret) for key, secret in resources.secrets.items()}
-    bundles = {key: check_ca_bundle(cm) for key, cm in resources.config_maps.items()}
-    return secrets, bundles
 
 
 # --- serving certificates -----------------------------------------------------------------
@@ -180,17 +130,18 @@ def choose_certificate(
 
 
 class ContextRegistry:
-    """SSL contexts for Terminate listeners and re-encrypted backends, built from the Secrets
-    and ConfigMaps in force. Contexts are cached by the digest of what they are made of, so
-    updating a Secret changes the certificate of the next connection and nothing else."""
+    """SSL contexts for Terminate listeners and re-encrypted backends, built from the
+    certificate and CA material in the snapshot. Contexts are cached by the digest of what
+    they are made of, so updating a Secret changes the certificate of the next connection and
+    nothing else."""
+
+    #: Contexts kept at most: rotated certificates must not accumulate for the process's life.
+    MAX_CONTEXTS = 1024
 
     def __init__(self) -> None:
         self._contexts: dict[tuple[object, ...], ssl.SSLContext] = {}
         self._names: dict[bytes, tuple[str, ...]] = {}
         self._listeners: dict[tuple[int, str, str], list[ServedCertificate]] = {}
-
-    #: Contexts kept at most: rotated certificates must not accumulate for the process's life.
-    MAX_CONTEXTS = 1024
 
     def _remember(self, key: tuple[object, ...], context: ssl.SSLContext) -> None:
         if len(self._contexts) >= self.MAX_CONTEXTS:
@@ -199,38 +150,31 @@ class ContextRegistry:
         self._contexts[key] = context
 
     def server_certificates(
-        self, generation: int, listener: ListenerTable, documents: Mapping[ObjectKey, Document]
+        self, generation: int, listener: ListenerTable
     ) -> list[ServedCertificate]:
         key = (generation, listener.gateway, listener.name)
         found = self._listeners.get(key)
         if found is None:
             if self._listeners and next(iter(self._listeners))[0] != generation:
                 self._listeners.clear()  # a new snapshot: forget the old one's choices
-            found = self._listeners[key] = self._build(listener, documents)
+            found = self._listeners[key] = self._build(listener)
         return found
 
-    def _build(
-        self, listener: ListenerTable, documents: Mapping[ObjectKey, Document]
-    ) -> list[ServedCertificate]:
+    def _build(self, listener: ListenerTable) -> list[ServedCertificate]:
         bundle, mode = b"", None
         if listener.frontend is not None:
             mode = listener.frontend.mode
-            bundle = b"".join(
-                _ca_bundle(documents, ns, name).encode()
-                for ns, name in listener.frontend.ca_config_maps
-            )
+            bundle = listener.frontend.ca_bundle.encode()
         served = []
-        for namespace, name in listener.certificates:
-            secret = documents.get(ObjectKey("Secret", namespace, name))
-            if not isinstance(secret, corev1.Secret):
-                continue
+        for certificate in listener.certificates:
             try:
-                certificate, key = secret_pem(secret)
-                digest = hashlib.sha256(certificate + b"\0" + key).digest()
-                context = self._server_context(digest, certificate, key, bundle, mode)
+                digest = hashlib.sha256(certificate.chain + b"\0" + certificate.key).digest()
+                context = self._server_context(
+                    digest, certificate.chain, certificate.key, bundle, mode
+                )
                 names = self._names.get(digest)
                 if names is None:
-                    names = self._names[digest] = certificate_names(certificate)
+                    names = self._names[digest] = certificate_names(certificate.chain)
             except (CertificateError, ValueError):
                 continue  # reported in status already (InvalidCertificateRef)
             served.append(ServedCertificate(names, context))
@@ -249,24 +193,21 @@ class ContextRegistry:
                 # identity is not passed on and a bad one would otherwise fail the handshake.
                 context.load_verify_locations(cadata=bundle.decode())
                 context.verify_mode = (
-                    ssl.CERT_REQUIRED if mode == "AllowValidOnly" else ssl.CERT_NONE
+                    ssl.CERT_REQUIRED
+                    if mode == FrontendValidationMode.ALLOW_VALID_ONLY
+                    else ssl.CERT_NONE
                 )
             self._remember(cache_key, context)
         return context
 
     def backend_context(
-        self,
-        policy: BackendTLS,
-        client_certificate: tuple[str, str] | None,
-        documents: Mapping[ObjectKey, Document],
+        self, policy: BackendTLS, client_certificate: Certificate | None
     ) -> ssl.SSLContext:
         """A client context to re-encrypt to a backend (SPEC.md §10.7)."""
-        bundle = "".join(_ca_bundle(documents, ns, name) for ns, name in policy.ca_config_maps)
-        client_pem: tuple[bytes, bytes] | None = None
-        if client_certificate is not None:
-            secret = documents.get(ObjectKey("Secret", *client_certificate))
-            if isinstance(secret, corev1.Secret):
-                client_pem = secret_pem(secret)
+        bundle = policy.ca_bundle
+        client_pem = (
+            (client_certificate.chain, client_certificate.key) if client_certificate else None
+        )
         cache_key = (
             "client",
             hashlib.sha256(bundle.encode()).digest(),
@@ -289,13 +230,6 @@ class ContextRegistry:
                     context.load_cert_chain(cert_path, key_path)
             self._remember(cache_key, context)
         return context
-
-
-def _ca_bundle(documents: Mapping[ObjectKey, Document], namespace: str, name: str) -> str:
-    config_map = documents.get(ObjectKey("ConfigMap", namespace, name))
-    if isinstance(config_map, corev1.ConfigMap):
-        return (config_map.data or {}).get(CA_BUNDLE_KEY, "") + "\n"
-    return ""
 
 
 def subject_alt_names_match(peer: Mapping[str, object], wanted: Sequence[tuple[str, str]]) -> bool:

@@ -12,11 +12,11 @@ import bisect
 import itertools
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any
 
 from attrs import field, frozen
 
 from gateway.api.kinds import ObjectKey
+from gateway.api.names import NamespacedName
 from gateway.api.status import Status
 from gateway.routing.hostnames import normalize_sni, wildcard_suffixes
 
@@ -34,6 +34,17 @@ class Endpoint:
 
 
 @frozen(kw_only=True)
+class Certificate:
+    """A Secret's certificate chain and private key (PEM), as the data plane serves or
+    presents them: a connection needs nothing but the snapshot. The key never appears in a
+    repr, a log line or the table's wire form."""
+
+    secret: NamespacedName
+    chain: bytes = field(repr=False)
+    key: bytes = field(repr=False)
+
+
+@frozen(kw_only=True)
 class BackendTLS:
     """Re-encryption to a backend Service targeted by an accepted BackendTLSPolicy (SPEC.md
     §10.7): TLS with SNI = hostname, verified against the CA bundles (or the system roots) and
@@ -41,7 +52,9 @@ class BackendTLS:
 
     policy: str
     hostname: str
-    ca_config_maps: tuple[tuple[str, str], ...] = ()
+    ca_config_maps: tuple[NamespacedName, ...] = ()
+    #: The `ca.crt` of those ConfigMaps, concatenated (PEM); empty: the system roots.
+    ca_bundle: str = ""
     well_known: str | None = None
     subject_alt_names: tuple[tuple[str, str], ...] = ()
     #: Set when the policy is not accepted: its Services' shares are refused (never sent
@@ -91,7 +104,9 @@ class FrontendValidation:
     """Client-certificate validation of a Terminate listener (SPEC.md §10.8)."""
 
     mode: str
-    ca_config_maps: tuple[tuple[str, str], ...]
+    ca_config_maps: tuple[NamespacedName, ...]
+    #: The `ca.crt` of those ConfigMaps, concatenated (PEM).
+    ca_bundle: str = ""
 
 
 @frozen(kw_only=True)
@@ -101,11 +116,11 @@ class ListenerTable:
     hostname: str | None
     mode: str
     port: int
-    #: Secrets (namespace, name) whose certificates this listener serves (Terminate).
-    certificates: tuple[tuple[str, str], ...] = ()
+    #: The certificates this listener serves (Terminate), from its certificateRefs.
+    certificates: tuple[Certificate, ...] = ()
     frontend: FrontendValidation | None = None
     #: The Gateway's spec.tls.backend.clientCertificateRef, presented when re-encrypting.
-    backend_client_certificate: tuple[str, str] | None = None
+    backend_client_certificate: Certificate | None = None
     #: Set when the listener cannot serve: the connections it wins are closed, never handed to
     #: a broader listener (SPEC.md §10.1 recommendation).
     reject: str | None = None
@@ -222,112 +237,3 @@ class Snapshot:
                 listener,
             )
         return Routed(bind, listener, target)
-
-
-def _backend_wire(backend: Backend) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "name": backend.name,
-        "weight": backend.weight,
-        "endpoints": [str(e) for e in backend.endpoints],
-    }
-    if backend.reject is not None:
-        out["reject"] = backend.reject
-    if backend.tls is not None:
-        out["tls"] = {"policy": backend.tls.policy, "hostname": backend.tls.hostname}
-    return out
-
-
-def _listener_wire(listener: ListenerTable) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "gateway": listener.gateway,
-        "name": listener.name,
-        "hostname": listener.hostname,
-        "mode": listener.mode,
-    }
-    if listener.certificates:
-        out["certificateRefs"] = [f"{ns}/{name}" for ns, name in listener.certificates]
-    if listener.frontend is not None:
-        out["frontendValidation"] = {
-            "mode": listener.frontend.mode,
-            "caCertificateRefs": [f"{ns}/{n}" for ns, n in listener.frontend.ca_config_maps],
-        }
-    if listener.reject is not None:
-        out["reject"] = listener.reject
-    routes = []
-    for target in listener.routes:
-        route: dict[str, Any] = {
-            "hostname": target.hostname,
-            "route": target.route,
-            "backends": [_backend_wire(b) for b in target.backends],
-        }
-        if target.shadowed:
-            route["shadowed"] = list(target.shadowed)
-        routes.append(route)
-    out["routes"] = routes
-    return out
-
-
-def table_to_wire(snapshot: Snapshot) -> dict[str, Any]:
-    """The routing table as JSON-ready data (`GET /v1/routingtable`, `tlsgate translate`)."""
-    return {
-        "generation": snapshot.generation,
-        "binds": [
-            {
-                "address": bind.address,
-                "port": bind.port,
-                "gateways": list(bind.gateways),
-                **({"error": bind.error} if bind.error else {}),
-                "listeners": [_listener_wire(lst) for lst in bind.listeners],
-            }
-            for bind in snapshot.binds.values()
-        ],
-    }
-
-
-def explain(snapshot: Snapshot, address: str | None, port: int, sni: str | None) -> dict[str, Any]:
-    """What a connection with this SNI would get (`GET /v1/explain`): the listener, the route,
-    the weighted backends with their endpoints, or why it is rejected. Without an address,
-    the port must name one bind."""
-    if address is None:
-        addresses = sorted(a for a, p in snapshot.binds if p == port)
-        if len(addresses) > 1:
-            raise ValueError(f"port {port} is bound on {', '.join(addresses)}: give ?address=")
-        address = addresses[0] if addresses else "0.0.0.0"
-    out: dict[str, Any] = {
-        "address": address,
-        "port": port,
-        "sni": sni,
-        "generation": snapshot.generation,
-    }
-    result = snapshot.lookup(address, port, sni)
-    if isinstance(result, Rejected):
-        out["result"] = "rejected"
-        out["reason"] = str(result.reason)
-        out["message"] = result.message
-        if result.listener is not None:
-            out["listener"] = _listener_wire(result.listener)
-            out["listener"].pop("routes")
-        return out
-    target = result.target
-    listener = _listener_wire(result.listener)
-    del listener["routes"]
-    total = target.total_weight
-    out |= {
-        "result": "routed",
-        "listener": listener,
-        "mode": result.listener.mode,
-        "hostname": target.hostname,
-        "route": target.route,
-        "backends": [
-            _backend_wire(b) | {"share": round(b.weight / total, 4)} for b in target.backends
-        ],
-    }
-    if target.shadowed:
-        out["shadowed"] = list(target.shadowed)
-    if any(b.reject for b in target.backends if b.weight):
-        rejected = sum(b.weight for b in target.backends if b.reject) / total
-        out["message"] = (
-            f"{rejected:.0%} of connections fall on an invalid backend and are "
-            "closed (Gateway API: an invalid backend keeps its weight)"
-        )
-    return out

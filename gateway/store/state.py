@@ -15,19 +15,16 @@ from datetime import UTC, datetime
 import trio
 
 from gateway.api.kinds import Document, ObjectKey, key_of
+from gateway.api.names import RFC3339
 from gateway.api.status import Status, accepted_counts
-from gateway.dataplane.tls import load_facts
 from gateway.routing.snapshot import Snapshot
-from gateway.translate.build import translate
-from gateway.translate.facts import Runtime
-from gateway.translate.resources import Resources
+from gateway.store.facts import compile_snapshot
 
 log = logging.getLogger(__name__)
 
-RFC3339 = "%Y-%m-%dT%H:%M:%SZ"
-
 
 def utc_now() -> str:
+    """The clock, read once per write (or rebuild) and passed on as a value."""
     return datetime.now(UTC).strftime(RFC3339)
 
 
@@ -38,7 +35,7 @@ class State:
         self.bind_failures: dict[tuple[str, int], str] = {}
         self._generation = 0
         self._changed = trio.Event()
-        self.snapshot: Snapshot = self._build()
+        self.snapshot: Snapshot = self._build(utc_now())
         self.swapped_at = time.time()
 
     @property
@@ -50,8 +47,14 @@ class State:
         self.documents = {key_of(doc): doc for doc in documents}
         return self.rebuild()
 
-    def put(self, documents: Iterable[Document], deleted: Iterable[ObjectKey] = ()) -> Snapshot:
-        """Apply committed writes and deletions, then rebuild once."""
+    def put(
+        self,
+        documents: Iterable[Document],
+        deleted: Iterable[ObjectKey] = (),
+        *,
+        now: str | None = None,
+    ) -> Snapshot:
+        """Apply committed writes and deletions, then rebuild once (at the write's `now`)."""
         # A new dict, never an update in place: a connection keeps the one it read.
         updated = dict(self.documents)
         for doc in documents:
@@ -59,7 +62,7 @@ class State:
         for key in deleted:
             updated.pop(key, None)
         self.documents = updated
-        return self.rebuild()
+        return self.rebuild(now=now)
 
     def set_bind_failures(self, failures: Mapping[tuple[str, int], str]) -> None:
         """Runtime facts from the listeners; a rebuild only when they changed."""
@@ -67,8 +70,8 @@ class State:
             self.bind_failures = dict(failures)
             self.rebuild()
 
-    def rebuild(self) -> Snapshot:
-        self.snapshot = self._build()  # the swap: one assignment, no await before it
+    def rebuild(self, *, now: str | None = None) -> Snapshot:
+        self.snapshot = self._build(now or utc_now())  # the swap: one assignment, no await
         self.swapped_at = time.time()
         changed, self._changed = self._changed, trio.Event()
         changed.set()
@@ -83,30 +86,29 @@ class State:
         )
         return self.snapshot
 
-    def _build(self) -> Snapshot:
+    def _build(self, now: str) -> Snapshot:
         self._generation += 1
         previous = self.snapshot.statuses if hasattr(self, "snapshot") else {}
-        return self.build(self.documents, self._generation, previous)
+        return self.build(self.documents, self._generation, previous, now=now)
 
     def build(
         self,
         documents: Mapping[ObjectKey, Document],
         generation: int,
         previous: Mapping[ObjectKey, Status],
+        *,
+        now: str,
     ) -> Snapshot:
         """The snapshot these documents give with this process's runtime facts; swaps
         nothing (the dry run of a write uses it as is)."""
-        resources = Resources.of(documents.values())
-        secrets, bundles = load_facts(resources)
-        runtime = Runtime(
-            now=utc_now(),
+        return compile_snapshot(
+            documents.values(),
+            now=now,
+            generation=generation,
             bind_address=self.bind_address,
             bind_failures=self.bind_failures,
-            secrets=secrets,
-            ca_bundles=bundles,
             previous=previous,
         )
-        return translate(resources, runtime, generation=generation)
 
     async def wait_changed(self, generation: int) -> Snapshot:
         """Block until the snapshot is newer than `generation`."""

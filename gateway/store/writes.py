@@ -1,4 +1,4 @@
-"""Writes, end to end: admit, plan, commit durably, rebuild and swap, in that order.
+"""The write path, end to end: admit, plan, commit durably, rebuild and swap, in that order.
 
 I/O owner. One write at a time (a Trio lock): the plan is made against the documents in force,
 the store commits and syncs on a worker thread (the event loop keeps relaying meanwhile), then
@@ -38,7 +38,10 @@ class Outcome:
     snapshot: Snapshot
 
 
-class Control:
+class WritePath:
+    """The API server's write path: every write to the configuration goes through here, one
+    at a time, and reads of what is in force go through `state`."""
+
     def __init__(self, state: State, store: Store | None) -> None:
         self.state = state
         self.store = store
@@ -105,21 +108,22 @@ class Control:
         """Plan, commit, swap; the caller holds the lock. Nothing unchanged is written, and a
         write that changes nothing neither commits nor swaps."""
         revision = (self.store.revision if self.store else self.state.generation) + 1
+        now = utc_now()  # one clock read per write: metadata and conditions agree
         changes = plan(
             self.state.documents,
             documents,
-            now=utc_now(),
+            now=now,
             resource_version=str(revision),
             new_uid=lambda: str(uuid.uuid4()),
             expected_versions=expected_versions,
         )
         written = [c for c in changes if c.action is not Action.UNCHANGED]
         if dry_run:
-            return Outcome(changes, self.preview(written, []))
+            return Outcome(changes, self.preview(written, [], now=now))
         if not written:
             return Outcome(changes, self.state.snapshot)
         await self._commit(written, [])
-        return Outcome(changes, self.state.put([c.document for c in written]))
+        return Outcome(changes, self.state.put([c.document for c in written], now=now))
 
     async def delete(
         self,
@@ -142,19 +146,24 @@ class Control:
                         f"precondition failed: {key} has {what} {actual}, not {expected}",
                     )
             changes = [Change(key, Action.DELETED, doc)]
+            now = utc_now()
             if dry_run:
-                return Outcome(changes, self.preview([], [key]))
+                return Outcome(changes, self.preview([], [key], now=now))
             await self._commit([], [key])
-            return Outcome(changes, self.state.put([], deleted=[key]))
+            return Outcome(changes, self.state.put([], deleted=[key], now=now))
 
-    def preview(self, written: Sequence[Change], deleted: Sequence[ObjectKey]) -> Snapshot:
+    def preview(
+        self, written: Sequence[Change], deleted: Sequence[ObjectKey], *, now: str
+    ) -> Snapshot:
         """The snapshot these changes would give, without storing or swapping (dry run)."""
         documents = dict(self.state.documents)
         for change in written:
             documents[change.key] = change.document
         for key in deleted:
             documents.pop(key, None)
-        return self.state.build(documents, self.state.generation + 1, self.state.snapshot.statuses)
+        return self.state.build(
+            documents, self.state.generation + 1, self.state.snapshot.statuses, now=now
+        )
 
     async def _commit(self, written: Sequence[Change], deleted: Sequence[ObjectKey]) -> None:
         if self.store is None:

@@ -12,10 +12,12 @@ from collections.abc import Mapping
 
 from gateway import GATEWAY_GROUP
 from gateway.api import corev1, model
+from gateway.api.names import NamespacedName
 from gateway.api.status import Draft, Reason, resolved_refs
 from gateway.routing.snapshot import Backend, BackendTLS, Endpoint
 from gateway.translate.policies import Target, policy_for
-from gateway.translate.resources import NamespacedName, Resources
+from gateway.translate.references import grant_allows
+from gateway.translate.resources import Resources
 
 
 def resolve_backends(
@@ -39,7 +41,7 @@ def resolve_backends(
                 failures.append((reason, f"{where}: {message}"))
                 pool.append(Backend(name=name, weight=ref.weight, reject=message))
                 continue
-            service = resources.services[(namespace, ref.name)]
+            service = resources.services[NamespacedName(namespace, ref.name)]
             endpoints = _endpoints(service, ref.port, resources)
             port_name = next(p.name for p in service.spec.ports or () if p.port == ref.port)
             tls = policy_for(policies or {}, namespace, ref.name, port_name)
@@ -62,7 +64,8 @@ def _check(
             f"{ref.group or 'core'}/{ref.kind} is not a supported "
             "backend kind; only core Services are"
         )
-    if not resources.grant_allows(
+    if not grant_allows(
+        resources,
         from_group=GATEWAY_GROUP,
         from_kind="TLSRoute",
         from_namespace=key[0],
@@ -76,7 +79,7 @@ def _check(
             "namespace and no ReferenceGrant allows the "
             "reference"
         )
-    service = resources.services.get((namespace, ref.name))
+    service = resources.services.get(NamespacedName(namespace, ref.name))
     if service is None:
         return Reason.BACKEND_NOT_FOUND, f"Service {namespace}/{ref.name} does not exist"
     if service.spec.type == "ExternalName":

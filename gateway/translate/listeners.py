@@ -1,24 +1,22 @@
-"""Gateway and listener validation, before routes are attached (SPEC.md §3, §4, §9).
+"""One listener's own checks, before routes are attached (SPEC.md §9.1, §3.3, §9.3).
 
-Pure. `evaluate_gateway` applies the per-listener checks of SPEC.md §9.1 in order (protocol,
-mode, route kinds, certificates, frontend CA), and the gateway-level ones (addresses,
-infrastructure parameters, backend client certificate). What depends on other Gateways (ports
-held by an older Gateway) and on routes (attachedRoutes) is added by `translate`.
+Pure. `evaluate_listener` applies the per-listener checks of SPEC.md §9.1 in order: protocol,
+mode, route kinds, certificates, frontend CA. What depends on other listeners and Gateways
+(ports, `ports.py`) and on routes (attachedRoutes, `routes.py`) is added by later steps.
 """
 
 from __future__ import annotations
-
-import ipaddress
 
 from attrs import define, field
 
 from gateway import GATEWAY_GROUP
 from gateway.api import model
+from gateway.api.names import NamespacedName, ProtocolType, TLSMode
 from gateway.api.status import ConditionType, Draft, Reason, resolved_refs
 from gateway.routing.snapshot import FrontendValidation
-from gateway.translate.facts import Runtime
-from gateway.translate.references import Fault, check_reference
-from gateway.translate.resources import NamespacedName, Resources
+from gateway.translate.facts import Facts
+from gateway.translate.references import Fault, ca_bundle_of, check_reference
+from gateway.translate.resources import Resources
 
 TLS_ROUTE_KIND = model.RouteGroupKind(group=GATEWAY_GROUP, kind="TLSRoute")
 
@@ -39,98 +37,25 @@ class ListenerState:
 
     @property
     def is_tls(self) -> bool:
-        return self.spec.protocol == "TLS"
+        return self.spec.protocol == ProtocolType.TLS
 
     def refuse(self, reason: Reason, message: str) -> None:
         self.accepted = Draft(ConditionType.ACCEPTED, False, reason, message)
         self.problem = self.problem or message
 
 
-@define
-class GatewayState:
-    key: NamespacedName
-    doc: model.Gateway
-    listeners: list[ListenerState]
-    #: Addresses its listeners bind; the runtime default when spec.addresses is unset.
-    addresses: tuple[str, ...]
-    #: A gateway-level reason not to accept it (UnsupportedAddress, InvalidParameters).
-    refusal: Draft | None = None
-    #: Gateway ResolvedRefs, published when spec.tls.backend.clientCertificateRef is set.
-    client_certificate: Draft | None = None
-    #: The Secret of that reference once it resolves, presented to re-encrypted backends.
-    client_certificate_ref: NamespacedName | None = None
-    insecure_frontend: bool = False
-
-    @property
-    def name(self) -> str:
-        return f"{self.key[0]}/{self.key[1]}"
-
-
-def evaluate_gateway(
-    key: NamespacedName, doc: model.Gateway, resources: Resources, runtime: Runtime
-) -> GatewayState:
-    addresses, refusal = _addresses(doc, runtime)
-    infra = doc.spec.infrastructure
-    if refusal is None and infra is not None and infra.parameters_ref is not None:
-        ref = infra.parameters_ref
-        refusal = Draft(
-            ConditionType.ACCEPTED,
-            False,
-            Reason.INVALID_PARAMETERS,
-            f"infrastructure.parametersRef {ref.group}/{ref.kind} {ref.name!r} is "
-            "not supported by tlsgate",
-        )
-    state = GatewayState(
-        key=key,
-        doc=doc,
-        addresses=addresses,
-        refusal=refusal,
-        listeners=[_listener(key, doc, lst, resources, runtime) for lst in doc.spec.listeners],
-    )
-    tls = doc.spec.tls
-    if tls is not None and tls.backend is not None and tls.backend.client_certificate_ref:
-        client_ref = tls.backend.client_certificate_ref
-        state.client_certificate = _client_certificate(key, client_ref, resources, runtime)
-        if state.client_certificate.status:
-            state.client_certificate_ref = (client_ref.namespace or key[0], client_ref.name)
-    if tls is not None and tls.frontend is not None:
-        configs = [tls.frontend.default, *(p.tls for p in tls.frontend.per_port or ())]
-        state.insecure_frontend = any(
-            c.validation is not None and c.validation.mode == "AllowInsecureFallback"
-            for c in configs
-        )
-    return state
-
-
-def _addresses(doc: model.Gateway, runtime: Runtime) -> tuple[tuple[str, ...], Draft | None]:
-    """Static IPAddress values are bound as given (SPEC.md §3.1 addresses, Extended)."""
-    out: list[str] = []
-    for address in doc.spec.addresses or ():
-        if address.type != "IPAddress":
-            return (), Draft(
-                ConditionType.ACCEPTED,
-                False,
-                Reason.UNSUPPORTED_ADDRESS,
-                f"address type {address.type!r} is not supported; only IPAddress is",
-            )
-        if not address.value:
-            continue  # an empty value asks us to assign one: the default bind address
-        out.append(str(ipaddress.ip_address(address.value)))
-    return tuple(dict.fromkeys(out or [runtime.bind_address])), None
-
-
-def _listener(
+def evaluate_listener(
     gateway: NamespacedName,
     doc: model.Gateway,
     spec: model.Listener,
     resources: Resources,
-    runtime: Runtime,
+    facts: Facts,
 ) -> ListenerState:
     ok_refs = Draft(
         ConditionType.RESOLVED_REFS, True, Reason.RESOLVED_REFS, "All references are resolved"
     )
     # §9.1 step 1: tlsgate has a TLS data plane only (SPEC.md §9.1 caveat).
-    if spec.protocol != "TLS":
+    if spec.protocol != ProtocolType.TLS:
         state = ListenerState(
             spec=spec, supported_kinds=(), resolved_refs=ok_refs, accepted=ok_refs
         )
@@ -168,9 +93,9 @@ def _listener(
     if not state.supported_kinds:
         state.problem = "allowedRoutes.kinds names no route kind a TLS listener serves"
     tls = spec.tls
-    if tls is not None and tls.mode == "Terminate":
-        problems += _certificates(gateway, state, tls, resources, runtime)
-        problems += _frontend(gateway, doc, state, resources, runtime)
+    if tls is not None and tls.mode == TLSMode.TERMINATE:
+        problems += _certificates(gateway, state, tls, resources, facts)
+        problems += _frontend(gateway, doc, state, resources, facts)
     state.resolved_refs = resolved_refs(problems)
     return state
 
@@ -180,14 +105,14 @@ def _certificates(
     state: ListenerState,
     tls: model.ListenerTLSConfig,
     resources: Resources,
-    runtime: Runtime,
+    facts: Facts,
 ) -> list[tuple[Reason, str]]:
     problems: list[tuple[Reason, str]] = []
     usable: list[NamespacedName] = []
     for i, ref in enumerate(tls.certificate_refs or ()):
         checked = check_reference(
             resources,
-            runtime,
+            facts,
             from_kind="Gateway",
             from_namespace=gateway[0],
             group=ref.group,
@@ -228,7 +153,7 @@ def _frontend(
     doc: model.Gateway,
     state: ListenerState,
     resources: Resources,
-    runtime: Runtime,
+    facts: Facts,
 ) -> list[tuple[Reason, str]]:
     """Client-certificate validation, applied by tlsgate to Terminate TLS listeners (the
     documented choice of SPEC.md §14.7), per port or by default (§3.3, §9.3)."""
@@ -244,7 +169,7 @@ def _frontend(
     for i, ref in enumerate(validation.ca_certificate_refs):
         checked = check_reference(
             resources,
-            runtime,
+            facts,
             from_kind="Gateway",
             from_namespace=gateway[0],
             group=ref.group,
@@ -266,32 +191,9 @@ def _frontend(
             "no valid CA certificate for client-certificate validation",
         )
     else:
-        state.frontend = FrontendValidation(mode=validation.mode, ca_config_maps=tuple(usable))
+        state.frontend = FrontendValidation(
+            mode=validation.mode,
+            ca_config_maps=tuple(usable),
+            ca_bundle=ca_bundle_of(resources, tuple(usable)),
+        )
     return problems
-
-
-def _client_certificate(
-    gateway: NamespacedName,
-    ref: model.SecretObjectReference,
-    resources: Resources,
-    runtime: Runtime,
-) -> Draft:
-    checked = check_reference(
-        resources,
-        runtime,
-        from_kind="Gateway",
-        from_namespace=gateway[0],
-        group=ref.group,
-        kind=ref.kind,
-        namespace=ref.namespace,
-        name=ref.name,
-        target="Secret",
-    )
-    if checked.fault is None:
-        return resolved_refs([])
-    reason = (
-        Reason.REF_NOT_PERMITTED
-        if checked.fault is Fault.NOT_PERMITTED
-        else Reason.INVALID_CLIENT_CERTIFICATE_REF
-    )
-    return resolved_refs([(reason, f"tls.backend.clientCertificateRef: {checked.message}")])

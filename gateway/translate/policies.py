@@ -15,11 +15,12 @@ from collections.abc import Mapping
 from attrs import frozen
 
 from gateway.api import model
+from gateway.api.names import NamespacedName
 from gateway.api.status import ConditionType, Draft, Reason, resolved_refs
 from gateway.routing.snapshot import BackendTLS
-from gateway.translate.facts import Runtime
-from gateway.translate.references import Fault, check_reference
-from gateway.translate.resources import NamespacedName, Resources
+from gateway.translate.facts import Facts
+from gateway.translate.references import Fault, ca_bundle_of, check_reference
+from gateway.translate.resources import Resources
 
 #: (namespace, Service name, Service port name or None for every port)
 Target = tuple[str, str, str | None]
@@ -33,12 +34,12 @@ class PolicyResult:
 
 
 def evaluate_policies(
-    resources: Resources, runtime: Runtime
+    resources: Resources, facts: Facts
 ) -> tuple[dict[Target, BackendTLS], dict[NamespacedName, PolicyResult]]:
     results: dict[NamespacedName, PolicyResult] = {}
     candidates: dict[Target, list[tuple[tuple[str, str, str], NamespacedName, BackendTLS]]] = {}
     for key, policy in resources.backend_tls_policies.items():
-        result, tls = _evaluate(key, policy, resources, runtime)
+        result, tls = _evaluate(key, policy, resources, facts)
         results[key] = result
         if tls is None:
             continue
@@ -66,7 +67,7 @@ def evaluate_policies(
 
 
 def _evaluate(
-    key: NamespacedName, policy: model.BackendTLSPolicy, resources: Resources, runtime: Runtime
+    key: NamespacedName, policy: model.BackendTLSPolicy, resources: Resources, facts: Facts
 ) -> tuple[PolicyResult, BackendTLS | None]:
     namespace = key[0]
     targets = []
@@ -78,12 +79,12 @@ def _evaluate(
             invalid_targets.append(f"targetRefs[{i}]: {ref.group or 'core'}/{ref.kind}")
     validation = policy.spec.validation
     problems: list[tuple[Reason, str]] = []
-    usable: list[tuple[str, str]] = []
+    usable: list[NamespacedName] = []
     for i, ca_ref in enumerate(validation.ca_certificate_refs or ()):
         # LocalObjectReferences: the policy's own namespace, so no grant is involved.
         checked = check_reference(
             resources,
-            runtime,
+            facts,
             from_kind="BackendTLSPolicy",
             from_namespace=namespace,
             group=ca_ref.group,
@@ -118,15 +119,14 @@ def _evaluate(
             "no caCertificateRef is usable: connections to its Services are refused rather "
             "than sent unverified or in plain text",
         )
-        refused = BackendTLS(
-            policy=f"{key[0]}/{key[1]}", hostname=validation.hostname, error=accepted.message
-        )
+        refused = BackendTLS(policy=str(key), hostname=validation.hostname, error=accepted.message)
         return PolicyResult(accepted, resolved, tuple(targets)), refused
     accepted = Draft(ConditionType.ACCEPTED, True, Reason.ACCEPTED, "Policy is accepted")
     tls = BackendTLS(
-        policy=f"{key[0]}/{key[1]}",
+        policy=str(key),
         hostname=validation.hostname,
         ca_config_maps=tuple(usable),
+        ca_bundle=ca_bundle_of(resources, tuple(usable)),
         well_known=validation.well_known_ca_certificates,
         subject_alt_names=tuple(
             (san.type, san.hostname or san.uri or "") for san in validation.subject_alt_names or ()

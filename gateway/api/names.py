@@ -1,0 +1,67 @@
+"""The shared vocabulary: how objects are named, the time format, and the spec's enumerated
+values (SPEC.md §3, §5; k8s.io/apimachinery LabelSelector).
+
+Pure. Model fields stay `str`, since a document may carry any string and admission says which
+values are allowed; code compares them against these enums, so a typo is a NameError.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Final, NamedTuple
+
+#: RFC 3339 in UTC, to the second: creationTimestamp, lastTransitionTime, `--now`.
+RFC3339: Final = "%Y-%m-%dT%H:%M:%SZ"
+
+
+class NamespacedName(NamedTuple):
+    """A namespaced object's namespace and name ('' namespace: cluster-scoped). A tuple, so
+    it sorts and hashes as one; written `namespace/name` as Kubernetes writes it."""
+
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+
+class TLSMode(StrEnum):
+    """Listener `tls.mode` (SPEC.md §3.1)."""
+
+    TERMINATE = "Terminate"
+    PASSTHROUGH = "Passthrough"
+
+
+class ProtocolType(StrEnum):
+    """The listener protocols admission knows; tlsgate serves TLS only (SPEC.md §9.1)."""
+
+    TLS = "TLS"
+    TCP = "TCP"
+    UDP = "UDP"
+    HTTP = "HTTP"
+    HTTPS = "HTTPS"
+
+
+class FromNamespaces(StrEnum):
+    """`allowedRoutes.namespaces.from` (SPEC.md §3.2) and `allowedListeners.namespaces.from`."""
+
+    ALL = "All"
+    SAME = "Same"
+    SELECTOR = "Selector"
+    NONE = "None"
+
+
+class SelectorOperator(StrEnum):
+    """LabelSelectorRequirement operators (k8s.io/apimachinery metav1)."""
+
+    IN = "In"
+    NOT_IN = "NotIn"
+    EXISTS = "Exists"
+    DOES_NOT_EXIST = "DoesNotExist"
+
+
+class FrontendValidationMode(StrEnum):
+    """`frontendValidation.mode` (SPEC.md §3.3)."""
+
+    ALLOW_VALID_ONLY = "AllowValidOnly"
+    ALLOW_INSECURE_FALLBACK = "AllowInsecureFallback"

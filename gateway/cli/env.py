@@ -1,0 +1,70 @@
+"""TLSGATE_* environment variables as the defaults of `serve`'s options (API.md "Command
+line": every option is also an environment variable).
+
+A value that does not parse is remembered in `ENV_ERRORS` while the parser is built and
+reported by `serve`, the only command that reads them, one line naming the variable each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from typing import Any
+
+#: Problems with TLSGATE_* environment values, found while the parser's defaults were built;
+#: reported by `serve` (the only command that reads them), one line each.
+ENV_ERRORS: list[str] = []
+
+
+def env_name(option: str) -> str:
+    return "TLSGATE_" + option.upper().replace("-", "_")
+
+
+def env(name: str, default: str) -> str:
+    """Every serve option is also an environment variable TLSGATE_<NAME> (API.md)."""
+    return os.environ.get(env_name(name), default)
+
+
+def env_choice(name: str, default: str, choices: Sequence[str]) -> str:
+    """A choice option's default from its environment variable, checked like `_env_number`."""
+    text = env(name, default)
+    if text not in choices:
+        ENV_ERRORS.append(f"{env_name(name)}={text!r} is not one of {', '.join(choices)}")
+        return default
+    return text
+
+
+def env_admin(default: str) -> tuple[str, int] | None:
+    text = env("admin", default)
+    try:
+        return admin_address(text)
+    except argparse.ArgumentTypeError as exc:
+        ENV_ERRORS.append(f"{env_name('admin')}: {exc}")
+        return admin_address(default)
+
+
+def env_number(name: str, default: str, kind: type[int] | type[float]) -> Any:
+    """A numeric option's default from its environment variable; a value that is not a
+    number is remembered (reported by `serve`, naming the variable) and the default used."""
+    text = env(name, default)
+    try:
+        value = kind(text)
+        if value < 0:
+            raise ValueError(text)
+    except ValueError:
+        noun = "a whole number" if kind is int else "a number"
+        ENV_ERRORS.append(f"{env_name(name)}={text!r} is not {noun} of at least 0")
+        return kind(default)
+    return value
+
+
+def admin_address(value: str) -> tuple[str, int] | None:
+    """`HOST:PORT` ([v6]:port too); an empty value turns the admin API off."""
+    if not value:
+        return None
+    host, _, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
+    return host, int(port)

@@ -1,0 +1,244 @@
+"""The `tlsgate` command line: subcommands, options, and their environment defaults.
+
+Each subcommand's `run` is a function of the parsed arguments that returns the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from datetime import UTC, datetime
+
+from gateway.api.names import RFC3339
+from gateway.cli.client import run_client
+from gateway.cli.env import admin_address, env, env_admin, env_choice, env_number
+from gateway.cli.serve import run_serve
+from gateway.cli.translate import run_translate
+
+DESCRIPTION = """\
+tlsgate routes TLS connections by SNI with Kubernetes Gateway API semantics (TLSRoute):
+Passthrough listeners splice the client's own TLS to a backend, Terminate listeners end TLS
+with certificates from Secrets. `serve` runs the gateway and its admin API; apply, get,
+delete and explain talk to that API; translate checks manifests offline.
+"""
+
+
+def _parse_time(value: str) -> datetime:
+    try:
+        return datetime.strptime(value, RFC3339).replace(tzinfo=UTC)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an RFC 3339 UTC time such as 2026-01-01T00:00:00Z"
+        ) from None
+
+
+#: The serve timeouts: option name, default seconds, meaning.
+_TIMEOUTS = (
+    ("hello-timeout", "10", "seconds a client has to send its ClientHello"),
+    ("connect-timeout", "5", "seconds to connect to one backend endpoint"),
+    ("idle-timeout", "3600", "seconds without a byte either way before a connection is closed"),
+    ("drain-timeout", "30", "on SIGTERM/SIGINT, seconds live connections may finish"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tlsgate", description=DESCRIPTION)
+    commands = parser.add_subparsers(dest="command", required=True)
+    remote = argparse.ArgumentParser(add_help=False)
+    remote.add_argument(
+        "--server",
+        default=os.environ.get("TLSGATE_SERVER", "http://127.0.0.1:9901"),
+        help="admin API URL (env TLSGATE_SERVER; default http://127.0.0.1:9901)",
+    )
+    remote.add_argument(
+        "--token",
+        default=os.environ.get("TLSGATE_ADMIN_TOKEN"),
+        help="bearer token (env TLSGATE_ADMIN_TOKEN); sent only over https:// or to loopback",
+    )
+    remote.add_argument(
+        "--cacert",
+        metavar="FILE",
+        default=os.environ.get("TLSGATE_CACERT"),
+        help="CA bundle that the https:// admin API's certificate chains to "
+        "(env TLSGATE_CACERT; default: the system's CAs)",
+    )
+    remote.add_argument(
+        "--cert",
+        metavar="FILE",
+        default=os.environ.get("TLSGATE_CLIENT_CERT"),
+        help="client certificate (PEM) for an admin API that requires one "
+        "(env TLSGATE_CLIENT_CERT)",
+    )
+    remote.add_argument(
+        "--key",
+        metavar="FILE",
+        default=os.environ.get("TLSGATE_CLIENT_KEY"),
+        help="the client certificate's key, if not in --cert (env TLSGATE_CLIENT_KEY)",
+    )
+    ap = commands.add_parser(
+        "apply", parents=[remote], help="create or update the documents of files (POST /v1/apply)"
+    )
+    ap.add_argument(
+        "-f",
+        "--file",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="manifest file ('-' for stdin); repeat",
+    )
+    ap.add_argument("-o", "--output", choices=("yaml", "json"))
+    ap.set_defaults(run=run_client)
+    gt = commands.add_parser("get", parents=[remote], help="list or read documents with status")
+    gt.add_argument("kind", help="tlsroutes, gateways, ... (singular, Kind or short names too)")
+    gt.add_argument("name", nargs="?", help="NAME or NAMESPACE/NAME")
+    gt.add_argument("-n", "--namespace")
+    gt.add_argument("-o", "--output", choices=("yaml", "json"))
+    gt.set_defaults(run=run_client)
+    dl = commands.add_parser("delete", parents=[remote], help="delete one document")
+    dl.add_argument("kind")
+    dl.add_argument("name", help="NAME or NAMESPACE/NAME")
+    dl.add_argument("-n", "--namespace")
+    dl.set_defaults(run=run_client)
+    ex = commands.add_parser(
+        "explain", parents=[remote], help="what a connection with this SNI would get"
+    )
+    ex.add_argument("--port", type=int, required=True)
+    ex.add_argument("--sni", required=True)
+    ex.add_argument("--address")
+    ex.add_argument("-o", "--output", choices=("yaml", "json"))
+    ex.set_defaults(run=run_client)
+    sv = commands.add_parser(
+        "serve",
+        help="run the gateway",
+        description="Run the gateway and its admin API.",
+        epilog="Every option is also an environment variable: TLSGATE_ and the option's name "
+        "in capitals, e.g. TLSGATE_ADMIN=0.0.0.0:9901 or TLSGATE_IDLE_TIMEOUT=600. "
+        "TLSGATE_ADMIN_TOKEN holds the admin API's bearer token.",
+    )
+    sv.add_argument(
+        "--bootstrap",
+        action="append",
+        metavar="FILE",
+        default=[p for p in env("bootstrap", "").split(",") if p],
+        help="manifests applied at start (repeat; env: comma-separated)",
+    )
+    sv.add_argument(
+        "--admin",
+        type=admin_address,
+        default=env_admin("127.0.0.1:9901"),
+        metavar="HOST:PORT",
+        help="admin API address (default 127.0.0.1:9901; empty turns it off)",
+    )
+    sv.add_argument(
+        "--admin-token-file",
+        default=env("admin-token-file", ""),
+        metavar="FILE",
+        help="bearer token for the admin API (else TLSGATE_ADMIN_TOKEN)",
+    )
+    sv.add_argument(
+        "--admin-tls-cert",
+        default=env("admin-tls-cert", ""),
+        metavar="FILE",
+        help="serve the admin API over HTTPS with this certificate chain (PEM)",
+    )
+    sv.add_argument(
+        "--admin-tls-key",
+        default=env("admin-tls-key", ""),
+        metavar="FILE",
+        help="the private key of --admin-tls-cert (PEM)",
+    )
+    sv.add_argument(
+        "--admin-client-ca",
+        default=env("admin-client-ca", ""),
+        metavar="FILE",
+        help="require admin clients to present a certificate from this CA bundle (PEM)",
+    )
+    sv.add_argument(
+        "--admin-plaintext",
+        action="store_true",
+        default=env("admin-plaintext", "") not in ("", "0", "false"),
+        help="allow plain HTTP on a non-loopback admin address: TLS is ended in front",
+    )
+    sv.add_argument(
+        "--admin-max-connections",
+        type=int,
+        default=env_number("admin-max-connections", "64", int),
+        metavar="N",
+        help="admin connections served at once; more wait in the kernel's queue (default 64)",
+    )
+    sv.add_argument(
+        "--state-dir",
+        default=env("state-dir", "./tlsgate-state"),
+        help="embedded store directory (default ./tlsgate-state; empty: in memory)",
+    )
+    sv.add_argument(
+        "--body-limit",
+        type=int,
+        default=env_number("body-limit", str(4 << 20), int),
+        help="largest admin request body in bytes (default 4 MiB)",
+    )
+    sv.add_argument(
+        "--bind-address",
+        default=env("bind-address", "0.0.0.0"),
+        help="where listeners bind when a Gateway has no spec.addresses (default 0.0.0.0)",
+    )
+    for name, default, meaning in _TIMEOUTS:
+        sv.add_argument(
+            f"--{name}",
+            type=float,
+            default=env_number(name, default, float),
+            metavar="SECONDS",
+            help=f"{meaning} (default {default})",
+        )
+    sv.add_argument(
+        "--max-connections",
+        type=int,
+        default=env_number("max-connections", "0", int) or None,
+        help="concurrent connections (default: derived from the fd limit)",
+    )
+    sv.add_argument(
+        "--no-splice",
+        action="store_true",
+        default=env("no-splice", "") not in ("", "0", "false"),
+        help="relay with receive/send instead of zero-copy splice",
+    )
+    sv.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=env_choice("log-format", "text", ("text", "json")),
+        help="text (key=value access lines) or json (one object per line); default text",
+    )
+    levels = ("debug", "info", "warning", "error")
+    sv.add_argument(
+        "--log-level",
+        default=env_choice("log-level", "info", levels),
+        choices=levels,
+        help="default info (one access line per connection)",
+    )
+    sv.set_defaults(run=run_serve)
+    tr = commands.add_parser(
+        "translate", help="admit manifests and print every status and the routing table, offline"
+    )
+    tr.add_argument(
+        "-f",
+        "--file",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="manifest file (JSON or multi-document YAML; '-' for stdin); repeat",
+    )
+    tr.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+    tr.add_argument(
+        "--bind-address",
+        default="0.0.0.0",
+        help="where listeners of a Gateway without spec.addresses bind (default 0.0.0.0)",
+    )
+    tr.add_argument(
+        "--now",
+        type=_parse_time,
+        default=None,
+        help="the clock, as 2026-01-01T00:00:00Z, for reproducible output "
+        "(default: the current time)",
+    )
+    tr.set_defaults(run=run_translate)
+    return parser

@@ -1,0 +1,108 @@
+"""`tlsgate serve`: options to configuration, the admin API's security checks, and the run.
+
+I/O edge. Trio and the server are imported only here, so the other commands start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from gateway.cli.env import ENV_ERRORS
+from gateway.cli.files import admit_files
+from gateway.cli.logs import setup_logging
+from gateway.dataplane.sockets import is_loopback
+
+
+def _admin_token(args: argparse.Namespace) -> str | None:
+    """--admin-token-file wins over TLSGATE_ADMIN_TOKEN (API.md "Security")."""
+    if args.admin_token_file:
+        with open(args.admin_token_file, encoding="utf-8") as handle:
+            token = handle.read().strip()
+        if not token:
+            raise ValueError(f"{args.admin_token_file} is empty")
+        return token
+    return os.environ.get("TLSGATE_ADMIN_TOKEN") or None
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from admin.listen import AdminLimits
+    from gateway.dataplane.proxy import ProxyConfig
+    from gateway.server import ServeConfig, StartError, serve
+    from gateway.store.sqlite import StoreError, StoreUnavailable
+
+    if ENV_ERRORS:
+        for message in ENV_ERRORS:
+            print(f"error: {message}", file=sys.stderr)
+        return 2
+    setup_logging(args.log_level, args.log_format)
+    try:
+        token = _admin_token(args)
+    except (OSError, ValueError) as exc:
+        print(f"error: admin token: {exc}", file=sys.stderr)
+        return 2
+    refusal = _admin_refusal(args, token)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
+    # All or nothing: a typo must stop the start rather than leave a partial configuration
+    # running. Metadata is assigned when they are applied, as for any write.
+    documents, problems = admit_files(args.bootstrap)
+    if problems:
+        for problem in problems:
+            print(f"error: {problem.where}: {problem.message}", file=sys.stderr)
+        return 2
+    proxy = ProxyConfig(
+        hello_timeout=args.hello_timeout,
+        connect_timeout=args.connect_timeout,
+        idle_timeout=args.idle_timeout,
+        **({"splice": False} if args.no_splice else {}),
+    )
+    config = ServeConfig(
+        bootstrap=tuple(args.bootstrap),
+        bind_address=args.bind_address,
+        drain_timeout=args.drain_timeout,
+        proxy=proxy,
+        max_connections=args.max_connections,
+        admin=args.admin,
+        admin_token=token,
+        admin_tls_cert=args.admin_tls_cert or None,
+        admin_tls_key=args.admin_tls_key or None,
+        admin_client_ca=args.admin_client_ca or None,
+        admin_limits=AdminLimits(max_connections=max(1, args.admin_max_connections)),
+        body_limit=args.body_limit,
+        state_dir=args.state_dir or None,
+    )
+    try:
+        trio.run(serve, config, documents)
+    except (StartError, StoreError, StoreUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _admin_refusal(args: argparse.Namespace, token: str | None) -> str | None:
+    """Why the admin API must not start as configured (API.md "Security"), or None."""
+    if args.admin_client_ca and not (args.admin_tls_cert and args.admin_tls_key):
+        return (
+            "--admin-client-ca needs --admin-tls-cert and --admin-tls-key: client "
+            "certificates are asked for only over HTTPS"
+        )
+    if args.admin is None or is_loopback(args.admin[0]):
+        return None
+    host = args.admin[0]
+    if token is None:
+        return (
+            f"refusing to serve the admin API on {host} without a token: set "
+            "--admin-token-file or TLSGATE_ADMIN_TOKEN, or bind it to a loopback address"
+        )
+    if not (args.admin_tls_cert or args.admin_tls_key) and not args.admin_plaintext:
+        return (
+            f"refusing to serve the admin API on {host} in plain HTTP: the token would cross "
+            "the network in clear text. Give --admin-tls-cert and --admin-tls-key, or "
+            "--admin-plaintext if TLS is ended in front of tlsgate"
+        )
+    return None

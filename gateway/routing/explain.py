@@ -1,0 +1,120 @@
+"""The routing table as JSON-ready data, and `explain`: what a connection with a given SNI
+would get (`GET /v1/routingtable`, `GET /v1/explain`, `tlsgate translate`, `tlsgate explain`).
+
+Pure. Shows references (Secrets, ConfigMaps, policies), never certificate or key material.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.routing.snapshot import Backend, ListenerTable, Rejected, Snapshot
+
+
+def _backend_wire(backend: Backend) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": backend.name,
+        "weight": backend.weight,
+        "endpoints": [str(e) for e in backend.endpoints],
+    }
+    if backend.reject is not None:
+        out["reject"] = backend.reject
+    if backend.tls is not None:
+        out["tls"] = {"policy": backend.tls.policy, "hostname": backend.tls.hostname}
+    return out
+
+
+def _listener_wire(listener: ListenerTable) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "gateway": listener.gateway,
+        "name": listener.name,
+        "hostname": listener.hostname,
+        "mode": listener.mode,
+    }
+    if listener.certificates:
+        out["certificateRefs"] = [str(c.secret) for c in listener.certificates]
+    if listener.frontend is not None:
+        out["frontendValidation"] = {
+            "mode": listener.frontend.mode,
+            "caCertificateRefs": [str(key) for key in listener.frontend.ca_config_maps],
+        }
+    if listener.reject is not None:
+        out["reject"] = listener.reject
+    routes = []
+    for target in listener.routes:
+        route: dict[str, Any] = {
+            "hostname": target.hostname,
+            "route": target.route,
+            "backends": [_backend_wire(b) for b in target.backends],
+        }
+        if target.shadowed:
+            route["shadowed"] = list(target.shadowed)
+        routes.append(route)
+    out["routes"] = routes
+    return out
+
+
+def table_to_wire(snapshot: Snapshot) -> dict[str, Any]:
+    """The routing table as JSON-ready data (`GET /v1/routingtable`, `tlsgate translate`)."""
+    return {
+        "generation": snapshot.generation,
+        "binds": [
+            {
+                "address": bind.address,
+                "port": bind.port,
+                "gateways": list(bind.gateways),
+                **({"error": bind.error} if bind.error else {}),
+                "listeners": [_listener_wire(lst) for lst in bind.listeners],
+            }
+            for bind in snapshot.binds.values()
+        ],
+    }
+
+
+def explain(snapshot: Snapshot, address: str | None, port: int, sni: str | None) -> dict[str, Any]:
+    """What a connection with this SNI would get (`GET /v1/explain`): the listener, the route,
+    the weighted backends with their endpoints, or why it is rejected. Without an address,
+    the port must name one bind."""
+    if address is None:
+        addresses = sorted(a for a, p in snapshot.binds if p == port)
+        if len(addresses) > 1:
+            raise ValueError(f"port {port} is bound on {', '.join(addresses)}: give ?address=")
+        address = addresses[0] if addresses else "0.0.0.0"
+    out: dict[str, Any] = {
+        "address": address,
+        "port": port,
+        "sni": sni,
+        "generation": snapshot.generation,
+    }
+    result = snapshot.lookup(address, port, sni)
+    if isinstance(result, Rejected):
+        out["result"] = "rejected"
+        out["reason"] = str(result.reason)
+        out["message"] = result.message
+        if result.listener is not None:
+            out["listener"] = _listener_wire(result.listener)
+            out["listener"].pop("routes")
+        return out
+    target = result.target
+    listener = _listener_wire(result.listener)
+    del listener["routes"]
+    total = target.total_weight
+    out |= {
+        "result": "routed",
+        "listener": listener,
+        "mode": result.listener.mode,
+        "hostname": target.hostname,
+        "route": target.route,
+        "backends": [
+            _backend_wire(b) | {"share": round(b.weight / total, 4)} for b in target.backends
+        ],
+    }
+    if target.shadowed:
+        out["shadowed"] = list(target.shadowed)
+    if any(b.reject for b in target.backends if b.weight):
+        rejected = sum(b.weight for b in target.backends if b.reject) / total
+        out["message"] = (
+            f"{rejected:.0%} of connections fall on an invalid backend and are "
+            "closed (Gateway API: an invalid backend keeps its weight)"
+        )
+    return out
