@@ -46,8 +46,8 @@ class FromNamespaces(StrEnum):
     """`allowedRoutes.namespaces.from` (SPEC.md §3.2) and `allowedListeners.namespaces.from`."""
 
     ALL = "All"
-    SAME = "Same"
     SELECTOR = "Selector"
+    SAME = "Same"
     NONE = "None"
 
 
