@@ -6,19 +6,26 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import ssl
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import trio
 
 from gateway.dataplane.clienthello import MAX_HELLO_RECORDS
-from gateway.dataplane.proxy import Connection
+from gateway.dataplane.access import AccessRecord
 
-from .harness import Pki, backends, db_route, free_port, running_gateway, tls_client
+from .harness import (
+    Pki,
+    backends,
+    db_route,
+    free_port,
+    running_gateway,
+    serve_process,
+    tls_client,
+)
 from .test_clienthello import hello_with_extensions, padded_hello, records, sni_extension
 
 
@@ -137,35 +144,42 @@ async def test_an_sni_with_cr_lf_nul_cannot_forge_access_log_lines(
     with backends(pki, ("db", ["db.example.com"])) as (db,):
         bootstrap = tmp_path / "gateway.yaml"
         bootstrap.write_text(db_route(port, db.port))
-        command = [sys.executable, "-m", "gateway", "serve", "--bootstrap", str(bootstrap)]
-        command += ["--bind-address", "127.0.0.1", "--admin", "", "--state-dir", ""]
-        command += ["--log-format", "text"]
-        process = await trio.lowlevel.open_process(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        try:
+        async with serve_process(
+            "--bootstrap",
+            str(bootstrap),
+            "--admin",
+            "",
+            "--state-dir",
+            "",
+            "--log-format",
+            "text",
+            capture=True,
+        ) as process:  # entered at once: the test waits on its log below
             assert process.stdout is not None
-            received = b""
-            with trio.fail_after(30):
-                # Ready once the listener is bound; no probe connection, so the one connection
-                # below is the only one the access log can speak of.
-                while b"listener bound" not in received:
-                    chunk = await process.stdout.receive_some(65536)
-                    assert chunk, received.decode()
-                    received += chunk
-                client = await trio.open_tcp_stream("127.0.0.1", port)
-                client_port = client.socket.getsockname()[1]
-                await client.send_all(hello_with_extensions(sni_extension(HOSTILE_SNI.encode())))
-                assert await _closed_by_peer(client)  # no route for that name
-                await client.aclose()
-                # Logged after the close: read until the connection's outcome and its line end.
-                while not re.search(rb"outcome=rejected-.*\n", received):
-                    chunk = await process.stdout.receive_some(65536)
-                    assert chunk, received.decode()
-                    received += chunk
-        finally:
-            process.kill()  # by PID: only the process this test started
-            await process.wait()
+            output = trio.lowlevel.FdStream(os.dup(process.stdout.fileno()))  # read with Trio
+            try:
+                received = b""
+                with trio.fail_after(30):
+                    # Ready once the listener is bound; no probe connection, so the one connection
+                    # below is the only one the access log can speak of.
+                    while b"listener bound" not in received:
+                        chunk = await output.receive_some(65536)
+                        assert chunk, received.decode()
+                        received += chunk
+                    client = await trio.open_tcp_stream("127.0.0.1", port)
+                    client_port = client.socket.getsockname()[1]
+                    await client.send_all(
+                        hello_with_extensions(sni_extension(HOSTILE_SNI.encode()))
+                    )
+                    assert await _closed_by_peer(client)  # no route for that name
+                    await client.aclose()
+                    # Logged after the close: read until the connection's outcome and its line end.
+                    while not re.search(rb"outcome=rejected-.*\n", received):
+                        chunk = await output.receive_some(65536)
+                        assert chunk, received.decode()
+                        received += chunk
+            finally:
+                await output.aclose()
     lines = received.decode("ascii").splitlines()
     access = [line for line in lines if "tlsgate.access" in line]
     assert len(access) == 1, access
@@ -196,17 +210,17 @@ async def test_an_sni_with_cr_lf_nul_cannot_forge_access_log_lines(
     ],
 )
 def test_every_value_is_one_token_on_one_printable_line(value: str) -> None:
-    conn = Connection(peer=("127.0.0.1", 5000), bind=("127.0.0.1", 443), sni="x" + value)
+    conn = AccessRecord(peer=("127.0.0.1", 5000), bind=("127.0.0.1", 443), sni="x" + value)
     conn.outcome, conn.detail = "rejected-no-route", value
     fields = conn.fields()
-    line = Connection.line(fields)
+    line = AccessRecord.line(fields)
     assert line.isascii() and line.isprintable()
     assert dict(_logfmt(line)) == {key: str(v) for key, v in fields.items()}
 
 
 def test_ordinary_values_are_written_as_they_are() -> None:
-    conn = Connection(peer=("::1", 5000), bind=("127.0.0.1", 443), sni="db.example.com")
+    conn = AccessRecord(peer=("::1", 5000), bind=("127.0.0.1", 443), sni="db.example.com")
     conn.outcome = "closed"
-    line = Connection.line(conn.fields())
+    line = AccessRecord.line(conn.fields())
     assert line.startswith("client=[::1]:5000 bind=127.0.0.1:443 sni=db.example.com listener=-/- ")
     assert line.endswith(" outcome=closed")

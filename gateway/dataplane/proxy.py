@@ -1,30 +1,44 @@
 """One client connection end to end: ClientHello, route, connect, relay, one log line.
 
-I/O. The routing decision is made from the raw ClientHello before any TLS code runs; a rejected
-connection is closed without an alert or a handshake (SPEC.md §10.3). The snapshot is read once,
-after the hello, and kept for the connection's life. Nothing raised here reaches the listener:
-`handle` is the per-connection boundary.
+I/O. Nothing raised here reaches the listener: `handle` is the per-connection boundary.
+
+Theory of operation. A connection is one task (the listener's accept loop starts it in the
+connections nursery) and, while relaying, a second one for the other direction:
+
+1. Read the ClientHello with a resumable sans-IO parser (`clienthello`) under the hello
+   timeout, keeping the bytes. Nothing is decided before the hello is complete.
+2. Read the snapshot once and look up (address, port, SNI) in it (SPEC.md §10.1-§10.2). The
+   connection keeps that snapshot for its life: a configuration change never moves it.
+3. A rejection (no SNI, no listener, a listener not programmed, no route, a share of an invalid
+   backend) closes the socket without an alert or a handshake (SPEC.md §10.3, §10.4).
+4. Passthrough: connect a backend endpoint (`dial`), replay the hello bytes verbatim (the
+   backend sees the client's own SNI), then `relay.relay` splices both ways until both ends
+   are done: half-close propagates, the idle timeout covers both directions at once.
+5. Terminate: feed the hello into a TLS engine with the best certificate for the SNI
+   (`tlsstream`), finish the handshake under the hello timeout, connect the backend (plain,
+   or TLS as its BackendTLSPolicy says, §10.7) and `relay.relay_ends` the plaintext. TLS has no
+   half-close: when the backend ends, the client's TLS is closed.
+6. Always: close the socket, write one access-log line (`access`), count it in the metrics.
+   A failure the network explains (a reset, a TLS alert) is an outcome, not a traceback; a
+   bug is logged with its traceback and still ends only this connection.
 """
 
 from __future__ import annotations
 
-import errno
-import ipaddress
-import json
 import logging
-import os
 import random
-import re
 import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
 
 import attrs
 import trio
 
+from gateway.api.names import TLSMode
+from gateway.dataplane.access import AccessRecord, Outcome
 from gateway.dataplane.clienthello import MAX_HELLO_BYTES, ClientHelloError, ClientHelloParser
+from gateway.dataplane.dial import Dialer
 from gateway.dataplane.relay import (
     SPLICE_AVAILABLE,
     End,
@@ -34,23 +48,15 @@ from gateway.dataplane.relay import (
     relay,
     relay_ends,
 )
+from gateway.dataplane.sockio import send_all
 from gateway.dataplane.tls import ContextRegistry, choose_certificate, subject_alt_names_match
 from gateway.dataplane.tlsstream import TlsConnection, TlsError
 from gateway.metrics import Metrics
-from gateway.routing.snapshot import (
-    Backend,
-    BackendTLS,
-    Endpoint,
-    ListenerTable,
-    Rejected,
-    Snapshot,
-)
+from gateway.routing.snapshot import Backend, BackendTLS, ListenerTable, Rejected, Snapshot
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("tlsgate.access")
 
-#: Endpoints of one backend tried per connection before the client is closed.
-CONNECT_ATTEMPTS = 3
 #: Expected ways for a connection to fail: one log line, no traceback.
 EXPECTED_ERRORS = (OSError, TlsError, trio.BrokenResourceError, trio.ClosedResourceError)
 
@@ -75,68 +81,6 @@ class HelloWork:
     scanned: int = 0
 
 
-@attrs.define
-class Connection:
-    """What one access-log line says about a connection."""
-
-    peer: tuple[str, int]
-    bind: tuple[str, int]
-    started: float = attrs.field(factory=time.monotonic)
-    sni: str | None = None
-    gateway: str = "-"
-    listener: str = "-"
-    route: str = "-"
-    backend: str = "-"
-    endpoint: str = "-"
-    outcome: str = "closed"
-    detail: str = ""
-    transfer: Transfer | None = None
-
-    def fields(self) -> dict[str, object]:
-        """The access-log fields, in order (ARCHITECTURE.md "Logging"; never key material)."""
-        host, port = self.peer[:2]
-        out: dict[str, object] = {
-            "client": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-            "bind": f"{self.bind[0]}:{self.bind[1]}",
-            "sni": self.sni or "-",
-            "listener": f"{self.gateway}/{self.listener}",
-            "route": self.route,
-            "backend": self.backend,
-            "endpoint": self.endpoint,
-            "bytes_up": self.transfer.up if self.transfer else 0,
-            "bytes_down": self.transfer.down if self.transfer else 0,
-            "duration": round(time.monotonic() - self.started, 3),
-            "outcome": self.outcome,
-        }
-        if self.detail:
-            out["detail"] = self.detail
-        return out
-
-    @staticmethod
-    def line(fields: dict[str, object]) -> str:
-        """The text access-log line, logfmt style: a value that is not a plain token is written
-        as a quoted string with JSON escapes, so whatever a client put in its SNI (CR, LF, NUL,
-        quotes, `key=value`) the line stays one line and a value cannot fake another field."""
-        texts = [str(value) for value in fields.values()]
-        if all(texts) and _PLAIN_LOG_VALUE.fullmatch("".join(texts)):  # the usual line, at once
-            return " ".join(f"{key}={text}" for key, text in zip(fields, texts, strict=True))
-        return " ".join(
-            f"{key}={_log_value(text)}" for key, text in zip(fields, texts, strict=True)
-        )
-
-
-#: A log value written as is: printable ASCII except space, `"`, `=` and backslash.
-_PLAIN_LOG_VALUE = re.compile(r"[!#-<>-\[\]-~]+")
-
-
-def _log_value(text: str) -> str:
-    if _PLAIN_LOG_VALUE.fullmatch(text):
-        return text
-    # ensure_ascii escapes every control and non-ASCII character (U+2028 and NEL split lines
-    # in some readers too); DEL is the one non-printable character JSON leaves alone.
-    return json.dumps(text).replace("\x7f", "\\u007f")
-
-
 class Proxy:
     """The data plane's per-process context: configuration, the snapshot source, endpoint
     round robin, the pipe pool, and the count of live connections."""
@@ -154,7 +98,7 @@ class Proxy:
         self.config = config
         self._rng = random.Random(config.seed)
         self.pool = pool if pool is not None else (PipePool() if config.splice else None)
-        self._next: dict[str, int] = {}
+        self.dialer = Dialer(config.connect_timeout, self.metrics)
         self.active = 0
         self.hello_work = HelloWork()
         self.idle = trio.Event()
@@ -165,32 +109,33 @@ class Proxy:
     ) -> None:
         """Serve one accepted connection; never raises (ARCHITECTURE.md "Errors")."""
         self._enter()
-        conn = Connection(peer=peer, bind=bind)
+        conn = AccessRecord(peer=peer, bind=bind)
         try:
             await self._serve(sock, conn)
         except BaseException as exc:
             # The relay's nursery wraps failures in exception groups: judge the leaves.
             leaves = _leaves(exc)
             if not all(isinstance(leaf, Exception) for leaf in leaves):
-                conn.outcome = "shutdown"  # Cancelled (drain timeout), KeyboardInterrupt...
+                conn.outcome = Outcome.SHUTDOWN  # Cancelled (drain timeout), KeyboardInterrupt...
                 raise
             if all(isinstance(leaf, EXPECTED_ERRORS) for leaf in leaves):
-                conn.outcome = conn.outcome if conn.outcome != "closed" else "error"
+                if conn.outcome is Outcome.CLOSED:
+                    conn.outcome = Outcome.ERROR
                 first = leaves[0]
                 conn.detail = conn.detail or f"{type(first).__name__}: {first}"
             else:  # the one broad except: a bug must not stop the server
-                conn.outcome = "internal-error"
+                conn.outcome = Outcome.INTERNAL_ERROR
                 log.exception("unexpected error on connection from %s", conn.peer)
                 conn.detail = type(exc).__name__
         finally:
             sock.close()
             if access_log.isEnabledFor(logging.INFO):
                 fields = conn.fields()
-                access_log.info("%s", Connection.line(fields), extra={"fields": fields})
+                access_log.info("%s", AccessRecord.line(fields), extra={"fields": fields})
             self._account(conn)
             self._leave()
 
-    def _account(self, conn: Connection) -> None:
+    def _account(self, conn: AccessRecord) -> None:
         metrics = self.metrics
         metrics.connections_finished.labels(
             conn.gateway, conn.listener, conn.route, conn.outcome
@@ -211,7 +156,7 @@ class Proxy:
         if self.active == 0:
             self.idle.set()
 
-    async def _serve(self, client: socket.socket, conn: Connection) -> None:
+    async def _serve(self, client: socket.socket, conn: AccessRecord) -> None:
         hello_bytes = await self._read_hello(client, conn)
         if hello_bytes is None:
             return
@@ -221,7 +166,7 @@ class Proxy:
         if isinstance(decision, Rejected):
             if decision.listener is not None:
                 conn.gateway, conn.listener = decision.listener.gateway, decision.listener.name
-            conn.outcome, conn.detail = f"rejected-{decision.reason}", decision.message
+            conn.outcome, conn.detail = Outcome.rejected(decision.reason), decision.message
             return
         listener = decision.listener
         conn.gateway, conn.listener = listener.gateway, listener.name
@@ -231,10 +176,10 @@ class Proxy:
         if backend.reject is not None:
             # An invalid backend keeps its share of the weight: that share is closed (§10.4),
             # before any handshake, in both modes.
-            conn.outcome, conn.detail = "rejected-invalid-backend", backend.reject
+            conn.outcome, conn.detail = Outcome.REJECTED_INVALID_BACKEND, backend.reject
             return
-        if listener.mode == "Passthrough":
-            upstream = await self._connect(backend, conn)
+        if listener.mode == TLSMode.PASSTHROUGH:
+            upstream = await self.dialer.connect(backend, conn)
             if upstream is None:
                 return
             with upstream:
@@ -246,7 +191,7 @@ class Proxy:
         self,
         client: socket.socket,
         hello_bytes: bytes,
-        conn: Connection,
+        conn: AccessRecord,
         snapshot: Snapshot,
         listener: ListenerTable,
         backend: Backend,
@@ -256,7 +201,7 @@ class Proxy:
         backend at once (it may speak first) and relay plaintext."""
         certificates = self.contexts.server_certificates(snapshot.generation, listener)
         if not certificates:
-            conn.outcome = "rejected-listener-not-programmed"
+            conn.outcome = Outcome.REJECTED_LISTENER_NOT_PROGRAMMED
             conn.detail = "no certificate could be loaded"
             return
         tls = TlsConnection(
@@ -270,13 +215,13 @@ class Proxy:
             try:
                 await tls.handshake()
             except TlsError as exc:
-                conn.outcome, conn.detail = "tls-handshake-failed", str(exc)
+                conn.outcome, conn.detail = Outcome.TLS_HANDSHAKE_FAILED, str(exc)
                 return
         if timeout.cancelled_caught:
-            conn.outcome = "handshake-timeout"
+            conn.outcome = Outcome.HANDSHAKE_TIMEOUT
             return
         self.metrics.handshake_duration.observe(time.monotonic() - started)
-        upstream = await self._connect(backend, conn)
+        upstream = await self.dialer.connect(backend, conn)
         if upstream is None:
             return
         with upstream:
@@ -289,41 +234,41 @@ class Proxy:
             conn.transfer = Transfer(idle_timeout=self.config.idle_timeout)
             await relay_ends(tls, end, conn.transfer)
             if conn.transfer.scope.cancelled_caught:
-                conn.outcome = "idle-timeout"
+                conn.outcome = Outcome.IDLE_TIMEOUT
 
     async def _reencrypt(
         self,
         upstream: socket.socket,
         policy: BackendTLS,
         listener: ListenerTable,
-        conn: Connection,
+        conn: AccessRecord,
     ) -> TlsConnection | None:
         """TLS to the backend as its BackendTLSPolicy says (SPEC.md §10.7)."""
         try:
             context = self.contexts.backend_context(policy, listener.backend_client_certificate)
         except (ssl.SSLError, ValueError) as exc:
-            conn.outcome, conn.detail = "backend-tls-failed", f"policy {policy.policy}: {exc}"
+            conn.outcome, conn.detail = Outcome.BACKEND_TLS_FAILED, f"policy {policy.policy}: {exc}"
             return None
         tls = TlsConnection(upstream, context, server_side=False, server_hostname=policy.hostname)
         with trio.move_on_after(self.config.connect_timeout) as timeout:
             try:
                 await tls.handshake()
             except TlsError as exc:
-                conn.outcome, conn.detail = "backend-tls-failed", str(exc)
+                conn.outcome, conn.detail = Outcome.BACKEND_TLS_FAILED, str(exc)
                 return None
         if timeout.cancelled_caught:
-            conn.outcome, conn.detail = "backend-tls-failed", "handshake timed out"
+            conn.outcome, conn.detail = Outcome.BACKEND_TLS_FAILED, "handshake timed out"
             return None
         peer = tls.peer_certificate()
         if policy.subject_alt_names and (
             peer is None or not subject_alt_names_match(peer, policy.subject_alt_names)
         ):
-            conn.outcome = "backend-tls-failed"
+            conn.outcome = Outcome.BACKEND_TLS_FAILED
             conn.detail = "the backend certificate has none of the policy's subjectAltNames"
             return None
         return tls
 
-    async def _read_hello(self, client: socket.socket, conn: Connection) -> bytes | None:
+    async def _read_hello(self, client: socket.socket, conn: AccessRecord) -> bytes | None:
         # The parser keeps its reassembly state: each byte is examined a bounded number of times
         # however finely the client fragments the hello, and it bounds what is buffered (at most
         # max_hello_bytes of handshake plus 5 bytes per record, MAX_HELLO_RECORDS records, before
@@ -339,13 +284,13 @@ class Proxy:
                         await trio.lowlevel.wait_readable(client)
                         continue
                     if not chunk:
-                        conn.outcome = "client-closed"
+                        conn.outcome = Outcome.CLIENT_CLOSED
                         return None
                     buffer += chunk
                     try:
                         hello = parser.feed(chunk)
                     except ClientHelloError as exc:
-                        conn.outcome, conn.detail = "rejected-not-tls", str(exc)
+                        conn.outcome, conn.detail = Outcome.REJECTED_NOT_TLS, str(exc)
                         return None
                     if hello is not None:
                         conn.sni = hello.server_name
@@ -355,33 +300,11 @@ class Proxy:
             self.hello_work.fed += parser.fed
             self.hello_work.scanned += parser.scanned
         assert timeout.cancelled_caught
-        conn.outcome = "hello-timeout"
-        return None
-
-    async def _connect(self, backend: Backend, conn: Connection) -> socket.socket | None:
-        """Round robin over ready endpoints; on failure try the next, up to CONNECT_ATTEMPTS."""
-        endpoints = backend.endpoints
-        start = self._next.get(backend.name, 0)
-        self._next[backend.name] = start + 1
-        errors = []
-        for attempt in range(min(CONNECT_ATTEMPTS, len(endpoints))):
-            endpoint = endpoints[(start + attempt) % len(endpoints)]
-            conn.endpoint = str(endpoint)
-            with trio.move_on_after(self.config.connect_timeout):
-                try:
-                    return await _open(endpoint)
-                except OSError as exc:
-                    errors.append(f"{endpoint}: {exc.strerror or exc}")
-                    self.metrics.backend_connect_failures.labels(backend.name).inc()
-                    continue
-            errors.append(f"{endpoint}: timed out")
-            self.metrics.backend_connect_failures.labels(backend.name).inc()
-        conn.outcome = "connect-failed"
-        conn.detail = "; ".join(errors) or "no endpoint"
+        conn.outcome = Outcome.HELLO_TIMEOUT
         return None
 
     async def _relay(
-        self, client: socket.socket, upstream: socket.socket, hello_bytes: bytes, conn: Connection
+        self, client: socket.socket, upstream: socket.socket, hello_bytes: bytes, conn: AccessRecord
     ) -> None:
         conn.transfer = Transfer(idle_timeout=self.config.idle_timeout)
         # The buffered hello goes first, verbatim: the backend sees the client's own SNI.
@@ -389,58 +312,7 @@ class Proxy:
         conn.transfer.up += len(hello_bytes)
         await relay(client, upstream, conn.transfer, self.pool)
         if conn.transfer.scope.cancelled_caught:
-            conn.outcome = "idle-timeout"
-
-
-async def _open(endpoint: Endpoint) -> socket.socket:
-    """A non-blocking TCP connection to the endpoint; FQDN endpoints are resolved now (API.md:
-    a docker-compose service name works)."""
-    try:
-        ipaddress.ip_address(endpoint.address)
-        addresses: list[tuple[int, tuple[Any, ...]]] = [
-            (
-                socket.AF_INET6 if ":" in endpoint.address else socket.AF_INET,
-                (endpoint.address, endpoint.port),
-            )
-        ]
-    except ValueError:
-        infos = await trio.socket.getaddrinfo(
-            endpoint.address, endpoint.port, type=socket.SOCK_STREAM
-        )
-        addresses = [(family, address) for family, _, _, _, address in infos]
-    error: OSError = OSError(f"{endpoint.address} did not resolve")
-    for family, address in addresses:
-        try:
-            return await _connect_one(family, address)
-        except OSError as exc:
-            error = exc
-    raise error
-
-
-async def _connect_one(family: int, address: tuple[Any, ...]) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        code = sock.connect_ex(address)
-        if code in (errno.EINPROGRESS, errno.EAGAIN):
-            await trio.lowlevel.wait_writable(sock)
-            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if code:
-            raise OSError(code, os.strerror(code))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-async def send_all(sock: socket.socket, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[sock.send(view) :]
-        except BlockingIOError:
-            await trio.lowlevel.wait_writable(sock)
+            conn.outcome = Outcome.IDLE_TIMEOUT
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -25,6 +25,8 @@ from typing import Protocol
 import attrs
 import trio
 
+from gateway.dataplane.sockio import receive_some, send_all
+
 #: Bytes moved per splice round. Trio costs ~50-70 us per round, so larger is cheaper.
 CHUNK = 1024 * 1024
 #: Below this many waiting bytes a round is a plain read and write.
@@ -130,7 +132,7 @@ async def _pump(
             if pool is not None and waiting >= SPLICE_MIN:
                 moved = await _splice_round(src_fd, dst, dst_fd, pool)
             else:
-                moved = await _copy_round(src_fd, dst, dst_fd, min(max(waiting, 4096), CHUNK))
+                moved = await _copy_round(src_fd, dst, min(max(waiting, 4096), CHUNK))
             if moved is None:
                 break  # nothing there after all
             if moved == 0:
@@ -146,17 +148,12 @@ async def _pump(
             await trio.lowlevel.checkpoint()  # bulk: keep going, but let others run
 
 
-async def _copy_round(src_fd: int, dst: socket.socket, dst_fd: int, size: int) -> int | None:
+async def _copy_round(src_fd: int, dst: socket.socket, size: int) -> int | None:
     try:
         data = os.read(src_fd, size)
     except BlockingIOError:
         return None
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(dst_fd, view) :]
-        except BlockingIOError:
-            await trio.lowlevel.wait_writable(dst)
+    await send_all(dst, data)
     return len(data)
 
 
@@ -212,19 +209,10 @@ class PlainEnd:
         self.sock = sock
 
     async def receive(self) -> bytes:
-        while True:
-            try:
-                return self.sock.recv(READ_SIZE)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(self.sock)
+        return await receive_some(self.sock, READ_SIZE)
 
     async def send(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[self.sock.send(view) :]
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(self.sock)
+        await send_all(self.sock, data)
 
     async def finish(self) -> None:
         _send_eof(self.sock)

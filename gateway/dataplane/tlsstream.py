@@ -2,9 +2,10 @@
 re-encryption to backends.
 
 I/O. `trio.SSLStream` returns one 16 KiB record per call and pays Trio's scheduling for each
-(~3 CPU-s per GiB, STACK-NOTES.md); this reads up to 256 KiB from the socket at a time and
-drains every decrypted record in one call. The server side starts from the ClientHello bytes
-already read for routing, replayed into the engine, so the routing decision needs no TLS code.
+(~3 CPU-s per GiB, STACK-NOTES.md); this reads up to 64 KiB (`CHUNK`) from the socket at a
+time and drains every decrypted record in one call. The server side starts from the
+ClientHello bytes already read for routing, replayed into the engine, so the routing decision
+needs no TLS code.
 Every receive also flushes what the engine wants to send (TLS 1.3 tickets, KeyUpdate).
 
 Tasks: one connection is used full duplex by two tasks (`relay_ends`): one receives, the other
@@ -24,7 +25,8 @@ import ssl
 
 import trio
 
-READ_SIZE = 256 * 1024
+from gateway.dataplane.sockio import receive_some
+
 #: Copies through the BIOs go in pieces below glibc's mmap threshold (128 KiB by default), so
 #: each one reuses heap memory instead of mapping and faulting in fresh pages.
 CHUNK = 64 * 1024
@@ -139,17 +141,12 @@ class TlsConnection:
         """Read what the socket has (waiting if nothing); False at EOF."""
         if self._eof:
             return False
-        while True:
-            try:
-                data = self.sock.recv(CHUNK)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(self.sock)
-                continue
-            if not data:
-                self._eof = True
-                return False
-            self._in.write(data)
-            return True
+        data = await receive_some(self.sock, CHUNK)
+        if not data:
+            self._eof = True
+            return False
+        self._in.write(data)
+        return True
 
     async def _flush(self) -> None:
         """Send everything in the outgoing BIO, in order; returns once the socket has it."""

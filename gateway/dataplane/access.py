@@ -1,0 +1,110 @@
+"""What the access log says about one connection: its record, how it ended, and the line.
+
+I/O edge only in that the line is written by the caller (`proxy`); this module formats. One
+line per finished connection (ARCHITECTURE.md "Logging"): peer, SNI, listener, route, backend,
+endpoint, bytes each way, duration, outcome; never key material.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from enum import StrEnum
+
+import attrs
+
+from gateway.dataplane.relay import Transfer
+from gateway.routing.snapshot import RejectReason
+
+
+class Outcome(StrEnum):
+    """How a connection ended: the access log's `outcome` and the metrics' label, so a fixed
+    vocabulary (docs/configuration.md lists every one)."""
+
+    CLOSED = "closed"
+    CLIENT_CLOSED = "client-closed"
+    IDLE_TIMEOUT = "idle-timeout"
+    HELLO_TIMEOUT = "hello-timeout"
+    HANDSHAKE_TIMEOUT = "handshake-timeout"
+    TLS_HANDSHAKE_FAILED = "tls-handshake-failed"
+    CONNECT_FAILED = "connect-failed"
+    BACKEND_TLS_FAILED = "backend-tls-failed"
+    REJECTED_NOT_TLS = "rejected-not-tls"
+    REJECTED_NO_BIND = "rejected-no-bind"
+    REJECTED_NO_SNI = "rejected-no-sni"
+    REJECTED_NO_LISTENER = "rejected-no-listener"
+    REJECTED_LISTENER_NOT_PROGRAMMED = "rejected-listener-not-programmed"
+    REJECTED_NO_ROUTE = "rejected-no-route"
+    REJECTED_NO_BACKEND = "rejected-no-backend"
+    REJECTED_INVALID_BACKEND = "rejected-invalid-backend"
+    ERROR = "error"
+    INTERNAL_ERROR = "internal-error"
+    SHUTDOWN = "shutdown"
+
+    @classmethod
+    def rejected(cls, reason: RejectReason) -> Outcome:
+        """The outcome of a lookup's rejection (SPEC.md §10.3): `rejected-<reason>`."""
+        return cls(f"rejected-{reason}")
+
+
+@attrs.define
+class AccessRecord:
+    """What one access-log line says about a connection."""
+
+    peer: tuple[str, int]
+    bind: tuple[str, int]
+    started: float = attrs.field(factory=time.monotonic)
+    sni: str | None = None
+    gateway: str = "-"
+    listener: str = "-"
+    route: str = "-"
+    backend: str = "-"
+    endpoint: str = "-"
+    outcome: Outcome = Outcome.CLOSED
+    detail: str = ""
+    transfer: Transfer | None = None
+
+    def fields(self) -> dict[str, object]:
+        """The access-log fields, in order (ARCHITECTURE.md "Logging"; never key material)."""
+        host, port = self.peer[:2]
+        out: dict[str, object] = {
+            "client": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+            "bind": f"{self.bind[0]}:{self.bind[1]}",
+            "sni": self.sni or "-",
+            "listener": f"{self.gateway}/{self.listener}",
+            "route": self.route,
+            "backend": self.backend,
+            "endpoint": self.endpoint,
+            "bytes_up": self.transfer.up if self.transfer else 0,
+            "bytes_down": self.transfer.down if self.transfer else 0,
+            "duration": round(time.monotonic() - self.started, 3),
+            "outcome": self.outcome,
+        }
+        if self.detail:
+            out["detail"] = self.detail
+        return out
+
+    @staticmethod
+    def line(fields: dict[str, object]) -> str:
+        """The text access-log line, logfmt style: a value that is not a plain token is written
+        as a quoted string with JSON escapes, so whatever a client put in its SNI (CR, LF, NUL,
+        quotes, `key=value`) the line stays one line and a value cannot fake another field."""
+        texts = [str(value) for value in fields.values()]
+        if all(texts) and _PLAIN_LOG_VALUE.fullmatch("".join(texts)):  # the usual line, at once
+            return " ".join(f"{key}={text}" for key, text in zip(fields, texts, strict=True))
+        return " ".join(
+            f"{key}={_log_value(text)}" for key, text in zip(fields, texts, strict=True)
+        )
+
+
+#: A log value written as is: printable ASCII except space, `"`, `=` and backslash.
+_PLAIN_LOG_VALUE = re.compile(r"[!#-<>-\[\]-~]+")
+
+
+def _log_value(text: str) -> str:
+    if _PLAIN_LOG_VALUE.fullmatch(text):
+        return text
+    # ensure_ascii escapes every control and non-ASCII character (U+2028 and NEL split lines
+    # in some readers too); DEL is the one non-printable character JSON leaves alone.
+    return json.dumps(text).replace("\x7f", "\\u007f")
