@@ -9,7 +9,6 @@ I/O. One Trio nursery holds the live connections; another holds one accept task 
 from __future__ import annotations
 
 import collections
-import errno
 import logging
 import resource
 import signal
@@ -24,9 +23,9 @@ import trio
 from admin.listen import AdminLimits, AdminTLSError, admin_tls_context
 from admin.listen import bind as bind_admin
 from gateway.api.kinds import Document
+from gateway.dataplane.binds import BIND_RETRY_SECONDS, BoundSockets
 from gateway.dataplane.proxy import Proxy, ProxyConfig
 from gateway.dataplane.relay import PipePool
-from gateway.dataplane.sockets import listening_socket
 from gateway.metrics import Metrics
 from gateway.store.sqlite import Store
 from gateway.store.state import State
@@ -36,10 +35,6 @@ log = logging.getLogger(__name__)
 
 #: File descriptors kept free for listeners, the admin API, logs and the like.
 FD_RESERVE = 256
-#: Accept errors that mean "out of resources for now": wait and retry, never die of EMFILE.
-_TRANSIENT_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-#: How often a failed bind is retried while no configuration change happens.
-BIND_RETRY_SECONDS = 5.0
 
 
 class StartError(Exception):
@@ -81,113 +76,14 @@ class ServeConfig:
     state_dir: str | None = None
 
 
-class Listeners:
-    """Keeps one listening socket per (address, port) of the snapshot."""
-
-    def __init__(
-        self,
-        state: State,
-        proxy: Proxy,
-        connections: trio.Nursery,
-        limit: int,
-        config: ServeConfig,
-    ) -> None:
-        self.state = state
-        self.proxy = proxy
-        self.connections = connections
-        self.limit = limit
-        self.backlog = config.backlog
-        self.bind_retry = config.bind_retry
-        self.bound: dict[tuple[str, int], trio.CancelScope] = {}
-        self.over_capacity = 0
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            generation = -1
-            while True:
-                await self.reconcile(nursery)
-                generation = self.state.generation
-                if task_status is not trio.TASK_STATUS_IGNORED:
-                    task_status.started()
-                    task_status = trio.TASK_STATUS_IGNORED
-                with trio.move_on_after(
-                    self.bind_retry if self.state.bind_failures else float("inf")
-                ):
-                    await self.state.wait_changed(generation)
-
-    async def reconcile(self, nursery: trio.Nursery) -> None:
-        wanted = set(self.state.snapshot.binds)
-        for key in set(self.bound) - wanted:
-            self.bound.pop(key).cancel()  # closes the socket; live connections are untouched
-            log.info("listener closed address=%s port=%d", *key)
-        failures: dict[tuple[str, int], str] = {}
-        for key in sorted(wanted - set(self.bound)):
-            try:
-                sock = _bind(key, self.backlog)
-            except OSError as exc:
-                failures[key] = exc.strerror or str(exc)
-                log.warning("cannot bind address=%s port=%d: %s", key[0], key[1], failures[key])
-                continue
-            scope = trio.CancelScope()
-            self.bound[key] = scope
-            nursery.start_soon(self._accept, sock, key, scope)
-            log.info("listener bound address=%s port=%d", *key)
-        self.state.set_bind_failures(failures)
-
-    async def _accept(
-        self, sock: socket.socket, key: tuple[str, int], scope: trio.CancelScope
-    ) -> None:
-        with scope, sock:
-            try:
-                await self._accept_loop(sock, key)
-            finally:
-                trio.lowlevel.notify_closing(sock)
-
-    async def _accept_loop(self, sock: socket.socket, key: tuple[str, int]) -> None:
-        # Plain non-blocking calls, waiting only when there is nothing to accept: a Trio socket
-        # would add a scheduler pass to every accept (~30 us each).
-        accepted = 0
-        counter = self.proxy.metrics.connections_accepted.labels(key[0], str(key[1]))
-        while True:
-            try:
-                conn, peer = sock.accept()
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
-                continue
-            except OSError as exc:
-                if exc.errno in _TRANSIENT_ACCEPT_ERRORS:
-                    log.warning("accept on %s:%d: %s; retrying", key[0], key[1], exc.strerror)
-                    await trio.sleep(0.1)
-                    continue
-                raise
-            if self.proxy.active >= self.limit:
-                self.over_capacity += 1
-                conn.close()
-                continue
-            counter.inc()
-            conn.setblocking(False)
-            # Small messages (handshake flights) must not wait for Nagle.
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.connections.start_soon(self.proxy.handle, conn, peer, key)
-            accepted += 1
-            if accepted % 32 == 0:
-                await trio.lowlevel.checkpoint()  # a flood of connections must not starve others
-
-
-def _bind(key: tuple[str, int], backlog: int) -> socket.socket:
-    sock = listening_socket(key[0], key[1], backlog)
-    sock.setblocking(False)
-    return sock
-
-
 async def serve(
     config: ServeConfig,
     bootstrap: Sequence[Document] = (),
     *,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run until cancelled or until SIGTERM/SIGINT, then drain (see `Server.run`)."""
-    await Server(config, bootstrap=bootstrap).run(task_status=task_status)
+    """Run until cancelled or until SIGTERM/SIGINT, then drain (see `Server.serve`)."""
+    await Server(config, bootstrap=bootstrap).serve(task_status=task_status)
 
 
 class Server:
@@ -197,7 +93,7 @@ class Server:
         self.config = config
         self.state = state or State(bind_address=config.bind_address)
         self.store = Store(config.state_dir) if config.state_dir else None
-        self.control = WritePath(self.state, self.store)
+        self.writes = WritePath(self.state, self.store)
         self.bootstrap = list(bootstrap)
         self.metrics = Metrics()
         self.metrics.snapshot_generation.set_function(lambda: self.state.generation)
@@ -213,7 +109,7 @@ class Server:
             config.admin_limits.max_connections if config.admin is not None else 0,
         )
         self._stop = trio.Event()
-        self.listeners: Listeners | None = None
+        self.binds: BoundSockets | None = None
         self.admin_urls: list[str] = []
         self.admin_edge: Any = None  # admin.edge.Edge once serving (tests read its counters)
         self.loaded = False
@@ -229,18 +125,20 @@ class Server:
         if self.state.bind_failures:
             failed = ", ".join(f"{a}:{p}" for a, p in sorted(self.state.bind_failures))
             return f"listeners not bound: {failed}"
-        bound = set(self.listeners.bound) if self.listeners else set()
+        bound = set(self.binds.bound) if self.binds else set()
         missing = set(self.state.snapshot.binds) - bound
         if missing:
             return "listeners not bound yet: " + ", ".join(f"{a}:{p}" for a, p in sorted(missing))
         return None
 
-    async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         admin = self._open_admin()  # first: a taken admin address must fail the start, at once
         try:
-            stored = self.control.load()
+            stored = self.writes.load()
             if self.bootstrap:
-                outcome = await self.control.apply(self.bootstrap)
+                outcome = await self.writes.apply(self.bootstrap)
                 counts = collections.Counter(c.action.value for c in outcome.changes)
                 log.info("bootstrap applied: %s", dict(counts))
             self.loaded = True
@@ -250,13 +148,18 @@ class Server:
                 self.state.generation,
             )
             async with trio.open_nursery() as connections:
-                self.listeners = Listeners(
-                    self.state, self.proxy, connections, self.limit, self.config
+                self.binds = BoundSockets(
+                    self.state,
+                    self.proxy,
+                    connections,
+                    limit=self.limit,
+                    backlog=self.config.backlog,
+                    bind_retry=self.config.bind_retry,
                 )
                 async with trio.open_nursery() as control:
-                    await control.start(self.listeners.run)
+                    await control.start(self.binds.serve)
                     if admin is not None:
-                        self.admin_urls = await control.start(self._admin, *admin)
+                        self.admin_urls = await control.start(self._serve_admin, *admin)
                     control.start_soon(self._signals)
                     task_status.started(self)
                     await self._stop.wait()
@@ -303,7 +206,7 @@ class Server:
             ) from None
         return sock, tls
 
-    async def _admin(
+    async def _serve_admin(
         self,
         sock: socket.socket,
         tls: ssl.SSLContext | None,
@@ -315,7 +218,7 @@ class Server:
         from admin.serve import serve_admin
 
         app = create_app(
-            self.control,
+            self.writes,
             body_limit=self.config.body_limit,
             ready=self.not_ready,
             metrics=self.metrics,

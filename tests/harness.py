@@ -5,14 +5,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import attrs
 import trio
@@ -174,7 +176,7 @@ async def _run(
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     server = Server(config, state)
-    await server.run(task_status=task_status)
+    await server.serve(task_status=task_status)
 
 
 @attrs.define
@@ -251,12 +253,39 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-async def wait_until(condition: Callable[[], bool], seconds: float = 5) -> None:
-    """Poll an outside condition (a port listening, a status) with a deadline; for what the
-    test can wait on directly, it waits on an event instead."""
-    with trio.fail_after(seconds):
-        while not condition():  # noqa: ASYNC110 (nothing to wait on: the condition is outside)
-            await trio.sleep(0.02)
+async def wait_until(
+    condition: Callable[[], bool], seconds: float = 5, what: str = "the condition"
+) -> None:
+    """Poll an outside condition (a port listening, a status) until it holds, failing with
+    `what` after `seconds`. What the test can wait on directly (an event, a log line, a
+    process's exit) it waits on instead. `wait_until` is for Trio code: it sleeps with Trio, so
+    a gateway in the same run keeps serving. `poll_until` is for synchronous code (a sync test,
+    a thread watching a real process): it blocks its thread. A condition may raise to fail at
+    once (a process that exited)."""
+    try:
+        with trio.fail_after(seconds):
+            while not condition():  # noqa: ASYNC110 (nothing to wait on: the condition is outside)
+                await trio.sleep(0.02)
+    except trio.TooSlowError:
+        raise AssertionError(f"{what}: not within {seconds} s") from None
+
+
+def poll_until(
+    condition: Callable[[], bool], seconds: float = 5, what: str = "the condition"
+) -> None:
+    """Poll an outside condition until it holds, failing with `what` after `seconds`: the
+    synchronous twin of `wait_until`, whose docstring says when to use which."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {seconds} s")
+        time.sleep(0.05)  # polling interval, not synchronisation
+
+
+def listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:`port` (one bare connect)."""
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 @contextlib.asynccontextmanager
@@ -281,7 +310,7 @@ async def admin_gateway(
 async def _run_server(
     server: Server, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    await server.run(task_status=task_status)
+    await server.serve(task_status=task_status)
 
 
 def _indent(text: str, spaces: int) -> str:
@@ -354,24 +383,128 @@ def run_tlsgate(*args: str, stdin: str | None = None) -> subprocess.CompletedPro
     )
 
 
-def wait_serving(
-    url: str,
-    process: subprocess.Popen[Any],
-    *,
+class ServeProcess:
+    """`tlsgate serve` in a real process: see `serve_process`."""
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str] | None,
+        admin_url: str | None,
+        path: str,
+        verify: ssl.SSLContext | bool,
+        port: int | None,
+        capture: bool,
+        seconds: float,
+    ) -> None:
+        self.command = [sys.executable, "-m", "gateway", "serve", "--bind-address", "127.0.0.1"]
+        self.command += args
+        self.env = env
+        self.admin_url, self.path, self.verify = admin_url, path, verify
+        self.port, self.capture, self.seconds = port, capture, seconds
+        self.log: IO[str] | None = None
+        self.process: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> subprocess.Popen[str]:
+        self.log = None if self.capture else tempfile.TemporaryFile("w+")
+        self.process = subprocess.Popen(
+            self.command,
+            stdout=subprocess.PIPE if self.capture else self.log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=self.env,
+        )
+        what = f"`tlsgate {shlex.join(self.command[3:])}`"
+        try:
+            poll_until(self._serving_or_exited, self.seconds, f"{what} serving")
+        except AssertionError as timeout:
+            raise AssertionError(f"{timeout}; it wrote:\n{self._stop(read=True)}") from None
+        except BaseException:
+            self._stop()
+            raise
+        if (code := self.process.poll()) is not None:
+            raise AssertionError(f"{what} exited with {code}:\n{self._stop(read=True)}")
+        return self.process
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop()
+
+    async def __aenter__(self) -> subprocess.Popen[str]:
+        return await trio.to_thread.run_sync(self.__enter__)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await trio.to_thread.run_sync(self._stop)
+
+    def _serving_or_exited(self) -> bool:
+        import httpx
+
+        assert self.process is not None
+        if self.process.poll() is not None:
+            return True
+        if self.port is not None and not listening(self.port):
+            return False
+        if self.admin_url is not None:
+            try:
+                answer = httpx.get(f"{self.admin_url}{self.path}", timeout=2, verify=self.verify)
+            except httpx.TransportError:
+                return False
+            return answer.status_code == 200
+        return True
+
+    def _stop(self, *, read: bool = False) -> str:
+        """Stop it if it runs and close its output; what it wrote, if `read`."""
+        process = self.process
+        assert process is not None
+        if process.poll() is None:
+            process.terminate()  # SIGTERM to its PID: only the process this test started
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        output = ""
+        if self.log is not None:
+            if read:
+                self.log.seek(0)
+                output = self.log.read()
+            self.log.close()
+        if process.stdout is not None:
+            if read:
+                output = process.stdout.read()
+            process.stdout.close()
+        return output
+
+
+def serve_process(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    admin_url: str | None = None,
     path: str = "/healthz",
     verify: ssl.SSLContext | bool = True,
-) -> None:
-    """Poll a `tlsgate serve` process's admin API until `path` answers 200 (30 s at most),
-    failing at once if the process exits."""
-    import httpx
+    port: int | None = None,
+    capture: bool = False,
+    seconds: float = 30,
+) -> ServeProcess:
+    """`tlsgate serve --bind-address 127.0.0.1 ARGS...` as a user runs it, in a real process
+    with environment `env` (default: this one's); a context manager, `with` in sync tests and
+    `async with` in Trio tests (there the waits run in a thread), yielding the `Popen` for
+    tests that send it signals or read its output.
 
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the gateway exited"
-        try:
-            if httpx.get(f"{url}{path}", timeout=2, verify=verify).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"the admin API never answered {path}")
+    Entered once it serves: `admin_url` + `path` answers 200 (over `verify`), and `port`
+    accepts a connection, for those given; with neither, at once (for a test that waits on a
+    log line, where a probe connection would show in the log). Fails after `seconds`, or as
+    soon as the process exits, with what it wrote (its stdout and stderr, merged). With
+    `capture` that output is the text pipe `process.stdout`, for the test to read (a pipe can
+    fill: a test that makes it log much reads as it goes); without, a temporary file. On exit
+    it is stopped by PID (SIGTERM, 20 s to exit, then SIGKILL) and its output closed."""
+    return ServeProcess(
+        args,
+        env=env,
+        admin_url=admin_url,
+        path=path,
+        verify=verify,
+        port=port,
+        capture=capture,
+        seconds=seconds,
+    )

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from gateway.dataplane.access import AccessRecord, Outcome
 from gateway.dataplane.clienthello import MAX_HELLO_RECORDS
-from gateway.dataplane.access import AccessRecord
 
 from .harness import (
     Pki,
@@ -211,7 +211,7 @@ async def test_an_sni_with_cr_lf_nul_cannot_forge_access_log_lines(
 )
 def test_every_value_is_one_token_on_one_printable_line(value: str) -> None:
     conn = AccessRecord(peer=("127.0.0.1", 5000), bind=("127.0.0.1", 443), sni="x" + value)
-    conn.outcome, conn.detail = "rejected-no-route", value
+    conn.outcome, conn.detail = Outcome.REJECTED_NO_ROUTE, value
     fields = conn.fields()
     line = AccessRecord.line(fields)
     assert line.isascii() and line.isprintable()
@@ -220,7 +220,7 @@ def test_every_value_is_one_token_on_one_printable_line(value: str) -> None:
 
 def test_ordinary_values_are_written_as_they_are() -> None:
     conn = AccessRecord(peer=("::1", 5000), bind=("127.0.0.1", 443), sni="db.example.com")
-    conn.outcome = "closed"
+    conn.outcome = Outcome.CLOSED
     line = AccessRecord.line(conn.fields())
     assert line.startswith("client=[::1]:5000 bind=127.0.0.1:443 sni=db.example.com listener=-/- ")
     assert line.endswith(" outcome=closed")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import http.server
 import json
 import os
@@ -31,18 +30,15 @@ from .harness import (
     free_port,
     gateway_yaml,
     handshake_outcome,
+    listening,
     route_yaml,
     running_gateway,
+    serve_process,
     service_yaml,
     tls_client,
     wait_until,
 )
 from .helpers import World
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 async def test_listeners_follow_the_configuration_and_live_connections_survive(pki: Pki) -> None:
@@ -63,12 +59,12 @@ async def test_listeners_follow_the_configuration_and_live_connections_survive(p
                     world = World()
                     world.apply(gateway_yaml(port, two) + base)
                     server.state.replace_documents(world.docs.values())
-                    await wait_until(lambda: _listening(extra))
+                    await wait_until(lambda: listening(extra))
                     async with tls_client(extra, "db.example.com", pki.client_context()) as c:
                         assert await c.call("PING") == "PONG"
                     # ...and every listener goes away with the Gateway, without a restart.
                     server.state.put([], deleted=[ObjectKey("Gateway", "infra", "gw")])
-                    await wait_until(lambda: not _listening(port) and not _listening(extra))
+                    await wait_until(lambda: not listening(port) and not listening(extra))
                     # The relayed connection is untouched (ARCHITECTURE.md).
                     assert await held.call("ECHO still here") == "still here"
 
@@ -91,7 +87,7 @@ async def test_bind_failure_is_reported_and_retried() -> None:
         assert server.state.snapshot.binds[("127.0.0.1", port)].error
         blocker.close()
         await wait_until(lambda: listener_reason() == "Accepted")
-        assert _listening(port)
+        assert listening(port)
 
 
 async def test_connections_over_the_limit_are_closed_at_once(pki: Pki) -> None:
@@ -107,8 +103,8 @@ async def test_connections_over_the_limit_are_closed_at_once(pki: Pki) -> None:
                     assert await handshake_outcome(
                         port, "db.example.com", pki.client_context()
                     ) in ("eof", "reset")
-                    assert server.listeners is not None
-                    assert server.listeners.over_capacity == 1
+                    assert server.binds is not None
+                    assert server.binds.over_capacity == 1
                     assert await one.call("PING") == await two.call("PING") == "PONG"
                 await server.proxy.idle.wait()
                 async with tls_client(port, "db.example.com", pki.client_context()) as three:
@@ -209,59 +205,28 @@ async def test_openssl_s_client_and_curl_through_the_gateway(pki: Pki, https_bac
             assert rejected.returncode != 0  # closed during the handshake, no certificate
 
 
-@contextlib.contextmanager
-def _serve_process(bootstrap: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
-    """`tlsgate serve` as a user runs it; killed (by PID) if the test leaves it running."""
-    with subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "serve",
-            "--bootstrap",
-            str(bootstrap),
-            "--bind-address",
-            "127.0.0.1",
-            "--admin",
-            "",
-            "--state-dir",
-            "",
-            *args,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    ) as process:
-        try:
-            yield process
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-
-
-def _wait_listening(process: subprocess.Popen[str], port: int) -> None:
-    import time
-
-    deadline = time.monotonic() + 20
-    while not _listening(port):
-        assert process.poll() is None, process.communicate()[0]
-        assert time.monotonic() < deadline, "gateway did not start"
-        time.sleep(0.05)
-
-
 async def test_sigterm_drains_live_connections_then_exits_zero(pki: Pki, tmp_path: Path) -> None:
     port = free_port()
     with backends(pki, ("db", ["db.example.com"])) as (db,):
         bootstrap = tmp_path / "gateway.yaml"
         bootstrap.write_text(db_route(port, db.port))
-        with _serve_process(bootstrap, "--drain-timeout", "20") as process:
-            await trio.to_thread.run_sync(_wait_listening, process, port)
+        async with serve_process(
+            "--bootstrap",
+            str(bootstrap),
+            "--admin",
+            "",
+            "--state-dir",
+            "",
+            "--drain-timeout",
+            "20",
+            capture=True,
+            port=port,
+        ) as process:
             with trio.fail_after(30):
                 async with tls_client(port, "db.example.com", pki.client_context()) as client:
                     assert await client.call("PING") == "PONG"
                     os.kill(process.pid, signal.SIGTERM)
-                    await wait_until(lambda: not _listening(port))  # stops accepting at once
+                    await wait_until(lambda: not listening(port))  # stops accepting at once
                     # The live connection keeps working during the drain.
                     assert await client.call("ECHO draining") == "draining"
                     await client.call("PING")
@@ -276,8 +241,18 @@ async def test_drain_timeout_closes_the_rest(pki: Pki, tmp_path: Path) -> None:
     with backends(pki, ("db", ["db.example.com"])) as (db,):
         bootstrap = tmp_path / "gateway.yaml"
         bootstrap.write_text(db_route(port, db.port))
-        with _serve_process(bootstrap, "--drain-timeout", "0.5") as process:
-            await trio.to_thread.run_sync(_wait_listening, process, port)
+        async with serve_process(
+            "--bootstrap",
+            str(bootstrap),
+            "--admin",
+            "",
+            "--state-dir",
+            "",
+            "--drain-timeout",
+            "0.5",
+            capture=True,
+            port=port,
+        ) as process:
             with trio.fail_after(30):
                 async with tls_client(port, "db.example.com", pki.client_context()) as client:
                     os.kill(process.pid, signal.SIGINT)
@@ -436,8 +411,18 @@ async def test_json_logs_carry_connection_swap_and_listener_lines(pki: Pki, tmp_
     with backends(pki, ("db", ["db.example.com"])) as (db,):
         bootstrap = tmp_path / "gateway.yaml"
         bootstrap.write_text(db_route(port, db.port))
-        with _serve_process(bootstrap, "--log-format", "json") as process:
-            await trio.to_thread.run_sync(_wait_listening, process, port)
+        async with serve_process(
+            "--bootstrap",
+            str(bootstrap),
+            "--admin",
+            "",
+            "--state-dir",
+            "",
+            "--log-format",
+            "json",
+            capture=True,
+            port=port,
+        ) as process:
             with trio.fail_after(20):
                 async with tls_client(port, "db.example.com", pki.client_context()) as client:
                     assert await client.call("PING") == "PONG"
