@@ -57,11 +57,33 @@ class WritePath:
         self.state.replace_documents(documents)
         return len(documents)
 
+    # --- reads: what the API server's views show --------------------------------------------
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The snapshot in force (statuses and the routing table)."""
+        return self.state.snapshot
+
+    @property
+    def revision(self) -> str:
+        """The store's revision (the generation without a store): lists' resourceVersion."""
+        return str(self.store.revision if self.store else self.state.generation)
+
     def get(self, key: ObjectKey) -> Document:
         doc = self.state.documents.get(key)
         if doc is None:
             raise NotFound(f"{key} not found")
         return doc
+
+    def list(self, kind: str, namespace: str | None = None) -> list[Document]:
+        """The documents of a kind in force, in key order, optionally of one namespace."""
+        return [
+            doc
+            for key, doc in sorted(self.state.documents.items())
+            if key.kind == kind and (namespace is None or key.namespace == namespace)
+        ]
+
+    # --- writes --------------------------------------------------------------------------------
 
     async def apply(
         self,

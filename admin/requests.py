@@ -1,0 +1,225 @@
+"""What the admin views share: reading and parsing request bodies, the query options of
+API.md (dryRun, namespace, DeleteOptions), admitting documents, mapping write errors to
+Status codes, and JSON responses.
+
+HTTP edge. Bodies over 64 KiB are parsed on a worker thread (parsing is pure), so the event
+loop that relays every proxied connection keeps running meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+from quart import Response, request
+
+from admin.errors import ApiError
+from gateway.api.admission import Cause
+from gateway.api.bundle import admit_all
+from gateway.api.convert import Invalid, structure_document
+from gateway.api.kinds import BY_PLURAL, Document, KindInfo
+from gateway.api.manifests import ManifestError, flatten, load_json, parse_documents
+from gateway.store.plan import Conflict
+from gateway.store.sqlite import StoreUnavailable
+from gateway.store.writes import BadRequest, NotFound, Outcome
+
+JSON_TYPES = {"application/json"}
+YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"}
+MERGE_PATCH = "application/merge-patch+json"
+
+
+def json_response(body: Any, code: int) -> Response:
+    return Response(
+        json.dumps(body, separators=(",", ":")) + "\n", code, content_type="application/json"
+    )
+
+
+def kind_info(plural: str) -> KindInfo:
+    info = BY_PLURAL.get(plural)
+    if info is None:
+        raise ApiError(404, f"unknown resource {plural!r}; known: {', '.join(sorted(BY_PLURAL))}")
+    return info
+
+
+def namespace_from_query(raw: Any, info: KindInfo) -> None:
+    """`POST /v1/{plural}?namespace=NS` creates in NS: the body may leave the namespace out,
+    but may not name another (as the Kubernetes API refuses a mismatch)."""
+    namespace = request.args.get("namespace")
+    if namespace is None or not isinstance(raw, dict):
+        return
+    if not info.namespaced:
+        raise ApiError(400, f"{info.kind} is cluster-scoped: it takes no namespace")
+    meta = raw.setdefault("metadata", {})
+    if not isinstance(meta, dict):
+        return  # admission reports the malformed metadata
+    given = meta.setdefault("namespace", namespace)
+    if given != namespace:
+        raise ApiError(
+            400, f"the body's namespace {given!r} differs from the request's {namespace!r}"
+        )
+
+
+def is_read() -> bool:
+    """HEAD is a GET without a body (RFC 9110 §9.3.2): it never writes, whatever it carries."""
+    return request.method in ("GET", "HEAD")
+
+
+@attrs.frozen
+class DeleteOptions:
+    dry_run: bool = False
+    resource_version: str | None = None
+    uid: str | None = None
+
+
+def delete_options(data: bytes) -> DeleteOptions:
+    """A DELETE body, if any, is a Kubernetes DeleteOptions: `dryRun: [All]` and
+    `preconditions` (resourceVersion, uid) are honoured; propagationPolicy and the grace
+    period mean nothing here (nothing has dependents or a termination period)."""
+    if not data.strip():
+        return DeleteOptions()
+    body = json_body(data)
+    if not isinstance(body, dict) or body.get("kind") not in (None, "DeleteOptions"):
+        raise ApiError(400, "a DELETE body must be a DeleteOptions object")
+    # Strict: a malformed option must never fall back to "delete for real, unguarded".
+    dry_run = body.get("dryRun")
+    if dry_run is None:
+        dry_run = []
+    if not isinstance(dry_run, list) or any(v != "All" for v in dry_run):
+        raise ApiError(400, "dryRun takes a list whose only value is 'All'")
+    preconditions = body.get("preconditions")
+    if preconditions is None:
+        preconditions = {}
+    if not isinstance(preconditions, dict):
+        raise ApiError(400, "preconditions must be an object")
+    version, uid = preconditions.get("resourceVersion"), preconditions.get("uid")
+    for name, value in (("resourceVersion", version), ("uid", uid)):
+        if value is not None and not isinstance(value, str):
+            raise ApiError(400, f"preconditions.{name} must be a string")
+    return DeleteOptions(dry_run=bool(dry_run), resource_version=version, uid=uid)
+
+
+def dry_run_requested() -> bool:
+    values = request.args.getlist("dryRun")
+    if values not in ([], ["All"]):
+        raise ApiError(400, "dryRun takes only the value 'All', once")
+    return bool(values)
+
+
+def content_type() -> str:
+    return (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+
+
+async def read_body() -> bytes:
+    data: bytes = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+    return data
+
+
+#: Bodies larger than this are parsed on a worker thread, so that the event loop (which
+#: relays every proxied connection) keeps running meanwhile.
+PARSE_IN_THREAD = 64 * 1024
+_PARSERS = trio.CapacityLimiter(2)
+
+
+def json_body(data: bytes) -> Any:
+    try:
+        return load_json(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+    except ManifestError as exc:
+        raise ApiError(400, f"the body is refused: {exc}") from None
+
+
+def yaml_body(data: bytes) -> list[Any]:
+    try:
+        return parse_documents(data.decode("utf-8"))
+    except (ManifestError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the body is not valid YAML: {exc}") from None
+
+
+async def parse_body(parse: Callable[[bytes], Any], data: bytes) -> Any:
+    if len(data) <= PARSE_IN_THREAD:
+        return parse(data)
+    # Parsing is pure (it touches nothing shared), so a thread is safe here; its own limiter
+    # keeps it out of the queue of DNS lookups (trio's default limiter).
+    return await trio.to_thread.run_sync(parse, data, limiter=_PARSERS)
+
+
+async def body_documents(*, allow_many: bool) -> list[Any]:
+    given = content_type()
+    data = await read_body()
+    if given in JSON_TYPES:
+        value = await parse_body(json_body, data)
+        documents = flatten(value) if allow_many else [value]
+    elif given in YAML_TYPES:
+        documents = await parse_body(yaml_body, data)
+    else:
+        raise ApiError(
+            400,
+            f"Content-Type {given or '(none)'!r} is not supported: send "
+            "application/json or application/yaml",
+        )
+    if not documents:
+        raise ApiError(400, "the body holds no document")
+    if not allow_many and len(documents) != 1:
+        raise ApiError(
+            400,
+            f"this endpoint takes one document, the body holds {len(documents)}"
+            "; POST several to /v1/apply",
+        )
+    for document in documents:
+        if not isinstance(document, dict):
+            raise ApiError(400, "every document must be an object")
+    return documents
+
+
+def admit_one(raw: Any, info: KindInfo) -> Document:
+    if isinstance(raw, dict) and raw.get("kind") not in (None, info.kind):
+        raise ApiError(400, f"the body is a {raw.get('kind')}, the path names {info.kind}")
+    try:
+        return structure_document(raw)
+    except Invalid as exc:
+        raise ApiError(
+            422, exc.message, kind=exc.kind or info.kind, name=exc.name, causes=exc.causes
+        ) from None
+
+
+def admit_bundle(raws: list[Any]) -> list[Document]:
+    """A bundle is admitted as a whole: every bad document is reported, none is stored."""
+    documents, rejected = admit_all(raws)
+    if rejected:
+        causes = [
+            Cause(
+                f"items[{index}].{c.field}" if c.field else f"items[{index}]", c.reason, c.message
+            )
+            for index, error in rejected
+            for c in error.causes
+        ]
+        first = rejected[0][1]
+        raise ApiError(
+            422,
+            f"{len(rejected)} of {len(raws)} documents are invalid; nothing was applied. "
+            f"First: {first.message}",
+            kind=first.kind or None,
+            name=first.name or None,
+            causes=causes,
+        )
+    return documents
+
+
+async def run_write(operation: Any) -> Outcome:
+    try:
+        outcome: Outcome = await operation
+    except Conflict as exc:
+        raise ApiError(409, str(exc), reason=exc.reason) from None
+    except NotFound as exc:
+        raise ApiError(404, str(exc)) from None
+    except BadRequest as exc:
+        raise ApiError(400, str(exc)) from None
+    except StoreUnavailable as exc:
+        raise ApiError(503, str(exc)) from None
+    except Invalid as exc:
+        raise ApiError(422, exc.message, kind=exc.kind, name=exc.name, causes=exc.causes) from None
+    return outcome
