@@ -33,19 +33,20 @@ def resolve_backends(
     for rule_index, rule in enumerate(route.spec.rules):
         for i, ref in enumerate(rule.backend_refs):
             where = f"rules[{rule_index}].backendRefs[{i}]"
-            namespace = ref.namespace or key[0]
-            name = f"{namespace}/{ref.name}:{ref.port}" if ref.port else f"{namespace}/{ref.name}"
+            namespace = ref.namespace or key.namespace
+            service_key = NamespacedName(namespace, ref.name)
+            name = f"{service_key}:{ref.port}" if ref.port else str(service_key)
             problem = _check(key, ref, namespace, resources)
             if problem is not None:
                 reason, message = problem
                 failures.append((reason, f"{where}: {message}"))
                 pool.append(Backend(name=name, weight=ref.weight, reject=message))
                 continue
-            service = resources.services[NamespacedName(namespace, ref.name)]
+            service = resources.services[service_key]
             endpoints = _endpoints(service, ref.port, resources)
             port_name = next(p.name for p in service.spec.ports or () if p.port == ref.port)
             tls = policy_for(policies or {}, namespace, ref.name, port_name)
-            reject = None if endpoints else f"Service {namespace}/{ref.name} has no ready endpoints"
+            reject = None if endpoints else f"Service {service_key} has no ready endpoints"
             if tls is not None and tls.error is not None:
                 reject = f"BackendTLSPolicy {tls.policy} is not accepted: {tls.error}"
             pool.append(
@@ -64,31 +65,31 @@ def _check(
             f"{ref.group or 'core'}/{ref.kind} is not a supported "
             "backend kind; only core Services are"
         )
+    service_key = NamespacedName(namespace, ref.name)
     if not grant_allows(
         resources,
         from_group=GATEWAY_GROUP,
         from_kind="TLSRoute",
-        from_namespace=key[0],
+        from_namespace=key.namespace,
         to_group="",
         to_kind="Service",
         to_namespace=namespace,
         to_name=ref.name,
     ):
         return Reason.REF_NOT_PERMITTED, (
-            f"Service {namespace}/{ref.name} is in another "
-            "namespace and no ReferenceGrant allows the "
+            f"Service {service_key} is in another namespace and no ReferenceGrant allows the "
             "reference"
         )
-    service = resources.services.get(NamespacedName(namespace, ref.name))
+    service = resources.services.get(service_key)
     if service is None:
-        return Reason.BACKEND_NOT_FOUND, f"Service {namespace}/{ref.name} does not exist"
+        return Reason.BACKEND_NOT_FOUND, f"Service {service_key} does not exist"
     if service.spec.type == "ExternalName":
         # SPEC.md §5.1: ExternalName SHOULD NOT be supported (it can reach any host).
         return Reason.INVALID_KIND, (
-            f"Service {namespace}/{ref.name} is of type ExternalName, which is not supported"
+            f"Service {service_key} is of type ExternalName, which is not supported"
         )
     if not any(p.port == ref.port for p in service.spec.ports or ()):
-        return Reason.BACKEND_NOT_FOUND, (f"Service {namespace}/{ref.name} has no port {ref.port}")
+        return Reason.BACKEND_NOT_FOUND, f"Service {service_key} has no port {ref.port}"
     return None
 
 

@@ -145,7 +145,7 @@ def _client_certificate(
         resources,
         facts,
         from_kind="Gateway",
-        from_namespace=gateway[0],
+        from_namespace=gateway.namespace,
         group=ref.group,
         kind=ref.kind,
         namespace=ref.namespace,

@@ -43,7 +43,7 @@ def evaluate_policies(
         results[key] = result
         if tls is None:
             continue
-        age = (policy.metadata.creation_timestamp or "", key[0], key[1])
+        age = (policy.metadata.creation_timestamp or "", key.namespace, key.name)
         for target in result.targets:
             candidates.setdefault(target, []).append((age, key, tls))
     chosen: dict[Target, BackendTLS] = {}
@@ -57,8 +57,8 @@ def evaluate_policies(
                     ConditionType.ACCEPTED,
                     False,
                     Reason.CONFLICTED,
-                    f"Service {target[0]}/{target[1]} is already targeted by the older "
-                    f"BackendTLSPolicy {winner[0]}/{winner[1]}",
+                    f"Service {NamespacedName(target[0], target[1])} is already targeted by the "
+                    f"older BackendTLSPolicy {winner}",
                 ),
                 results[loser].resolved_refs,
                 results[loser].targets,
@@ -69,7 +69,7 @@ def evaluate_policies(
 def _evaluate(
     key: NamespacedName, policy: model.BackendTLSPolicy, resources: Resources, facts: Facts
 ) -> tuple[PolicyResult, BackendTLS | None]:
-    namespace = key[0]
+    namespace = key.namespace
     targets = []
     invalid_targets = []
     for i, ref in enumerate(policy.spec.target_refs):
