@@ -39,7 +39,7 @@ from gateway.api.kinds import Document, KindInfo, ObjectKey, key_of
 from gateway.metrics import Metrics
 from gateway.routing.explain import explain, table_to_wire
 from gateway.store.plan import Action
-from gateway.store.writes import NotFound, WritePath
+from gateway.store.writes import NotFound, Outcome, WritePath
 
 log = logging.getLogger("tlsgate.admin")
 
@@ -56,49 +56,81 @@ def create_app(
     app = QuartTrio(__name__)
     app.config["MAX_CONTENT_LENGTH"] = body_limit
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    views = Views(writes, body_limit=body_limit, ready=ready, metrics=metrics)
+    app.register_error_handler(ApiError, views.api_error)
+    app.register_error_handler(HTTPException, views.http_error)
+    app.register_error_handler(Exception, views.internal_error)
+    app.add_url_rule("/healthz", view_func=views.healthz, methods=["GET"])
+    app.add_url_rule("/readyz", view_func=views.readyz, methods=["GET"])
+    app.add_url_rule("/metrics", view_func=views.metrics_view, methods=["GET"])
+    app.add_url_rule("/v1/routingtable", view_func=views.routing_table, methods=["GET"])
+    app.add_url_rule("/v1/explain", view_func=views.explain_view, methods=["GET"])
+    app.add_url_rule("/v1/apply", view_func=views.apply_view, methods=["POST"])
+    app.add_url_rule("/v1/<plural>", view_func=views.collection, methods=["GET", "POST"])
+    item_methods = ["GET", "PUT", "PATCH", "DELETE"]
+    app.add_url_rule("/v1/<plural>/<first>", view_func=views.cluster_item, methods=item_methods)
+    app.add_url_rule(
+        "/v1/<plural>/<namespace>/<name>", view_func=views.namespaced_item, methods=item_methods
+    )
+    return app
 
-    @app.errorhandler(ApiError)
-    async def api_error(error: ApiError) -> Response:
+
+class Views:
+    """The admin API's views: thin, every one `async def`, reading and writing through the
+    write path only."""
+
+    def __init__(
+        self,
+        writes: WritePath,
+        *,
+        body_limit: int,
+        ready: Callable[[], str | None],
+        metrics: Metrics | None,
+    ) -> None:
+        self.writes = writes
+        self.body_limit = body_limit
+        self.ready = ready
+        self.metrics = metrics
+
+    # --- errors ----------------------------------------------------------------------------
+
+    async def api_error(self, error: ApiError) -> Response:
         return json_response(error.body(), error.code)
 
-    @app.errorhandler(HTTPException)
-    async def http_error(error: HTTPException) -> Response:
+    async def http_error(self, error: HTTPException) -> Response:
         code = error.code or 500
         if isinstance(error, RequestEntityTooLarge):
-            message = f"the request body is larger than the {body_limit}-byte limit"
+            message = f"the request body is larger than the {self.body_limit}-byte limit"
         else:
             message = error.description or error.name
         return json_response(ApiError(code, message).body(), code)
 
-    @app.errorhandler(Exception)
-    async def internal_error(error: Exception) -> Response:
+    async def internal_error(self, error: Exception) -> Response:
         # Nothing was swapped: a write that fails (a full disk, say) changes nothing in force.
-        log.exception("admin request failed: %s %s", request.method, request.path)
+        log.error("admin request failed: %s %s", request.method, request.path, exc_info=error)
         body = ApiError(500, f"internal error: {type(error).__name__}: {error}").body()
         return json_response(body, 500)
 
-    @app.get("/healthz")
-    async def healthz() -> Response:
+    # --- probes and the table -----------------------------------------------------------------
+
+    async def healthz(self) -> Response:
         return json_response({"status": "ok"}, 200)
 
-    @app.get("/readyz")
-    async def readyz() -> Response:
-        reason = ready()
+    async def readyz(self) -> Response:
+        reason = self.ready()
         if reason is None:
-            return json_response({"status": "ready", "generation": writes.snapshot.generation}, 200)
+            generation = self.writes.snapshot.generation
+            return json_response({"status": "ready", "generation": generation}, 200)
         return json_response(ApiError(503, reason).body(), 503)
 
-    @app.get("/metrics")
-    async def metrics_view() -> Response:
-        body = metrics.render() if metrics is not None else b""
+    async def metrics_view(self) -> Response:
+        body = self.metrics.render() if self.metrics is not None else b""
         return Response(body, 200, content_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/routingtable")
-    async def routing_table() -> Response:
-        return json_response(table_to_wire(writes.snapshot), 200)
+    async def routing_table(self) -> Response:
+        return json_response(table_to_wire(self.writes.snapshot), 200)
 
-    @app.get("/v1/explain")
-    async def explain_view() -> Response:
+    async def explain_view(self) -> Response:
         sni = request.args.get("sni")
         port_text = request.args.get("port", "")
         if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
@@ -112,17 +144,18 @@ def create_app(
                     400, f"query parameter 'address' must be an IP address, not {address!r}"
                 ) from None
         try:
-            result = explain(writes.snapshot, address, int(port_text), sni)
+            result = explain(self.writes.snapshot, address, int(port_text), sni)
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
         return json_response(result, 200)
 
-    @app.post("/v1/apply")
-    async def apply_view() -> Response:
+    # --- documents ---------------------------------------------------------------------------
+
+    async def apply_view(self) -> Response:
         dry_run = dry_run_requested()
         raws = await body_documents(allow_many=True)
         documents = admit_bundle(raws)
-        outcome = await run_write(writes.apply(documents, dry_run=dry_run))
+        outcome = await run_write(self.writes.apply(documents, dry_run=dry_run))
         body: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": "List",
@@ -130,28 +163,25 @@ def create_app(
                 with_status(c.document, outcome.snapshot.statuses) | {"action": c.action.value}
                 for c in outcome.changes
             ],
-            "metadata": {"resourceVersion": writes.revision},
+            "metadata": {"resourceVersion": self.writes.revision},
         }
         if dry_run:
             body["dryRun"] = True
             body["routingTable"] = table_to_wire(outcome.snapshot)
         return json_response(body, 200)
 
-    @app.route("/v1/<plural>", methods=["GET", "POST"])
-    async def collection(plural: str) -> Response:
+    async def collection(self, plural: str) -> Response:
         info = kind_info(plural)
         if is_read():
             namespace = request.args.get("namespace")
-            snapshot = writes.snapshot
-            items = [
-                with_status(doc, snapshot.statuses) for doc in writes.list(info.kind, namespace)
-            ]
+            statuses = self.writes.snapshot.statuses
+            items = [with_status(doc, statuses) for doc in self.writes.list(info.kind, namespace)]
             return json_response(
                 {
                     "apiVersion": "v1",
                     "kind": "List",
                     "items": items,
-                    "metadata": {"resourceVersion": writes.revision},
+                    "metadata": {"resourceVersion": self.writes.revision},
                 },
                 200,
             )
@@ -159,57 +189,58 @@ def create_app(
         namespace_from_query(raw, info)
         doc = admit_one(raw, info)
         outcome = await run_write(
-            writes.apply([doc], must_not_exist=True, dry_run=dry_run_requested())
+            self.writes.apply([doc], must_not_exist=True, dry_run=dry_run_requested())
         )
-        return json_response(
-            with_status(outcome.changes[0].document, outcome.snapshot.statuses), 201
-        )
+        return _first_change(outcome, 201)
 
-    @app.route("/v1/<plural>/<first>", methods=["GET", "PUT", "PATCH", "DELETE"])
-    async def cluster_item(plural: str, first: str) -> Response:
+    async def cluster_item(self, plural: str, first: str) -> Response:
         info = kind_info(plural)
         if info.namespaced:
             raise ApiError(
                 404, f"{info.kind} is namespaced: use /v1/{plural}/{{namespace}}/{{name}}"
             )
-        return await _item(info, ObjectKey(info.kind, "", first))
+        return await self._item(info, ObjectKey(info.kind, "", first))
 
-    @app.route("/v1/<plural>/<namespace>/<name>", methods=["GET", "PUT", "PATCH", "DELETE"])
-    async def namespaced_item(plural: str, namespace: str, name: str) -> Response:
+    async def namespaced_item(self, plural: str, namespace: str, name: str) -> Response:
         info = kind_info(plural)
         if not info.namespaced:
             raise ApiError(404, f"{info.kind} is cluster-scoped: use /v1/{plural}/{{name}}")
-        return await _item(info, ObjectKey(info.kind, namespace, name))
+        return await self._item(info, ObjectKey(info.kind, namespace, name))
 
-    async def _item(info: KindInfo, key: ObjectKey) -> Response:
+    async def _item(self, info: KindInfo, key: ObjectKey) -> Response:
         if is_read():
-            return json_response(with_status(_get(key), writes.snapshot.statuses), 200)
+            return json_response(with_status(self._get(key), self.writes.snapshot.statuses), 200)
         if request.method == "DELETE":
-            options = delete_options(await read_body())
-            _get(key)
-            outcome = await run_write(
-                writes.delete(
-                    key,
-                    dry_run=dry_run_requested() or options.dry_run,
-                    expected_version=options.resource_version,
-                    expected_uid=options.uid,
-                )
-            )
-            return json_response(
-                with_status(outcome.changes[0].document, outcome.snapshot.statuses), 200
-            )
+            return await self._delete(key)
         if request.method == "PATCH":
-            if content_type() != MERGE_PATCH:
-                raise ApiError(415, f"PATCH takes a JSON merge patch (Content-Type: {MERGE_PATCH})")
-            dry_run = dry_run_requested()
-            patch = await parse_body(json_body, await read_body())
-            if not isinstance(patch, dict):
-                raise ApiError(400, "a merge patch must be a JSON object")
-            _get(key)
-            outcome = await run_write(writes.patch(key, patch, dry_run=dry_run))
-            return json_response(
-                with_status(outcome.changes[0].document, outcome.snapshot.statuses), 200
+            return await self._patch(key)
+        return await self._put(info, key)
+
+    async def _delete(self, key: ObjectKey) -> Response:
+        options = delete_options(await read_body())
+        self._get(key)
+        outcome = await run_write(
+            self.writes.delete(
+                key,
+                dry_run=dry_run_requested() or options.dry_run,
+                expected_version=options.resource_version,
+                expected_uid=options.uid,
             )
+        )
+        return _first_change(outcome, 200)
+
+    async def _patch(self, key: ObjectKey) -> Response:
+        if content_type() != MERGE_PATCH:
+            raise ApiError(415, f"PATCH takes a JSON merge patch (Content-Type: {MERGE_PATCH})")
+        dry_run = dry_run_requested()
+        patch = await parse_body(json_body, await read_body())
+        if not isinstance(patch, dict):
+            raise ApiError(400, "a merge patch must be a JSON object")
+        self._get(key)
+        outcome = await run_write(self.writes.patch(key, patch, dry_run=dry_run))
+        return _first_change(outcome, 200)
+
+    async def _put(self, info: KindInfo, key: ObjectKey) -> Response:
         (raw,) = await body_documents(allow_many=False)
         doc = admit_one(raw, info)
         if key_of(doc) != key:
@@ -218,19 +249,19 @@ def create_app(
         version = meta.get("resourceVersion") if isinstance(meta, dict) else None
         expected = {key: str(version)} if version not in (None, "") else None
         outcome = await run_write(
-            writes.apply([doc], expected_versions=expected, dry_run=dry_run_requested())
+            self.writes.apply([doc], expected_versions=expected, dry_run=dry_run_requested())
         )
         # Decided under the write lock: of two concurrent PUTs of a new object, one creates.
         created = outcome.changes[0].action is Action.CREATED
-        return json_response(
-            with_status(outcome.changes[0].document, outcome.snapshot.statuses),
-            201 if created else 200,
-        )
+        return _first_change(outcome, 201 if created else 200)
 
-    def _get(key: ObjectKey) -> Document:
+    def _get(self, key: ObjectKey) -> Document:
         try:
-            return writes.get(key)
+            return self.writes.get(key)
         except NotFound:
             raise ApiError(404, f"{key} not found", kind=key.kind, name=key.name) from None
 
-    return app
+
+def _first_change(outcome: Outcome, code: int) -> Response:
+    """The answer of a write that names one document: it, with its status after the write."""
+    return json_response(with_status(outcome.changes[0].document, outcome.snapshot.statuses), code)

@@ -162,28 +162,73 @@ async def serve_admin(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` on the listening `sock` until cancelled; `task_status` gets the URL."""
-    config = hypercorn_config(limits, log_name)
-    wrapped = wrap_app(cast(ASGIFramework, app), config.wsgi_max_body_size, "asgi")
-    context = WorkerContext(None)
-    lifespan = Lifespan(wrapped, config, {})
+    server = _AdminServer(app, limits, log_name)
     listener: trio.abc.Listener[Any] = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
     if tls is not None:
         # https_compatible: HTTP clients close without close_notify (RFC 2818 §2.2.2).
         listener = trio.SSLListener(listener, tls, https_compatible=True)
-    slots = trio.Semaphore(limits.max_connections)
-    #: Live connections, oldest first (dicts keep insertion order).
-    live: dict[_TCPServer, None] = {}
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    lifespan = Lifespan(server.app, server.config, {})
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        try:
+            async with listener, trio.open_nursery() as connections:
+                task_status.started([f"{'https' if tls else 'http'}://{shown}"])
+                await server.accept_loop(listener, connections)
+        finally:
+            await server.context.terminated.set()
+            lifespan_nursery.cancel_scope.cancel()
 
-    async def handle(stream: trio.abc.HalfCloseableStream) -> None:
+
+class _AdminServer:
+    """The accept loop and the live connections of one admin listener."""
+
+    def __init__(
+        self, app: Callable[..., Awaitable[None]], limits: AdminLimits, log_name: str
+    ) -> None:
+        self.limits = limits
+        self.config = hypercorn_config(limits, log_name)
+        self.app = wrap_app(cast(ASGIFramework, app), self.config.wsgi_max_body_size, "asgi")
+        self.context = WorkerContext(None)
+        self.slots = trio.Semaphore(limits.max_connections)
+        #: Live connections, oldest first (dicts keep insertion order).
+        self.live: dict[_TCPServer, None] = {}
+
+    async def accept_loop(
+        self, listener: trio.abc.Listener[Any], connections: trio.Nursery
+    ) -> None:
+        while True:
+            # Accept first (one descriptor beyond the slots at most), then make room.
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _TRANSIENT_ACCEPT_ERRORS:
+                    raise
+                await trio.sleep(0.1)
+                continue
+            try:
+                self.slots.acquire_nowait()
+            except trio.WouldBlock:
+                self.evict_idle()
+                try:
+                    await self.slots.acquire()
+                except BaseException:
+                    await trio.aclose_forcefully(stream)
+                    raise
+            connections.start_soon(self.handle, stream)
+
+    async def handle(self, stream: trio.abc.HalfCloseableStream) -> None:
         server = None
         try:
             with trio.CancelScope() as scope:
                 # The edge's sends are bounded by this guard's progress watch.
-                guard = ConnectionGuard(scope, limits.write_timeout)
+                guard = ConnectionGuard(scope, self.limits.write_timeout)
                 CONNECTION.set(guard)
-                timed = _TimedStream(stream, limits.write_timeout, guard)
-                server = _TCPServer(wrapped, config, context, {}, timed, scope=scope)
-                live[server] = None
+                timed = _TimedStream(stream, self.limits.write_timeout, guard)
+                server = _TCPServer(self.app, self.config, self.context, {}, timed, scope=scope)
+                self.live[server] = None
                 async with trio.open_nursery() as watchdog:
                     watchdog.start_soon(guard.watch)
                     await server
@@ -196,50 +241,20 @@ async def serve_admin(
             log.warning("admin connection closed after an error: %s: %s", type(exc).__name__, exc)
             log.debug("admin connection error", exc_info=True)
         finally:
-            live.pop(server, None)  # type: ignore[arg-type]
+            if server is not None:
+                self.live.pop(server, None)
             # Cancelled (at shutdown), TCPServer's own close can stop half way: make sure the
             # socket is closed before the slot is given back.
             await trio.aclose_forcefully(stream)
-            slots.release()
+            self.slots.release()
 
-    def evict_idle() -> None:
+    def evict_idle(self) -> None:
         """Every slot is taken and a client is waiting: close the connection idle longest
         (between requests, still sending its first request head or handshake, or HTTP/2 with
         no stream). Keep-alive clients, polling probes and slow senders then cannot keep a
         newcomer out."""
-        candidates = [server for server in live if server.evictable()]
+        candidates = [server for server in self.live if server.evictable()]
         if candidates:
             victim = min(candidates, key=lambda server: server.idle_since)
             victim.ending = True
             victim.scope.cancel()
-
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    async with trio.open_nursery() as lifespan_nursery:
-        await lifespan_nursery.start(lifespan.handle_lifespan)
-        await lifespan.wait_for_startup()
-        try:
-            async with listener, trio.open_nursery() as connections:
-                task_status.started([f"{'https' if tls else 'http'}://{shown}"])
-                while True:
-                    # Accept first (one descriptor beyond the slots at most), then make room.
-                    try:
-                        stream = await listener.accept()
-                    except OSError as exc:
-                        if exc.errno not in _TRANSIENT_ACCEPT_ERRORS:
-                            raise
-                        await trio.sleep(0.1)
-                        continue
-                    try:
-                        slots.acquire_nowait()
-                    except trio.WouldBlock:
-                        evict_idle()
-                        try:
-                            await slots.acquire()
-                        except BaseException:
-                            await trio.aclose_forcefully(stream)
-                            raise
-                    connections.start_soon(handle, stream)
-        finally:
-            await context.terminated.set()
-            lifespan_nursery.cancel_scope.cancel()

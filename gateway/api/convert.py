@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import types
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Union, get_args, get_origin
@@ -123,93 +124,96 @@ def _is_int_or_string(t: Any) -> bool:
     return get_origin(t) in (Union, types.UnionType) and set(get_args(t)) == {int, str}
 
 
+def _optional_hook(conv: cattrs.Converter, t: Any) -> Callable[[object, Any], Any]:
+    rest = tuple(a for a in get_args(t) if a is not type(None))
+    inner = rest[0] if len(rest) == 1 else Union[rest]  # noqa: UP007
+    handler = conv.get_structure_hook(inner)
+
+    def hook(value: object, _: Any) -> Any:
+        return None if value is None else handler(value, inner)
+
+    return hook
+
+
+def _tuple_hook(conv: cattrs.Converter, t: Any) -> Callable[[object, Any], tuple[Any, ...]]:
+    """Arrays: every bad element reported with its index, as cattrs does for lists."""
+    (elem, _ellipsis) = get_args(t)
+    handler = conv.get_structure_hook(elem)
+
+    def hook(value: object, _: Any) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise _wrong_type(value, "an array")
+        out, errors = [], []
+        for index, item in enumerate(value):
+            try:
+                out.append(handler(item, elem))
+            except Exception as exc:  # collected with its index, like cattrs does
+                exc.add_note(IterableValidationNote(f"index {index}", index, elem))
+                errors.append(exc)
+        if errors:
+            raise IterableValidationError("While structuring an array", errors, t)
+        return tuple(out)
+
+    return hook
+
+
+def _string_map_hook(value: object, _: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise _wrong_type(value, "an object")
+    errors = []
+    for key, item in value.items():
+        if not isinstance(item, str) or not isinstance(key, str):
+            exc = _wrong_type(item, "a string")
+            exc.add_note(IterableValidationNote(f"key {key}", str(key), str))
+            errors.append(exc)
+    if errors:
+        raise IterableValidationError("While structuring a map", errors, dict)
+    return dict(value)
+
+
+def _renames(cls: type) -> dict[str, Any]:
+    return {a.name: override(rename=wire_name(a.name)) for a in attrs.fields(cls)}
+
+
+def _class_hook(conv: cattrs.Converter, cls: type) -> Callable[[object, Any], Any]:
+    # Core kinds and metadata are consumed, not owned: keys tlsgate does not model (a
+    # Service's clusterIP, metadata.managedFields, ...) are dropped, as Kubernetes prunes.
+    lenient = cls.__module__ == corev1.__name__ or cls is ObjectMeta
+    inner: Callable[[Any, Any], Any] = make_dict_structure_fn(
+        cls, conv, _cattrs_forbid_extra_keys=not lenient, **_renames(cls)
+    )
+
+    def hook(value: object, _: Any) -> Any:
+        if not isinstance(value, dict):
+            raise _wrong_type(value, "an object")
+        return inner(value, cls)
+
+    return hook
+
+
+def _class_unstructure(conv: cattrs.Converter, cls: type) -> Callable[[Any], dict[str, Any]]:
+    """camelCase keys, and unset (None) fields left out: a document comes back as written."""
+    inner: Callable[[Any], dict[str, Any]] = make_dict_unstructure_fn(cls, conv, **_renames(cls))
+
+    def hook(value: Any) -> dict[str, Any]:
+        return {k: v for k, v in inner(value).items() if v is not None}
+
+    return hook
+
+
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(detailed_validation=True, forbid_extra_keys=True)
     conv.register_structure_hook(str, _structure_str)
     conv.register_structure_hook(int, _structure_int)
     conv.register_structure_hook(bool, _structure_bool)
-
-    def optional_hook(t: Any) -> Callable[[object, Any], Any]:
-        rest = tuple(a for a in get_args(t) if a is not type(None))
-        inner = rest[0] if len(rest) == 1 else Union[rest]  # noqa: UP007
-        handler = conv.get_structure_hook(inner)
-
-        def hook(value: object, _: Any) -> Any:
-            return None if value is None else handler(value, inner)
-
-        return hook
-
     conv.register_structure_hook_func(_is_int_or_string, _structure_int_or_string)
-    conv.register_structure_hook_factory(_is_optional, optional_hook)
-
-    def tuple_hook(t: Any) -> Callable[[object, Any], tuple[Any, ...]]:
-        (elem, _ellipsis) = get_args(t)
-        handler = conv.get_structure_hook(elem)
-
-        def hook(value: object, _: Any) -> tuple[Any, ...]:
-            if not isinstance(value, list):
-                raise _wrong_type(value, "an array")
-            out, errors = [], []
-            for index, item in enumerate(value):
-                try:
-                    out.append(handler(item, elem))
-                except Exception as exc:  # collected with its index, like cattrs does
-                    exc.add_note(IterableValidationNote(f"index {index}", index, elem))
-                    errors.append(exc)
-            if errors:
-                raise IterableValidationError("While structuring an array", errors, t)
-            return tuple(out)
-
-        return hook
-
-    conv.register_structure_hook_factory(_is_homogeneous_tuple, tuple_hook)
-
-    def dict_hook(value: object, _: Any) -> dict[str, str]:
-        if not isinstance(value, dict):
-            raise _wrong_type(value, "an object")
-        errors = []
-        for key, item in value.items():
-            if not isinstance(item, str) or not isinstance(key, str):
-                exc = _wrong_type(item, "a string")
-                exc.add_note(IterableValidationNote(f"key {key}", str(key), str))
-                errors.append(exc)
-        if errors:
-            raise IterableValidationError("While structuring a map", errors, dict)
-        return dict(value)
-
-    conv.register_structure_hook_func(lambda t: t == dict[str, str], dict_hook)
-
-    def class_hook(cls: type) -> Callable[[object, Any], Any]:
-        renames: dict[str, Any] = {
-            a.name: override(rename=wire_name(a.name)) for a in attrs.fields(cls)
-        }
-        # Core kinds and metadata are consumed, not owned: keys tlsgate does not model (a
-        # Service's clusterIP, metadata.managedFields, ...) are dropped, as Kubernetes prunes.
-        lenient = cls.__module__ == corev1.__name__ or cls is ObjectMeta
-        inner: Callable[[Any, Any], Any] = make_dict_structure_fn(
-            cls, conv, _cattrs_forbid_extra_keys=not lenient, **renames
-        )
-
-        def hook(value: object, _: Any) -> Any:
-            if not isinstance(value, dict):
-                raise _wrong_type(value, "an object")
-            return inner(value, cls)
-
-        return hook
-
-    def class_unstructure(cls: type) -> Callable[[Any], dict[str, Any]]:
-        renames: dict[str, Any] = {
-            a.name: override(rename=wire_name(a.name)) for a in attrs.fields(cls)
-        }
-        inner: Callable[[Any], dict[str, Any]] = make_dict_unstructure_fn(cls, conv, **renames)
-
-        def hook(value: Any) -> dict[str, Any]:
-            return {k: v for k, v in inner(value).items() if v is not None}
-
-        return hook
-
-    conv.register_structure_hook_factory(attrs.has, class_hook)
-    conv.register_unstructure_hook_factory(attrs.has, class_unstructure)
+    conv.register_structure_hook_factory(_is_optional, functools.partial(_optional_hook, conv))
+    conv.register_structure_hook_factory(
+        _is_homogeneous_tuple, functools.partial(_tuple_hook, conv)
+    )
+    conv.register_structure_hook_func(lambda t: t == dict[str, str], _string_map_hook)
+    conv.register_structure_hook_factory(attrs.has, functools.partial(_class_hook, conv))
+    conv.register_unstructure_hook_factory(attrs.has, functools.partial(_class_unstructure, conv))
     conv.register_unstructure_hook_factory(
         _is_homogeneous_tuple, lambda t: lambda v: [conv.unstructure(i) for i in v]
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 from datetime import UTC, datetime
+from typing import Any
 
 from gateway.api.names import RFC3339
 from gateway.cli.client import run_client
@@ -44,6 +45,14 @@ _TIMEOUTS = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlsgate", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_client_commands(commands, _remote_options())
+    _add_serve(commands)
+    _add_translate(commands)
+    return parser
+
+
+def _remote_options() -> argparse.ArgumentParser:
+    """The options every command that talks to a running gateway's admin API takes."""
     remote = argparse.ArgumentParser(add_help=False)
     remote.add_argument(
         "--server",
@@ -75,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("TLSGATE_CLIENT_KEY"),
         help="the client certificate's key, if not in --cert (env TLSGATE_CLIENT_KEY)",
     )
+    return remote
+
+
+def _add_client_commands(commands: Any, remote: argparse.ArgumentParser) -> None:
     ap = commands.add_parser(
         "apply", parents=[remote], help="create or update the documents of files (POST /v1/apply)"
     )
@@ -107,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--address")
     ex.add_argument("-o", "--output", choices=("yaml", "json"))
     ex.set_defaults(run=run_client)
+
+
+def _add_serve(commands: Any) -> None:
     sv = commands.add_parser(
         "serve",
         help="run the gateway",
@@ -216,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="default info (one access line per connection)",
     )
     sv.set_defaults(run=run_serve)
+
+
+def _add_translate(commands: Any) -> None:
     tr = commands.add_parser(
         "translate", help="admit manifests and print every status and the routing table, offline"
     )
@@ -241,4 +260,3 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the current time)",
     )
     tr.set_defaults(run=run_translate)
-    return parser
