@@ -144,12 +144,9 @@ def _client_certificate(
     checked = check_reference(
         resources,
         facts,
+        ref,
         from_kind="Gateway",
         from_namespace=gateway.namespace,
-        group=ref.group,
-        kind=ref.kind,
-        namespace=ref.namespace,
-        name=ref.name,
         target="Secret",
     )
     if checked.fault is None:

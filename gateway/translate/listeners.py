@@ -113,12 +113,9 @@ def _certificates(
         checked = check_reference(
             resources,
             facts,
+            ref,
             from_kind="Gateway",
             from_namespace=gateway.namespace,
-            group=ref.group,
-            kind=ref.kind,
-            namespace=ref.namespace,
-            name=ref.name,
             target="Secret",
         )
         if checked.fault is None:
@@ -170,12 +167,9 @@ def _frontend(
         checked = check_reference(
             resources,
             facts,
+            ref,
             from_kind="Gateway",
             from_namespace=gateway.namespace,
-            group=ref.group,
-            kind=ref.kind,
-            namespace=ref.namespace,
-            name=ref.name,
             target="ConfigMap",
         )
         if checked.fault is None:

@@ -85,12 +85,9 @@ def _evaluate(
         checked = check_reference(
             resources,
             facts,
+            ca_ref,
             from_kind="BackendTLSPolicy",
             from_namespace=namespace,
-            group=ca_ref.group,
-            kind=ca_ref.kind,
-            namespace=None,
-            name=ca_ref.name,
             target="ConfigMap",
         )
         if checked.fault is None:

@@ -14,6 +14,7 @@ import enum
 from attrs import frozen
 
 from gateway import GATEWAY_GROUP
+from gateway.api import model
 from gateway.api.convert import secret_bytes
 from gateway.api.names import NamespacedName
 from gateway.routing.snapshot import Certificate
@@ -69,19 +70,23 @@ class Checked:
     message: str = ""
 
 
+#: The reference types that name a Secret or ConfigMap; a LocalObjectReference has no
+#: namespace (the referrer's own).
+Reference = model.SecretObjectReference | model.ObjectReference | model.LocalObjectReference
+
+
 def check_reference(
     resources: Resources,
     facts: Facts,
+    ref: Reference,
     *,
     from_kind: str,
     from_namespace: str,
-    group: str,
-    kind: str,
-    namespace: str | None,
-    name: str,
     target: str,
 ) -> Checked:
     """`target` is "Secret" (a certificate and key) or "ConfigMap" (a `ca.crt` bundle)."""
+    group, kind, name = ref.group, ref.kind, ref.name
+    namespace = None if isinstance(ref, model.LocalObjectReference) else ref.namespace
     key = NamespacedName(namespace or from_namespace, name)
     if not grant_allows(
         resources,
