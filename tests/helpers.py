@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from gateway.api.convert import structure_document
+from gateway.api.bundle import admit_all
 from gateway.api.kinds import Document, ObjectKey, key_of
 from gateway.api.manifests import parse_documents
 from gateway.api.status import Condition, GatewayClassStatus, GatewayStatus, RouteStatus, Status
@@ -40,8 +40,10 @@ class World:
         return f"2026-01-01T00:{self.clock // 60:02d}:{self.clock % 60:02d}Z"
 
     def apply(self, text: str) -> Snapshot:
-        for raw in parse_documents(text):
-            doc = structure_document(raw)
+        documents, rejected = admit_all(parse_documents(text))
+        if rejected:
+            raise rejected[0][1]
+        for doc in documents:
             key = key_of(doc)
             self.version += 1
             self.clock += 1

@@ -1,14 +1,31 @@
 """Moving bytes between two connected sockets, both ways at once, until both sides are done.
 
-I/O. Each round first asks the kernel how much is waiting (FIONREAD). Bulk goes
-socket -> pipe -> socket with `os.splice` and never enters Python (STACK-NOTES.md "Relaying
-bytes": ~0.25 CPU-s per GiB against ~1.1 with receive/send); a small message (a handshake
-flight, a request) is cheaper as one read and one write, since a splice round costs ~30 us
-whatever its size. Pipes come from a shared, bounded pool and are held only while a chunk is in
-flight, so an idle connection holds none. Without splice every round is a read and a write.
+I/O.
 
-Half-close is propagated (EOF -> shutdown(SHUT_WR)); an error in either direction cancels the
-other, so both sides are torn down together (a pump left waiting leaked connections).
+Theory of operation. `relay` runs one pump per direction: this task pumps client -> backend,
+a child task backend -> client, in one nursery inside the transfer's cancel scope.
+
+- Rounds. A pump waits readable, then asks the kernel how much is waiting (FIONREAD). Bulk
+  goes socket -> pipe -> socket with `os.splice` and never enters Python (STACK-NOTES.md
+  "Relaying bytes": ~0.25 CPU-s per GiB against ~1.1 with receive/send); a small message (a
+  handshake flight, a request) is cheaper as one read and one write, since a splice round
+  costs ~30 us whatever its size. After a bulk round the pump checkpoints and goes on; after
+  a small one it waits again. Pipes come from a shared, bounded pool and are held only while
+  a chunk is in flight, so an idle connection holds none.
+- Full duplex. The two pumps share nothing but the transfer's counters and deadline; each
+  waits only readable on its source and writable on its destination, which Trio allows on one
+  socket from two tasks.
+- Half-close. EOF on one side becomes shutdown(SHUT_WR) on the other, and that pump ends;
+  the other direction keeps flowing until its own EOF (a client that sends a query and
+  half-closes still gets the whole answer).
+- Timeouts. One idle deadline for both directions, pushed forward by progress either way:
+  a connection that is busy one way only is not idle. When it passes, the scope is cancelled
+  and `relay` returns quietly with `cancelled_caught` set.
+- Errors. An error in either direction leaves the nursery, which cancels the other pump, so
+  both sides are torn down together (a pump left waiting leaked connections).
+
+`relay_ends` is the same for plaintext `End`s (a terminated TLS client and its backend),
+where TLS has no half-close to propagate (see its docstring).
 """
 
 from __future__ import annotations
