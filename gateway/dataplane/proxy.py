@@ -54,7 +54,8 @@ from gateway.dataplane.tlsstream import TlsConnection, TlsError
 from gateway.metrics import Metrics
 from gateway.routing.snapshot import Backend, BackendTLS, ListenerTable, Rejected, Snapshot
 
-log = logging.getLogger(__name__)
+# The logger name predates the packages (operators filter on it): kept.
+log = logging.getLogger("gateway.proxy")
 access_log = logging.getLogger("tlsgate.access")
 
 #: Expected ways for a connection to fail: one log line, no traceback.
