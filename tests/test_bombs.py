@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -17,7 +15,7 @@ from gateway.api.admission import show_value
 from gateway.api.convert import Invalid, structure_document
 from gateway.api.manifests import MAX_DEPTH, ManifestError, load_json, parse_documents
 
-from .harness import free_port, wait_serving
+from .harness import free_port, serve_process
 
 
 def billion_laughs(levels: int = 9) -> str:
@@ -122,22 +120,7 @@ def _peak_rss_kib(pid: int) -> int:
 def test_a_real_server_refuses_bombs_within_a_memory_bound(tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "serve",
-            "--state-dir",
-            "",
-            "--admin",
-            f"127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_serving(url, process)
+    with serve_process("--state-dir", "", "--admin", f"127.0.0.1:{port}", admin_url=url) as process:
         with httpx.Client(base_url=url, timeout=15) as http:
             bodies = [
                 ("application/yaml", billion_laughs().encode()),
@@ -153,9 +136,6 @@ def test_a_real_server_refuses_bombs_within_a_memory_bound(tmp_path: Path) -> No
                     assert answer.json()["reason"] == "BadRequest"
             assert http.get("/healthz").status_code == 200
         assert _peak_rss_kib(process.pid) < 300 * 1024
-    finally:
-        process.terminate()
-        process.wait(15)
 
 
 def test_json_documents_round_trip_unchanged() -> None:

@@ -9,15 +9,13 @@ import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 import trustme
 
-from .harness import free_port, gateway_yaml, run_tlsgate, wait_serving
+from .harness import free_port, gateway_yaml, run_tlsgate, serve_process
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "t0ken-for-tests"
@@ -26,25 +24,6 @@ TOKEN = "t0ken-for-tests"
 def _environment(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TLSGATE_")}
     return env | extra
-
-
-@contextmanager
-def serving(*args: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--bind-address", "127.0.0.1", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env or _environment(),
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-        process.wait(20)
-        assert process.stderr is not None
-        process.stderr.close()
 
 
 def _tls(ca: str, cert: str | None = None) -> ssl.SSLContext:
@@ -71,7 +50,7 @@ def test_admin_api_over_https_with_the_compose_certificates(tmp_path: Path) -> N
     url = f"https://127.0.0.1:{port}"
     bootstrap = tmp_path / "gateway.yaml"  # a free listener port: readyz needs it bound
     bootstrap.write_text(gateway_yaml(free_port()))
-    with serving(
+    with serve_process(
         "--admin",
         f"127.0.0.1:{port}",
         "--admin-tls-cert",
@@ -83,8 +62,10 @@ def test_admin_api_over_https_with_the_compose_certificates(tmp_path: Path) -> N
         "--bootstrap",
         str(bootstrap),
         env=_environment(TLSGATE_ADMIN_TOKEN=TOKEN),
-    ) as process:
-        wait_serving(url, process, path="/readyz", verify=_tls(ca))
+        admin_url=url,
+        path="/readyz",
+        verify=_tls(ca),
+    ):
         auth = {"Authorization": f"Bearer {TOKEN}"}
         with httpx.Client(base_url=url, verify=_tls(ca)) as http:
             assert http.get("/v1/gateways", headers=auth).status_code == 200
@@ -119,7 +100,7 @@ def test_admin_client_certificates_are_required_with_a_client_ca(tmp_path: Path)
         blob.write_to_path(files[name])
     port = free_port()
     url = f"https://127.0.0.1:{port}"
-    with serving(
+    with serve_process(
         "--admin",
         f"127.0.0.1:{port}",
         "--admin-tls-cert",
@@ -130,8 +111,11 @@ def test_admin_client_certificates_are_required_with_a_client_ca(tmp_path: Path)
         files["ca"],
         "--state-dir",
         "",
-    ) as process:
-        wait_serving(url, process, path="/readyz", verify=_tls(files["ca"], files["client"]))
+        env=_environment(),
+        admin_url=url,
+        path="/readyz",
+        verify=_tls(files["ca"], files["client"]),
+    ):
         anonymous = run_tlsgate("get", "tlsroutes", "--server", url, "--cacert", files["ca"])
         assert anonymous.returncode == 1
         identified = run_tlsgate(
@@ -153,15 +137,16 @@ def test_plaintext_admin_off_loopback_is_refused_unless_tls_ends_in_front(tmp_pa
     assert refused.returncode == 2
     assert "clear text" in refused.stderr and "--admin-plaintext" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
-    with serving(
+    with serve_process(
         "--admin",
         f"0.0.0.0:{port}",
         "--admin-plaintext",
         "--state-dir",
         "",
         env=_environment(TLSGATE_ADMIN_TOKEN=TOKEN),
-    ) as process:
-        wait_serving(f"http://127.0.0.1:{port}", process)
+        admin_url=f"http://127.0.0.1:{port}",
+    ):
+        pass  # entered once /healthz answers: it serves
     # The CLI does not send a token in clear text to a non-loopback server either (refused
     # before any connection is attempted).
     cli = run_tlsgate("get", "tlsroutes", "--server", "http://admin.invalid:9901", "--token", "x")
@@ -230,8 +215,14 @@ def test_start_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
 def test_a_second_gateway_on_the_same_state_directory_is_refused(tmp_path: Path) -> None:
     port = free_port()
     state = str(tmp_path / "state")
-    with serving("--admin", f"127.0.0.1:{port}", "--state-dir", state) as first:
-        wait_serving(f"http://127.0.0.1:{port}", first)
+    with serve_process(
+        "--admin",
+        f"127.0.0.1:{port}",
+        "--state-dir",
+        state,
+        env=_environment(),
+        admin_url=f"http://127.0.0.1:{port}",
+    ):
         second = run_tlsgate("serve", "--admin", "", "--state-dir", state)
         assert second.returncode == 2
         assert "in use by another tlsgate process" in second.stderr
@@ -240,9 +231,10 @@ def test_a_second_gateway_on_the_same_state_directory_is_refused(tmp_path: Path)
 
 def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     port = free_port()
-    with serving("--admin", f"127.0.0.1:{port}", "--state-dir", "") as process:
-        url = f"http://127.0.0.1:{port}"
-        wait_serving(url, process)
+    url = f"http://127.0.0.1:{port}"
+    with serve_process(
+        "--admin", f"127.0.0.1:{port}", "--state-dir", "", env=_environment(), admin_url=url
+    ):
         documents = "".join(
             f"---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c{i}, namespace: a}}\n"
             f"data: {{k: '{'v' * 200}'}}\n"

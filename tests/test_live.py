@@ -21,39 +21,20 @@ from .harness import (
     gateway_yaml,
     handshake_outcome,
     route_yaml,
+    serve_process,
     service_yaml,
     tls_client,
-    wait_serving,
 )
 
 YAML = {"Content-Type": "application/yaml"}
 
 
-def _start(state_dir: Path, admin_port: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "serve",
-            "--state-dir",
-            str(state_dir),
-            "--admin",
-            f"127.0.0.1:{admin_port}",
-            "--bind-address",
-            "127.0.0.1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
     state_dir, port = tmp_path / "state", free_port()
     url = f"http://127.0.0.1:{port}"
-    process = _start(state_dir, port)
-    try:
-        wait_serving(url, process)
+    with serve_process(
+        "--state-dir", str(state_dir), "--admin", f"127.0.0.1:{port}", admin_url=url
+    ) as process:
         acknowledged: dict[str, dict[str, object]] = {}
         with httpx.Client(base_url=url, timeout=10) as http:
             for i in range(40):
@@ -75,13 +56,9 @@ def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
             acknowledged["cm-0"] = patched.json()["metadata"]
         os.kill(process.pid, signal.SIGKILL)  # right after the last acknowledged write
         process.wait()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    process = _start(state_dir, port)
-    try:
-        wait_serving(url, process)
+    with serve_process(
+        "--state-dir", str(state_dir), "--admin", f"127.0.0.1:{port}", admin_url=url
+    ):
         with httpx.Client(base_url=url, timeout=10) as http:
             items = http.get("/v1/configmaps", params={"namespace": "apps"}).json()["items"]
         found = {item["metadata"]["name"]: item for item in items}
@@ -89,9 +66,6 @@ def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
         for name, meta in acknowledged.items():
             assert found[name]["metadata"] == meta
         assert found["cm-0"]["data"] == {"n": "changed"}
-    finally:
-        process.terminate()
-        process.wait(20)
 
 
 async def test_live_changes_never_touch_a_spliced_connection(pki: Pki) -> None:
@@ -176,9 +150,13 @@ def test_readme_walkthrough_works_as_written(tmp_path: Path) -> None:
     text = (root / "examples" / "walkthrough.yaml").read_text()
     assert "port: 18444" in text
     manifests.write_text(text.replace("port: 18444", f"port: {listener}"))
-    process = _start(tmp_path / "state", port)
-    try:
-        wait_serving(f"http://127.0.0.1:{port}", process)
+    with serve_process(
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--admin",
+        f"127.0.0.1:{port}",
+        admin_url=f"http://127.0.0.1:{port}",
+    ):
         script = (
             block.replace("127.0.0.1:9901", f"127.0.0.1:{port}")
             .replace("@examples/walkthrough.yaml", f"@{manifests}")
@@ -205,6 +183,3 @@ def test_readme_walkthrough_works_as_written(tmp_path: Path) -> None:
         assert table["binds"][0]["port"] == listener
         assert patched["metadata"]["labels"] == {"tier": "db"}
         assert deleted["metadata"]["name"] == "postgres"
-    finally:
-        process.terminate()
-        process.wait(20)
