@@ -60,7 +60,9 @@ async def test_crud_of_one_document_and_its_errors(tmp_path: Path) -> None:
         assert created.status_code == 201, created.text
         body = created.json()
         meta = body["metadata"]
-        assert meta["generation"] == 1 and meta["uid"] and meta["creationTimestamp"].endswith("Z")
+        assert meta["generation"] == 1
+        assert meta["uid"]
+        assert meta["creationTimestamp"].endswith("Z")
         assert body["spec"]["parentRefs"][0] == {
             "group": "gateway.networking.k8s.io",
             "kind": "Gateway",
@@ -73,7 +75,8 @@ async def test_crud_of_one_document_and_its_errors(tmp_path: Path) -> None:
         assert_status(await http.post("/v1/tlsroutes", json=route()), 409, "AlreadyExists")
 
         got = await http.get("/v1/tlsroutes/apps/db")
-        assert got.status_code == 200 and got.json()["metadata"] == meta
+        assert got.status_code == 200
+        assert got.json()["metadata"] == meta
         listed = (await http.get("/v1/tlsroutes", params={"namespace": "apps"})).json()
         assert (listed["kind"], [i["metadata"]["name"] for i in listed["items"]]) == (
             "List",
@@ -115,7 +118,8 @@ async def test_crud_of_one_document_and_its_errors(tmp_path: Path) -> None:
         assert invalid["details"]["causes"][0]["field"] == "spec.hostnames"
 
         deleted = await http.delete("/v1/tlsroutes/apps/db")
-        assert deleted.status_code == 200 and deleted.json()["metadata"]["name"] == "db"
+        assert deleted.status_code == 200
+        assert deleted.json()["metadata"]["name"] == "db"
         assert_status(await http.delete("/v1/tlsroutes/apps/db"), 404, "NotFound")
         assert_status(await http.get("/v1/tlsroutes/apps/db"), 404, "NotFound")
 
@@ -177,7 +181,8 @@ async def test_invalid_document_reports_every_cause_with_wire_paths() -> None:
     response = await app.test_client().post("/v1/tlsroutes", json=bad)
     assert response.status_code == 422
     body = json.loads(await response.get_data())
-    assert body["details"]["kind"] == "TLSRoute" and body["details"]["name"] == "db"
+    assert body["details"]["kind"] == "TLSRoute"
+    assert body["details"]["name"] == "db"
     assert [(c["field"], c["reason"]) for c in body["details"]["causes"]] == [
         ("spec.hostnames[0]", "FieldValueInvalid"),
         ("spec.rules[0].backendRefs[0].port", "FieldValueRequired"),
@@ -290,7 +295,8 @@ async def test_a_bundle_with_one_invalid_document_stores_nothing(tmp_path: Path)
         body = assert_status(response, 422, "Invalid")
         assert [c["field"] for c in body["details"]["causes"]] == ["items[6].spec.hostnames[0]"]
         assert (await http.get("/v1/tlsroutes")).json()["items"] == []
-        assert server.store is not None and server.store.load() == []
+        assert server.store is not None
+        assert server.store.load() == []
 
 
 async def test_two_writers_racing_with_one_resource_version(tmp_path: Path) -> None:
@@ -355,7 +361,8 @@ async def test_dry_run_shows_status_and_table_and_stores_nothing(tmp_path: Path)
         assert gateway["status"]["conditions"][0]["reason"] == "Accepted"
         assert body["routingTable"]["binds"][0]["port"] == port
         assert server.state.documents == {}
-        assert server.store is not None and server.store.load() == []
+        assert server.store is not None
+        assert server.store.load() == []
         assert (await http.get("/v1/routingtable")).json()["binds"] == []
 
 
@@ -410,7 +417,8 @@ async def test_private_keys_are_write_only_and_the_state_dir_is_private(tmp_path
         got = (await http.get("/v1/secrets/infra/cert")).json()
         listed = (await http.get("/v1/secrets")).text
         for text in (created.text, json.dumps(got), listed):
-            assert key_line not in text and "tls.key" not in text
+            assert key_line not in text
+            assert "tls.key" not in text
         # Writing back what was read keeps the key (it is write-only, not deleted).
         got["metadata"]["labels"] = {"rotated": "no"}
         assert (await http.put("/v1/secrets/infra/cert", json=got)).status_code == 200

@@ -274,7 +274,8 @@ async def test_http2_data_after_an_early_answer_ends_only_that_connection(
         for _ in range(3):
             assert (await http.get("/healthz")).status_code == 200
     failures = [r for r in caplog.records if "admin connection closed after an error" in r.message]
-    assert len(failures) == 1 and failures[0].exc_info is None  # one line, no traceback
+    assert len(failures) == 1
+    assert failures[0].exc_info is None
 
 
 async def test_unauthenticated_clients_cannot_hold_the_admin_slots(tmp_path: Path) -> None:

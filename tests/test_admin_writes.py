@@ -48,12 +48,14 @@ async def test_reads_and_dry_runs_never_write(tmp_path: Path) -> None:
             ("/v1/gatewayclasses/tlsgate", b'{"spec": {}}'),
         ]:
             head = await http.request("HEAD", path, content=body, headers=json_type)
-            assert head.status_code == 200 and head.content == b""
+            assert head.status_code == 200
+            assert head.content == b""
             assert await _fingerprint(http) == before, path
 
         # ?dryRun=All on every verb: the answer is what would result; nothing is stored.
         created = await http.post("/v1/tlsroutes?dryRun=All", content=new, headers=json_type)
-        assert created.status_code == 201 and created.json()["metadata"]["name"] == "new"
+        assert created.status_code == 201
+        assert created.json()["metadata"]["name"] == "new"
         replaced = await http.put(
             "/v1/tlsroutes/apps/db?dryRun=All", content=other, headers=json_type
         )
@@ -67,7 +69,8 @@ async def test_reads_and_dry_runs_never_write(tmp_path: Path) -> None:
         assert patched.status_code == 200, patched.text
         assert patched.json()["spec"]["hostnames"] == ["patched.example.com"]
         deleted = await http.delete("/v1/tlsroutes/apps/db?dryRun=All")
-        assert deleted.status_code == 200 and deleted.json()["metadata"]["name"] == "db"
+        assert deleted.status_code == 200
+        assert deleted.json()["metadata"]["name"] == "db"
         options = await http.request(
             "DELETE",
             "/v1/tlsroutes/apps/db",
@@ -76,7 +79,8 @@ async def test_reads_and_dry_runs_never_write(tmp_path: Path) -> None:
         )
         assert options.status_code == 200, options.text
         applied = await http.post("/v1/apply?dryRun=All", content=other, headers=json_type)
-        assert applied.status_code == 200 and applied.json()["dryRun"] is True
+        assert applied.status_code == 200
+        assert applied.json()["dryRun"] is True
         assert await _fingerprint(http) == before
         assert (await http.get("/v1/tlsroutes/apps/db")).json() == current
 
@@ -151,7 +155,8 @@ async def test_explain_refuses_impossible_ports_and_addresses(tmp_path: Path) ->
         for query in ("port=99999&sni=a", "port=0&sni=a", "port=443&address=zz&sni=a"):
             assert_status(await http.get(f"/v1/explain?{query}"), 400, "BadRequest")
         good = await http.get("/v1/explain?port=443&address=127.0.0.1&sni=a")
-        assert good.status_code == 200 and good.json()["result"] == "rejected"
+        assert good.status_code == 200
+        assert good.json()["result"] == "rejected"
 
 
 async def test_a_malformed_private_key_is_never_echoed(tmp_path: Path) -> None:
@@ -174,7 +179,8 @@ async def test_a_malformed_private_key_is_never_echoed(tmp_path: Path) -> None:
             }
             answer = await http.put("/v1/secrets/infra/s", json=body)
             assert_status(answer, 422, "Invalid")
-            assert secret not in answer.text and "tls.key" in answer.text
+            assert secret not in answer.text
+            assert "tls.key" in answer.text
 
 
 async def test_the_namespace_of_a_create_request_is_honoured(tmp_path: Path) -> None:
@@ -184,7 +190,8 @@ async def test_the_namespace_of_a_create_request_is_honoured(tmp_path: Path) -> 
     ):
         config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}
         created = await http.post("/v1/configmaps?namespace=infra", json=config_map)
-        assert created.status_code == 201 and created.json()["metadata"]["namespace"] == "infra"
+        assert created.status_code == 201
+        assert created.json()["metadata"]["namespace"] == "infra"
         other = config_map | {"metadata": {"name": "d", "namespace": "other"}}
         mismatch = await http.post("/v1/configmaps?namespace=infra", json=other)
         assert_status(mismatch, 400, "BadRequest")

@@ -34,7 +34,8 @@ def test_creation_timestamps_follow_file_order_and_yaml_is_the_default() -> None
     assert result.returncode == 0, result.stderr
     items = yaml.safe_load(result.stdout)["items"]
     stamps = [i["metadata"]["creationTimestamp"] for i in items]
-    assert stamps == sorted(stamps) and stamps[0] == "2030-05-01T00:00:00Z"
+    assert stamps == sorted(stamps)
+    assert stamps[0] == "2030-05-01T00:00:00Z"
     assert len(set(stamps)) == len(stamps)
 
 
@@ -67,7 +68,8 @@ def test_unreadable_and_garbage_files(tmp_path: Path) -> None:
     garbage.write_bytes(b"\x00\xff not: [yaml")
     result = run_tlsgate("translate", "-f", str(garbage), "-f", str(tmp_path / "missing.yaml"))
     assert result.returncode == 1
-    assert "garbage.yaml" in result.stderr and "missing.yaml" in result.stderr
+    assert "garbage.yaml" in result.stderr
+    assert "missing.yaml" in result.stderr
     assert "Traceback" not in result.stderr
     assert yaml.safe_load(result.stdout)["items"] == []
 

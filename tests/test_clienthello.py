@@ -84,7 +84,8 @@ def test_no_sni_and_ip_literal() -> None:
     # OpenSSL sends no SNI for an IP literal (RFC 6066 §3 forbids it) nor without a name.
     for name in (None, "10.1.2.3"):
         hello = parse_client_hello(real_hello(name))
-        assert isinstance(hello, ClientHello) and hello.server_name is None
+        assert isinstance(hello, ClientHello)
+        assert hello.server_name is None
 
 
 def test_every_prefix_needs_more_bytes() -> None:
@@ -100,13 +101,15 @@ def test_fragmented_across_records_and_split_everywhere(size: int) -> None:
     for cut in range(len(data)):
         assert parse_client_hello(data[:cut]) is None, cut
     hello = parse_client_hello(data)
-    assert isinstance(hello, ClientHello) and hello.server_name == "records.example.com"
+    assert isinstance(hello, ClientHello)
+    assert hello.server_name == "records.example.com"
 
 
 def test_bytes_after_the_hello_are_ignored() -> None:
     data = real_hello("db.example.com")
     hello = parse_client_hello(data + b"\x17\x03\x03\x00\x05hello")
-    assert isinstance(hello, ClientHello) and hello.length == len(data)
+    assert isinstance(hello, ClientHello)
+    assert hello.length == len(data)
 
 
 def hello_with_extensions(extensions: bytes) -> bytes:
@@ -158,7 +161,8 @@ def test_malformed(data: bytes, reason: str) -> None:
 
 def test_handmade_hello_parses() -> None:
     hello = parse_client_hello(hello_with_extensions(sni_extension(b"hand.example")))
-    assert isinstance(hello, ClientHello) and hello.server_name == "hand.example"
+    assert isinstance(hello, ClientHello)
+    assert hello.server_name == "hand.example"
     assert hello.versions == (0x0303,)
 
 
@@ -188,7 +192,8 @@ def test_fed_byte_by_byte() -> None:
         (b"h2",),
         len(data),
     )
-    assert parser.fed == len(data) and parser.records == 1
+    assert parser.fed == len(data)
+    assert parser.records == 1
     assert parser.scanned <= 2 * parser.fed
 
 
@@ -282,7 +287,8 @@ def test_a_spent_parser_keeps_its_answer() -> None:
     data = real_hello("spent.example.com")
     parser = ClientHelloParser()
     hello = parser.feed(data)
-    assert hello is not None and parser.feed(b"\x17\x03\x03\x00\x01x") is hello
+    assert hello is not None
+    assert parser.feed(b"\x17\x03\x03\x00\x01x") is hello
     parser = ClientHelloParser()
     with pytest.raises(ClientHelloError, match="content type 71"):
         parser.feed(b"GET")

@@ -78,7 +78,8 @@ def test_admin_api_over_https_with_the_compose_certificates(tmp_path: Path) -> N
         # The CLI, as a user runs it.
         got = run_tlsgate("get", "gateways", "--server", url, "--cacert", ca, "--token", TOKEN)
         assert got.returncode == 0, got.stderr
-        assert "infra" in got.stdout and "gw" in got.stdout
+        assert "infra" in got.stdout
+        assert "gw" in got.stdout
         unverified = run_tlsgate("get", "gateways", "--server", url, "--token", TOKEN)
         assert unverified.returncode == 1
         assert (
@@ -135,7 +136,8 @@ def test_plaintext_admin_off_loopback_is_refused_unless_tls_ends_in_front(tmp_pa
         env=_environment(TLSGATE_ADMIN_TOKEN=TOKEN),
     )
     assert refused.returncode == 2
-    assert "clear text" in refused.stderr and "--admin-plaintext" in refused.stderr
+    assert "clear text" in refused.stderr
+    assert "--admin-plaintext" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
     with serve_process(
         "--admin",
@@ -150,7 +152,8 @@ def test_plaintext_admin_off_loopback_is_refused_unless_tls_ends_in_front(tmp_pa
     # The CLI does not send a token in clear text to a non-loopback server either (refused
     # before any connection is attempted).
     cli = run_tlsgate("get", "tlsroutes", "--server", "http://admin.invalid:9901", "--token", "x")
-    assert cli.returncode == 1 and "clear text" in cli.stderr
+    assert cli.returncode == 1
+    assert "clear text" in cli.stderr
 
 
 def test_start_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
@@ -178,7 +181,8 @@ def test_start_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert f"127.0.0.1:{port}" in lines[0] and "in use" in lines[0]
+    assert f"127.0.0.1:{port}" in lines[0]
+    assert "in use" in lines[0]
 
     for variable, value in (
         ("TLSGATE_IDLE_TIMEOUT", "abc"),
@@ -198,18 +202,21 @@ def test_start_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
         )
         assert bad.returncode == 2, bad.stderr
         assert bad.stderr.strip().splitlines() == [bad.stderr.strip()]
-        assert variable in bad.stderr and value in bad.stderr
+        assert variable in bad.stderr
+        assert value in bad.stderr
 
     unreadable = run_tlsgate(
         "serve", "--admin", "127.0.0.1:0", "--admin-tls-cert", str(tmp_path / "nope.pem"),
         "--admin-tls-key", str(tmp_path / "nope.pem"), "--state-dir", "",
     )  # fmt: skip
     assert unreadable.returncode == 2
-    assert len(unreadable.stderr.strip().splitlines()) == 1 and "nope.pem" in unreadable.stderr
+    assert len(unreadable.stderr.strip().splitlines()) == 1
+    assert "nope.pem" in unreadable.stderr
     ca_alone = run_tlsgate(
         "serve", "--admin-client-ca", str(tmp_path / "ca.pem"), "--state-dir", ""
     )
-    assert ca_alone.returncode == 2 and "--admin-tls-cert" in ca_alone.stderr
+    assert ca_alone.returncode == 2
+    assert "--admin-tls-cert" in ca_alone.stderr
 
 
 def test_a_second_gateway_on_the_same_state_directory_is_refused(tmp_path: Path) -> None:
@@ -254,7 +261,8 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
             check=False,
         )
         assert piped.stdout.strip() == "apiVersion: v1"
-        assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr, piped.stderr
+        assert "Traceback" not in piped.stderr, piped.stderr
+        assert "BrokenPipe" not in piped.stderr, piped.stderr
 
 
 def test_help_is_written_for_users() -> None:
@@ -263,4 +271,5 @@ def test_help_is_written_for_users() -> None:
     opening = result.stdout.split("positional arguments")[0]
     for developer_word in ("API.md", "I/O edge", "SPEC.md"):
         assert developer_word not in result.stdout
-    assert "SNI" in opening and "Gateway API" in opening
+    assert "SNI" in opening
+    assert "Gateway API" in opening

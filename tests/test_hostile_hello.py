@@ -214,7 +214,8 @@ def test_every_value_is_one_token_on_one_printable_line(value: str) -> None:
     conn.outcome, conn.detail = Outcome.REJECTED_NO_ROUTE, value
     fields = conn.fields()
     line = AccessRecord.line(fields)
-    assert line.isascii() and line.isprintable()
+    assert line.isascii()
+    assert line.isprintable()
     assert dict(_logfmt(line)) == {key: str(v) for key, v in fields.items()}
 
 

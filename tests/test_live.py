@@ -110,7 +110,7 @@ async def test_live_changes_never_touch_a_spliced_connection(pki: Pki) -> None:
                     # Delete its Gateway: the listener closes, the held one goes on.
                     assert (await http.delete("/v1/gateways/infra/gw")).status_code == 200
                     assert server.state.snapshot.binds == {}
-                    with pytest.raises(OSError):
+                    with pytest.raises(OSError, match="connect"):
                         await trio.open_tcp_stream("127.0.0.1", port)
                     assert (await held.test())["backend"] == "one"
                     assert await held.call("ECHO still here") == "still here"

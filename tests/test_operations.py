@@ -177,7 +177,8 @@ async def test_cli_round_trips_against_a_live_server(tmp_path: Path) -> None:
         assert header.split() == ["NAMESPACE", "NAME", "HOSTNAMES", "ACCEPTED", "RESOLVED", "AGE"]
         assert row.split()[:5] == ["apps", "db", "db.example.com", "True", "True"]
         gateways = await cli("get", "gw", *server)
-        assert "PROGRAMMED" in gateways.stdout and "127.0.0.1" in gateways.stdout
+        assert "PROGRAMMED" in gateways.stdout
+        assert "127.0.0.1" in gateways.stdout
         as_json = await cli("get", "tlsroute", "apps/db", "-o", "json", *server)
         document = json.loads(as_json.stdout)
         assert document["status"]["parents"][0]["conditions"][0]["reason"] == "Accepted"
@@ -194,17 +195,21 @@ async def test_cli_round_trips_against_a_live_server(tmp_path: Path) -> None:
         assert "items[0].spec.rules[0].backendRefs[0].port: Required value" in failed.stderr
 
         deleted = await cli("delete", "tlsroute", "db", "-n", "apps", *server)
-        assert deleted.returncode == 0 and "tlsroute/apps/db deleted" in deleted.stdout
+        assert deleted.returncode == 0
+        assert "tlsroute/apps/db deleted" in deleted.stdout
         missing = await cli("get", "tlsroute", "apps/db", *server)
-        assert missing.returncode == 1 and "(404 NotFound)" in missing.stderr
+        assert missing.returncode == 1
+        assert "(404 NotFound)" in missing.stderr
         unauthorized = await cli("get", "tlsroutes", "--server", url, "--token", "wrong")
-        assert unauthorized.returncode == 1 and "401" in unauthorized.stderr
+        assert unauthorized.returncode == 1
+        assert "401" in unauthorized.stderr
 
 
 def test_cli_reports_an_unreachable_server() -> None:
     result = run_tlsgate("get", "gateways", "--server", f"http://127.0.0.1:{free_port()}")
     assert result.returncode == 1
-    assert "cannot reach the admin API" in result.stderr and "Traceback" not in result.stderr
+    assert "cannot reach the admin API" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def _compose_binary() -> Path | None:
@@ -266,7 +271,8 @@ def test_compose_file_validates_with_docker_compose(tmp_path: Path) -> None:
 def test_demo_and_compose_share_the_manifests(tmp_path: Path) -> None:
     compose_file = (ROOT / "docker-compose.yml").read_text()
     demo = (ROOT / "scripts" / "demo_stack.py").read_text()
-    assert "/manifests/demo.yaml" in compose_file and "./examples:/manifests:ro" in compose_file
+    assert "/manifests/demo.yaml" in compose_file
+    assert "./examples:/manifests:ro" in compose_file
     assert '"examples" / "demo.yaml"' in demo
     # The compose bootstrap translates with every route accepted and resolved.
     subprocess.run(

@@ -93,8 +93,10 @@ def test_no_fallback_to_a_broader_listener(snapshot: Snapshot) -> None:
     # *.internal.example.com wins the listener choice but has no route: rejected, although
     # the broader *.example.com listener has a route that would match (SPEC.md §10.1 step 4).
     result = snapshot.lookup("0.0.0.0", 443, "api.internal.example.com")
-    assert isinstance(result, Rejected) and result.reason is RejectReason.NO_ROUTE
-    assert result.listener is not None and result.listener.name == "deep"
+    assert isinstance(result, Rejected)
+    assert result.reason is RejectReason.NO_ROUTE
+    assert result.listener is not None
+    assert result.listener.name == "deep"
 
 
 def test_unprogrammed_listener_rejects_what_it_wins(snapshot: Snapshot) -> None:
@@ -105,9 +107,11 @@ def test_unprogrammed_listener_rejects_what_it_wins(snapshot: Snapshot) -> None:
 
 def test_hostname_less_listener_and_zero_weight(snapshot: Snapshot) -> None:
     result = snapshot.lookup("0.0.0.0", 443, "other.example.org")
-    assert isinstance(result, Rejected) and result.reason is RejectReason.NO_ROUTE
+    assert isinstance(result, Rejected)
+    assert result.reason is RejectReason.NO_ROUTE
     result = snapshot.lookup("0.0.0.0", 443, "shop.com")  # the *.com route has weight 0 only
-    assert isinstance(result, Rejected) and result.reason is RejectReason.NO_BACKEND
+    assert isinstance(result, Rejected)
+    assert result.reason is RejectReason.NO_BACKEND
 
 
 @pytest.mark.parametrize(
@@ -126,7 +130,8 @@ def test_rejections(
     reason: RejectReason,
 ) -> None:
     result = snapshot.lookup(address, port, sni)
-    assert isinstance(result, Rejected) and result.reason is reason
+    assert isinstance(result, Rejected)
+    assert result.reason is reason
 
 
 def test_weighted_choice_is_exact_over_the_whole_range() -> None:

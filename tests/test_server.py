@@ -233,7 +233,8 @@ async def test_sigterm_drains_live_connections_then_exits_zero(pki: Pki, tmp_pat
                 code = await trio.to_thread.run_sync(process.wait, 20)
                 output = process.stdout.read() if process.stdout else ""
                 assert code == 0, output
-                assert "outcome=closed" in output and "sni=db.example.com" in output
+                assert "outcome=closed" in output
+                assert "sni=db.example.com" in output
 
 
 async def test_drain_timeout_closes_the_rest(pki: Pki, tmp_path: Path) -> None:
@@ -447,7 +448,9 @@ async def test_json_logs_carry_connection_swap_and_listener_lines(pki: Pki, tmp_
         "closed",
     )
     assert entry["endpoint"] == f"127.0.0.1:{db.port}"
-    assert entry["bytes_up"] > 0 and entry["bytes_down"] > 0 and entry["duration"] >= 0
+    assert entry["bytes_up"] > 0
+    assert entry["bytes_down"] > 0
+    assert entry["duration"] >= 0
     messages = [entry["message"] for entry in lines]
     assert any(
         m.startswith("configuration swapped generation=") and "accepted=" in m for m in messages

@@ -41,17 +41,21 @@ def small_disk(path: Path, size: str = "1m") -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+def _write_for_ever(fd: int) -> None:
+    while True:
+        os.write(fd, b"\0" * 4096)
+
+
 def fill(directory: Path) -> Path:
     """Write a file until the disk is full; the file, to remove when space should return."""
     filler = directory / "filler"
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
+        with pytest.raises(OSError, match="No space left") as full:
+            _write_for_ever(fd)
     finally:
         os.close(fd)
+    assert full.value.errno == errno.ENOSPC
     return filler
 
 

@@ -342,7 +342,8 @@ async def test_openssl_s_client_shows_the_listener_chain(pki: Pki, tmp_path: Pat
             output = result.stdout.decode()
             assert result.returncode == 0, output + result.stderr.decode()
             assert "Verify return code: 0 (ok)" in output
-            assert "Certificate chain" in output and "trustme" in output
+            assert "Certificate chain" in output
+            assert "trustme" in output
             assert "PONG" in output
 
 

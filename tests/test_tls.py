@@ -37,16 +37,19 @@ def test_mismatched_key_and_garbage_are_reported_without_key_material() -> None:
     crt = ca.issue_cert("a.example.com").cert_chain_pems[0].bytes()
     other_key = ca.issue_cert("b.example.com").private_key_pem.bytes()
     result = check_secret(_secret(crt, other_key))
-    assert not result.ok and "MISMATCH" in result.message
+    assert not result.ok
+    assert "MISMATCH" in result.message
     assert other_key.decode().splitlines()[1] not in result.message
     result = check_secret(_secret(b"Hello world", b"Hello world"))
-    assert not result.ok and "not PEM" in result.message
+    assert not result.ok
+    assert "not PEM" in result.message
 
 
 def test_missing_keys() -> None:
     empty = corev1.Secret(api_version="v1", metadata=ObjectMeta(name="s"), type="Opaque", data={})
     result = check_secret(empty)
-    assert not result.ok and "no tls.crt and no tls.key" in result.message
+    assert not result.ok
+    assert "no tls.crt and no tls.key" in result.message
 
 
 def test_ca_bundles() -> None:

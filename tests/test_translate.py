@@ -97,7 +97,8 @@ def test_grant_deleted_revokes_access_immediately() -> None:
     # The condition flipped, so its lastTransitionTime moved; Accepted did not flip.
     assert after["ResolvedRefs"].last_transition_time != before.last_transition_time
     target = snap.binds[("0.0.0.0", 443)].listeners[0].routes[0]
-    assert target.backends[0].reject is not None and "ReferenceGrant" in target.backends[0].reject
+    assert target.backends[0].reject is not None
+    assert "ReferenceGrant" in target.backends[0].reject
 
 
 def test_transition_time_is_kept_while_status_is_unchanged() -> None:
@@ -359,7 +360,8 @@ def test_endpoints_ready_only_with_named_and_numbered_target_ports() -> None:
     other = ENDPOINTS.replace("service-name: pg", "service-name: other")
     snap = snapshot_of(_all(GATEWAY_CLASS, GATEWAY, ROUTE, named, GRANT, other))
     backend = snap.binds[("0.0.0.0", 443)].listeners[0].routes[0].backends[0]
-    assert backend.endpoints == () and backend.reject is not None
+    assert backend.endpoints == ()
+    assert backend.reject is not None
 
 
 def test_route_with_only_foreign_parents_gets_no_status() -> None:
@@ -413,7 +415,8 @@ def test_backend_tls_policy_status_and_table() -> None:
     status = snap.statuses[ObjectKey("BackendTLSPolicy", "data", "pg")]
     assert [a.ancestor_ref.name for a in status.ancestors] == ["gw"]  # type: ignore[union-attr]
     backend = snap.binds[("0.0.0.0", 443)].listeners[0].routes[0].backends[0]
-    assert backend.tls is not None and backend.tls.hostname == "pg.internal"
+    assert backend.tls is not None
+    assert backend.tls.hostname == "pg.internal"
     assert backend.tls.ca_config_maps == (("data", "pg-ca"),)
 
 
@@ -425,7 +428,8 @@ def test_backend_tls_policy_with_bad_ca_refs_is_not_accepted() -> None:
         "ResolvedRefs": ("False", "InvalidCACertificateRef"),
     }
     backend = snap.binds[("0.0.0.0", 443)].listeners[0].routes[0].backends[0]
-    assert backend.reject is not None and "data/pg is not accepted" in backend.reject
+    assert backend.reject is not None
+    assert "data/pg is not accepted" in backend.reject
     snap = snapshot_of(_all(*base, _policy("pg", kind="Secret")))
     assert _policy_conditions(snap, "pg")["ResolvedRefs"] == ("False", "InvalidKind")
 
@@ -447,7 +451,8 @@ def test_conflicting_backend_tls_policies_the_older_wins() -> None:
     assert _policy_conditions(snap, "older")["Accepted"] == ("True", "Accepted")
     assert _policy_conditions(snap, "newer")["Accepted"] == ("False", "Conflicted")
     backend = snap.binds[("0.0.0.0", 443)].listeners[0].routes[0].backends[0]
-    assert backend.tls is not None and backend.tls.policy == "data/older"
+    assert backend.tls is not None
+    assert backend.tls.policy == "data/older"
 
 
 def test_backend_tls_policy_no_route_uses_gets_no_status() -> None:
