@@ -196,3 +196,23 @@ async def test_the_namespace_of_a_create_request_is_honoured(tmp_path: Path) -> 
         mismatch = await http.post("/v1/configmaps?namespace=infra", json=other)
         assert_status(mismatch, 400, "BadRequest")
         assert_status(await http.get("/v1/configmaps/other/d"), 404, "NotFound")
+
+
+async def test_a_document_named_twice_in_one_apply_is_one_write(tmp_path: Path) -> None:
+    """A bundle that names a new object twice creates it (generation 1) and stores it; the
+    later copy is what is stored. (The plan compared the second copy with the first and
+    answered "unchanged", storing nothing.)"""
+    async with (
+        admin_gateway(tmp_path / "state") as (_, url),
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        first, second = route(hostname="a.example.com"), route(hostname="b.example.com")
+        for copies, hostname in (([first, first], "a.example.com"), ([first, second], "b")):
+            await http.delete("/v1/tlsroutes/apps/db")
+            body = {"apiVersion": "v1", "kind": "List", "items": copies}
+            applied = await http.post("/v1/apply", json=body)
+            assert applied.status_code == 200, applied.text
+            assert [i["action"] for i in applied.json()["items"]] == ["created"]
+            stored = (await http.get("/v1/tlsroutes/apps/db")).json()
+            assert stored["metadata"]["generation"] == 1
+            assert stored["spec"]["hostnames"][0].startswith(hostname)

@@ -190,11 +190,6 @@ def test_a_secrets_data_change_bumps_the_generation() -> None:
     assert change.document.metadata.generation == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="metadata.py content(): unstructure_document redacts tls.key, so a new private "
-    "key alone leaves generation as is (docs/api.md: a Secret's data change bumps it)",
-)
 def test_a_new_private_key_alone_bumps_the_generation() -> None:
     current = stored(secret({"tls.crt": "A", "tls.key": "K1"}))
     [change] = run(current, [secret({"tls.crt": "A", "tls.key": "K2"})])
@@ -273,21 +268,11 @@ def test_a_later_duplicate_of_a_stored_document_is_configured_once() -> None:
     assert changes[0].document.metadata.uid == "uid-1"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plan.py: the second copy compares equal to the first one's planned document and "
-    "`continue`s as UNCHANGED before the CREATED carry-over, so writes.py stores nothing",
-)
 def test_an_identical_duplicate_of_a_new_document_is_still_created() -> None:
     changes = run({}, [service(), service()])
     assert [(c.key, c.action) for c in changes] == [(SERVICE, Action.CREATED)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plan.py: a duplicate is assigned metadata against the earlier copy, as if it "
-    "were an update: a created object gets generation 2 (docs/api.md: 1 on create)",
-)
 def test_a_duplicate_of_a_new_document_is_created_at_generation_one() -> None:
     [change] = run({}, [service(443), service(8443)])
     assert change.document.metadata.generation == 1

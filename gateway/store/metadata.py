@@ -18,7 +18,8 @@ from gateway.api.kinds import Document
 def content(doc: Document) -> dict[str, Any]:
     """What a generation counts: everything but metadata (and apiVersion, since one object
     may be written through several versions)."""
-    wire = unstructure_document(doc)
+    # Unredacted: a Secret whose only change is a new private key has changed.
+    wire = unstructure_document(doc, redact=False)
     return {k: v for k, v in wire.items() if k not in ("metadata", "apiVersion")}
 
 

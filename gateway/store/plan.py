@@ -77,12 +77,15 @@ def plan(
     new_uid: Callable[[], str],
     expected_versions: Mapping[ObjectKey, str] | None = None,
 ) -> list[Change]:
-    """One Change per incoming document (a later duplicate replaces an earlier one)."""
+    """One Change per incoming document (a later duplicate replaces an earlier one).
+
+    Every document is compared with what is stored, never with an earlier copy in the same
+    request: a request is one write, so an object it creates is at generation 1 however many
+    times it names it, and a stored one goes up by one at most."""
     changes: dict[ObjectKey, Change] = {}
-    working = dict(current)
     for doc in incoming:
         key = key_of(doc)
-        previous = working.get(key)
+        previous = current.get(key)
         expected = (expected_versions or {}).get(key)
         if expected is not None and (
             previous is None or previous.metadata.resource_version != expected
@@ -101,11 +104,9 @@ def plan(
         assigned = metadata.assign(
             written, previous=previous, uid=new_uid(), now=now, resource_version=resource_version
         )
-        action = Action.CREATED if previous is None else Action.CONFIGURED
-        if key in changes and changes[key].action is Action.CREATED:
-            action = Action.CREATED
-        changes[key] = Change(key, action, assigned)
-        working[key] = assigned
+        changes[key] = Change(
+            key, Action.CREATED if previous is None else Action.CONFIGURED, assigned
+        )
     return list(changes.values())
 
 
