@@ -325,11 +325,6 @@ async def test_garbage_after_the_handshake_is_a_tls_error(
 # --- data and ends --------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tlsstream.py receive: SSLObject.read returns b'' (no SSLZeroReturnError) on a "
-    "close_notify while ours is unsent, taken as 'nothing yet': it waits for the TCP FIN",
-)
 async def test_close_notify_alone_is_eof(
     ca: trustme.CA,
     pair: tuple[socket.socket, socket.socket],

@@ -57,6 +57,8 @@ class TlsConnection:
         if initial:
             self._in.write(initial)
         self._eof = False
+        #: The peer ended its side (close_notify, or TCP closed): every receive is b"" now.
+        self._closed_by_peer = False
         # The send lock: held from taking bytes out of `_out` until the socket has them all;
         # who holds it writes out everything in `_out`, including what other tasks put there
         # meanwhile. A flag and a FIFO of waiters, to which `_flush` hands it on, rather than
@@ -93,16 +95,22 @@ class TlsConnection:
 
         One receiving task at a time; `send` and `finish` may run meanwhile in another."""
         while True:
+            if self._closed_by_peer:
+                return b""
             chunks = []
             try:
                 while True:
                     chunk = self.tls.read(RECORD)
                     if not chunk:
-                        break
+                        # No data is SSLWantReadError; b"" is the peer's close_notify, as
+                        # CPython reports it while ours is unsent (Modules/_ssl.c: a zero
+                        # return with SSL_RECEIVED_SHUTDOWN). The TCP side may stay open.
+                        raise ssl.SSLZeroReturnError
                     chunks.append(chunk)
             except ssl.SSLWantReadError:
                 pass
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                self._closed_by_peer = True
                 await self._flush_unless_sending()
                 return b"".join(chunks)  # close_notify (or a plain TCP close): EOF after this
             except ssl.SSLError as exc:
