@@ -2,7 +2,7 @@
 
 Pure. `evaluate_listener` applies the per-listener checks of SPEC.md §9.1 in order: protocol,
 mode, route kinds, certificates, frontend CA. What depends on other listeners and Gateways
-(ports, `ports.py`) and on routes (attachedRoutes, `routes.py`) is added by later steps.
+(ports, `conflicts.py`) and on routes (attachedRoutes, `attachment.py`) is added by later steps.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Who serves each (address, port) across Gateways (SPEC.md §9.2 "Across Gateways").
+"""Listener conflicts (SPEC.md §9.2): who serves each (address, port) across Gateways.
+
+Within one Gateway, listeners cannot conflict here: TLS is the only protocol served and
+admission makes (port, protocol, hostname) unique (`api/admission_gateway.py`), so every
+listener's `Conflicted` is False/NoConflicts (`statuses.py`). Across Gateways:
 
 Pure. Gateways on the very same address and port share one socket when their listeners are
 compatible (distinct hostnames): the bind is a merged set, as the spec allows, and the most
@@ -20,7 +24,7 @@ from gateway.translate.listeners import ListenerState
 _Served = dict[tuple[str, int], dict[str | None, GatewayState]]
 
 
-def process_ports(build: Build) -> None:
+def process_conflicts(build: Build) -> None:
     """Claim ports for every accepted TLS listener, oldest Gateway first."""
     served: _Served = {}
     for state in sorted(build.gateways.values(), key=lambda s: age(s.doc.metadata)):
