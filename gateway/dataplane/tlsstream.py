@@ -157,7 +157,10 @@ class TlsConnection:
         return True
 
     async def _flush(self) -> None:
-        """Send everything in the outgoing BIO, in order; returns once the socket has it."""
+        """Send everything in the outgoing BIO, in order; returns once the socket has it.
+
+        Not `sockio.send_all`: the bytes in flight live in `_unsent` (so a cancelled flush
+        leaves them first in line), and the lock is handed to the next writer."""
         if self._writing:
             await self._writers.park()  # returns holding the lock, handed on by its holder
         else:
