@@ -24,6 +24,7 @@ from admin.listen import AdminLimits, AdminTLSError, admin_tls_context
 from admin.listen import bind as bind_admin
 from gateway.api.kinds import Document
 from gateway.dataplane.binds import BIND_RETRY_SECONDS, BoundSockets
+from gateway.dataplane.plane import PlaneConfig, serve_dataplane
 from gateway.dataplane.proxy import Proxy, ProxyConfig
 from gateway.dataplane.relay import PipePool
 from gateway.metrics import Metrics
@@ -147,33 +148,23 @@ class Server:
                 stored,
                 self.state.generation,
             )
-            async with trio.open_nursery() as connections:
-                self.binds = BoundSockets(
-                    self.state,
-                    self.proxy,
-                    connections,
-                    limit=self.limit,
-                    backlog=self.config.backlog,
-                    bind_retry=self.config.bind_retry,
+            plane = PlaneConfig(
+                limit=self.limit,
+                backlog=self.config.backlog,
+                bind_retry=self.config.bind_retry,
+                drain_timeout=self.config.drain_timeout,
+            )
+            async with trio.open_nursery() as nursery:
+                self.binds = await nursery.start(
+                    serve_dataplane, self.state, self.proxy, plane, self._stop
                 )
                 async with trio.open_nursery() as control:
-                    await control.start(self.binds.serve)
                     if admin is not None:
                         self.admin_urls = await control.start(self._serve_admin, *admin)
                     control.start_soon(self._signals)
                     task_status.started(self)
                     await self._stop.wait()
-                    log.info(
-                        "shutting down: no new connections; draining %d for up to %.0fs",
-                        self.proxy.active,
-                        self.config.drain_timeout,
-                    )
-                    control.cancel_scope.cancel()  # closes every listening socket
-                with trio.move_on_after(self.config.drain_timeout):
-                    await self.proxy.idle.wait()
-                if self.proxy.active:
-                    log.info("drain timeout: closing %d connections", self.proxy.active)
-                connections.cancel_scope.cancel()
+                    control.cancel_scope.cancel()
         finally:
             if admin is not None:
                 admin[0].close()

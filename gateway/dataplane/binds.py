@@ -58,6 +58,7 @@ class BoundSockets:
         limit: int,
         backlog: int = 4096,
         bind_retry: float = BIND_RETRY_SECONDS,
+        reuse_port: bool = False,
     ) -> None:
         self.state = state
         self.proxy = proxy
@@ -65,6 +66,7 @@ class BoundSockets:
         self.limit = limit
         self.backlog = backlog
         self.bind_retry = bind_retry
+        self.reuse_port = reuse_port
         self.bound: dict[tuple[str, int], trio.CancelScope] = {}
         self.over_capacity = 0
 
@@ -91,7 +93,7 @@ class BoundSockets:
         failures: dict[tuple[str, int], str] = {}
         for key in sorted(wanted - set(self.bound)):
             try:
-                sock = _bind(key, self.backlog)
+                sock = _bind(key, self.backlog, reuse_port=self.reuse_port)
             except OSError as exc:
                 failures[key] = exc.strerror or str(exc)
                 log.warning("cannot bind address=%s port=%d: %s", key[0], key[1], failures[key])
@@ -142,7 +144,7 @@ class BoundSockets:
                 await trio.lowlevel.checkpoint()  # a flood of connections must not starve others
 
 
-def _bind(key: tuple[str, int], backlog: int) -> socket.socket:
-    sock = listening_socket(key[0], key[1], backlog)
+def _bind(key: tuple[str, int], backlog: int, *, reuse_port: bool) -> socket.socket:
+    sock = listening_socket(key[0], key[1], backlog, reuse_port=reuse_port)
     sock.setblocking(False)
     return sock

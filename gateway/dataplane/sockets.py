@@ -10,13 +10,18 @@ import ipaddress
 import socket
 
 
-def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
+def listening_socket(
+    host: str, port: int, backlog: int, *, reuse_port: bool = False
+) -> socket.socket:
     """A TCP socket bound to (host, port) and listening; OSError (address in use, ...) for the
-    caller to report, with nothing left open."""
+    caller to report, with nothing left open. With `reuse_port`, other sockets that also ask
+    for it (the worker processes) bind the same port and the kernel spreads connections."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(backlog)
     except BaseException:
