@@ -52,11 +52,12 @@ def create_app(
     body_limit: int = 4 * 1024 * 1024,
     ready: Callable[[], str | None] = lambda: None,
     metrics: Metrics | None = None,
+    workers: Callable[[], list[dict[str, object]]] | None = None,
 ) -> QuartTrio:
     app = QuartTrio(__name__)
     app.config["MAX_CONTENT_LENGTH"] = body_limit
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    views = Views(writes, body_limit=body_limit, ready=ready, metrics=metrics)
+    views = Views(writes, body_limit=body_limit, ready=ready, metrics=metrics, workers=workers)
     app.register_error_handler(ApiError, views.api_error)
     app.register_error_handler(HTTPException, views.http_error)
     app.register_error_handler(Exception, views.internal_error)
@@ -86,8 +87,11 @@ class Views:
         body_limit: int,
         ready: Callable[[], str | None],
         metrics: Metrics | None,
+        workers: Callable[[], list[dict[str, object]]] | None = None,
     ) -> None:
         self.writes = writes
+        #: The worker processes and what each runs, in the process model (API.md).
+        self.workers = workers
         self.body_limit = body_limit
         self.ready = ready
         self.metrics = metrics
@@ -128,7 +132,10 @@ class Views:
         return Response(body, 200, content_type=CONTENT_TYPE_LATEST)
 
     async def routing_table(self) -> Response:
-        return json_response(table_to_wire(self.writes.snapshot), 200)
+        body = table_to_wire(self.writes.snapshot)
+        if self.workers is not None:
+            body["workers"] = self.workers()
+        return json_response(body, 200)
 
     async def explain_view(self) -> Response:
         sni = request.args.get("sni")

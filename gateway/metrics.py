@@ -15,8 +15,14 @@ _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 
 
 class Metrics:
-    def __init__(self) -> None:
-        self.registry = registry = CollectorRegistry(auto_describe=True)
+    """`dataplane=False` in the main process of the process model: the data-plane metrics
+    then live in a registry that is not exposed, and the workers' counts are exposed instead
+    (`supervisor.WorkerCounters`)."""
+
+    def __init__(self, *, dataplane: bool = True) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.dataplane = self.registry if dataplane else CollectorRegistry(auto_describe=True)
+        registry = self.dataplane
         self.connections_accepted = Counter(
             "tlsgate_connections_accepted_total",
             "Connections accepted, by bind",
@@ -57,6 +63,7 @@ class Metrics:
             ["backend"],
             registry=registry,
         )
+        registry = self.registry
         self.snapshot_generation = Gauge(
             "tlsgate_snapshot_generation",
             "Generation of the routing table in force",

@@ -31,6 +31,7 @@ from gateway.metrics import Metrics
 from gateway.store.sqlite import Store
 from gateway.store.state import State
 from gateway.store.writes import WritePath
+from gateway.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,11 @@ class ServeConfig:
     body_timeout: float = 30.0
     #: The embedded store's directory, or None to keep the configuration in memory only.
     state_dir: str | None = None
+    #: Data-plane worker processes; 0 serves connections in this process (API.md).
+    workers: int = 0
+    #: Handed to worker processes, which set up their own logging.
+    log_level: str = "info"
+    log_format: str = "text"
 
 
 async def serve(
@@ -94,20 +100,40 @@ class Server:
         self.config = config
         self.state = state or State(bind_address=config.bind_address)
         self.store = Store(config.state_dir) if config.state_dir else None
-        self.writes = WritePath(self.state, self.store)
         self.bootstrap = list(bootstrap)
-        self.metrics = Metrics()
+        self.metrics = Metrics(dataplane=config.workers == 0)
         self.metrics.snapshot_generation.set_function(lambda: self.state.generation)
         self.metrics.snapshot_swap_time.set_function(lambda: self.state.swapped_at)
+        workers = config.workers > 0
         self.proxy = Proxy(
             lambda: self.state.snapshot,
             config.proxy,
-            PipePool() if config.proxy.splice else None,
+            PipePool() if config.proxy.splice and not workers else None,
             metrics=self.metrics,
         )
+        pipes = PipePool().limit if config.proxy.splice else 0
         self.limit = config.max_connections or connection_limit(
-            self.proxy.pool.limit if self.proxy.pool else 0,
-            config.admin_limits.max_connections if config.admin is not None else 0,
+            pipes, config.admin_limits.max_connections if config.admin is not None else 0
+        )
+        self.plane = PlaneConfig(
+            limit=self.limit,
+            backlog=config.backlog,
+            bind_retry=config.bind_retry,
+            drain_timeout=config.drain_timeout,
+        )
+        self.supervisor: Supervisor | None = None
+        if workers:
+            self.supervisor = Supervisor(
+                self.state,
+                config.workers,
+                proxy=config.proxy,
+                plane=self.plane,
+                log_level=config.log_level,
+                log_format=config.log_format,
+            )
+            self.supervisor.register(self.metrics.registry)
+        self.writes = WritePath(
+            self.state, self.store, self.supervisor.wait_in_force if self.supervisor else None
         )
         self._stop = trio.Event()
         self.binds: BoundSockets | None = None
@@ -126,6 +152,8 @@ class Server:
         if self.state.bind_failures:
             failed = ", ".join(f"{a}:{p}" for a, p in sorted(self.state.bind_failures))
             return f"listeners not bound: {failed}"
+        if self.supervisor is not None:
+            return self.supervisor.not_ready()
         bound = set(self.binds.bound) if self.binds else set()
         missing = set(self.state.snapshot.binds) - bound
         if missing:
@@ -148,16 +176,13 @@ class Server:
                 stored,
                 self.state.generation,
             )
-            plane = PlaneConfig(
-                limit=self.limit,
-                backlog=self.config.backlog,
-                bind_retry=self.config.bind_retry,
-                drain_timeout=self.config.drain_timeout,
-            )
             async with trio.open_nursery() as nursery:
-                self.binds = await nursery.start(
-                    serve_dataplane, self.state, self.proxy, plane, self._stop
-                )
+                if self.supervisor is not None:
+                    await nursery.start(self.supervisor.serve, self._stop)
+                else:
+                    self.binds = await nursery.start(
+                        serve_dataplane, self.state, self.proxy, self.plane, self._stop
+                    )
                 async with trio.open_nursery() as control:
                     if admin is not None:
                         self.admin_urls = await control.start(self._serve_admin, *admin)
@@ -213,6 +238,7 @@ class Server:
             body_limit=self.config.body_limit,
             ready=self.not_ready,
             metrics=self.metrics,
+            workers=self.supervisor.table if self.supervisor is not None else None,
         )
         edge = Edge(
             app,

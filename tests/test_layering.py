@@ -16,7 +16,13 @@ ALLOWED = {
     "gateway.api": {"gateway"},
     "gateway.routing": {"gateway", "gateway.api"},
     "gateway.translate": {"gateway", "gateway.api", "gateway.routing"},
-    "gateway.dataplane": {"gateway", "gateway.api", "gateway.routing", "gateway.metrics"},
+    "gateway.dataplane": {
+        "gateway",
+        "gateway.api",
+        "gateway.routing",
+        "gateway.metrics",
+        "gateway.logs",
+    },
     "gateway.store": {
         "gateway",
         "gateway.api",

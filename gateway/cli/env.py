@@ -68,3 +68,29 @@ def admin_address(value: str) -> tuple[str, int] | None:
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
     return host, int(port)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def workers_count(value: str) -> int:
+    """`--workers N|auto`: auto is the usable CPUs; 0 is the single-process mode."""
+    if value == "auto":
+        return usable_cpus()
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of workers or 'auto'")
+    return int(value)
+
+
+def env_workers(default: str) -> int:
+    text = env("workers", default)
+    try:
+        return workers_count(text)
+    except argparse.ArgumentTypeError as exc:
+        ENV_ERRORS.append(f"{env_name('workers')}: {exc}")
+        return workers_count(default)

@@ -12,7 +12,15 @@ from typing import Any
 
 from gateway.api.names import RFC3339
 from gateway.cli.client import run_client
-from gateway.cli.env import admin_address, env, env_admin, env_choice, env_number
+from gateway.cli.env import (
+    admin_address,
+    env,
+    env_admin,
+    env_choice,
+    env_number,
+    env_workers,
+    workers_count,
+)
 from gateway.cli.serve import run_serve
 from gateway.cli.translate import run_translate
 
@@ -206,6 +214,14 @@ def _add_serve(commands: Any) -> None:
             metavar="SECONDS",
             help=f"{meaning} (default {default})",
         )
+    sv.add_argument(
+        "--workers",
+        type=workers_count,
+        default=env_workers("0"),
+        metavar="N|auto",
+        help="data-plane worker processes; auto: one per usable CPU; 0: serve connections in "
+        "the main process (default 0)",
+    )
     sv.add_argument(
         "--max-connections",
         type=int,

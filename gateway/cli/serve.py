@@ -11,8 +11,8 @@ import sys
 
 from gateway.cli.env import ENV_ERRORS
 from gateway.cli.files import admit_files
-from gateway.cli.logs import setup_logging
 from gateway.dataplane.sockets import is_loopback
+from gateway.logs import setup_logging
 
 
 def _admin_token(args: argparse.Namespace) -> str | None:
@@ -75,6 +75,9 @@ def run_serve(args: argparse.Namespace) -> int:
         admin_limits=AdminLimits(max_connections=max(1, args.admin_max_connections)),
         body_limit=args.body_limit,
         state_dir=args.state_dir or None,
+        workers=args.workers,
+        log_level=args.log_level,
+        log_format=args.log_format,
     )
     try:
         trio.run(serve, config, documents)

@@ -64,6 +64,7 @@ class AccessRecord:
     outcome: Outcome = Outcome.CLOSED
     detail: str = ""
     transfer: Transfer | None = None
+    worker: int | None = None
 
     def fields(self) -> dict[str, object]:
         """The access-log fields, in order (ARCHITECTURE.md "Logging"; never key material)."""
@@ -81,6 +82,8 @@ class AccessRecord:
             "duration": round(time.monotonic() - self.started, 3),
             "outcome": self.outcome,
         }
+        if self.worker is not None:
+            out["worker"] = self.worker
         if self.detail:
             out["detail"] = self.detail
         return out

@@ -92,8 +92,11 @@ class Proxy:
         config: ProxyConfig,
         pool: PipePool | None = None,
         metrics: Metrics | None = None,
+        worker: int | None = None,
     ) -> None:
         self._snapshot = snapshot
+        #: The worker process's id, written in every access-log line (None: single process).
+        self.worker = worker
         self.metrics = metrics or Metrics()
         self.contexts = ContextRegistry()
         self.config = config
@@ -101,6 +104,8 @@ class Proxy:
         self.pool = pool if pool is not None else (PipePool() if config.splice else None)
         self.dialer = Dialer(config.connect_timeout, self.metrics)
         self.active = 0
+        #: Connections finished so far (a worker reports its counts when this moves).
+        self.finished = 0
         self.hello_work = HelloWork()
         self.idle = trio.Event()
         self.idle.set()
@@ -110,7 +115,7 @@ class Proxy:
     ) -> None:
         """Serve one accepted connection; never raises (ARCHITECTURE.md "Errors")."""
         self._enter()
-        conn = AccessRecord(peer=peer, bind=bind)
+        conn = AccessRecord(peer=peer, bind=bind, worker=self.worker)
         try:
             await self._serve(sock, conn)
         except BaseException as exc:
@@ -153,6 +158,7 @@ class Proxy:
 
     def _leave(self) -> None:
         self.active -= 1
+        self.finished += 1
         self.metrics.connections_active.dec()
         if self.active == 0:
             self.idle.set()

@@ -10,7 +10,7 @@ once). A failed commit changes nothing in memory.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
@@ -42,9 +42,17 @@ class WritePath:
     """The API server's write path: every write to the configuration goes through here, one
     at a time, and reads of what is in force go through `state`."""
 
-    def __init__(self, state: State, store: Store | None) -> None:
+    def __init__(
+        self,
+        state: State,
+        store: Store | None,
+        in_force: Callable[[int], Awaitable[None]] | None = None,
+    ) -> None:
         self.state = state
         self.store = store
+        #: Awaited with a write's generation before it is answered: with worker processes,
+        #: until every live worker runs it ("acknowledged means in force", API.md).
+        self.in_force = in_force
         self._lock = trio.Lock()
         self._commits = trio.CapacityLimiter(1)
 
@@ -145,7 +153,9 @@ class WritePath:
         if not written:
             return Outcome(changes, self.state.snapshot)
         await self._commit(written, [])
-        return Outcome(changes, self.state.put([c.document for c in written], now=now))
+        snapshot = self.state.put([c.document for c in written], now=now)
+        await self._wait_in_force(snapshot)
+        return Outcome(changes, snapshot)
 
     async def delete(
         self,
@@ -172,7 +182,13 @@ class WritePath:
             if dry_run:
                 return Outcome(changes, self.preview([], [key], now=now))
             await self._commit([], [key])
-            return Outcome(changes, self.state.put([], deleted=[key], now=now))
+            snapshot = self.state.put([], deleted=[key], now=now)
+            await self._wait_in_force(snapshot)
+            return Outcome(changes, snapshot)
+
+    async def _wait_in_force(self, snapshot: Snapshot) -> None:
+        if self.in_force is not None:
+            await self.in_force(snapshot.generation)
 
     def preview(
         self, written: Sequence[Change], deleted: Sequence[ObjectKey], *, now: str

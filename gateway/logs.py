@@ -1,5 +1,5 @@
-"""Logging for `tlsgate serve`: text lines, or one JSON object per line with the access
-log's fields beside the message (API.md "Logs").
+"""Logging for `tlsgate serve` and its worker processes: text lines, or one JSON object per
+line with the access log's fields beside the message (API.md "Logs").
 
 I/O edge.
 """

@@ -1,0 +1,95 @@
+"""What the main process and a worker process say to each other, and how it is framed.
+
+I/O (framing over a Trio stream). The channel is a private Unix socket pair between two
+processes of the same program, so messages are pickles: a compiled snapshot of 10,000 routes
+goes across in one frame, with no schema to keep in step. Each frame is a 4-byte big-endian
+length and the pickle.
+
+Main -> worker: `Start` once, then `Install` for every snapshot. Worker -> main: `Running`
+after each snapshot's binds are reconciled (so the main process knows what is in force where),
+and `Counters` now and then and at the end (the main process sums them for `/metrics`).
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from collections.abc import Mapping
+
+import attrs
+import trio
+
+from gateway.dataplane.plane import PlaneConfig
+from gateway.dataplane.proxy import ProxyConfig
+from gateway.routing.snapshot import Snapshot
+
+_HEADER = struct.Struct("!I")
+#: A frame larger than this is a broken peer, not a configuration.
+MAX_FRAME = 1 << 30
+
+
+@attrs.frozen(kw_only=True)
+class Start:
+    worker: int
+    proxy: ProxyConfig
+    plane: PlaneConfig
+    log_level: str = "info"
+    log_format: str = "text"
+
+
+@attrs.frozen
+class Install:
+    """Swap to this snapshot (statuses left out: a worker routes, it does not report)."""
+
+    snapshot: Snapshot
+
+
+@attrs.frozen(kw_only=True)
+class Running:
+    generation: int
+    bind_failures: Mapping[tuple[str, int], str]
+    connections: int
+
+
+@attrs.frozen
+class Counters:
+    """Every counter and histogram sample of the worker: (metric, labels, value)."""
+
+    samples: tuple[tuple[str, tuple[tuple[str, str], ...], float], ...]
+
+
+Message = Start | Install | Running | Counters
+
+
+async def send_message(stream: trio.abc.SendStream, message: Message) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    await stream.send_all(_HEADER.pack(len(data)) + data)
+
+
+class Receiver:
+    """Reads whole frames off a stream; `receive` returns None at EOF."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self.stream = stream
+        self.buffer = bytearray()
+
+    async def _fill(self, size: int) -> bool:
+        while len(self.buffer) < size:
+            chunk = await self.stream.receive_some(max(65536, size - len(self.buffer)))
+            if not chunk:
+                return False
+            self.buffer += chunk
+        return True
+
+    async def receive(self) -> Message | None:
+        if not await self._fill(_HEADER.size):
+            return None
+        (length,) = _HEADER.unpack_from(self.buffer)
+        if length > MAX_FRAME:
+            raise ValueError(f"a frame of {length} bytes on the worker channel")
+        if not await self._fill(_HEADER.size + length):
+            return None
+        data = bytes(self.buffer[_HEADER.size : _HEADER.size + length])
+        del self.buffer[: _HEADER.size + length]
+        message: Message = pickle.loads(data)
+        return message

@@ -1,0 +1,168 @@
+"""A data-plane worker process: `python -m gateway.dataplane.worker FD`, started by the main
+process's supervisor with one end of a Unix socket pair as FD (API.md "Process model").
+
+I/O. One `trio.run`: a task per bound listener (SO_REUSEPORT: every worker binds every
+port and the kernel spreads connections), a task per connection, and the channel. The worker
+never imports the admin stack or the translator: it receives compiled snapshots and swaps
+them (one assignment, as in the single-process mode), then reports what it runs.
+
+It stops on SIGTERM/SIGINT, or when the channel closes (the main process is gone): listening
+sockets close at once, live connections get the drain timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Mapping
+
+import trio
+
+from gateway.dataplane.channel import Counters, Install, Receiver, Running, Start, send_message
+from gateway.dataplane.plane import serve_dataplane
+from gateway.dataplane.proxy import Proxy
+from gateway.dataplane.relay import PipePool
+from gateway.logs import setup_logging
+from gateway.metrics import Metrics
+from gateway.routing.snapshot import Snapshot
+
+log = logging.getLogger("gateway.worker")
+
+#: Seconds between two looks at what to report: open connections and counters are sent when
+#: they changed, so a worker killed with SIGKILL loses at most this much of its counts.
+REPORT_EVERY = 0.1
+#: Counters are sent at least this often even when unchanged.
+COUNTERS_AT_LEAST_EVERY = 5.0
+
+
+class WorkerState:
+    """The worker's `SnapshotSource`: the snapshot in force, and what its binds did."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self.bind_failures: dict[tuple[str, int], str] = {}
+        #: The generation whose binds were last reconciled: what this worker runs.
+        self.running = 0
+        self._changed = trio.Event()
+        #: Set when there is something new to tell the main process.
+        self.report = trio.Event()
+
+    @property
+    def generation(self) -> int:
+        return self.snapshot.generation
+
+    def install(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot  # the swap: connections that read the old one keep it
+        changed, self._changed = self._changed, trio.Event()
+        changed.set()
+
+    def set_bind_failures(self, failures: Mapping[tuple[str, int], str]) -> None:
+        # Called once the binds of the snapshot in force are reconciled: report either way.
+        self.bind_failures = dict(failures)
+        self.running = self.snapshot.generation
+        self.report.set()
+
+    async def wait_changed(self, generation: int) -> Snapshot:
+        while self.snapshot.generation == generation:
+            await self._changed.wait()
+        return self.snapshot
+
+
+def samples(metrics: Metrics) -> Counters:
+    """The worker's counters and histogram samples (gauges are the main process's own)."""
+    out = []
+    for family in metrics.registry.collect():
+        if family.type not in ("counter", "histogram"):
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue
+            out.append((sample.name, tuple(sorted(sample.labels.items())), sample.value))
+    return Counters(tuple(out))
+
+
+async def run(channel: socket.socket) -> None:
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(channel))
+    receiver = Receiver(stream)
+    start = await receiver.receive()
+    first = await receiver.receive()
+    if not isinstance(start, Start) or not isinstance(first, Install):
+        raise SystemExit("the main process sent no Start and Install")
+    setup_logging(start.log_level, start.log_format)
+    state = WorkerState(first.snapshot)
+    metrics = Metrics()
+    proxy = Proxy(
+        lambda: state.snapshot,
+        start.proxy,
+        PipePool() if start.proxy.splice else None,
+        metrics=metrics,
+        worker=start.worker,
+    )
+    stop = trio.Event()
+
+    async def receive_snapshots() -> None:
+        while True:
+            message = await receiver.receive()
+            if message is None:
+                log.info("worker %d: the main process is gone; stopping", start.worker)
+                stop.set()
+                return
+            if isinstance(message, Install):
+                state.install(message.snapshot)
+
+    async def send_reports() -> None:
+        sent: tuple[object, ...] | None = None
+        counted, counted_at = -1, trio.current_time()
+        while True:
+            with trio.move_on_after(REPORT_EVERY):
+                await state.report.wait()
+            state.report = trio.Event()
+            running = (state.running, state.bind_failures, proxy.active)
+            if running != sent:
+                sent = running
+                report = Running(
+                    generation=state.running,
+                    bind_failures=state.bind_failures,
+                    connections=proxy.active,
+                )
+                await send_message(stream, report)
+            now = trio.current_time()
+            if proxy.finished != counted or now - counted_at >= COUNTERS_AT_LEAST_EVERY:
+                counted, counted_at = proxy.finished, now
+                await send_message(stream, samples(metrics))
+
+    async def signals() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+            async for _ in received:
+                stop.set()
+                return
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive_snapshots)
+            nursery.start_soon(send_reports)
+            nursery.start_soon(signals)
+            await serve_dataplane(state, proxy, start.plane, stop)
+            # The last counts, so the main process's totals include every connection.
+            await send_message(stream, samples(metrics))
+            nursery.cancel_scope.cancel()
+    finally:
+        if proxy.pool is not None:
+            proxy.pool.close()
+
+
+def main(argv: list[str]) -> int:
+    channel = socket.socket(fileno=int(argv[0]))
+    os.set_inheritable(channel.fileno(), False)
+    try:
+        trio.run(run, channel)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+        return 0  # the main process went away mid-message: nothing to report to
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

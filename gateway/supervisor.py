@@ -1,0 +1,288 @@
+"""The main process's side of the process model: start N worker processes, give each every
+snapshot, know what each runs, restart the dead, stop them all (API.md "Process model").
+
+I/O. One task per worker slot keeps a worker alive: it starts `python -m
+gateway.dataplane.worker` with one end of a socket pair, sends `Start` and the snapshot in
+force, then a new `Install` at every swap; it reads `Running` (generation, bind failures,
+open connections) and `Counters`. When the process exits the slot logs it, counts a restart
+and starts another at once; the other workers and their connections are untouched.
+
+"Acknowledged means in force": `wait_in_force(g)` returns once every live worker reports a
+generation of at least g; the write path awaits it before answering. A worker that dies
+meanwhile stops counting as live, so a write never waits on a corpse.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Iterator, Mapping
+
+import attrs
+import trio
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.dataplane.channel import Counters, Install, Receiver, Running, Start, send_message
+from gateway.dataplane.plane import PlaneConfig
+from gateway.dataplane.proxy import ProxyConfig
+from gateway.metrics import Metrics
+from gateway.store.state import State
+
+log = logging.getLogger("gateway.server")
+
+#: Seconds a stopping worker gets beyond the drain timeout before it is killed.
+STOP_GRACE = 5.0
+#: Seconds a live worker has to run a new generation; one that does not is killed (and
+#: replaced), so that a stuck worker can never hold every write.
+IN_FORCE_TIMEOUT = 10.0
+
+
+@attrs.define
+class Worker:
+    """What the main process knows of one worker slot."""
+
+    id: int
+    pid: int | None = None
+    alive: bool = False
+    generation: int = 0
+    bind_failures: Mapping[tuple[str, int], str] = attrs.Factory(dict)
+    connections: int = 0
+    process: trio.Process | None = None
+
+
+class Supervisor:
+    def __init__(
+        self,
+        state: State,
+        count: int,
+        *,
+        proxy: ProxyConfig,
+        plane: PlaneConfig,
+        log_level: str = "info",
+        log_format: str = "text",
+    ) -> None:
+        self.state = state
+        self.count = count
+        self.proxy = proxy
+        self.plane = attrs.evolve(plane, reuse_port=True)
+        self.log_level = log_level
+        self.log_format = log_format
+        self.workers = {i: Worker(i) for i in range(count)}
+        self.restarts = 0
+        self.counters = WorkerCounters()
+        self._restarts_metric: Counter | None = None
+        self._progress = trio.Event()
+        self._stopping = False
+
+    def register(self, registry: CollectorRegistry) -> None:
+        """Expose the workers' counts in the main process's registry (one exposition for the
+        process tree), the connections open over all of them, and the restarts."""
+        registry.register(self.counters)
+        Gauge(
+            "tlsgate_connections_active",
+            "Connections open now, over every worker",
+            registry=registry,
+        ).set_function(lambda: sum(w.connections for w in self.workers.values() if w.alive))
+        self._restarts_metric = Counter(
+            "tlsgate_worker_restarts",
+            "Worker processes started again after one exited",
+            registry=registry,
+        )
+
+    # --- what the rest of the main process asks ------------------------------------------------
+
+    def not_ready(self) -> str | None:
+        """Why /readyz is 503 in the process model: a worker down, or behind."""
+        generation = self.state.generation
+        down = [w.id for w in self.workers.values() if not w.alive]
+        if down:
+            return f"workers not running: {', '.join(map(str, down))}"
+        behind = [w.id for w in self.workers.values() if w.generation < generation]
+        if behind:
+            return f"workers not yet on generation {generation}: {', '.join(map(str, behind))}"
+        return None
+
+    async def wait_in_force(self, generation: int) -> None:
+        """Until every live worker runs `generation` or a later one. A worker that does not
+        within IN_FORCE_TIMEOUT is killed: it no longer counts, and a new one starts from the
+        snapshot in force."""
+        with trio.move_on_after(IN_FORCE_TIMEOUT):
+            while self._behind(generation):
+                await self._progress.wait()
+            return
+        for worker in self._behind(generation):
+            log.warning(
+                "worker %d (pid %s) did not run generation %d within %.0fs; killing it",
+                worker.id,
+                worker.pid,
+                generation,
+                IN_FORCE_TIMEOUT,
+            )
+            if worker.process is not None:
+                worker.process.kill()
+            worker.alive = False
+
+    def _behind(self, generation: int) -> list[Worker]:
+        return [w for w in self.workers.values() if w.alive and w.generation < generation]
+
+    def table(self) -> list[dict[str, object]]:
+        """The `workers` of `GET /v1/routingtable`."""
+        return [
+            {"id": w.id, "pid": w.pid, "generation": w.generation, "connections": w.connections}
+            for w in self.workers.values()
+        ]
+
+    # --- running ----------------------------------------------------------------------------
+
+    async def serve(
+        self, stop: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Keep every worker running until `stop`, then stop them all and wait for them;
+        `task_status` once each runs the snapshot in force."""
+        async with trio.open_nursery() as nursery:
+            for worker in self.workers.values():
+                nursery.start_soon(self._keep, worker, stop)
+            await self.wait_in_force(self.state.generation)
+            task_status.started()
+            await stop.wait()
+            self._stopping = True
+
+    async def _keep(self, worker: Worker, stop: trio.Event) -> None:
+        while True:
+            code = await self._run_one(worker, stop)
+            if stop.is_set():
+                log.info("worker %d (pid %s) stopped", worker.id, worker.pid)
+                return
+            self.restarts += 1
+            if self._restarts_metric is not None:
+                self._restarts_metric.inc()
+            log.warning(
+                "worker %d (pid %s) exited with %s; starting another", worker.id, worker.pid, code
+            )
+
+    async def _run_one(self, worker: Worker, stop: trio.Event) -> int:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "gateway.dataplane.worker", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+            )
+        finally:
+            theirs.close()
+        worker.pid, worker.alive, worker.generation = process.pid, True, 0
+        worker.process = process
+        log.info("worker %d started, pid %d", worker.id, process.pid)
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._feed, stream, worker)
+                nursery.start_soon(self._listen, stream, worker)
+                nursery.start_soon(self._stop_when, stop, process)
+                code = await process.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            worker.alive = False
+            self.counters.retire(worker.id)
+            self._notify()
+            await trio.aclose_forcefully(stream)
+            if process.returncode is None:  # cancelled from outside: never leave it behind
+                process.kill()
+                with trio.CancelScope(shield=True):
+                    await process.wait()
+        return code
+
+    async def _feed(self, stream: trio.SocketStream, worker: Worker) -> None:
+        start = Start(
+            worker=worker.id,
+            proxy=self.proxy,
+            plane=self.plane,
+            log_level=self.log_level,
+            log_format=self.log_format,
+        )
+        await send_message(stream, start)
+        generation = -1
+        while True:
+            snapshot = self.state.snapshot
+            if snapshot.generation != generation:
+                generation = snapshot.generation
+                # Statuses stay here: a worker routes, the main process reports.
+                await send_message(stream, Install(attrs.evolve(snapshot, statuses={})))
+            await self.state.wait_changed(generation)
+
+    async def _listen(self, stream: trio.SocketStream, worker: Worker) -> None:
+        receiver = Receiver(stream)
+        while (message := await receiver.receive()) is not None:
+            if isinstance(message, Running):
+                worker.generation = message.generation
+                worker.bind_failures = message.bind_failures
+                worker.connections = message.connections
+                self._bind_failures_changed()
+                self._notify()
+            elif isinstance(message, Counters):
+                self.counters.update(worker.id, message)
+
+    async def _stop_when(self, stop: trio.Event, process: trio.Process) -> None:
+        await stop.wait()
+        process.send_signal(signal.SIGTERM)  # the worker drains for the drain timeout
+        await trio.sleep(self.plane.drain_timeout + STOP_GRACE)
+        process.kill()
+
+    def _bind_failures_changed(self) -> None:
+        """A bind that fails in any worker is PortUnavailable (status is one for all)."""
+        failures: dict[tuple[str, int], str] = {}
+        for w in self.workers.values():
+            if w.alive and w.generation == self.state.generation:
+                failures.update(w.bind_failures)
+        if all(w.generation == self.state.generation for w in self.workers.values() if w.alive):
+            self.state.set_bind_failures(failures)
+
+    def _notify(self) -> None:
+        progress, self._progress = self._progress, trio.Event()
+        progress.set()
+
+
+class WorkerCounters(Collector):
+    """The workers' counters and histograms as one exposition: summed over workers, and
+    never going backwards (a dead worker's counts are kept in `retired`)."""
+
+    def __init__(self) -> None:
+        self.live: dict[int, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+        self.retired: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        #: metric family name -> (type, help), from the metrics a worker has.
+        self.families: dict[str, tuple[str, str]] = {
+            family.name: (family.type, family.documentation)
+            for family in Metrics(dataplane=False).dataplane.collect()
+            if family.type in ("counter", "histogram")
+        }
+
+    def update(self, worker: int, counters: Counters) -> None:
+        self.live[worker] = {(name, labels): value for name, labels, value in counters.samples}
+
+    def retire(self, worker: int) -> None:
+        for key, value in self.live.pop(worker, {}).items():
+            self.retired[key] = self.retired.get(key, 0.0) + value
+
+    def totals(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        out = dict(self.retired)
+        for samples in self.live.values():
+            for key, value in samples.items():
+                out[key] = out.get(key, 0.0) + value
+        return out
+
+    def collect(self) -> Iterator[Metric]:
+        totals = self.totals()
+        for family, (kind, documentation) in self.families.items():
+            if kind == "counter":
+                metric: Metric = CounterMetricFamily(family, documentation, labels=None)
+                name = family + "_total"
+            else:
+                metric = HistogramMetricFamily(family, documentation)
+                name = family
+            for (sample, labels), value in sorted(totals.items()):
+                if sample == name or (kind == "histogram" and sample.startswith(family + "_")):
+                    metric.add_sample(sample, dict(labels), value)
+            yield metric

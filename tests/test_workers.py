@@ -1,0 +1,207 @@
+"""The process model with real worker processes (API.md "Process model"): each worker binds
+and serves, a write is answered once every worker runs it, a killed worker is replaced
+without touching the others' connections, metrics add up over the process tree, and SIGTERM
+leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from .harness import (
+    Pki,
+    backends,
+    free_port,
+    gateway_yaml,
+    route_yaml,
+    run_tlsgate,
+    serve_process,
+    service_yaml,
+    tls_client,
+)
+
+YAML = {"Content-Type": "application/yaml"}
+CLOSED_COUNT = r'^tlsgate_connections_finished_total\{.*outcome="closed".*\} (\S+)'
+pytestmark = pytest.mark.slow
+
+
+def _children(pid: int) -> set[int]:
+    """Processes whose parent is `pid` (any of its threads may have started them)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
+                    parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if parent == pid:
+                found.add(int(entry))
+    return found
+
+
+def _listening_inodes(port: int) -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table, encoding="ascii") as handle:
+            for line in handle.readlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                    inodes.add(fields[9])
+    return inodes
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if target.startswith("socket:["):
+            found.add(target[8:-1])
+    return found
+
+
+def _served_by(log: Path) -> set[str]:
+    return set(re.findall(r"outcome=closed worker=(\d+)", log.read_text()))
+
+
+async def test_workers_serve_writes_are_in_force_everywhere_and_a_dead_worker_is_replaced(
+    tmp_path: Path,
+) -> None:
+    pki = Pki(tmp_path)
+    port, admin = free_port(), free_port()
+    url = f"http://127.0.0.1:{admin}"
+    manifests = tmp_path / "gw.yaml"
+    with backends(pki, ("one", ["db.example.com", "new.example.com"])) as (one,):
+        manifests.write_text(
+            gateway_yaml(port)
+            + service_yaml("db", one.port)
+            + route_yaml("db", ["db.example.com"], [("db", 1)])
+        )
+        args = ["--workers", "2", "--admin", f"127.0.0.1:{admin}", "--state-dir", ""]
+        args += ["--bootstrap", str(manifests)]
+        async with serve_process(*args, admin_url=url, path="/readyz") as process:
+            log = Path(f"/proc/{process.pid}/fd/1")  # its output file
+            workers = _children(process.pid)
+            assert len(workers) == 2
+            # Every worker has its own listening socket on the port (SO_REUSEPORT).
+            listening = _listening_inodes(port)
+            for pid in workers:
+                assert _socket_inodes(pid) & listening, f"worker {pid} does not listen"
+            assert not _socket_inodes(process.pid) & listening, "the main process listens"
+            context = pki.client_context()
+
+            # Both workers take connections (the kernel spreads them; bounded tries).
+            with trio.fail_after(30):
+                for _ in range(200):
+                    async with tls_client(port, "db.example.com", context) as client:
+                        assert (await client.test())["backend"] == "one"
+                    if _served_by(log) == {"0", "1"}:
+                        break
+            assert _served_by(log) == {"0", "1"}
+
+            async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+                # Acknowledged means in force in every worker: the new SNI works at once.
+                route = route_yaml("new", ["new.example.com"], [("db", 1)])
+                answer = await http.post("/v1/apply", content=route, headers=YAML)
+                assert answer.status_code == 200, answer.text
+                with trio.fail_after(60):
+                    for _ in range(200):
+                        async with tls_client(port, "new.example.com", context) as client:
+                            assert (await client.test())["sni"] == "new.example.com"
+                table = (await http.get("/v1/routingtable")).json()
+                assert {w["generation"] for w in table["workers"]} == {table["generation"]}
+                assert sorted(w["pid"] for w in table["workers"]) == sorted(workers)
+
+                # A worker that cannot run the change holds its answer: stop one (SIGSTOP),
+                # write, and the answer waits until it runs again and has swapped.
+                stopped = table["workers"][0]["pid"]
+                answered = trio.Event()
+
+                async def write() -> None:
+                    route = route_yaml("late", ["late.example.com"], [("db", 1)])
+                    answer = await http.post("/v1/apply", content=route, headers=YAML)
+                    assert answer.status_code == 200, answer.text
+                    answered.set()
+
+                os.kill(stopped, signal.SIGSTOP)
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(write)
+                        with trio.move_on_after(0.5):
+                            await answered.wait()
+                        assert not answered.is_set(), "answered before every worker ran it"
+                        os.kill(stopped, signal.SIGCONT)
+                        with trio.fail_after(10):
+                            await answered.wait()
+                finally:
+                    os.kill(stopped, signal.SIGCONT)
+                table = (await http.get("/v1/routingtable")).json()
+                assert {w["generation"] for w in table["workers"]} == {table["generation"]}
+
+                async def counts() -> tuple[float, float | None]:
+                    metrics = (await http.get("/metrics")).text
+                    restarts = re.search(r"^tlsgate_worker_restarts_total (\S+)", metrics, re.M)
+                    closed = sum(map(float, re.findall(CLOSED_COUNT, metrics, re.M)))
+                    return closed, float(restarts.group(1)) if restarts else None
+
+                async def workers_table() -> list[dict[str, int]]:
+                    table: list[dict[str, int]] = (await http.get("/v1/routingtable")).json()[
+                        "workers"
+                    ]
+                    return table
+
+                # kill -9 of one worker: a connection held on the other one survives.
+                async with tls_client(port, "db.example.com", context) as held:
+                    await held.test()
+                    # Workers report open connections and counts every 0.1 s: wait until
+                    # the held connection is the only one open and every close is counted.
+                    served = len(re.findall("outcome=closed", await trio.Path(log).read_text()))
+                    with trio.fail_after(10):
+                        while True:
+                            table = await workers_table()
+                            open_now = [w["connections"] for w in table]
+                            if sorted(open_now) == [0, 1] and (await counts())[0] == served:
+                                break
+                            await trio.sleep(0.05)
+                    holder = next(w for w in table if w["connections"] == 1)
+                    victim = next(w for w in table if w is not holder)
+                    os.kill(victim["pid"], signal.SIGKILL)
+                    assert await held.call("ECHO still here") == "still here"
+
+                    async def replaced() -> bool:
+                        pids = {w["pid"] for w in await workers_table()}
+                        ready = (await http.get("/readyz")).status_code == 200
+                        return victim["pid"] not in pids and ready
+
+                    with trio.fail_after(20):
+                        while not await replaced():  # noqa: ASYNC110 (another process)
+                            await trio.sleep(0.05)
+                    assert await held.call("ECHO still here") == "still here"
+
+                # One exposition: both workers' counts, the dead one's kept; the restart.
+                closed, restarts = await counts()
+                assert closed == served
+                assert restarts == 1.0
+
+            # SIGTERM: every worker drains and exits, then the main process, with 0.
+            children = _children(process.pid)
+            process.send_signal(signal.SIGTERM)
+            code = await trio.to_thread.run_sync(lambda: process.wait(30))
+            assert code == 0
+            for pid in children:
+                assert not await trio.Path(f"/proc/{pid}").exists(), f"worker {pid} left behind"
+
+
+def test_workers_option_is_checked() -> None:
+    result = run_tlsgate("serve", "--workers", "many")
+    assert result.returncode == 2
+    assert "is not a number of workers or 'auto'" in result.stderr
