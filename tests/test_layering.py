@@ -5,6 +5,8 @@ our own packages, which ruff cannot express per folder.)"""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,21 @@ def test_the_rule_catches_an_upward_import(tmp_path: Path) -> None:
     )
     found = {_package(n) for n in _imports(module)}
     assert found == {"gateway.store", "gateway", "gateway.metrics", "admin"}
+
+
+def test_a_worker_process_loads_no_admin_stack_and_no_translator() -> None:
+    """Worker processes stay small: importing the worker pulls in neither the HTTP stack nor
+    the control plane (API.md "Process model": workers never parse admin bodies or run
+    translation)."""
+    probe = "import sys, gateway.dataplane.worker\nprint('\\n'.join(sorted(sys.modules)))\n"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    forbidden = ("quart", "quart_trio", "hypercorn", "werkzeug", "admin", "yaml", "sqlite3")
+    wrong = [
+        name
+        for name in loaded
+        if name.split(".")[0] in forbidden
+        or name.startswith(("gateway.translate", "gateway.store", "gateway.cli"))
+    ]
+    assert not wrong, wrong
