@@ -36,6 +36,11 @@ log = logging.getLogger("gateway.server")
 
 #: Seconds a stopping worker gets beyond the drain timeout before it is killed.
 STOP_GRACE = 5.0
+#: A worker that exits sooner than this after its start is restarted after a pause that
+#: doubles up to RESTART_PAUSE_MAX (a worker that cannot start must not spin the CPU or
+#: flood the log); one that ran longer is restarted at once.
+QUICK_EXIT = 1.0
+RESTART_PAUSE_MAX = 5.0
 #: Seconds a live worker has to run a new generation; one that does not is killed (and
 #: replaced), so that a stuck worker can never hold every write.
 IN_FORCE_TIMEOUT = 10.0
@@ -152,7 +157,9 @@ class Supervisor:
             self._stopping = True
 
     async def _keep(self, worker: Worker, stop: trio.Event) -> None:
+        pause = 0.0
         while True:
+            started = trio.current_time()
             code = await self._run_one(worker, stop)
             if stop.is_set():
                 log.info("worker %d (pid %s) stopped", worker.id, worker.pid)
@@ -160,9 +167,19 @@ class Supervisor:
             self.restarts += 1
             if self._restarts_metric is not None:
                 self._restarts_metric.inc()
+            quick = trio.current_time() - started < QUICK_EXIT
+            pause = min(max(pause * 2, 0.1), RESTART_PAUSE_MAX) if quick else 0.0
             log.warning(
-                "worker %d (pid %s) exited with %s; starting another", worker.id, worker.pid, code
+                "worker %d (pid %s) exited with %s; starting another%s",
+                worker.id,
+                worker.pid,
+                code,
+                f" in {pause:.1f}s" if pause else "",
             )
+            with trio.move_on_after(pause):
+                await stop.wait()
+            if stop.is_set():
+                return
 
     async def _run_one(self, worker: Worker, stop: trio.Event) -> int:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)

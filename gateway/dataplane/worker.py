@@ -84,36 +84,70 @@ def samples(metrics: Metrics) -> Counters:
     return Counters(tuple(out))
 
 
-async def run(channel: socket.socket) -> None:
-    stream = trio.SocketStream(trio.socket.from_stdlib_socket(channel))
-    receiver = Receiver(stream)
-    start = await receiver.receive()
-    first = await receiver.receive()
-    if not isinstance(start, Start) or not isinstance(first, Install):
-        raise SystemExit("the main process sent no Start and Install")
-    setup_logging(start.log_level, start.log_format)
-    state = WorkerState(first.snapshot)
-    metrics = Metrics()
-    proxy = Proxy(
-        lambda: state.snapshot,
-        start.proxy,
-        PipePool() if start.proxy.splice else None,
-        metrics=metrics,
-        worker=start.worker,
-    )
-    stop = trio.Event()
+class _Worker:
+    """One worker's tasks around its data plane: the channel in, the reports out, signals."""
 
-    async def receive_snapshots() -> None:
+    def __init__(self, stream: trio.SocketStream, receiver: Receiver, start: Start) -> None:
+        self.stream = stream
+        self.receiver = receiver
+        self.id = start.worker
+        self.plane = start.plane
+        self.metrics = Metrics()
+        self.state: WorkerState
+        self.proxy: Proxy
+        self.stop = trio.Event()
+        self.start = start
+
+    async def run(self, first: Install) -> None:
+        self.state = WorkerState(first.snapshot)
+        self.proxy = Proxy(
+            lambda: self.state.snapshot,
+            self.start.proxy,
+            PipePool() if self.start.proxy.splice else None,
+            metrics=self.metrics,
+            worker=self.id,
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.receive_snapshots)
+                nursery.start_soon(self.send_reports)
+                nursery.start_soon(self.signals)
+                await serve_dataplane(self.state, self.proxy, self.plane, self.stop)
+                # The last counts, so the main process's totals include every connection.
+                await self.tell(samples(self.metrics))
+                nursery.cancel_scope.cancel()
+        finally:
+            if self.proxy.pool is not None:
+                self.proxy.pool.close()
+
+    def _orphaned(self) -> None:
+        if not self.stop.is_set():
+            log.info("worker %d: the main process is gone; stopping", self.id)
+            self.stop.set()
+
+    async def tell(self, message: Running | Counters) -> bool:
+        """Send to the main process; if it is gone, stop."""
+        try:
+            await send_message(self.stream, message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._orphaned()
+            return False
+        return True
+
+    async def receive_snapshots(self) -> None:
         while True:
-            message = await receiver.receive()
+            try:
+                message = await self.receiver.receive()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                message = None
             if message is None:
-                log.info("worker %d: the main process is gone; stopping", start.worker)
-                stop.set()
+                self._orphaned()
                 return
             if isinstance(message, Install):
-                state.install(message.snapshot)
+                self.state.install(message.snapshot)
 
-    async def send_reports() -> None:
+    async def send_reports(self) -> None:
+        state, proxy = self.state, self.proxy
         sent: tuple[object, ...] | None = None
         counted, counted_at = -1, trio.current_time()
         while True:
@@ -128,39 +162,36 @@ async def run(channel: socket.socket) -> None:
                     bind_failures=state.bind_failures,
                     connections=proxy.active,
                 )
-                await send_message(stream, report)
+                if not await self.tell(report):
+                    return
             now = trio.current_time()
             if proxy.finished != counted or now - counted_at >= COUNTERS_AT_LEAST_EVERY:
                 counted, counted_at = proxy.finished, now
-                await send_message(stream, samples(metrics))
+                if not await self.tell(samples(self.metrics)):
+                    return
 
-    async def signals() -> None:
+    async def signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
             async for _ in received:
-                stop.set()
+                self.stop.set()
                 return
 
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(receive_snapshots)
-            nursery.start_soon(send_reports)
-            nursery.start_soon(signals)
-            await serve_dataplane(state, proxy, start.plane, stop)
-            # The last counts, so the main process's totals include every connection.
-            await send_message(stream, samples(metrics))
-            nursery.cancel_scope.cancel()
-    finally:
-        if proxy.pool is not None:
-            proxy.pool.close()
+
+async def run(channel: socket.socket) -> None:
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(channel))
+    receiver = Receiver(stream)
+    start = await receiver.receive()
+    first = await receiver.receive()
+    if not isinstance(start, Start) or not isinstance(first, Install):
+        raise SystemExit("the main process sent no Start and Install")
+    setup_logging(start.log_level, start.log_format)
+    await _Worker(stream, receiver, start).run(first)
 
 
 def main(argv: list[str]) -> int:
     channel = socket.socket(fileno=int(argv[0]))
     os.set_inheritable(channel.fileno(), False)
-    try:
-        trio.run(run, channel)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
-        return 0  # the main process went away mid-message: nothing to report to
+    trio.run(run, channel)
     return 0
 
 
