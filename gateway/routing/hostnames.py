@@ -7,6 +7,8 @@ matching (one label, RFC 2818) is a different rule and lives with the certificat
 
 from __future__ import annotations
 
+import functools
+
 
 def normalize_sni(server_name: str) -> str:
     """SNI is compared case-insensitively, without a trailing dot (SPEC.md §10.1 step 2)."""
@@ -22,6 +24,7 @@ def matches(pattern: str | None, name: str) -> bool:
     return pattern == name
 
 
+@functools.lru_cache(maxsize=65536)
 def intersect(listener: str | None, route: str) -> str | None:
     """The effective hostname of a listener and a route hostname, or None (SPEC.md §8.1)."""
     if listener is None:

@@ -7,6 +7,7 @@ ready endpoint is a valid reference (ResolvedRefs stays True) whose share is rej
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Mapping
 
@@ -112,9 +113,16 @@ def _endpoints(
             # Addresses of one endpoint are fungible; Kubernetes consumers use the first.
             address = endpoint.addresses[0]
             if eps.address_type != "FQDN":
-                address = str(ipaddress.ip_address(address))
+                address = canonical_address(address)
             found.add(Endpoint(address, number))
     return tuple(sorted(found, key=lambda e: (e.address, e.port)))
+
+
+@functools.lru_cache(maxsize=65536)
+def canonical_address(address: str) -> str:
+    """An endpoint IP in its one spelling (admission checked that it parses). Cached: every
+    rebuild reads every endpoint, and parsing is most of the cost of resolving backends."""
+    return str(ipaddress.ip_address(address))
 
 
 def _slice_port(

@@ -35,10 +35,11 @@ class GatewayState:
     #: The Secret of that reference once it resolves, presented to re-encrypted backends.
     client_certificate_ref: NamespacedName | None = None
     insecure_frontend: bool = False
+    #: `namespace/name`, as status messages and the table write it.
+    name: str = field(init=False)
 
-    @property
-    def name(self) -> str:
-        return str(self.key)
+    def __attrs_post_init__(self) -> None:
+        self.name = str(self.key)
 
 
 @define
