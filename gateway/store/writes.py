@@ -9,6 +9,7 @@ once). A failed commit changes nothing in memory.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -55,6 +56,7 @@ class WritePath:
         self.in_force = in_force
         self._lock = trio.Lock()
         self._commits = trio.CapacityLimiter(1)
+        self._previews = trio.CapacityLimiter(1)
 
     def load(self) -> int:
         """Bring the stored documents into force (at start)."""
@@ -149,11 +151,11 @@ class WritePath:
         )
         written = [c for c in changes if c.action is not Action.UNCHANGED]
         if dry_run:
-            return Outcome(changes, self.preview(written, [], now=now))
+            return Outcome(changes, await self.preview(written, [], now=now))
         if not written:
             return Outcome(changes, self.state.snapshot)
         await self._commit(written, [])
-        snapshot = self.state.put([c.document for c in written], now=now)
+        snapshot = await self.state.put_off_loop([c.document for c in written], now=now)
         await self._wait_in_force(snapshot)
         return Outcome(changes, snapshot)
 
@@ -180,9 +182,9 @@ class WritePath:
             changes = [Change(key, Action.DELETED, doc)]
             now = utc_now()
             if dry_run:
-                return Outcome(changes, self.preview([], [key], now=now))
+                return Outcome(changes, await self.preview([], [key], now=now))
             await self._commit([], [key])
-            snapshot = self.state.put([], deleted=[key], now=now)
+            snapshot = await self.state.put_off_loop([], deleted=[key], now=now)
             await self._wait_in_force(snapshot)
             return Outcome(changes, snapshot)
 
@@ -190,18 +192,24 @@ class WritePath:
         if self.in_force is not None:
             await self.in_force(snapshot.generation)
 
-    def preview(
+    async def preview(
         self, written: Sequence[Change], deleted: Sequence[ObjectKey], *, now: str
     ) -> Snapshot:
-        """The snapshot these changes would give, without storing or swapping (dry run)."""
+        """The snapshot these changes would give, without storing or swapping (dry run);
+        built on a thread, like a write's."""
         documents = dict(self.state.documents)
         for change in written:
             documents[change.key] = change.document
         for key in deleted:
             documents.pop(key, None)
-        return self.state.build(
-            documents, self.state.generation + 1, self.state.snapshot.statuses, now=now
+        build = functools.partial(
+            self.state.build,
+            documents,
+            self.state.generation + 1,
+            self.state.snapshot.statuses,
+            now=now,
         )
+        return await trio.to_thread.run_sync(build, limiter=self._previews)
 
     async def _commit(self, written: Sequence[Change], deleted: Sequence[ObjectKey]) -> None:
         if self.store is None:
