@@ -60,14 +60,19 @@ class State:
         now: str | None = None,
     ) -> Snapshot:
         """Apply committed writes and deletions, then rebuild once (at the write's `now`)."""
+        self.documents = self._updated(documents, deleted)
+        return self.rebuild(now=now)
+
+    def _updated(
+        self, documents: Iterable[Document], deleted: Iterable[ObjectKey]
+    ) -> dict[ObjectKey, Document]:
         # A new dict, never an update in place: a connection keeps the one it read.
         updated = dict(self.documents)
         for doc in documents:
             updated[key_of(doc)] = doc
         for key in deleted:
             updated.pop(key, None)
-        self.documents = updated
-        return self.rebuild(now=now)
+        return updated
 
     def set_bind_failures(self, failures: Mapping[tuple[str, int], str]) -> None:
         """Runtime facts from the listeners; a rebuild only when they changed."""
@@ -89,11 +94,7 @@ class State:
         second, and on the event loop it would stall every connection of a single-process
         gateway meanwhile. The documents and the snapshot still change together, in one
         step on the event loop, and generations still only go up."""
-        updated = dict(self.documents)
-        for doc in documents:
-            updated[key_of(doc)] = doc
-        for key in deleted:
-            updated.pop(key, None)
+        updated = self._updated(documents, deleted)
         failures, previous = self.bind_failures, self.snapshot.statuses
         build = functools.partial(self.build, updated, 0, previous, now=now or utc_now())
         snapshot = await trio.to_thread.run_sync(build, limiter=self._builds)
