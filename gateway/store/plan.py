@@ -17,8 +17,9 @@ import attrs
 from attrs import frozen
 
 from gateway.api import corev1
-from gateway.api.convert import PRIVATE_KEYS, unstructure_document
+from gateway.api.convert import PRIVATE_KEYS
 from gateway.api.kinds import Document, ObjectKey, key_of
+from gateway.api.model import ObjectMeta
 from gateway.store import metadata
 
 
@@ -57,15 +58,23 @@ def carry_private_keys(doc: Document, previous: Document | None) -> Document:
     return attrs.evolve(doc, data={**(doc.data or {}), **kept})
 
 
-def _comparable(doc: Document) -> dict[str, Any]:
-    """Everything a client controls: server-set metadata is not a difference."""
-    wire = unstructure_document(doc, redact=False)
-    wire["metadata"] = {
-        k: v
-        for k, v in wire["metadata"].items()
-        if k not in ("uid", "creationTimestamp", "generation", "resourceVersion")
-    }
-    return wire
+#: The ObjectMeta fields a client sets; the others are the server's (API.md).
+_SERVER_METADATA = frozenset({"uid", "creation_timestamp", "generation", "resource_version"})
+_CLIENT_METADATA = tuple(f.name for f in attrs.fields(ObjectMeta) if f.name not in _SERVER_METADATA)
+
+
+def _same_content(doc: Document, previous: Document) -> bool:
+    """Does `doc` say what `previous` says, in everything a client controls? Server-set
+    metadata (uid, creationTimestamp, generation, resourceVersion) is not a difference.
+    Compared as frozen values, field by field (private keys included), which costs a
+    fraction of comparing wire forms; a field left unset is None either way."""
+    if type(doc) is not type(previous):
+        return False
+    for field in attrs.fields(type(doc)):
+        if field.name != "metadata" and getattr(doc, field.name) != getattr(previous, field.name):
+            return False
+    mine, theirs = doc.metadata, previous.metadata
+    return all(getattr(mine, name) == getattr(theirs, name) for name in _CLIENT_METADATA)
 
 
 def plan(
@@ -98,7 +107,7 @@ def plan(
                 f"not {expected}; read it again and retry",
             )
         written = carry_private_keys(doc, previous)
-        if previous is not None and _comparable(written) == _comparable(previous):
+        if previous is not None and _same_content(written, previous):
             changes[key] = Change(key, Action.UNCHANGED, previous)
             continue
         assigned = metadata.assign(
