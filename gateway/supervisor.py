@@ -91,7 +91,6 @@ class Supervisor:
         self.counters = WorkerCounters()
         self._restarts_metric: Counter | None = None
         self._progress = trio.Event()
-        self._stopping = False
         self._frame: tuple[int, bytes] | None = None
 
     def register(self, registry: CollectorRegistry) -> None:
@@ -157,15 +156,13 @@ class Supervisor:
     async def serve(
         self, stop: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Keep every worker running until `stop`, then stop them all and wait for them;
-        `task_status` once each runs the snapshot in force."""
+        """Keep every worker running until `stop`, then stop them all and wait for them.
+        `task_status` at once: the admin API comes up even if workers cannot start, and
+        /readyz says which are not running yet."""
         async with trio.open_nursery() as nursery:
             for worker in self.workers.values():
                 nursery.start_soon(self._keep, worker, stop)
-            await self.wait_in_force(self.state.generation)
             task_status.started()
-            await stop.wait()
-            self._stopping = True
 
     async def _keep(self, worker: Worker, stop: trio.Event) -> None:
         pause = 0.0
