@@ -69,11 +69,12 @@ class _TimedStream(trio.abc.HalfCloseableStream):
         # seconds does not. Hypercorn hands over a whole body in one call, hence the pieces.
         view = memoryview(data)
         for start in range(0, max(len(view), 1), PROGRESS_CHUNK):
+            piece = view[start : start + PROGRESS_CHUNK]
             with trio.move_on_after(self.timeout) as deadline:
-                await self.inner.send_all(view[start : start + PROGRESS_CHUNK])
+                await self.inner.send_all(piece)
             if deadline.cancelled_caught:
                 break
-            self.guard.sent += len(view[start : start + PROGRESS_CHUNK])
+            self.guard.sent += len(piece)
         else:
             return
         # The whole connection ends here, not only this write: Hypercorn's reader may be

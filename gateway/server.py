@@ -26,7 +26,7 @@ from gateway.api.kinds import Document
 from gateway.dataplane.binds import BIND_RETRY_SECONDS, BoundSockets
 from gateway.dataplane.plane import PlaneConfig, serve_dataplane
 from gateway.dataplane.proxy import Proxy, ProxyConfig
-from gateway.dataplane.relay import PipePool
+from gateway.dataplane.relay import PIPE_POOL_SIZE, PipePool
 from gateway.metrics import Metrics
 from gateway.store.sqlite import Store
 from gateway.store.state import State
@@ -111,7 +111,7 @@ class Server:
             PipePool() if config.proxy.splice and not workers else None,
             metrics=self.metrics,
         )
-        pipes = PipePool().limit if config.proxy.splice else 0
+        pipes = PIPE_POOL_SIZE if config.proxy.splice else 0
         self.limit = config.max_connections or connection_limit(
             pipes, config.admin_limits.max_connections if config.admin is not None else 0
         )

@@ -61,12 +61,15 @@ class Worker:
     """What the main process knows of one worker slot."""
 
     id: int
-    pid: int | None = None
     alive: bool = False
     generation: int = 0
     bind_failures: Mapping[tuple[str, int], str] = attrs.Factory(dict)
     connections: int = 0
     process: trio.Process | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
 
 
 class Supervisor:
@@ -87,7 +90,6 @@ class Supervisor:
         self.log_level = log_level
         self.log_format = log_format
         self.workers = {i: Worker(i) for i in range(count)}
-        self.restarts = 0
         self.counters = WorkerCounters()
         self._restarts_metric: Counter | None = None
         self._progress = trio.Event()
@@ -172,7 +174,6 @@ class Supervisor:
             if stop.is_set():
                 log.info("worker %d (pid %s) stopped", worker.id, worker.pid)
                 return
-            self.restarts += 1
             if self._restarts_metric is not None:
                 self._restarts_metric.inc()
             quick = trio.current_time() - started < QUICK_EXIT
@@ -198,8 +199,7 @@ class Supervisor:
             )
         finally:
             theirs.close()
-        worker.pid, worker.alive, worker.generation = process.pid, True, 0
-        worker.process = process
+        worker.process, worker.alive, worker.generation = process, True, 0
         log.info("worker %d started, pid %d", worker.id, process.pid)
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
         try:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 #: Problems with TLSGATE_* environment values, found while the parser's defaults were built;
 #: reported by `serve` (the only command that reads them), one line each.
@@ -35,13 +37,14 @@ def env_choice(name: str, default: str, choices: Sequence[str]) -> str:
     return text
 
 
-def env_admin(default: str) -> tuple[str, int] | None:
-    text = env("admin", default)
+def env_parsed(name: str, default: str, parse: Callable[[str], T]) -> T:
+    """An option's default from its environment variable, through the option's own parser;
+    a value it refuses is remembered (reported by `serve`) and the default used."""
     try:
-        return admin_address(text)
+        return parse(env(name, default))
     except argparse.ArgumentTypeError as exc:
-        ENV_ERRORS.append(f"{env_name('admin')}: {exc}")
-        return admin_address(default)
+        ENV_ERRORS.append(f"{env_name(name)}: {exc}")
+        return parse(default)
 
 
 def env_number(name: str, default: str, kind: type[int] | type[float]) -> Any:
@@ -85,12 +88,3 @@ def workers_count(value: str) -> int:
     if not value.isdigit():
         raise argparse.ArgumentTypeError(f"{value!r} is not a number of workers or 'auto'")
     return int(value)
-
-
-def env_workers(default: str) -> int:
-    text = env("workers", default)
-    try:
-        return workers_count(text)
-    except argparse.ArgumentTypeError as exc:
-        ENV_ERRORS.append(f"{env_name('workers')}: {exc}")
-        return workers_count(default)

@@ -15,10 +15,9 @@ from gateway.cli.client import run_client
 from gateway.cli.env import (
     admin_address,
     env,
-    env_admin,
     env_choice,
     env_number,
-    env_workers,
+    env_parsed,
     workers_count,
 )
 from gateway.cli.serve import run_serve
@@ -149,7 +148,7 @@ def _add_serve(commands: Any) -> None:
     sv.add_argument(
         "--admin",
         type=admin_address,
-        default=env_admin("127.0.0.1:9901"),
+        default=env_parsed("admin", "127.0.0.1:9901", admin_address),
         metavar="HOST:PORT",
         help="admin API address (default 127.0.0.1:9901; empty turns it off)",
     )
@@ -217,7 +216,7 @@ def _add_serve(commands: Any) -> None:
     sv.add_argument(
         "--workers",
         type=workers_count,
-        default=env_workers("0"),
+        default=env_parsed("workers", "0", workers_count),
         metavar="N|auto",
         help="data-plane worker processes; auto: one per usable CPU; 0: serve connections in "
         "the main process (default 0)",

@@ -101,7 +101,8 @@ class Proxy:
         self.contexts = ContextRegistry()
         self.config = config
         self._rng = random.Random(config.seed)
-        self.pool = pool if pool is not None else (PipePool() if config.splice else None)
+        #: The splice relay's pipes; None relays with reads and writes (the caller decides).
+        self.pool = pool
         self.dialer = Dialer(config.connect_timeout, self.metrics)
         self.active = 0
         #: Connections finished so far (a worker reports its counts when this moves).

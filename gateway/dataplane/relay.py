@@ -54,12 +54,16 @@ SPLICE_AVAILABLE = hasattr(os, "splice")
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 
 
+#: Pipes a process keeps at most (each is two descriptors and up to CHUNK of kernel memory).
+PIPE_POOL_SIZE = 64
+
+
 class PipePool:
     """Non-blocking pipes shared by every connection. At most `limit` exist at once, which
     bounds both file descriptors and kernel buffer memory; a pipe that saw an error may still
     hold bytes, so it is closed rather than reused."""
 
-    def __init__(self, limit: int = 64, size: int = CHUNK) -> None:
+    def __init__(self, limit: int = PIPE_POOL_SIZE, size: int = CHUNK) -> None:
         self._free: list[tuple[int, int]] = []
         self._slots = trio.Semaphore(limit)
         self._size = size
