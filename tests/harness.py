@@ -508,3 +508,12 @@ def serve_process(
         capture=capture,
         seconds=seconds,
     )
+
+
+def serve_manifests(directory: Path, manifests: str, *args: str, **options: Any) -> ServeProcess:
+    """`serve_process` bootstrapped with `manifests` (written to a file in `directory`), with
+    no admin API and no store: the usual setup of a data-plane test in a real process."""
+    bootstrap = directory / "gateway.yaml"
+    bootstrap.write_text(manifests)
+    base = ["--bootstrap", str(bootstrap), "--admin", "", "--state-dir", ""]
+    return serve_process(*base, *args, **options)

@@ -23,7 +23,7 @@ from .harness import (
     db_route,
     free_port,
     running_gateway,
-    serve_process,
+    serve_manifests,
     tls_client,
 )
 from .test_clienthello import hello_with_extensions, padded_hello, records, sni_extension
@@ -142,15 +142,9 @@ async def test_an_sni_with_cr_lf_nul_cannot_forge_access_log_lines(
 ) -> None:
     port = free_port()
     with backends(pki, ("db", ["db.example.com"])) as (db,):
-        bootstrap = tmp_path / "gateway.yaml"
-        bootstrap.write_text(db_route(port, db.port))
-        async with serve_process(
-            "--bootstrap",
-            str(bootstrap),
-            "--admin",
-            "",
-            "--state-dir",
-            "",
+        async with serve_manifests(
+            tmp_path,
+            db_route(port, db.port),
             "--log-format",
             "text",
             capture=True,

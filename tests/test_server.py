@@ -33,7 +33,7 @@ from .harness import (
     listening,
     route_yaml,
     running_gateway,
-    serve_process,
+    serve_manifests,
     service_yaml,
     tls_client,
     wait_until,
@@ -208,15 +208,9 @@ async def test_openssl_s_client_and_curl_through_the_gateway(pki: Pki, https_bac
 async def test_sigterm_drains_live_connections_then_exits_zero(pki: Pki, tmp_path: Path) -> None:
     port = free_port()
     with backends(pki, ("db", ["db.example.com"])) as (db,):
-        bootstrap = tmp_path / "gateway.yaml"
-        bootstrap.write_text(db_route(port, db.port))
-        async with serve_process(
-            "--bootstrap",
-            str(bootstrap),
-            "--admin",
-            "",
-            "--state-dir",
-            "",
+        async with serve_manifests(
+            tmp_path,
+            db_route(port, db.port),
             "--drain-timeout",
             "20",
             capture=True,
@@ -240,15 +234,9 @@ async def test_sigterm_drains_live_connections_then_exits_zero(pki: Pki, tmp_pat
 async def test_drain_timeout_closes_the_rest(pki: Pki, tmp_path: Path) -> None:
     port = free_port()
     with backends(pki, ("db", ["db.example.com"])) as (db,):
-        bootstrap = tmp_path / "gateway.yaml"
-        bootstrap.write_text(db_route(port, db.port))
-        async with serve_process(
-            "--bootstrap",
-            str(bootstrap),
-            "--admin",
-            "",
-            "--state-dir",
-            "",
+        async with serve_manifests(
+            tmp_path,
+            db_route(port, db.port),
             "--drain-timeout",
             "0.5",
             capture=True,
@@ -410,15 +398,9 @@ def test_demo_check_runs_beside_a_running_demo() -> None:
 async def test_json_logs_carry_connection_swap_and_listener_lines(pki: Pki, tmp_path: Path) -> None:
     port = free_port()
     with backends(pki, ("db", ["db.example.com"])) as (db,):
-        bootstrap = tmp_path / "gateway.yaml"
-        bootstrap.write_text(db_route(port, db.port))
-        async with serve_process(
-            "--bootstrap",
-            str(bootstrap),
-            "--admin",
-            "",
-            "--state-dir",
-            "",
+        async with serve_manifests(
+            tmp_path,
+            db_route(port, db.port),
             "--log-format",
             "json",
             capture=True,
