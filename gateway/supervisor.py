@@ -3,7 +3,8 @@ snapshot, know what each runs, restart the dead, stop them all (API.md "Process 
 
 I/O. One task per worker slot keeps a worker alive: it starts `python -m
 gateway.dataplane.worker` with one end of a socket pair, sends `Start` and the snapshot in
-force, then a new `Install` at every swap; it reads `Running` (generation, bind failures,
+force, then at every swap a `Patch` from the snapshot it sent last (or a new `Install` when
+that is not smaller); it reads `Running` (generation, bind failures,
 open connections) and `Counters`. When the process exits the slot logs it, counts a restart
 and starts another at once; the other workers and their connections are untouched.
 
@@ -39,6 +40,7 @@ from gateway.dataplane.channel import (
 from gateway.dataplane.plane import PlaneConfig
 from gateway.dataplane.proxy import ProxyConfig
 from gateway.metrics import Metrics
+from gateway.routing.patch import diff
 from gateway.routing.snapshot import Snapshot
 from gateway.store.state import State
 
@@ -229,13 +231,17 @@ class Supervisor:
             log_format=self.log_format,
         )
         await send_message(stream, start)
-        generation = -1
+        sent: Snapshot | None = None
         while True:
             snapshot = self.state.snapshot
-            if snapshot.generation != generation:
-                generation = snapshot.generation
-                await send_frame(stream, await self._install_frame(snapshot))
-            await self.state.wait_changed(generation)
+            if sent is None or snapshot.generation != sent.generation:
+                patch = diff(sent, snapshot) if sent is not None else None
+                if patch is not None:
+                    await send_message(stream, patch)
+                else:
+                    await send_frame(stream, await self._install_frame(snapshot))
+                sent = snapshot
+            await self.state.wait_changed(sent.generation)
 
     async def _install_frame(self, snapshot: Snapshot) -> bytes:
         """The Install frame of a snapshot, encoded once for every worker (on a thread: a

@@ -96,7 +96,7 @@ def test_grant_deleted_revokes_access_immediately() -> None:
     assert reasons(after)["ResolvedRefs"] == ("False", "RefNotPermitted")
     # The condition flipped, so its lastTransitionTime moved; Accepted did not flip.
     assert after["ResolvedRefs"].last_transition_time != before.last_transition_time
-    target = snap.binds[("0.0.0.0", 443)].listeners[0].routes[0]
+    target = snap.binds[("0.0.0.0", 443)].listeners[0].ordered_routes()[0]
     assert target.backends[0].reject is not None
     assert "ReferenceGrant" in target.backends[0].reject
 
@@ -318,7 +318,7 @@ def test_invalid_backend_keeps_its_weight_and_empty_service_rejects() -> None:
     )
     service = SERVICE.replace("namespace: data", "namespace: apps")
     snap = snapshot_of(_all(GATEWAY_CLASS, GATEWAY, route, service))
-    target = snap.binds[("0.0.0.0", 443)].listeners[0].routes[0]
+    target = snap.binds[("0.0.0.0", 443)].listeners[0].ordered_routes()[0]
     assert [(b.weight, b.reject is None) for b in target.backends] == [(80, False), (20, False)]
     # pg exists but has no endpoints: ResolvedRefs is about references only (SPEC.md §7).
     assert target.backends[0].reject == "Service apps/pg has no ready endpoints"
@@ -350,16 +350,16 @@ ports: [{name: pg, port: 15432}]
 def test_endpoints_ready_only_with_named_and_numbered_target_ports() -> None:
     named = SERVICE.replace("5432}", "5432, targetPort: pg}")
     snap = snapshot_of(_all(GATEWAY_CLASS, GATEWAY, ROUTE, named, GRANT, ENDPOINTS))
-    backend = snap.binds[("0.0.0.0", 443)].listeners[0].routes[0].backends[0]
+    backend = snap.binds[("0.0.0.0", 443)].listeners[0].ordered_routes()[0].backends[0]
     assert [str(e) for e in backend.endpoints] == ["10.0.0.1:15432", "10.0.0.2:15432"]
     numbered = SERVICE.replace("5432}", "5432, targetPort: 6000}")
     snap = snapshot_of(_all(GATEWAY_CLASS, GATEWAY, ROUTE, numbered, GRANT, ENDPOINTS))
-    backend = snap.binds[("0.0.0.0", 443)].listeners[0].routes[0].backends[0]
+    backend = snap.binds[("0.0.0.0", 443)].listeners[0].ordered_routes()[0].backends[0]
     assert [str(e) for e in backend.endpoints] == ["10.0.0.1:6000", "10.0.0.2:6000"]
     # A slice of another Service does not count.
     other = ENDPOINTS.replace("service-name: pg", "service-name: other")
     snap = snapshot_of(_all(GATEWAY_CLASS, GATEWAY, ROUTE, named, GRANT, other))
-    backend = snap.binds[("0.0.0.0", 443)].listeners[0].routes[0].backends[0]
+    backend = snap.binds[("0.0.0.0", 443)].listeners[0].ordered_routes()[0].backends[0]
     assert backend.endpoints == ()
     assert backend.reject is not None
 
@@ -414,7 +414,7 @@ def test_backend_tls_policy_status_and_table() -> None:
     }
     status = snap.statuses[ObjectKey("BackendTLSPolicy", "data", "pg")]
     assert [a.ancestor_ref.name for a in status.ancestors] == ["gw"]  # type: ignore[union-attr]
-    backend = snap.binds[("0.0.0.0", 443)].listeners[0].routes[0].backends[0]
+    backend = snap.binds[("0.0.0.0", 443)].listeners[0].ordered_routes()[0].backends[0]
     assert backend.tls is not None
     assert backend.tls.hostname == "pg.internal"
     assert backend.tls.ca_config_maps == (("data", "pg-ca"),)
@@ -427,7 +427,7 @@ def test_backend_tls_policy_with_bad_ca_refs_is_not_accepted() -> None:
         "Accepted": ("False", "NoValidCACertificate"),
         "ResolvedRefs": ("False", "InvalidCACertificateRef"),
     }
-    backend = snap.binds[("0.0.0.0", 443)].listeners[0].routes[0].backends[0]
+    backend = snap.binds[("0.0.0.0", 443)].listeners[0].ordered_routes()[0].backends[0]
     assert backend.reject is not None
     assert "data/pg is not accepted" in backend.reject
     snap = snapshot_of(_all(*base, _policy("pg", kind="Secret")))
@@ -450,7 +450,7 @@ def test_conflicting_backend_tls_policies_the_older_wins() -> None:
     )
     assert _policy_conditions(snap, "older")["Accepted"] == ("True", "Accepted")
     assert _policy_conditions(snap, "newer")["Accepted"] == ("False", "Conflicted")
-    backend = snap.binds[("0.0.0.0", 443)].listeners[0].routes[0].backends[0]
+    backend = snap.binds[("0.0.0.0", 443)].listeners[0].ordered_routes()[0].backends[0]
     assert backend.tls is not None
     assert backend.tls.policy == "data/older"
 

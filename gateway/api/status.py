@@ -152,6 +152,15 @@ def stamp(
     for draft in drafts:
         status = "True" if draft.status else "False"
         old = before.get(draft.type)
+        if (
+            old is not None
+            and old.status == status
+            and old.observed_generation == generation
+            and old.reason == draft.reason
+            and old.message == draft.message
+        ):
+            out.append(old)  # unchanged: the same value (and the same object, kept cheaply)
+            continue
         since = old.last_transition_time if old is not None and old.status == status else now
         out.append(
             Condition(

@@ -5,7 +5,9 @@ processes of the same program, so messages are pickles: a compiled snapshot of 1
 goes across in one frame, with no schema to keep in step. Each frame is a 4-byte big-endian
 length and the pickle.
 
-Main -> worker: `Start` once, then `Install` for every snapshot. Worker -> main: `Running`
+Main -> worker: `Start` once, then `Install` with a whole snapshot, then for every new snapshot
+a `Patch` from the one it runs (`routing/patch.py`: a write at 10,000 routes sends one route
+target, not the table), or an `Install` when a patch would not be smaller. Worker -> main: `Running`
 after each snapshot's binds are reconciled (so the main process knows what is in force where),
 and `Counters` now and then and at the end (the main process sums them for `/metrics`).
 """
@@ -21,6 +23,7 @@ import trio
 
 from gateway.dataplane.plane import PlaneConfig
 from gateway.dataplane.proxy import ProxyConfig
+from gateway.routing.patch import Patch
 from gateway.routing.snapshot import Snapshot
 
 _HEADER = struct.Struct("!I")
@@ -58,7 +61,7 @@ class Counters:
     samples: tuple[tuple[str, tuple[tuple[str, str], ...], float], ...]
 
 
-Message = Start | Install | Running | Counters
+Message = Start | Install | Patch | Running | Counters
 
 
 #: Frames larger than this are encoded and decoded on a worker thread: a 10,000-route snapshot

@@ -27,6 +27,7 @@ from gateway.dataplane.proxy import Proxy
 from gateway.dataplane.relay import PipePool
 from gateway.logs import setup_logging
 from gateway.metrics import Metrics
+from gateway.routing.patch import Patch, apply
 from gateway.routing.snapshot import Snapshot
 
 log = logging.getLogger("gateway.worker")
@@ -145,6 +146,10 @@ class _Worker:
                 return
             if isinstance(message, Install):
                 self.state.install(message.snapshot)
+            elif isinstance(message, Patch):
+                # A patch for another snapshot raises PatchMismatch: the worker exits and
+                # is restarted with a whole snapshot, rather than route by a wrong table.
+                self.state.install(apply(self.state.snapshot, message))
 
     async def send_reports(self) -> None:
         state, proxy = self.state, self.proxy

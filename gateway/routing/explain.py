@@ -41,7 +41,7 @@ def _listener_wire(listener: ListenerTable) -> dict[str, Any]:
     if listener.reject is not None:
         out["reject"] = listener.reject
     routes = []
-    for target in listener.routes:
+    for target in listener.ordered_routes():
         route: dict[str, Any] = {
             "hostname": target.hostname,
             "route": target.route,

@@ -18,7 +18,7 @@ from attrs import field, frozen
 from gateway.api.kinds import ObjectKey
 from gateway.api.names import NamespacedName
 from gateway.api.status import Status
-from gateway.routing.hostnames import normalize_sni, wildcard_suffixes
+from gateway.routing.hostnames import normalize_sni, specificity, wildcard_suffixes
 
 
 @frozen
@@ -124,22 +124,23 @@ class ListenerTable:
     #: Set when the listener cannot serve: the connections it wins are closed, never handed to
     #: a broader listener (SPEC.md §10.1 recommendation).
     reject: str | None = None
-    routes: tuple[RouteTarget, ...] = ()
-    _by_hostname: Mapping[str, RouteTarget] = field(init=False)
-
-    def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "_by_hostname", {t.hostname: t for t in self.routes})
+    #: Effective hostname -> its target: the lookup index itself (never changed once made).
+    routes: Mapping[str, RouteTarget] = field(factory=dict)
 
     def route_for(self, sni: str) -> RouteTarget | None:
         """Most specific effective hostname: exact, then longest wildcard (SPEC.md §10.2)."""
-        target = self._by_hostname.get(sni)
+        target = self.routes.get(sni)
         if target is not None:
             return target
         for pattern in wildcard_suffixes(sni):
-            target = self._by_hostname.get(pattern)
+            target = self.routes.get(pattern)
             if target is not None:
                 return target
         return None
+
+    def ordered_routes(self) -> list[RouteTarget]:
+        """The targets as the table lists them: more specific hostnames first (§10.2)."""
+        return [self.routes[h] for h in sorted(self.routes, key=lambda h: (specificity(h), h))]
 
 
 @frozen(kw_only=True)

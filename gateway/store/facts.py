@@ -3,8 +3,9 @@
 A synchronous edge: loading a certificate touches OpenSSL, not the network. Whether each
 Secret and CA bundle loads becomes a `LoadResult` for `translate` to report as
 `InvalidCertificateRef` and friends (messages never contain key material); results are cached
-by content, since every rebuild checks every Secret and ConfigMap. `compile_snapshot` is what
-the running gateway, `tlsgate translate` and the tests all call.
+by content. `compile_translation` is what the running gateway calls for every build (from the
+previous one); `compile_snapshot`, a full build from documents, is what `tlsgate translate`
+and the tests call.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from gateway.api.names import NamespacedName
 from gateway.api.status import Status
 from gateway.dataplane.tls import CA_BUNDLE_KEY, CertificateError, secret_pem, server_context
 from gateway.routing.snapshot import Snapshot
-from gateway.translate.build import translate
+from gateway.translate.build import Translation, translate
 from gateway.translate.facts import Facts, LoadResult
 from gateway.translate.resources import Resources
 
@@ -72,6 +73,37 @@ def load_facts(
     return secrets, bundles
 
 
+def compile_translation(
+    resources: Resources,
+    *,
+    now: str,
+    generation: int,
+    bind_address: str,
+    bind_failures: Mapping[tuple[str, int], str],
+    previous: Translation | None,
+) -> Translation:
+    """The next build, from `previous` when there is one: load results are kept for an
+    unchanged set of Secrets (or ConfigMaps), so the build can tell nothing changed there."""
+    old = previous.build if previous is not None else None
+    if old is not None and resources.secrets is old.resources.secrets:
+        secrets = old.facts.secrets
+    else:
+        secrets = {key: check_secret(secret) for key, secret in resources.secrets.items()}
+    if old is not None and resources.config_maps is old.resources.config_maps:
+        bundles = old.facts.ca_bundles
+    else:
+        bundles = {key: check_ca_bundle(cm) for key, cm in resources.config_maps.items()}
+    facts = Facts(
+        now=now,
+        bind_address=bind_address,
+        bind_failures=dict(bind_failures),
+        secrets=secrets,
+        ca_bundles=bundles,
+        previous=previous.snapshot.statuses if previous is not None else {},
+    )
+    return translate(resources, facts, generation, previous=previous)
+
+
 def compile_snapshot(
     documents: Iterable[Document],
     *,
@@ -93,4 +125,4 @@ def compile_snapshot(
         ca_bundles=bundles,
         previous=dict(previous or {}),
     )
-    return translate(resources, facts, generation=generation)
+    return translate(resources, facts, generation=generation).snapshot

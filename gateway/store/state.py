@@ -1,7 +1,8 @@
 """The one owner of mutable state: the documents in force, the runtime facts, and the snapshot.
 
-Every change goes through `State`, which rebuilds synchronously (`translate` is pure) and swaps
-one reference: nothing awaits between compute and swap, so under Trio a connection sees the old
+Every change goes through `State`, which builds from the build in force (`translate` is pure
+and incremental: `Resources.updated` shares what a change leaves alone) and swaps one
+reference: nothing awaits between compute and swap, so under Trio a connection sees the old
 table or the new one, never a mix (ARCHITECTURE.md "Compute then swap").
 """
 
@@ -18,9 +19,10 @@ import trio
 
 from gateway.api.kinds import Document, ObjectKey, key_of
 from gateway.api.names import RFC3339
-from gateway.api.status import Status, accepted_counts
 from gateway.routing.snapshot import Snapshot
-from gateway.store.facts import compile_snapshot
+from gateway.store.facts import compile_translation
+from gateway.translate.build import Translation
+from gateway.translate.resources import Resources
 
 # The logger names predate the packages and are documented (docs/configuration.md): kept.
 log = logging.getLogger("gateway.state")
@@ -36,11 +38,14 @@ class State:
         self.bind_address = bind_address
         self.documents: dict[ObjectKey, Document] = {}
         self.bind_failures: dict[tuple[str, int], str] = {}
-        self._generation = 0
+        self._generation = 1
         self._changed = trio.Event()
         #: Builds on a thread, one at a time, never queued behind DNS lookups.
         self._builds = trio.CapacityLimiter(1)
-        self.snapshot: Snapshot = self._build(utc_now())
+        #: The build in force: its snapshot, and what the next build starts from.
+        self.translation: Translation | None = None
+        self.translation = self._translate(Resources.of(()), utc_now(), self._generation)
+        self.snapshot: Snapshot = self.translation.snapshot
         self.swapped_at = time.time()
 
     @property
@@ -50,7 +55,11 @@ class State:
     def replace_documents(self, documents: Iterable[Document]) -> Snapshot:
         """Swap in a whole new document set (bootstrap, a store reload)."""
         self.documents = {key_of(doc): doc for doc in documents}
-        return self.rebuild()
+        self._generation += 1
+        translation = self._translate(
+            Resources.of(self.documents.values()), utc_now(), self._generation
+        )
+        return self._swap(translation)
 
     def put(
         self,
@@ -60,8 +69,11 @@ class State:
         now: str | None = None,
     ) -> Snapshot:
         """Apply committed writes and deletions, then rebuild once (at the write's `now`)."""
+        documents, deleted = list(documents), list(deleted)
+        self._generation += 1
+        translation = self.build(documents, deleted, self._generation, now=now or utc_now())
         self.documents = self._updated(documents, deleted)
-        return self.rebuild(now=now)
+        return self._swap(translation)
 
     def _updated(
         self, documents: Iterable[Document], deleted: Iterable[ObjectKey]
@@ -81,7 +93,8 @@ class State:
             self.rebuild()
 
     def rebuild(self, *, now: str | None = None) -> Snapshot:
-        return self._swap(self._build(now or utc_now()))
+        self._generation += 1
+        return self._swap(self.build((), (), self._generation, now=now or utc_now()))
 
     async def put_off_loop(
         self,
@@ -90,29 +103,31 @@ class State:
         *,
         now: str | None = None,
     ) -> Snapshot:
-        """`put`, with the build on a worker thread: at 10,000 routes it takes most of a
-        second, and on the event loop it would stall every connection of a single-process
-        gateway meanwhile. The documents and the snapshot still change together, in one
-        step on the event loop, and generations still only go up."""
-        updated = self._updated(documents, deleted)
-        failures, previous = self.bind_failures, self.snapshot.statuses
-        build = functools.partial(self.build, updated, 0, previous, now=now or utc_now())
-        snapshot = await trio.to_thread.run_sync(build, limiter=self._builds)
+        """`put`, with the build on a worker thread: a build that reaches many routes (a
+        Gateway's change at 10,000 routes) takes a good part of a second, and on the event
+        loop it would stall every connection of a single-process gateway meanwhile. The
+        documents and the snapshot still change together, in one step on the event loop,
+        and generations still only go up."""
+        documents, deleted = list(documents), list(deleted)
+        failures = self.bind_failures
+        build = functools.partial(self.build, documents, deleted, 0, now=now or utc_now())
+        translation = await trio.to_thread.run_sync(build, limiter=self._builds)
         # No checkpoint from here to the swap: the thread is not abandoned on cancellation,
         # so a committed write is always swapped in.
         self._generation += 1
-        self.documents = updated
-        self._swap(attrs.evolve(snapshot, generation=self._generation))
+        self.documents = self._updated(documents, deleted)
+        self._swap(_numbered(translation, self._generation))
         if self.bind_failures is not failures:
             self.rebuild()  # the listeners reported meanwhile: build with what they said
         return self.snapshot
 
-    def _swap(self, snapshot: Snapshot) -> Snapshot:
-        self.snapshot = snapshot  # the swap: one assignment
+    def _swap(self, translation: Translation) -> Snapshot:
+        self.translation = translation
+        self.snapshot = translation.snapshot  # the swap: one assignment
         self.swapped_at = time.time()
         changed, self._changed = self._changed, trio.Event()
         changed.set()
-        accepted, rejected = accepted_counts(self.snapshot.statuses)
+        accepted, rejected = translation.counts
         log.info(
             "configuration swapped generation=%d documents=%d accepted=%d rejected=%d binds=%d",
             self.snapshot.generation,
@@ -123,28 +138,29 @@ class State:
         )
         return self.snapshot
 
-    def _build(self, now: str) -> Snapshot:
-        self._generation += 1
-        previous = self.snapshot.statuses if hasattr(self, "snapshot") else {}
-        return self.build(self.documents, self._generation, previous, now=now)
-
     def build(
         self,
-        documents: Mapping[ObjectKey, Document],
+        documents: Iterable[Document],
+        deleted: Iterable[ObjectKey],
         generation: int,
-        previous: Mapping[ObjectKey, Status],
         *,
         now: str,
-    ) -> Snapshot:
-        """The snapshot these documents give with this process's runtime facts; swaps
-        nothing (the dry run of a write uses it as is)."""
-        return compile_snapshot(
-            documents.values(),
+    ) -> Translation:
+        """The build these changes to the documents in force give, with this process's
+        runtime facts, from the build in force; swaps nothing (the dry run of a write uses
+        it as is)."""
+        assert self.translation is not None
+        resources = self.translation.build.resources.updated(documents, deleted)
+        return self._translate(resources, now, generation)
+
+    def _translate(self, resources: Resources, now: str, generation: int = 0) -> Translation:
+        return compile_translation(
+            resources,
             now=now,
             generation=generation,
             bind_address=self.bind_address,
             bind_failures=self.bind_failures,
-            previous=previous,
+            previous=self.translation,
         )
 
     async def wait_changed(self, generation: int) -> Snapshot:
@@ -152,3 +168,8 @@ class State:
         while self.snapshot.generation == generation:
             await self._changed.wait()
         return self.snapshot
+
+
+def _numbered(translation: Translation, generation: int) -> Translation:
+    snapshot = attrs.evolve(translation.snapshot, generation=generation)
+    return attrs.evolve(translation, snapshot=snapshot)

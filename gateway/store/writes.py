@@ -197,19 +197,15 @@ class WritePath:
     ) -> Snapshot:
         """The snapshot these changes would give, without storing or swapping (dry run);
         built on a thread, like a write's."""
-        documents = dict(self.state.documents)
-        for change in written:
-            documents[change.key] = change.document
-        for key in deleted:
-            documents.pop(key, None)
         build = functools.partial(
             self.state.build,
-            documents,
+            [change.document for change in written],
+            list(deleted),
             self.state.generation + 1,
-            self.state.snapshot.statuses,
             now=now,
         )
-        return await trio.to_thread.run_sync(build, limiter=self._previews)
+        translation = await trio.to_thread.run_sync(build, limiter=self._previews)
+        return translation.snapshot
 
     async def _commit(self, written: Sequence[Change], deleted: Sequence[ObjectKey]) -> None:
         if self.store is None:

@@ -6,6 +6,10 @@ Pure. The checks of §8 in order: parent kind (not ours: no status), the Gateway
 ours, has a listener matching sectionName/port (NoMatchingParent), that listener allows the
 route's kind and namespace (NotAllowedByListeners), and some route hostname intersects the
 listener's (NoMatchingListenerHostname, §8.1).
+
+A route's result depends on the route, the Services, EndpointSlices, grants and policies its
+backendRefs reach, the labels of its namespace, and what `context.attachment_view` shows of
+the Gateways it names; `routes.py` recomputes it when one of those changes.
 """
 
 from __future__ import annotations
@@ -18,19 +22,35 @@ from gateway.api.names import FromNamespaces, NamespacedName, SelectorOperator
 from gateway.api.status import ConditionType, Draft, Reason
 from gateway.routing import hostnames
 from gateway.translate.backends import resolve_backends
-from gateway.translate.context import Build, GatewayState, Parent, RouteState
+from gateway.translate.context import Attachment, Build, GatewayState, Parent, RouteResult
 from gateway.translate.listeners import TLS_ROUTE_KIND, ListenerState
 
 
-def process_routes(build: Build) -> None:
-    for key, route in build.resources.tls_routes.items():
-        resolved, backends = resolve_backends(key, route, build.resources, build.policies)
-        parents = [
-            parent
-            for ref in route.spec.parent_refs or ()
-            if (parent := _attach(build, key, route, ref)) is not None
-        ]
-        build.routes[key] = RouteState(parents=parents, resolved=resolved, backends=backends)
+def route_result(build: Build, key: NamespacedName, route: model.TLSRoute) -> RouteResult:
+    """Everything one route contributes, from the route and the Gateway side of the build."""
+    resolved, backends = resolve_backends(key, route, build.resources, build.policies)
+    parents = tuple(
+        parent
+        for ref in route.spec.parent_refs or ()
+        if (parent := _attach(build, key, route, ref)) is not None
+    )
+    refs = [
+        ref
+        for rule in route.spec.rules
+        for ref in rule.backend_refs
+        if (ref.group, ref.kind) == ("", "Service")
+    ]
+    return RouteResult(
+        parents=parents,
+        resolved=resolved,
+        backends=backends,
+        services=frozenset(NamespacedName(r.namespace or key.namespace, r.name) for r in refs),
+        gateways=frozenset(
+            NamespacedName(r.namespace or key.namespace, r.name)
+            for r in route.spec.parent_refs or ()
+        ),
+        cross_namespace=any(r.namespace not in (None, key.namespace) for r in refs),
+    )
 
 
 def _attach(
@@ -73,7 +93,7 @@ def _attach(
             f"{', '.join(lst.spec.name for lst in relevant)} allows a TLSRoute "
             f"from namespace {key.namespace!r}",
         )
-    parent = Parent(ref, Draft(ConditionType.ACCEPTED, True, Reason.ACCEPTED, ""))
+    attached = []
     for listener in allowed:
         effective = tuple(
             dict.fromkeys(
@@ -83,15 +103,17 @@ def _attach(
             )
         )
         if effective:
-            parent.attached.append((state, listener, effective))
-            listener.attached.add(key)
-    if not parent.attached:
+            attached.append(Attachment(gateway_key, listener.spec.name, effective))
+    if not attached:
         return refused(
             Reason.NO_MATCHING_LISTENER_HOSTNAME,
             "no route hostname matches the hostname of any allowed listener "
             f"({', '.join(lst.spec.hostname or '*' for lst in allowed)})",
         )
-    return parent
+    # The message names where it attached and what it lost; it is written with the status,
+    # once the table knows (statuses.py).
+    accepted = Draft(ConditionType.ACCEPTED, True, Reason.ACCEPTED, "")
+    return Parent(ref, accepted, tuple(attached))
 
 
 def _allows(build: Build, state: GatewayState, listener: ListenerState, namespace: str) -> bool:

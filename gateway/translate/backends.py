@@ -36,16 +36,17 @@ def resolve_backends(
             where = f"rules[{rule_index}].backendRefs[{i}]"
             namespace = ref.namespace or key.namespace
             service_key = NamespacedName(namespace, ref.name)
-            name = f"{service_key}:{ref.port}" if ref.port else str(service_key)
-            problem = _check(key, ref, namespace, resources)
+            name = f"{namespace}/{ref.name}:{ref.port}" if ref.port else f"{namespace}/{ref.name}"
+            problem = _check(key, ref, service_key, resources)
             if problem is not None:
                 reason, message = problem
                 failures.append((reason, f"{where}: {message}"))
                 pool.append(Backend(name=name, weight=ref.weight, reject=message))
                 continue
             service = resources.services[service_key]
-            endpoints = _endpoints(service, ref.port, resources)
-            port_name = next(p.name for p in service.spec.ports or () if p.port == ref.port)
+            service_port = next(p for p in service.spec.ports or () if p.port == ref.port)
+            endpoints = _endpoints(service_key, service_port, resources)
+            port_name = service_port.name
             tls = policy_for(policies or {}, namespace, ref.name, port_name)
             reject = None if endpoints else f"Service {service_key} has no ready endpoints"
             if tls is not None and tls.error is not None:
@@ -58,7 +59,7 @@ def resolve_backends(
 
 
 def _check(
-    key: NamespacedName, ref: model.BackendRef, namespace: str, resources: Resources
+    key: NamespacedName, ref: model.BackendRef, service_key: NamespacedName, resources: Resources
 ) -> tuple[Reason, str] | None:
     """The order of SPEC.md §9.4: kind, grant, existence, port."""
     if (ref.group, ref.kind) != ("", "Service"):
@@ -66,8 +67,8 @@ def _check(
             f"{ref.group or 'core'}/{ref.kind} is not a supported "
             "backend kind; only core Services are"
         )
-    service_key = NamespacedName(namespace, ref.name)
-    if not grant_allows(
+    namespace = service_key.namespace
+    if namespace != key.namespace and not grant_allows(
         resources,
         from_group=GATEWAY_GROUP,
         from_kind="TLSRoute",
@@ -95,14 +96,13 @@ def _check(
 
 
 def _endpoints(
-    service: corev1.Service, port: int | None, resources: Resources
+    service: NamespacedName, service_port: corev1.ServicePort, resources: Resources
 ) -> tuple[Endpoint, ...]:
     """Ready endpoints of the Service port, through targetPort (API.md "Documents")."""
-    service_port = next(p for p in service.spec.ports or () if p.port == port)
+    port = service_port.port
     target = service_port.target_port if service_port.target_port is not None else port
     found: set[Endpoint] = set()
-    namespace = service.metadata.namespace or ""
-    for eps in resources.slices_of(namespace, service.metadata.name):
+    for eps in resources.slices_of(service):
         number = _slice_port(eps, target, service_port.name)
         if number is None:
             continue
@@ -115,6 +115,8 @@ def _endpoints(
             if eps.address_type != "FQDN":
                 address = canonical_address(address)
             found.add(Endpoint(address, number))
+    if len(found) == 1:
+        return tuple(found)
     return tuple(sorted(found, key=lambda e: (e.address, e.port)))
 
 

@@ -1,12 +1,15 @@
-"""What the steps of one build share: the inputs, and the working state each step adds to.
+"""What the steps of a build share: the Gateway side (`Build`) and the per-route results.
 
-Pure. Steps run in the order `translate` lists; each reads what earlier steps left here and
-adds its own part. The build is thrown away once the snapshot is made.
+Pure. The Gateway-side steps run in the order `translate` lists, each reading what earlier
+ones left in the `Build` and adding its own part; once they are done the `Build` is never
+changed again, so the next build can keep it whole when none of its inputs changed. What a
+route contributes is a frozen `RouteResult` that names listeners by key, never by object, so
+it stays valid as long as the listeners it names are the same (`routes.py`).
 """
 
 from __future__ import annotations
 
-from attrs import define, field
+from attrs import define, field, frozen
 
 from gateway.api import model
 from gateway.api.kinds import ObjectKey
@@ -42,28 +45,65 @@ class GatewayState:
         self.name = str(self.key)
 
 
-@define
+#: A listener of a build: (Gateway, listener name).
+ListenerKey = tuple[NamespacedName, str]
+#: One effective hostname on one listener: (Gateway, listener name, hostname).
+ClaimKey = tuple[NamespacedName, str, str]
+
+
+@frozen
+class Attachment:
+    """Where a parentRef attached: one listener and the route's effective hostnames there."""
+
+    gateway: NamespacedName
+    listener: str
+    hostnames: tuple[str, ...]
+
+
+@frozen
 class Parent:
     """One managed parentRef of a route: its Accepted draft and where it attached."""
 
     ref: model.ParentReference
     accepted: Draft
-    attached: list[tuple[GatewayState, ListenerState, tuple[str, ...]]] = field(factory=list)
+    attached: tuple[Attachment, ...] = ()
 
 
-@define
-class RouteState:
-    """One TLSRoute during a build: its parents of ours, ResolvedRefs, and backend pool."""
+@frozen
+class RouteResult:
+    """What one TLSRoute contributes to a build: its parents of ours, ResolvedRefs, and its
+    backend pool; and what it depends on, so a change elsewhere finds the routes it affects."""
 
-    parents: list[Parent]
+    parents: tuple[Parent, ...]
     resolved: Draft
     backends: tuple[Backend, ...]
+    #: The Services its backendRefs name (existing or not).
+    services: frozenset[NamespacedName]
+    #: The Gateways its parentRefs name.
+    gateways: frozenset[NamespacedName]
+    #: Whether a backendRef crosses namespaces (a ReferenceGrant may decide it).
+    cross_namespace: bool
+
+    def claims(self) -> list[ClaimKey]:
+        return [
+            (a.gateway, a.listener, hostname)
+            for parent in self.parents
+            for a in parent.attached
+            for hostname in a.hostnames
+        ]
+
+    def listeners(self) -> list[ListenerKey]:
+        return [(a.gateway, a.listener) for parent in self.parents for a in parent.attached]
 
 
 @define
 class Build:
+    """The Gateway side of a build: classes, Gateways and their listeners, port claims and
+    BackendTLSPolicies. Filled in by the first steps, then read only."""
+
     resources: Resources
     facts: Facts
+    #: GatewayClass statuses (the other kinds' are made once routes are known).
     statuses: dict[ObjectKey, Status] = field(factory=dict)
     #: GatewayClass name -> accepted, for the classes of our controller.
     our_classes: dict[str, bool] = field(factory=dict)
@@ -72,12 +112,21 @@ class Build:
     holders: dict[tuple[str, int], list[GatewayState]] = field(factory=dict)
     policies: dict[Target, BackendTLS] = field(factory=dict)
     policy_results: dict[NamespacedName, PolicyResult] = field(factory=dict)
-    routes: dict[NamespacedName, RouteState] = field(factory=dict)
-    #: (gateway, listener name, effective hostname) -> route keys, the winner first.
-    winners: dict[tuple[NamespacedName, str, str], list[NamespacedName]] = field(factory=dict)
 
     def previous(self, key: ObjectKey) -> Status | None:
         return self.facts.previous.get(key)
+
+
+def attachment_view(build: Build, key: NamespacedName) -> object:
+    """What a route's attachment to Gateway `key` reads of it (SPEC.md §8): whether it exists,
+    whether it is ours, and its listeners' names, ports, hostnames, route kinds and
+    allowedRoutes. Routes naming a Gateway whose view is unchanged keep their attachment."""
+    if key not in build.resources.gateways:
+        return None
+    state = build.gateways.get(key)
+    if state is None:
+        return "not ours"
+    return tuple((lst.spec, lst.supported_kinds) for lst in state.listeners)
 
 
 def age(metadata: model.ObjectMeta) -> tuple[str, str, str]:

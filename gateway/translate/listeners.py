@@ -2,12 +2,12 @@
 
 Pure. `evaluate_listener` applies the per-listener checks of SPEC.md §9.1 in order: protocol,
 mode, route kinds, certificates, frontend CA. What depends on other listeners and Gateways
-(ports, `conflicts.py`) and on routes (attachedRoutes, `attachment.py`) is added by later steps.
+(ports, `conflicts.py`) and on routes (attachedRoutes, `routes.py`) is added by later steps.
 """
 
 from __future__ import annotations
 
-from attrs import define, field
+from attrs import define
 
 from gateway import GATEWAY_GROUP
 from gateway.api import model
@@ -23,7 +23,7 @@ TLS_ROUTE_KIND = model.RouteGroupKind(group=GATEWAY_GROUP, kind="TLSRoute")
 
 @define
 class ListenerState:
-    """One listener during a build; `translate` fills in ports and attached routes."""
+    """One listener during a build; `conflicts` may still refuse it for its port."""
 
     spec: model.Listener
     supported_kinds: tuple[model.RouteGroupKind, ...]
@@ -33,7 +33,6 @@ class ListenerState:
     problem: str | None = None
     certificates: tuple[NamespacedName, ...] = ()
     frontend: FrontendValidation | None = None
-    attached: set[NamespacedName] = field(factory=set)
 
     @property
     def is_tls(self) -> bool:

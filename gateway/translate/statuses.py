@@ -2,10 +2,13 @@
 steps found (SPEC.md §4, §5.3, §7), stamped with generations and transition times (§12).
 
 Pure. Runs last: attachedRoutes, shadowed hostnames and policy ancestors are known only once
-routes are attached and the table is built.
+routes are attached and the table is built. A route's status is a function of its own
+result and of who won its hostnames, so `routes.py` restamps only the routes a change reaches.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from gateway import CONTROLLER_NAME
 from gateway.api import model
@@ -22,12 +25,23 @@ from gateway.api.status import (
     Reason,
     RouteParentStatus,
     RouteStatus,
+    Status,
     stamp,
 )
-from gateway.translate.context import Build, GatewayState, Parent, listener_problem
+from gateway.translate.context import (
+    Build,
+    ClaimKey,
+    GatewayState,
+    ListenerKey,
+    Parent,
+    RouteResult,
+    listener_problem,
+)
 
 
-def finish_gateways(build: Build) -> None:
+def finish_gateways(build: Build, attached: Mapping[ListenerKey, int]) -> dict[ObjectKey, Status]:
+    """Gateway statuses; `attached` counts the routes attached to each listener."""
+    statuses: dict[ObjectKey, Status] = {}
     for state in build.gateways.values():
         key = ObjectKey("Gateway", *state.key)
         old = build.previous(key)
@@ -58,7 +72,7 @@ def finish_gateways(build: Build) -> None:
                 ListenerStatus(
                     name=listener.spec.name,
                     supported_kinds=listener.supported_kinds,
-                    attached_routes=len(listener.attached),
+                    attached_routes=attached.get((state.key, listener.spec.name), 0),
                     conditions=stamp(
                         drafts, generation, now, old_listeners.get(listener.spec.name, ())
                     ),
@@ -69,7 +83,7 @@ def finish_gateways(build: Build) -> None:
             if programmed_any
             else ()
         )
-        build.statuses[key] = GatewayStatus(
+        statuses[key] = GatewayStatus(
             addresses=addresses,
             listeners=tuple(listener_statuses),
             conditions=stamp(
@@ -79,6 +93,7 @@ def finish_gateways(build: Build) -> None:
                 old.conditions if isinstance(old, GatewayStatus) else (),
             ),
         )
+    return statuses
 
 
 def _gateway_drafts(state: GatewayState, programmed_any: bool) -> list[Draft]:
@@ -139,47 +154,48 @@ def _gateway_drafts(state: GatewayState, programmed_any: bool) -> list[Draft]:
     return drafts
 
 
-def finish_routes(build: Build) -> None:
-    for key, route in build.resources.tls_routes.items():
-        status_key = ObjectKey("TLSRoute", *key)
-        old = build.previous(status_key)
-        old_parents = old.parents if isinstance(old, RouteStatus) else ()
-        generation = route.metadata.generation or 1
-        state = build.routes[key]
-        parents = []
-        for parent in state.parents:
-            accepted = parent.accepted
-            if accepted.status:
-                accepted = Draft(
-                    accepted.type, True, Reason.ACCEPTED, _accepted_message(build, key, parent)
-                )
-            previous = next((p.conditions for p in old_parents if p.parent_ref == parent.ref), ())
-            parents.append(
-                RouteParentStatus(
-                    parent_ref=parent.ref,
-                    controller_name=CONTROLLER_NAME,
-                    conditions=stamp(
-                        [accepted, state.resolved], generation, build.facts.now, previous
-                    ),
-                )
+def route_status(
+    key: NamespacedName,
+    route: model.TLSRoute,
+    result: RouteResult,
+    claims: Mapping[ClaimKey, tuple[NamespacedName, ...]],
+    previous: Status | None,
+    now: str,
+) -> RouteStatus | None:
+    """One route's status; None when none of its parents is ours (no status from us)."""
+    old_parents = previous.parents if isinstance(previous, RouteStatus) else ()
+    generation = route.metadata.generation or 1
+    parents = []
+    for parent in result.parents:
+        accepted = parent.accepted
+        if accepted.status:
+            accepted = Draft(
+                accepted.type, True, Reason.ACCEPTED, _accepted_message(claims, key, parent)
             )
-        if parents:  # a route none of whose parents is ours gets no status from us
-            build.statuses[status_key] = RouteStatus(parents=tuple(parents))
+        old = next((p.conditions for p in old_parents if p.parent_ref == parent.ref), ())
+        parents.append(
+            RouteParentStatus(
+                parent_ref=parent.ref,
+                controller_name=CONTROLLER_NAME,
+                conditions=stamp([accepted, result.resolved], generation, now, old),
+            )
+        )
+    return RouteStatus(parents=tuple(parents)) if parents else None
 
 
-def _accepted_message(build: Build, key: NamespacedName, parent: Parent) -> str:
+def _accepted_message(
+    claims: Mapping[ClaimKey, tuple[NamespacedName, ...]], key: NamespacedName, parent: Parent
+) -> str:
     """Say where the route attached, and which of its hostnames an older route holds
     (the losing route stays Accepted, SPEC.md §10.2)."""
-    where = ", ".join(
-        f"{state.name}/{listener.spec.name}" for state, listener, _ in parent.attached
-    )
+    where = ", ".join(f"{a.gateway}/{a.listener}" for a in parent.attached)
     shadowed = []
-    for state, listener, effective in parent.attached:
-        for hostname in effective:
-            keys = build.winners.get((state.key, listener.spec.name, hostname), [key])
+    for a in parent.attached:
+        for hostname in a.hostnames:
+            keys = claims.get((a.gateway, a.listener, hostname), (key,))
             if keys and keys[0] != key:
                 shadowed.append(
-                    f"{hostname} on {state.name}/{listener.spec.name} is served by "
+                    f"{hostname} on {a.gateway}/{a.listener} is served by "
                     f"{keys[0]}, which takes precedence (older, then namespace/name)"
                 )
     message = f"Route is accepted on listeners {where}"
@@ -188,22 +204,24 @@ def _accepted_message(build: Build, key: NamespacedName, parent: Parent) -> str:
     return message
 
 
-def finish_policies(build: Build) -> None:
+def finish_policies(
+    build: Build,
+    results: Mapping[NamespacedName, RouteResult],
+    users: Mapping[NamespacedName, frozenset[NamespacedName]],
+) -> dict[ObjectKey, Status]:
     """PolicyStatus.ancestors: one entry per Gateway of ours that routes to a targeted
-    Service (SPEC.md §7), with the policy's own generation."""
-    users: dict[NamespacedName, set[NamespacedName]] = {}
-    for key, route in build.resources.tls_routes.items():
-        gateways = {
-            state.key for parent in build.routes[key].parents for state, _, _ in parent.attached
-        }
-        for rule in route.spec.rules:
-            for ref in rule.backend_refs:
-                if (ref.group, ref.kind) == ("", "Service"):
-                    service = NamespacedName(ref.namespace or key.namespace, ref.name)
-                    users.setdefault(service, set()).update(gateways)
+    Service (SPEC.md §7), with the policy's own generation. `users` are the routes naming
+    each Service."""
+    statuses: dict[ObjectKey, Status] = {}
     for key, result in build.policy_results.items():
         ancestors = sorted(
-            {g for ns, name, _ in result.targets for g in users.get(NamespacedName(ns, name), ())}
+            {
+                a.gateway
+                for ns, name, _ in result.targets
+                for route in users.get(NamespacedName(ns, name), ())
+                for parent in results[route].parents
+                for a in parent.attached
+            }
         )
         if not ancestors:
             continue  # no Gateway of ours uses it: not ours to report on
@@ -230,4 +248,5 @@ def finish_policies(build: Build) -> None:
                     ),
                 )
             )
-        build.statuses[status_key] = PolicyStatus(ancestors=tuple(entries))
+        statuses[status_key] = PolicyStatus(ancestors=tuple(entries))
+    return statuses

@@ -2,77 +2,104 @@
 wins each effective hostname (SPEC.md §10).
 
 Pure. More specific hostnames are separate keys; for one hostname the older route wins, then
-namespace/name (SPEC.md §10.2), and the others are listed as shadowed. A listener that cannot
-serve keeps its place with `reject` set, so the connections it wins are closed rather than
-handed to a broader listener (SPEC.md §10.1).
+namespace/name (SPEC.md §10.2), and the others are listed as shadowed (`routes.py` keeps each
+hostname's claimants in that order). A listener that cannot serve keeps its place with
+`reject` set, so the connections it wins are closed rather than handed to a broader listener
+(SPEC.md §10.1).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from gateway.api import model
 from gateway.api.names import NamespacedName, TLSMode
 from gateway.api.status import Reason
-from gateway.routing import hostnames
-from gateway.routing.snapshot import Bind, ListenerTable, RouteTarget
-from gateway.translate.context import Build, GatewayState, age, listener_problem
+from gateway.routing.snapshot import Backend, Bind, ListenerTable, RouteTarget
+from gateway.translate.context import Build, GatewayState, ListenerKey, age, listener_problem
 from gateway.translate.listeners import ListenerState
 from gateway.translate.references import certificate_of
 
-
-def build_binds(build: Build) -> dict[tuple[str, int], Bind]:
-    out: dict[tuple[str, int], Bind] = {}
-    for (address, port), holders in sorted(build.holders.items()):
-        tables = tuple(
-            _listener_table(build, state, listener)
-            for state in holders
-            for listener in state.listeners
-            if listener.is_tls
-            and listener.spec.port == port
-            and listener.accepted.reason != Reason.PORT_UNAVAILABLE
-        )
-        out[(address, port)] = Bind(
-            address=address,
-            port=port,
-            # The Gateways that serve listeners here (the oldest claimant when none does).
-            gateways=tuple(dict.fromkeys(t.gateway for t in tables)) or (holders[0].name,),
-            listeners=tables,
-            error=build.facts.bind_failures.get((address, port)),
-        )
-    return out
+#: Per listener, its effective hostnames and the route target of each.
+Targets = Mapping[ListenerKey, Mapping[str, RouteTarget]]
 
 
-def _route_precedence(route: model.TLSRoute) -> tuple[str, str, str]:
+def route_precedence(route: model.TLSRoute) -> tuple[str, str, str]:
     # Upstream issue #5120 may put the specificity of the route's *original* hostname before
     # the timestamp (SPEC.md §10.2); that tie-breaker would be inserted first in this key.
     return age(route.metadata)
 
 
-def _listener_table(build: Build, state: GatewayState, listener: ListenerState) -> ListenerTable:
-    claims: dict[str, list[NamespacedName]] = {}
-    for route_key in sorted(
-        listener.attached, key=lambda k: _route_precedence(build.resources.tls_routes[k])
-    ):
-        for parent in build.routes[route_key].parents:
-            for attached_state, attached, effective in parent.attached:
-                if attached is listener and attached_state is state:
-                    for hostname in effective:
-                        claims.setdefault(hostname, [])
-                        if route_key not in claims[hostname]:
-                            claims[hostname].append(route_key)
-    targets = []
-    for hostname, keys in sorted(
-        claims.items(), key=lambda kv: (hostnames.specificity(kv[0]), kv[0])
-    ):
-        build.winners[(state.key, listener.spec.name, hostname)] = keys
-        winner = keys[0]
-        targets.append(
-            RouteTarget(
-                route=str(winner),
-                hostname=hostname,
-                backends=build.routes[winner].backends,
-                shadowed=tuple(str(k) for k in keys[1:]),
-            )
+def route_target(
+    hostname: str, claimants: Sequence[NamespacedName], backends: tuple[Backend, ...]
+) -> RouteTarget:
+    """The target of one hostname: its first claimant (the winner, whose `backends` these
+    are) and the shadowed rest."""
+    return RouteTarget(
+        route=str(claimants[0]),
+        hostname=hostname,
+        backends=backends,
+        shadowed=tuple(str(k) for k in claimants[1:]),
+    )
+
+
+def _served(holders: Sequence[GatewayState], port: int) -> list[tuple[GatewayState, ListenerState]]:
+    return [
+        (state, listener)
+        for state in holders
+        for listener in state.listeners
+        if listener.is_tls
+        and listener.spec.port == port
+        and listener.accepted.reason != Reason.PORT_UNAVAILABLE
+    ]
+
+
+def build_binds(
+    build: Build,
+    targets: Targets,
+    previous: Mapping[tuple[str, int], Bind] | None = None,
+) -> dict[tuple[str, int], Bind]:
+    """The binds of this build. With `previous` (a build with this same Gateway side), a
+    listener whose targets are the same object keeps its table, and a bind all of whose
+    tables are kept is kept: unchanged parts of the table stay identical, which is how the
+    workers are sent only what changed."""
+    out: dict[tuple[str, int], Bind] = {}
+    for (address, port), holders in sorted(build.holders.items()):
+        old = previous.get((address, port)) if previous is not None else None
+        kept = {(t.gateway, t.name): t for t in old.listeners} if old is not None else {}
+        tables = []
+        for state, listener in _served(holders, port):
+            routes = targets.get((state.key, listener.spec.name), {})
+            table = kept.get((state.name, listener.spec.name))
+            if table is None or table.routes is not routes:
+                table = _listener_table(build, state, listener, routes)
+            tables.append(table)
+        error = build.facts.bind_failures.get((address, port))
+        if (
+            old is not None
+            and old.error == error
+            and len(old.listeners) == len(tables)
+            and all(a is b for a, b in zip(old.listeners, tables, strict=True))
+        ):
+            out[(address, port)] = old
+            continue
+        out[(address, port)] = Bind(
+            address=address,
+            port=port,
+            # The Gateways that serve listeners here (the oldest claimant when none does).
+            gateways=tuple(dict.fromkeys(t.gateway for t in tables)) or (holders[0].name,),
+            listeners=tuple(tables),
+            error=error,
         )
+    return out
+
+
+def _listener_table(
+    build: Build,
+    state: GatewayState,
+    listener: ListenerState,
+    routes: Mapping[str, RouteTarget],
+) -> ListenerTable:
     return ListenerTable(
         gateway=state.name,
         name=listener.spec.name,
@@ -91,5 +118,5 @@ def _listener_table(build: Build, state: GatewayState, listener: ListenerState) 
             else None
         ),
         reject=listener_problem(state, listener),
-        routes=tuple(targets),
+        routes=routes,
     )
