@@ -17,7 +17,9 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from admin.errors import ApiError
+from admin.known import KnownDocuments
 from admin.requests import (
+    MANY_DOCUMENTS,
     MERGE_PATCH,
     admit_bundle,
     admit_one,
@@ -30,8 +32,10 @@ from admin.requests import (
     json_response,
     kind_info,
     namespace_from_query,
+    off_loop,
     parse_body,
     read_body,
+    rendered,
     run_write,
 )
 from gateway.api.convert import with_status
@@ -39,7 +43,7 @@ from gateway.api.kinds import Document, KindInfo, ObjectKey, key_of
 from gateway.metrics import Metrics
 from gateway.routing.explain import explain, table_to_wire
 from gateway.store.plan import Action
-from gateway.store.writes import NotFound, Outcome, WritePath
+from gateway.store.writes import NotFound, Outcome, WritePath, list_of
 
 log = logging.getLogger("tlsgate.admin")
 
@@ -90,6 +94,8 @@ class Views:
         workers: Callable[[], list[dict[str, object]]] | None = None,
     ) -> None:
         self.writes = writes
+        #: Digests of the documents applied, to skip admitting them again (`known.py`).
+        self.known = KnownDocuments()
         #: The worker processes and what each runs, in the process model (API.md).
         self.workers = workers
         self.body_limit = body_limit
@@ -161,37 +167,56 @@ class Views:
     async def apply_view(self) -> Response:
         dry_run = dry_run_requested()
         raws = await body_documents(allow_many=True)
-        documents = admit_bundle(raws)
-        outcome = await run_write(self.writes.apply(documents, dry_run=dry_run))
-        body: dict[str, Any] = {
-            "apiVersion": "v1",
-            "kind": "List",
-            "items": [
-                with_status(c.document, outcome.snapshot.statuses) | {"action": c.action.value}
-                for c in outcome.changes
-            ],
-            "metadata": {"resourceVersion": self.writes.revision},
-        }
-        if dry_run:
-            body["dryRun"] = True
-            body["routingTable"] = table_to_wire(outcome.snapshot)
-        return json_response(body, 200)
+        many = len(raws) > MANY_DOCUMENTS
+        documents = self.writes.documents
+        matched = await off_loop(many, lambda: self.known.match(raws, documents))
+        unknown = [i for i, (_, _, doc) in enumerate(matched) if doc is None]
+        admitted = await off_loop(
+            many, lambda: admit_bundle([raws[i] for i in unknown], unknown, len(raws))
+        )
+        fresh = iter(admitted)
+        bundle = [doc if doc is not None else next(fresh) for _, _, doc in matched]
+        outcome = await run_write(self.writes.apply(bundle, dry_run=dry_run))
+        if not dry_run:
+            self.known.remember(matched, bundle, self.writes.documents)
+        revision = self.writes.revision
+
+        def body() -> dict[str, Any]:
+            statuses = outcome.snapshot.statuses
+            out: dict[str, Any] = {
+                "apiVersion": "v1",
+                "kind": "List",
+                "items": [
+                    with_status(c.document, statuses) | {"action": c.action.value}
+                    for c in outcome.changes
+                ],
+                "metadata": {"resourceVersion": revision},
+            }
+            if dry_run:
+                out["dryRun"] = True
+                out["routingTable"] = table_to_wire(outcome.snapshot)
+            return out
+
+        return await rendered(body, 200, many=many)
 
     async def collection(self, plural: str) -> Response:
         info = kind_info(plural)
         if is_read():
             namespace = request.args.get("namespace")
-            statuses = self.writes.snapshot.statuses
-            items = [with_status(doc, statuses) for doc in self.writes.list(info.kind, namespace)]
-            return json_response(
-                {
+            # One consistent read (documents, statuses, revision); the rest off the loop.
+            statuses, documents = self.writes.snapshot.statuses, self.writes.documents
+            revision = self.writes.revision
+
+            def body() -> dict[str, Any]:
+                found = list_of(documents, info.kind, namespace)
+                return {
                     "apiVersion": "v1",
                     "kind": "List",
-                    "items": items,
-                    "metadata": {"resourceVersion": self.writes.revision},
-                },
-                200,
-            )
+                    "items": [with_status(doc, statuses) for doc in found],
+                    "metadata": {"resourceVersion": revision},
+                }
+
+            return await rendered(body, 200, many=len(documents) > MANY_DOCUMENTS)
         (raw,) = await body_documents(allow_many=False)
         namespace_from_query(raw, info)
         doc = admit_one(raw, info)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -29,6 +29,8 @@ from gateway.store.writes import BadRequest, NotFound, Outcome
 JSON_TYPES = {"application/json"}
 YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"}
 MERGE_PATCH = "application/merge-patch+json"
+
+T = TypeVar("T")
 
 
 def json_response(body: Any, code: int) -> Response:
@@ -139,6 +141,25 @@ def yaml_body(data: bytes) -> list[Any]:
         raise ApiError(400, f"the body is not valid YAML: {exc}") from None
 
 
+#: Work over more documents than this (admission, planning, rendering a response) runs on a
+#: worker thread too: 30,000 documents take most of a second.
+MANY_DOCUMENTS = 64
+
+
+async def off_loop(many: bool, work: Callable[[], T]) -> T:
+    """`work()`, on a worker thread when `many` (it must be pure: it touches nothing shared
+    but frozen values and maps that are replaced, never changed in place)."""
+    if not many:
+        return work()
+    return await trio.to_thread.run_sync(work, limiter=_PARSERS)
+
+
+async def rendered(body: Callable[[], Any], code: int, *, many: bool) -> Response:
+    """A JSON response whose body is made (and serialised) off the loop when it is large."""
+    text = await off_loop(many, lambda: json.dumps(body(), separators=(",", ":")) + "\n")
+    return Response(text, code, content_type="application/json")
+
+
 async def parse_body(parse: Callable[[bytes], Any], data: bytes) -> Any:
     if len(data) <= PARSE_IN_THREAD:
         return parse(data)
@@ -186,13 +207,20 @@ def admit_one(raw: Any, info: KindInfo) -> Document:
         ) from None
 
 
-def admit_bundle(raws: list[Any]) -> list[Document]:
-    """A bundle is admitted as a whole: every bad document is reported, none is stored."""
+def admit_bundle(
+    raws: list[Any], positions: list[int] | None = None, total: int | None = None
+) -> list[Document]:
+    """A bundle is admitted as a whole: every bad document is reported, none is stored.
+    `positions`: where each of `raws` stands in the request of `total` documents (when some
+    were not admitted again, `admin/known.py`), for the `items[i]` of the causes."""
     documents, rejected = admit_all(raws)
     if rejected:
+        where = positions or list(range(len(raws)))
         causes = [
             Cause(
-                f"items[{index}].{c.field}" if c.field else f"items[{index}]", c.reason, c.message
+                f"items[{where[index]}].{c.field}" if c.field else f"items[{where[index]}]",
+                c.reason,
+                c.message,
             )
             for index, error in rejected
             for c in error.causes
@@ -200,7 +228,7 @@ def admit_bundle(raws: list[Any]) -> list[Document]:
         first = rejected[0][1]
         raise ApiError(
             422,
-            f"{len(rejected)} of {len(raws)} documents are invalid; nothing was applied. "
+            f"{len(rejected)} of {total or len(raws)} documents are invalid; nothing was applied. "
             f"First: {first.message}",
             kind=first.kind or None,
             name=first.name or None,

@@ -216,3 +216,42 @@ async def test_a_document_named_twice_in_one_apply_is_one_write(tmp_path: Path) 
             stored = (await http.get("/v1/tlsroutes/apps/db")).json()
             assert stored["metadata"]["generation"] == 1
             assert stored["spec"]["hostnames"][0].startswith(hostname)
+
+
+async def test_a_bundle_sent_again_is_known_but_never_stale(tmp_path: Path) -> None:
+    """Documents sent again exactly as before are not admitted again (admin/known.py); a
+    write in between (PUT, DELETE) makes them count as new again, and errors in the rest of
+    the bundle still name their place in it. Well over MANY_DOCUMENTS, so the thread paths
+    run too."""
+    routes = [route(name=f"r{i}", hostname=f"r{i}.example.com") for i in range(100)]
+    body = {"apiVersion": "v1", "kind": "List", "items": routes}
+    async with (
+        admin_gateway(tmp_path / "state") as (_, url),
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        first = await http.post("/v1/apply", json=body)
+        assert first.status_code == 200, first.text
+        assert {i["action"] for i in first.json()["items"]} == {"created"}
+        again = await http.post("/v1/apply", json=body)
+        assert {i["action"] for i in again.json()["items"]} == {"unchanged"}
+        assert again.json()["items"][5]["status"]["parents"], "statuses are still shown"
+
+        # Changed behind the bundle's back: the bundle's copy is a change again.
+        moved = route(name="r3", hostname="moved.example.com")
+        assert (await http.put("/v1/tlsroutes/apps/r3", json=moved)).status_code == 200
+        assert (await http.delete("/v1/tlsroutes/apps/r7")).status_code == 200
+        third = (await http.post("/v1/apply", json=body)).json()["items"]
+        actions = {i["metadata"]["name"]: i["action"] for i in third}
+        assert actions["r3"] == "configured"
+        assert actions["r7"] == "created"
+        assert {a for n, a in actions.items() if n not in ("r3", "r7")} == {"unchanged"}
+        stored = (await http.get("/v1/tlsroutes/apps/r3")).json()
+        assert stored["spec"]["hostnames"] == ["r3.example.com"]
+        assert stored["metadata"]["generation"] == 3
+
+        # A bad document after 100 known ones: 422, naming its own index.
+        bad = route(name="bad", hostname="UPPER_CASE!")
+        refused = await http.post("/v1/apply", json=body | {"items": [*routes, bad]})
+        failure = assert_status(refused, 422, "Invalid")
+        assert {c["field"].split(".")[0] for c in failure["details"]["causes"]} == {"items[100]"}
+        assert "1 of 101 documents" in failure["message"]

@@ -106,6 +106,9 @@ def plan(
                 f"{previous.metadata.resource_version if previous else 'none'}, "
                 f"not {expected}; read it again and retry",
             )
+        if doc is previous:  # sent again exactly as before (admin/known.py)
+            changes[key] = Change(key, Action.UNCHANGED, previous)
+            continue
         written = carry_private_keys(doc, previous)
         if previous is not None and _same_content(written, previous):
             changes[key] = Change(key, Action.UNCHANGED, previous)
