@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from admin.errors import ApiError
 from admin.known import KnownDocuments
+from admin.render import Renderer, list_text
 from admin.requests import (
     MANY_DOCUMENTS,
     MERGE_PATCH,
@@ -37,6 +38,7 @@ from admin.requests import (
     read_body,
     rendered,
     run_write,
+    text_response,
 )
 from gateway.api.convert import with_status
 from gateway.api.kinds import Document, KindInfo, ObjectKey, key_of
@@ -96,6 +98,8 @@ class Views:
         self.writes = writes
         #: Digests of the documents applied, to skip admitting them again (`known.py`).
         self.known = KnownDocuments()
+        #: The JSON text of documents with their status, reused while both are unchanged.
+        self.renderer = Renderer()
         #: The worker processes and what each runs, in the process model (API.md).
         self.workers = workers
         self.body_limit = body_limit
@@ -170,34 +174,40 @@ class Views:
         many = len(raws) > MANY_DOCUMENTS
         documents = self.writes.documents
         matched = await off_loop(many, lambda: self.known.match(raws, documents))
-        unknown = [i for i, (_, _, doc) in enumerate(matched) if doc is None]
-        admitted = await off_loop(
-            many, lambda: admit_bundle([raws[i] for i in unknown], unknown, len(raws))
-        )
-        fresh = iter(admitted)
-        bundle = [doc if doc is not None else next(fresh) for _, _, doc in matched]
+        bundle = await off_loop(many, lambda: _admitted(raws, matched))
         outcome = await run_write(self.writes.apply(bundle, dry_run=dry_run))
         if not dry_run:
-            self.known.remember(matched, bundle, self.writes.documents)
+            stored = self.writes.documents
+            await off_loop(many, lambda: self.known.remember(matched, bundle, stored))
         revision = self.writes.revision
+        if dry_run:
 
-        def body() -> dict[str, Any]:
-            statuses = outcome.snapshot.statuses
-            out: dict[str, Any] = {
-                "apiVersion": "v1",
-                "kind": "List",
-                "items": [
-                    with_status(c.document, statuses) | {"action": c.action.value}
-                    for c in outcome.changes
-                ],
-                "metadata": {"resourceVersion": revision},
-            }
-            if dry_run:
-                out["dryRun"] = True
-                out["routingTable"] = table_to_wire(outcome.snapshot)
-            return out
+            def body() -> dict[str, Any]:
+                statuses = outcome.snapshot.statuses
+                return {
+                    "apiVersion": "v1",
+                    "kind": "List",
+                    "items": [
+                        with_status(c.document, statuses) | {"action": c.action.value}
+                        for c in outcome.changes
+                    ],
+                    "metadata": {"resourceVersion": revision},
+                    "dryRun": True,
+                    "routingTable": table_to_wire(outcome.snapshot),
+                }
 
-        return await rendered(body, 200, many=many)
+            return await rendered(body, 200, many=many)
+
+        def text() -> str:
+            self.renderer.prune(self.writes.documents)
+            items = self.renderer.items(
+                (c.document for c in outcome.changes),
+                outcome.snapshot.statuses,
+                (f'"action":"{c.action.value}"' for c in outcome.changes),
+            )
+            return list_text(items, revision)
+
+        return text_response(await off_loop(many, text), 200)
 
     async def collection(self, plural: str) -> Response:
         info = kind_info(plural)
@@ -207,16 +217,12 @@ class Views:
             statuses, documents = self.writes.snapshot.statuses, self.writes.documents
             revision = self.writes.revision
 
-            def body() -> dict[str, Any]:
+            def text() -> str:
                 found = list_of(documents, info.kind, namespace)
-                return {
-                    "apiVersion": "v1",
-                    "kind": "List",
-                    "items": [with_status(doc, statuses) for doc in found],
-                    "metadata": {"resourceVersion": revision},
-                }
+                return list_text(self.renderer.items(found, statuses), revision)
 
-            return await rendered(body, 200, many=len(documents) > MANY_DOCUMENTS)
+            many = len(documents) > MANY_DOCUMENTS
+            return text_response(await off_loop(many, text), 200)
         (raw,) = await body_documents(allow_many=False)
         namespace_from_query(raw, info)
         doc = admit_one(raw, info)
@@ -292,6 +298,14 @@ class Views:
             return self.writes.get(key)
         except NotFound:
             raise ApiError(404, f"{key} not found", kind=key.kind, name=key.name) from None
+
+
+def _admitted(raws: list[Any], matched: list[tuple[Any, bytes, Document | None]]) -> list[Document]:
+    """The bundle as documents: the ones known (sent again as before) as they are stored,
+    the rest admitted (all or nothing)."""
+    unknown = [i for i, (_, _, doc) in enumerate(matched) if doc is None]
+    fresh = iter(admit_bundle([raws[i] for i in unknown], unknown, len(raws)))
+    return [doc if doc is not None else next(fresh) for _, _, doc in matched]
 
 
 def _first_change(outcome: Outcome, code: int) -> Response:

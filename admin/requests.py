@@ -33,6 +33,11 @@ MERGE_PATCH = "application/merge-patch+json"
 T = TypeVar("T")
 
 
+def text_response(text: str, code: int) -> Response:
+    """A response whose JSON text is made already."""
+    return Response(text, code, content_type="application/json")
+
+
 def json_response(body: Any, code: int) -> Response:
     return Response(
         json.dumps(body, separators=(",", ":")) + "\n", code, content_type="application/json"
@@ -134,6 +139,14 @@ def json_body(data: bytes) -> Any:
         raise ApiError(400, f"the body is refused: {exc}") from None
 
 
+def _json_documents(data: bytes) -> list[Any]:
+    return flatten(json_body(data))
+
+
+def _json_document(data: bytes) -> list[Any]:
+    return [json_body(data)]
+
+
 def yaml_body(data: bytes) -> list[Any]:
     try:
         return parse_documents(data.decode("utf-8"))
@@ -172,8 +185,8 @@ async def body_documents(*, allow_many: bool) -> list[Any]:
     given = content_type()
     data = await read_body()
     if given in JSON_TYPES:
-        value = await parse_body(json_body, data)
-        documents = flatten(value) if allow_many else [value]
+        parse = _json_documents if allow_many else _json_document
+        documents: list[Any] = await parse_body(parse, data)
     elif given in YAML_TYPES:
         documents = await parse_body(yaml_body, data)
     else:

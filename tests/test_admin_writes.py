@@ -255,3 +255,38 @@ async def test_a_bundle_sent_again_is_known_but_never_stale(tmp_path: Path) -> N
         failure = assert_status(refused, 422, "Invalid")
         assert {c["field"].split(".")[0] for c in failure["details"]["causes"]} == {"items[100]"}
         assert "1 of 101 documents" in failure["message"]
+
+
+async def test_lists_show_the_status_in_force_not_a_rendered_copy(tmp_path: Path) -> None:
+    """Answers are rendered once per (document, status) and reused (admin/render.py): a
+    status that changes because of another object (a Service created) shows at once."""
+    routes = [route(name=f"r{i}", hostname=f"r{i}.example.com") for i in range(80)]
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "db", "namespace": "apps"},
+        "spec": {"ports": [{"port": 443}]},
+    }
+
+    def resolved(listed: httpx.Response) -> set[str]:
+        return {
+            c["reason"]
+            for item in listed.json()["items"]
+            for c in item["status"]["parents"][0]["conditions"]
+            if c["type"] == "ResolvedRefs"
+        }
+
+    async with (
+        admin_gateway(tmp_path / "state") as (_, url),
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        await http.post("/v1/apply", json={"apiVersion": "v1", "kind": "List", "items": routes})
+        await http.delete("/v1/services/apps/db")
+        assert resolved(await http.get("/v1/tlsroutes")) == {"BackendNotFound"}
+        assert (await http.post("/v1/services", json=service)).status_code == 201
+        assert resolved(await http.get("/v1/tlsroutes")) == {"ResolvedRefs"}
+        again = await http.post(
+            "/v1/apply", json={"apiVersion": "v1", "kind": "List", "items": routes}
+        )
+        assert resolved(again) == {"ResolvedRefs"}
+        assert {i["action"] for i in again.json()["items"]} == {"unchanged"}

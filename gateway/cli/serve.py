@@ -17,6 +17,8 @@ from gateway.logs import setup_logging
 
 #: Allocations between two young-generation collections (CPython's default is 700).
 GC_YOUNG_THRESHOLD = 10_000
+#: Seconds between the GIL hand-offs of a single-process gateway (CPython's default: 0.005).
+SWITCH_INTERVAL = 0.0005
 
 
 def _admin_token(args: argparse.Namespace) -> str | None:
@@ -80,6 +82,7 @@ def run_serve(args: argparse.Namespace) -> int:
         body_limit=args.body_limit,
         state_dir=args.state_dir or None,
         workers=args.workers,
+        freeze_configurations=True,
         log_level=args.log_level,
         log_format=args.log_format,
     )
@@ -87,6 +90,11 @@ def run_serve(args: argparse.Namespace) -> int:
     # thresholds the collector spends ~30 % of every rebuild walking them (measured with
     # scripts/bench-control). Young collections of 10,000 objects still take well under 1 ms.
     gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
+    if config.workers == 0:
+        # One process moves the bytes and builds configurations (on threads): hand the GIL
+        # to the event loop every 0.5 ms rather than 5, or a connection that arrives during
+        # a bundle apply waits ~5 ms at each step of its handshake (scripts/bench-control).
+        sys.setswitchinterval(SWITCH_INTERVAL)
     try:
         trio.run(serve, config, documents)
     except (StartError, StoreError, StoreUnavailable) as exc:

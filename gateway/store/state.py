@@ -8,7 +8,6 @@ table or the new one, never a mix (ARCHITECTURE.md "Compute then swap").
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -38,6 +37,8 @@ class State:
         self.bind_address = bind_address
         self.documents: dict[ObjectKey, Document] = {}
         self.bind_failures: dict[tuple[str, int], str] = {}
+        #: How many documents the last write (or load) put or deleted.
+        self.changed_documents = 0
         self._generation = 1
         self._changed = trio.Event()
         #: Builds on a thread, one at a time, never queued behind DNS lookups.
@@ -55,6 +56,7 @@ class State:
     def replace_documents(self, documents: Iterable[Document]) -> Snapshot:
         """Swap in a whole new document set (bootstrap, a store reload)."""
         self.documents = {key_of(doc): doc for doc in documents}
+        self.changed_documents = len(self.documents)
         self._generation += 1
         translation = self._translate(
             Resources.of(self.documents.values()), utc_now(), self._generation
@@ -73,12 +75,13 @@ class State:
         self._generation += 1
         translation = self.build(documents, deleted, self._generation, now=now or utc_now())
         self.documents = self._updated(documents, deleted)
+        self.changed_documents = len(documents) + len(deleted)
         return self._swap(translation)
 
     def _updated(
         self, documents: Iterable[Document], deleted: Iterable[ObjectKey]
     ) -> dict[ObjectKey, Document]:
-        # A new dict, never an update in place: a connection keeps the one it read.
+        # A new dict, never an update in place: a reader keeps the one it read.
         updated = dict(self.documents)
         for doc in documents:
             updated[key_of(doc)] = doc
@@ -109,13 +112,21 @@ class State:
         documents and the snapshot still change together, in one step on the event loop,
         and generations still only go up."""
         documents, deleted = list(documents), list(deleted)
-        failures = self.bind_failures
-        build = functools.partial(self.build, documents, deleted, 0, now=now or utc_now())
-        translation = await trio.to_thread.run_sync(build, limiter=self._builds)
+        failures, base = self.bind_failures, self.documents
+        stamp = now or utc_now()
+
+        def build() -> tuple[Translation, dict[ObjectKey, Document]]:
+            # The new document map too: copying 30,000 entries is ~40 ms of the event loop.
+            return self.build(documents, deleted, 0, now=stamp), self._updated(documents, deleted)
+
+        translation, updated = await trio.to_thread.run_sync(build, limiter=self._builds)
         # No checkpoint from here to the swap: the thread is not abandoned on cancellation,
         # so a committed write is always swapped in.
         self._generation += 1
-        self.documents = self._updated(documents, deleted)
+        if self.documents is not base:  # replaced meanwhile (never by a write: they queue)
+            updated = self._updated(documents, deleted)
+        self.documents = updated
+        self.changed_documents = len(documents) + len(deleted)
         self._swap(_numbered(translation, self._generation))
         if self.bind_failures is not failures:
             self.rebuild()  # the listeners reported meanwhile: build with what they said

@@ -232,8 +232,13 @@ class WritePath:
     async def _commit(self, written: Sequence[Change], deleted: Sequence[ObjectKey]) -> None:
         if self.store is None:
             return
-        puts = [(c.key, unstructure_document(c.document, redact=False)) for c in written]
         store = self.store
+
+        def commit() -> None:
+            # Unstructured here, on the thread: 30,000 documents take ~0.2 s.
+            puts = [(c.key, unstructure_document(c.document, redact=False)) for c in written]
+            store.commit(puts, list(deleted))
+
         # A limiter of its own: commits never queue behind other threads (DNS lookups of FQDN
         # endpoints share trio's default one, and a slow resolver must not stall writes).
-        await trio.to_thread.run_sync(store.commit, puts, list(deleted), limiter=self._commits)
+        await trio.to_thread.run_sync(commit, limiter=self._commits)
