@@ -147,11 +147,10 @@ def stamp(
     `lastTransitionTime` moves only when a condition's status changes; reason, message and
     observedGeneration are rewritten on every build.
     """
-    before: Mapping[str, Condition] = {c.type: c for c in previous}
     out = []
     for draft in drafts:
         status = "True" if draft.status else "False"
-        old = before.get(draft.type)
+        old = next((c for c in previous if c.type == draft.type), None)  # a handful at most
         if (
             old is not None
             and old.status == status

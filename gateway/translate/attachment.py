@@ -28,51 +28,57 @@ from gateway.translate.listeners import TLS_ROUTE_KIND, ListenerState
 
 def route_result(build: Build, key: NamespacedName, route: model.TLSRoute) -> RouteResult:
     """Everything one route contributes, from the route and the Gateway side of the build."""
-    resolved, backends = resolve_backends(key, route, build.resources, build.policies)
-    parents = tuple(
-        parent
-        for ref in route.spec.parent_refs or ()
-        if (parent := _attach(build, key, route, ref)) is not None
-    )
-    refs = [
-        ref
-        for rule in route.spec.rules
-        for ref in rule.backend_refs
-        if (ref.group, ref.kind) == ("", "Service")
-    ]
+    resolved, backends, services = resolve_backends(key, route, build.resources, build.policies)
+    parents = []
+    gateways = []
+    for ref in route.spec.parent_refs or ():
+        gateway_key = NamespacedName(ref.namespace or key.namespace, ref.name)
+        gateways.append(gateway_key)
+        parent = _attach(build, key, route, ref, gateway_key)
+        if parent is not None:
+            parents.append(parent)
     return RouteResult(
-        parents=parents,
+        parents=tuple(parents),
         resolved=resolved,
         backends=backends,
-        services=frozenset(NamespacedName(r.namespace or key.namespace, r.name) for r in refs),
-        gateways=frozenset(
-            NamespacedName(r.namespace or key.namespace, r.name)
-            for r in route.spec.parent_refs or ()
-        ),
-        cross_namespace=any(r.namespace not in (None, key.namespace) for r in refs),
+        services=frozenset(services),
+        gateways=frozenset(gateways),
+        cross_namespace=any(s.namespace != key.namespace for s in services),
     )
+
+
+def _refused(ref: model.ParentReference, reason: Reason, message: str) -> Parent:
+    return Parent(ref, Draft(ConditionType.ACCEPTED, False, reason, message))
+
+
+#: The Accepted draft of an attached parent; its message is written with the status, once
+#: the table knows where the route won (statuses.py).
+_ATTACHED = Draft(ConditionType.ACCEPTED, True, Reason.ACCEPTED, "")
 
 
 def _attach(
-    build: Build, key: NamespacedName, route: model.TLSRoute, ref: model.ParentReference
+    build: Build,
+    key: NamespacedName,
+    route: model.TLSRoute,
+    ref: model.ParentReference,
+    gateway_key: NamespacedName,
 ) -> Parent | None:
-    def refused(reason: Reason, message: str) -> Parent:
-        return Parent(ref, Draft(ConditionType.ACCEPTED, False, reason, message))
-
-    if (ref.group, ref.kind) != (GATEWAY_GROUP, "Gateway"):
+    if ref.group != GATEWAY_GROUP or ref.kind != "Gateway":
         return None  # a parent kind tlsgate does not implement: not ours (§5.2)
-    gateway_key = NamespacedName(ref.namespace or key.namespace, ref.name)
-    if gateway_key not in build.resources.gateways:
-        return refused(Reason.NO_MATCHING_PARENT, f"Gateway {gateway_key} does not exist")
     state = build.gateways.get(gateway_key)
     if state is None:
+        if gateway_key not in build.resources.gateways:
+            return _refused(ref, Reason.NO_MATCHING_PARENT, f"Gateway {gateway_key} does not exist")
         return None  # another controller's Gateway: its status is not ours to write
-    relevant = [
-        lst
-        for lst in state.listeners
-        if (ref.section_name is None or lst.spec.name == ref.section_name)
-        and (ref.port is None or lst.spec.port == ref.port)
-    ]
+    if ref.section_name is None and ref.port is None:
+        relevant = state.listeners
+    else:
+        relevant = [
+            lst
+            for lst in state.listeners
+            if (ref.section_name is None or lst.spec.name == ref.section_name)
+            and (ref.port is None or lst.spec.port == ref.port)
+        ]
     if not relevant:
         wanted = " and ".join(
             part
@@ -82,38 +88,37 @@ def _attach(
             )
             if part
         )
-        return refused(
-            Reason.NO_MATCHING_PARENT, f"Gateway {state.name} has no listener with {wanted}"
+        return _refused(
+            ref, Reason.NO_MATCHING_PARENT, f"Gateway {state.name} has no listener with {wanted}"
         )
     allowed = [lst for lst in relevant if _allows(build, state, lst, key.namespace)]
     if not allowed:
-        return refused(
+        return _refused(
+            ref,
             Reason.NOT_ALLOWED_BY_LISTENERS,
             f"no listener of Gateway {state.name} among "
             f"{', '.join(lst.spec.name for lst in relevant)} allows a TLSRoute "
             f"from namespace {key.namespace!r}",
         )
     attached = []
+    route_hostnames = route.spec.hostnames or ()
     for listener in allowed:
-        effective = tuple(
-            dict.fromkeys(
-                h
-                for host in route.spec.hostnames or ()
-                if (h := hostnames.intersect(listener.spec.hostname, host)) is not None
-            )
-        )
+        effective = [
+            h
+            for host in route_hostnames
+            if (h := hostnames.intersect(listener.spec.hostname, host)) is not None
+        ]
         if effective:
-            attached.append(Attachment(gateway_key, listener.spec.name, effective))
+            unique = tuple(effective) if len(effective) == 1 else tuple(dict.fromkeys(effective))
+            attached.append(Attachment(gateway_key, listener.spec.name, unique))
     if not attached:
-        return refused(
+        return _refused(
+            ref,
             Reason.NO_MATCHING_LISTENER_HOSTNAME,
             "no route hostname matches the hostname of any allowed listener "
             f"({', '.join(lst.spec.hostname or '*' for lst in allowed)})",
         )
-    # The message names where it attached and what it lost; it is written with the status,
-    # once the table knows (statuses.py).
-    accepted = Draft(ConditionType.ACCEPTED, True, Reason.ACCEPTED, "")
-    return Parent(ref, accepted, tuple(attached))
+    return Parent(ref, _ATTACHED, tuple(attached))
 
 
 def _allows(build: Build, state: GatewayState, listener: ListenerState, namespace: str) -> bool:

@@ -20,27 +20,32 @@ from gateway.translate.policies import Target, policy_for
 from gateway.translate.references import grant_allows
 from gateway.translate.resources import Resources
 
+#: ResolvedRefs of a route whose every backendRef resolves.
+_RESOLVED = resolved_refs([])
+
 
 def resolve_backends(
     key: NamespacedName,
     route: model.TLSRoute,
     resources: Resources,
     policies: Mapping[Target, BackendTLS] | None = None,
-) -> tuple[Draft, tuple[Backend, ...]]:
+) -> tuple[Draft, tuple[Backend, ...], list[NamespacedName]]:
     """ResolvedRefs for the route (one reason: the first failure; every bad ref in the
-    message) and the backend pool of its single rule."""
+    message), the backend pool of its single rule, and the Services its refs name."""
     failures: list[tuple[Reason, str]] = []
     pool: list[Backend] = []
+    services: list[NamespacedName] = []
     for rule_index, rule in enumerate(route.spec.rules):
         for i, ref in enumerate(rule.backend_refs):
-            where = f"rules[{rule_index}].backendRefs[{i}]"
             namespace = ref.namespace or key.namespace
             service_key = NamespacedName(namespace, ref.name)
+            if ref.group == "" and ref.kind == "Service":
+                services.append(service_key)
             name = f"{namespace}/{ref.name}:{ref.port}" if ref.port else f"{namespace}/{ref.name}"
             problem = _check(key, ref, service_key, resources)
             if problem is not None:
                 reason, message = problem
-                failures.append((reason, f"{where}: {message}"))
+                failures.append((reason, f"rules[{rule_index}].backendRefs[{i}]: {message}"))
                 pool.append(Backend(name=name, weight=ref.weight, reject=message))
                 continue
             service = resources.services[service_key]
@@ -54,8 +59,7 @@ def resolve_backends(
             pool.append(
                 Backend(name=name, weight=ref.weight, endpoints=endpoints, reject=reject, tls=tls)
             )
-    draft = resolved_refs(failures)
-    return draft, tuple(pool)
+    return (resolved_refs(failures) if failures else _RESOLVED), tuple(pool), services
 
 
 def _check(

@@ -30,11 +30,14 @@ T = TypeVar("T")
 
 
 def _index(docs: Iterable[Document], cls: type[T]) -> dict[NamespacedName, T]:
+    # In the documents' order: a build sorts where order matters (precedence, by age), so
+    # that a full build and one from `updated` (which appends) agree.
     out: dict[NamespacedName, T] = {}
     for doc in docs:
-        if isinstance(doc, cls):
-            out[NamespacedName(doc.metadata.namespace or "", doc.metadata.name)] = doc
-    return dict(sorted(out.items()))
+        if type(doc) is cls:
+            meta = doc.metadata
+            out[NamespacedName(meta.namespace or "", meta.name)] = doc
+    return out
 
 
 @frozen

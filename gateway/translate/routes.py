@@ -30,7 +30,7 @@ from attrs import frozen
 
 from gateway.api.kinds import ObjectKey
 from gateway.api.names import NamespacedName
-from gateway.api.status import Status, accepted_counts
+from gateway.api.status import RouteStatus, Status, accepted_counts
 from gateway.routing.snapshot import RouteTarget
 from gateway.translate.attachment import route_result
 from gateway.translate.context import (
@@ -227,16 +227,16 @@ class _Update:
                 self.build.facts.now,
             )
         old = self.statuses.get(status_key)
-        if status == old:
-            return
         if old is not None:
-            accepted, rejected = accepted_counts({status_key: old})
+            if status is old or status == old:
+                return
+            accepted, rejected = _counts(old)
             self.accepted, self.rejected = self.accepted - accepted, self.rejected - rejected
         if status is None:
-            del self.statuses[status_key]
+            self.statuses.pop(status_key, None)
             return
         self.statuses[status_key] = status
-        accepted, rejected = accepted_counts({status_key: status})
+        accepted, rejected = _counts(status)
         self.accepted, self.rejected = self.accepted + accepted, self.rejected + rejected
 
     def finish(self) -> Routes:
@@ -253,6 +253,21 @@ class _Update:
             statuses=self.statuses,
             counts=(self.accepted, self.rejected),
         )
+
+
+def _counts(status: Status) -> tuple[int, int]:
+    """`accepted_counts` of one route status (its parents' Accepted conditions)."""
+    if not isinstance(status, RouteStatus):
+        return accepted_counts({None: status})
+    accepted = rejected = 0
+    for parent in status.parents:
+        for condition in parent.conditions:
+            if condition.type == "Accepted":
+                if condition.status == "True":
+                    accepted += 1
+                else:
+                    rejected += 1
+    return accepted, rejected
 
 
 def update(

@@ -15,6 +15,7 @@ from gateway.api import model
 from gateway.api.kinds import ObjectKey
 from gateway.api.names import NamespacedName
 from gateway.api.status import (
+    Condition,
     ConditionType,
     Draft,
     GatewayStatus,
@@ -162,25 +163,53 @@ def route_status(
     previous: Status | None,
     now: str,
 ) -> RouteStatus | None:
-    """One route's status; None when none of its parents is ours (no status from us)."""
+    """One route's status; None when none of its parents is ours (no status from us).
+    Parts equal to the previous status are the previous objects (cheap to make and to
+    compare, and a rendered answer of them can be kept: admin/render.py)."""
+    if not result.parents:
+        return None
     old_parents = previous.parents if isinstance(previous, RouteStatus) else ()
     generation = route.metadata.generation or 1
     parents = []
-    for parent in result.parents:
+    kept = len(old_parents) == len(result.parents)
+    for index, parent in enumerate(result.parents):
         accepted = parent.accepted
         if accepted.status:
             accepted = Draft(
                 accepted.type, True, Reason.ACCEPTED, _accepted_message(claims, key, parent)
             )
-        old = next((p.conditions for p in old_parents if p.parent_ref == parent.ref), ())
+        old = _old_parent(old_parents, index, parent.ref)
+        conditions = stamp(
+            [accepted, result.resolved], generation, now, old.conditions if old else ()
+        )
+        if old is not None and _same(conditions, old.conditions):
+            parents.append(old)
+            kept = kept and old is old_parents[index]
+            continue
+        kept = False
         parents.append(
             RouteParentStatus(
-                parent_ref=parent.ref,
-                controller_name=CONTROLLER_NAME,
-                conditions=stamp([accepted, result.resolved], generation, now, old),
+                parent_ref=parent.ref, controller_name=CONTROLLER_NAME, conditions=conditions
             )
         )
-    return RouteStatus(parents=tuple(parents)) if parents else None
+    if kept and isinstance(previous, RouteStatus):
+        return previous
+    return RouteStatus(parents=tuple(parents))
+
+
+def _old_parent(
+    old_parents: tuple[RouteParentStatus, ...], index: int, ref: model.ParentReference
+) -> RouteParentStatus | None:
+    """The previous status of this parentRef: usually at the same place, as the same object."""
+    if index < len(old_parents) and (
+        old_parents[index].parent_ref is ref or old_parents[index].parent_ref == ref
+    ):
+        return old_parents[index]
+    return next((p for p in old_parents if p.parent_ref == ref), None)
+
+
+def _same(a: tuple[Condition, ...], b: tuple[Condition, ...]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
 
 
 def _accepted_message(
