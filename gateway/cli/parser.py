@@ -216,10 +216,10 @@ def _add_serve(commands: Any) -> None:
     sv.add_argument(
         "--workers",
         type=workers_count,
-        default=env_parsed("workers", "0", workers_count),
+        default=env_parsed("workers", "auto", workers_count),
         metavar="N|auto",
         help="data-plane worker processes; auto: one per usable CPU; 0: serve connections in "
-        "the main process (default 0)",
+        "the main process (default auto)",
     )
     sv.add_argument(
         "--max-connections",
