@@ -40,6 +40,7 @@ from admin.requests import (
     run_write,
     text_response,
 )
+from gateway import collector
 from gateway.api.convert import with_status
 from gateway.api.kinds import Document, KindInfo, ObjectKey, key_of
 from gateway.metrics import Metrics
@@ -172,6 +173,10 @@ class Views:
         dry_run = dry_run_requested()
         raws = await body_documents(allow_many=True)
         many = len(raws) > MANY_DOCUMENTS
+        with collector.paused(many):
+            return await self._apply(raws, many=many, dry_run=dry_run)
+
+    async def _apply(self, raws: list[Any], *, many: bool, dry_run: bool) -> Response:
         documents = self.writes.documents
         matched = await off_loop(many, lambda: self.known.match(raws, documents))
         bundle = await off_loop(many, lambda: _admitted(raws, matched))
@@ -204,6 +209,7 @@ class Views:
                 (c.document for c in outcome.changes),
                 outcome.snapshot.statuses,
                 (f'"action":"{c.action.value}"' for c in outcome.changes),
+                outcome.texts,
             )
             return list_text(items, revision)
 

@@ -13,27 +13,38 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 
-from gateway.api.convert import with_status
+from gateway.api.convert import CONVERTER, with_status
+from gateway.api.corev1 import Secret
 from gateway.api.kinds import Document, ObjectKey, key_of
 from gateway.api.status import Status
 
-
-def dumps(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"))
+#: `json.dumps(value, separators=...)` makes a new encoder at every call: one, reused.
+dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class Renderer:
     def __init__(self) -> None:
         self._texts: dict[ObjectKey, tuple[Document, Status | None, str]] = {}
 
-    def item(self, doc: Document, statuses: Mapping[ObjectKey, Status]) -> str:
-        """`with_status(doc, statuses)` as JSON text."""
+    def item(
+        self,
+        doc: Document,
+        statuses: Mapping[ObjectKey, Status],
+        stored: Mapping[ObjectKey, str] | None = None,
+    ) -> str:
+        """`with_status(doc, statuses)` as JSON text. `stored`: the JSON text a write just
+        stored (`Outcome.texts`), reused for kinds without private keys."""
         key = key_of(doc)
         status = statuses.get(key)
         cached = self._texts.get(key)
         if cached is not None and cached[0] is doc and cached[1] is status:
             return cached[2]
-        text = dumps(with_status(doc, statuses))
+        text = stored.get(key) if stored is not None and not isinstance(doc, Secret) else None
+        if text is None:
+            text = dumps(with_status(doc, statuses))
+        elif status is not None:
+            # with_status adds "status" last: the same text, without unstructuring again.
+            text = f'{text[:-1]},"status":{dumps(CONVERTER.unstructure(status))}}}'
         self._texts[key] = (doc, status, text)
         return text
 
@@ -42,10 +53,11 @@ class Renderer:
         docs: Iterable[Document],
         statuses: Mapping[ObjectKey, Status],
         extra: Iterable[str] | None = None,
+        stored: Mapping[ObjectKey, str] | None = None,
     ) -> str:
         """A JSON array of the documents; `extra`: per document, members (JSON text) to add,
         as `"action":"created"`."""
-        texts = [self.item(doc, statuses) for doc in docs]
+        texts = [self.item(doc, statuses, stored) for doc in docs]
         if extra is not None:
             texts = [f"{text[:-1]},{more}}}" for text, more in zip(texts, extra, strict=True)]
         return "[" + ",".join(texts) + "]"

@@ -17,6 +17,7 @@ import trio
 from quart import Response, request
 
 from admin.errors import ApiError
+from admin.render import dumps
 from gateway.api.admission import Cause
 from gateway.api.bundle import admit_all
 from gateway.api.convert import Invalid, structure_document
@@ -39,9 +40,7 @@ def text_response(text: str, code: int) -> Response:
 
 
 def json_response(body: Any, code: int) -> Response:
-    return Response(
-        json.dumps(body, separators=(",", ":")) + "\n", code, content_type="application/json"
-    )
+    return Response(dumps(body) + "\n", code, content_type="application/json")
 
 
 def kind_info(plural: str) -> KindInfo:
@@ -169,7 +168,7 @@ async def off_loop(many: bool, work: Callable[[], T]) -> T:
 
 async def rendered(body: Callable[[], Any], code: int, *, many: bool) -> Response:
     """A JSON response whose body is made (and serialised) off the loop when it is large."""
-    text = await off_loop(many, lambda: json.dumps(body(), separators=(",", ":")) + "\n")
+    text = await off_loop(many, lambda: dumps(body()) + "\n")
     return Response(text, code, content_type="application/json")
 
 

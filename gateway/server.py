@@ -9,7 +9,6 @@ I/O. One Trio nursery holds the live connections; another holds one accept task 
 from __future__ import annotations
 
 import collections
-import gc
 import logging
 import resource
 import signal
@@ -23,6 +22,7 @@ import trio
 
 from admin.listen import AdminLimits, AdminTLSError, admin_tls_context
 from admin.listen import bind as bind_admin
+from gateway import collector
 from gateway.api.kinds import Document
 from gateway.dataplane.binds import BIND_RETRY_SECONDS, BoundSockets
 from gateway.dataplane.plane import PlaneConfig, serve_dataplane
@@ -226,8 +226,7 @@ class Server:
             snapshot = await self.state.wait_changed(generation)
             generation = snapshot.generation
             if self.state.changed_documents >= FREEZE_AFTER:  # a write of one route: no need
-                gc.collect(1)
-                gc.freeze()
+                collector.freeze()
 
     def _open_admin(self) -> tuple[socket.socket, ssl.SSLContext | None] | None:
         """The admin API's listening socket and TLS context, or StartError saying why not."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import re
 from typing import Final
 
@@ -18,6 +17,7 @@ from gateway.api.admission_checks import (
     DNS1123_SUBDOMAIN,
     IANA_SVC_NAME,
     Checker,
+    ip_version,
 )
 
 
@@ -62,11 +62,7 @@ def admit_endpoint_slice(c: Checker, doc: corev1.EndpointSlice) -> None:
                 c.pattern(field, address, 1, 253, DNS1123_SUBDOMAIN, "a lower-case DNS name")
             elif doc.address_type in ("IPv4", "IPv6"):
                 version = 4 if doc.address_type == "IPv4" else 6
-                try:
-                    ok = ipaddress.ip_address(address).version == version
-                except ValueError:
-                    ok = False
-                if not ok:
+                if ip_version(address) != version:
                     c.invalid(field, address, f"must be an {doc.address_type} address")
     for i, port in enumerate(doc.ports or ()):
         if port.port is not None and not 0 <= port.port <= 65535:

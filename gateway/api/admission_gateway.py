@@ -7,7 +7,6 @@ Pure.
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter
 from typing import Final
 
@@ -18,6 +17,7 @@ from gateway.api.admission_checks import (
     LABEL_VALUE,
     PROTOCOL,
     Checker,
+    ip_version,
     secret_ref,
     selector,
     show_value,
@@ -189,11 +189,7 @@ def _frontend_tls(c: Checker, field: str, config: model.TLSConfig) -> None:
 
 
 def _is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
+    return ip_version(value) is not None
 
 
 # --- TLSRoute (SPEC.md §5.1) ------------------------------------------------------------

@@ -41,6 +41,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 JOURNAL_SIZE_LIMIT = 8 * 1024 * 1024
 
 
+#: One encoder for every row (`json.dumps` with options makes one per call).
+encode_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
 class StoreError(Exception):
     """The store cannot be opened (in use by another process, unreadable): a start error."""
 
@@ -92,19 +96,29 @@ class Store:
         return [json.loads(body) for (body,) in rows]
 
     def commit(
-        self, puts: Iterable[tuple[ObjectKey, dict[str, Any]]], deletes: Iterable[ObjectKey] = ()
+        self,
+        puts: Iterable[tuple[ObjectKey, dict[str, Any] | str]],
+        deletes: Iterable[ObjectKey] = (),
     ) -> int:
-        """Write everything in one transaction, synced before returning; the new revision."""
+        """Write everything in one transaction, synced before returning; the new revision.
+        A body is a wire dict, or its JSON text already made."""
         revision = self.revision + 1
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            for key, body in puts:
-                db.execute(
-                    "INSERT INTO documents (kind, namespace, name, body) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (kind, namespace, name) DO UPDATE SET body = excluded.body",
-                    (key.kind, key.namespace, key.name, json.dumps(body, separators=(",", ":"))),
-                )
+            db.executemany(
+                "INSERT INTO documents (kind, namespace, name, body) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (kind, namespace, name) DO UPDATE SET body = excluded.body",
+                (
+                    (
+                        key.kind,
+                        key.namespace,
+                        key.name,
+                        body if isinstance(body, str) else encode_json(body),
+                    )
+                    for key, body in puts
+                ),
+            )
             for key in deletes:
                 db.execute(
                     "DELETE FROM documents WHERE kind = ? AND namespace = ? AND name = ?",
