@@ -173,7 +173,7 @@ class Views:
         dry_run = dry_run_requested()
         raws = await body_documents(allow_many=True)
         many = len(raws) > MANY_DOCUMENTS
-        with collector.paused(many):
+        with collector.bulk(many):
             return await self._apply(raws, many=many, dry_run=dry_run)
 
     async def _apply(self, raws: list[Any], *, many: bool, dry_run: bool) -> Response:

@@ -3,12 +3,15 @@
 I/O-free, but process-wide state: used by the composition root and the admin write views.
 A configuration of 10,000 routes is millions of long-lived objects, and a bundle apply makes
 millions more. CPython's collector walks the oldest generation whenever enough new objects
-survive, so during a bundle apply it walks a growing heap again and again, and each walk holds
-the GIL (measured with scripts/bench-control: a few hundred ms per apply, and stalls of every
-connection of a single-process gateway). So: the collector pauses while a bulk write runs
-(`paused`), and after a bulk write what is alive moves to the permanent generation
-(`freeze`). Objects are still freed by reference counting either way; configurations are
-frozen values without cycles.
+survive, so during a bundle apply it walks a growing heap again and again, and each walk
+holds the GIL: a few hundred milliseconds per apply, and in a single-process gateway a stall
+of every connection (measured with scripts/bench-control). So a bulk write runs as `bulk()`:
+no automatic collection meanwhile, and at its end what it made and kept moves to the
+permanent generation, which collections never walk (a young collection of everything it made
+would itself stall for ~0.2 s). Objects there are still freed by reference counting when a
+later write replaces them (configurations are frozen values, without cycles); what is lost is
+the collection of cycles that became garbage during the write (request bookkeeping: bounded
+per write).
 """
 
 from __future__ import annotations
@@ -19,15 +22,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
-class _Pauses:
-    """How many bulk writes are running; the collector runs again when none is."""
+class _Bulk:
+    """How many bulk writes run; the collector runs again when none does."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.running = 0
 
     @contextmanager
-    def paused(self, when: bool = True) -> Iterator[None]:
+    def __call__(self, when: bool = True) -> Iterator[None]:
         if not when:
             yield
             return
@@ -40,15 +43,10 @@ class _Pauses:
             with self.lock:
                 self.running -= 1
                 if not self.running:
+                    gc.freeze()
                     gc.enable()
 
 
-#: No automatic collection while the block runs (nested and concurrent uses count).
-paused = _Pauses().paused
-
-
-def freeze() -> None:
-    """Move what is alive into the permanent generation, after a young collection (which
-    frees nearly all the cyclic garbage that would otherwise stay there for good)."""
-    gc.collect(1)
-    gc.freeze()
+#: Run a bulk write: no automatic collection meanwhile, then freeze what is alive (nested and
+#: concurrent uses count).
+bulk = _Bulk()

@@ -53,10 +53,6 @@ def connection_limit(reserve_pipes: int, admin_connections: int = 0) -> int:
     return max(16, (soft - FD_RESERVE - admin_connections - 2 * reserve_pipes) // 2)
 
 
-#: Writes (and loads) of at least this many documents are followed by a freeze.
-FREEZE_AFTER = 64
-
-
 @attrs.frozen(kw_only=True)
 class ServeConfig:
     bootstrap: tuple[str, ...] = ()
@@ -83,8 +79,9 @@ class ServeConfig:
     state_dir: str | None = None
     #: Data-plane worker processes; 0 serves connections in this process (API.md).
     workers: int = 0
-    #: Freeze what is alive after each swap (`Server._freeze_configurations`): the process
-    #: `tlsgate serve` runs does; an embedding program (the tests) decides for itself.
+    #: Load and bootstrap as bulk writes (`gateway/collector.py`: the collector paused, then
+    #: what is alive frozen): the process `tlsgate serve` runs does; an embedding program
+    #: (the tests) decides for itself.
     freeze_configurations: bool = False
     #: Handed to worker processes, which set up their own logging.
     log_level: str = "info"
@@ -173,9 +170,11 @@ class Server:
     ) -> None:
         admin = self._open_admin()  # first: a taken admin address must fail the start, at once
         try:
-            stored = self.writes.load()
+            with collector.bulk(self.config.freeze_configurations):
+                stored = self.writes.load()
             if self.bootstrap:
-                outcome = await self.writes.apply(self.bootstrap)
+                with collector.bulk(self.config.freeze_configurations):
+                    outcome = await self.writes.apply(self.bootstrap)
                 counts = collections.Counter(c.action.value for c in outcome.changes)
                 log.info("bootstrap applied: %s", dict(counts))
             self.loaded = True
@@ -195,8 +194,6 @@ class Server:
                     if admin is not None:
                         self.admin_urls = await control.start(self._serve_admin, *admin)
                     control.start_soon(self._signals)
-                    if self.config.freeze_configurations:
-                        control.start_soon(self._freeze_configurations)
                     task_status.started(self)
                     await self._stop.wait()
                     control.cancel_scope.cancel()
@@ -207,26 +204,6 @@ class Server:
                 self.proxy.pool.close()
             if self.store is not None:
                 self.store.close()
-
-    async def _freeze_configurations(self) -> None:
-        """After each swap, move what is alive into the collector's permanent generation.
-
-        A configuration of 10,000 routes is millions of long-lived objects. Without this, a
-        full collection walks all of them every million or so allocations (a bundle apply
-        makes that many), holding the GIL for a few hundred milliseconds: in a
-        single-process gateway, a stall of every connection. Frozen objects are still freed
-        by reference counting when a later configuration replaces them (configurations are
-        frozen values, without cycles); only cyclic garbage that was already in the oldest
-        generation at the freeze is never collected, and the young collection just before
-        catches nearly all of that (measured: scripts/bench-control). Only after writes of
-        many documents: a one-route write adds little, and the young collection costs it a
-        few milliseconds."""
-        generation = self.state.generation
-        while True:
-            snapshot = await self.state.wait_changed(generation)
-            generation = snapshot.generation
-            if self.state.changed_documents >= FREEZE_AFTER:  # a write of one route: no need
-                collector.freeze()
 
     def _open_admin(self) -> tuple[socket.socket, ssl.SSLContext | None] | None:
         """The admin API's listening socket and TLS context, or StartError saying why not."""

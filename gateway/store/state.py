@@ -37,8 +37,6 @@ class State:
         self.bind_address = bind_address
         self.documents: dict[ObjectKey, Document] = {}
         self.bind_failures: dict[tuple[str, int], str] = {}
-        #: How many documents the last write (or load) put or deleted.
-        self.changed_documents = 0
         self._generation = 1
         self._changed = trio.Event()
         #: Builds on a thread, one at a time, never queued behind DNS lookups.
@@ -56,7 +54,6 @@ class State:
     def replace_documents(self, documents: Iterable[Document]) -> Snapshot:
         """Swap in a whole new document set (bootstrap, a store reload)."""
         self.documents = {key_of(doc): doc for doc in documents}
-        self.changed_documents = len(self.documents)
         self._generation += 1
         translation = self._translate(
             Resources.of(self.documents.values()), utc_now(), self._generation
@@ -75,7 +72,6 @@ class State:
         self._generation += 1
         translation = self.build(documents, deleted, self._generation, now=now or utc_now())
         self.documents = self._updated(documents, deleted)
-        self.changed_documents = len(documents) + len(deleted)
         return self._swap(translation)
 
     def _updated(
@@ -126,7 +122,6 @@ class State:
         if self.documents is not base:  # replaced meanwhile (never by a write: they queue)
             updated = self._updated(documents, deleted)
         self.documents = updated
-        self.changed_documents = len(documents) + len(deleted)
         self._swap(_numbered(translation, self._generation))
         if self.bind_failures is not failures:
             self.rebuild()  # the listeners reported meanwhile: build with what they said
