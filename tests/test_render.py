@@ -47,7 +47,9 @@ def test_spliced_and_cached_texts_are_what_with_status_renders() -> None:
         for doc in docs:
             expected = json.dumps(with_status(doc, snapshot.statuses), separators=(",", ":"))
             assert renderer.item(doc, snapshot.statuses, texts) == expected
-    listed = json.loads(list_text(renderer.items(docs, snapshot.statuses, ['"a":1'] * len(docs)), "7"))
+    listed = json.loads(
+        list_text(renderer.items(docs, snapshot.statuses, ['"a":1'] * len(docs)), "7")
+    )
     assert listed["metadata"] == {"resourceVersion": "7"}
     assert [i["a"] for i in listed["items"]] == [1] * len(docs)
     assert "very-secret" not in json.dumps(listed)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import ssl
 from pathlib import Path
 
 import httpx
@@ -120,6 +121,22 @@ async def test_workers_serve_writes_are_in_force_everywhere_and_a_dead_worker_is
                 table = (await http.get("/v1/routingtable")).json()
                 assert {w["generation"] for w in table["workers"]} == {table["generation"]}
                 assert sorted(w["pid"] for w in table["workers"]) == sorted(workers)
+
+                # Workers get patches (routing/patch.py): a deleted route is gone from every
+                # worker once the delete is answered, the others are untouched.
+                gone = await http.delete("/v1/tlsroutes/apps/new")
+                assert gone.status_code == 200, gone.text
+                with trio.fail_after(60):
+                    for _ in range(40):
+                        with pytest.raises((ssl.SSLError, trio.BrokenResourceError, OSError)):
+                            async with tls_client(port, "new.example.com", context):
+                                pass
+                        async with tls_client(port, "db.example.com", context) as client:
+                            assert (await client.test())["sni"] == "db.example.com"
+                assert (
+                    await http.post("/v1/apply", content=route, headers=YAML)
+                ).status_code == 200
+                table = (await http.get("/v1/routingtable")).json()
 
                 # A worker that cannot run the change holds its answer: stop one (SIGSTOP),
                 # write, and the answer waits until it runs again and has swapped.
