@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import attrs
 import trio
 
+from gateway import collector
 from gateway.api.kinds import Document, ObjectKey, key_of
 from gateway.api.names import RFC3339
 from gateway.routing.snapshot import Snapshot
@@ -156,8 +157,9 @@ class State:
         runtime facts, from the build in force; swaps nothing (the dry run of a write uses
         it as is)."""
         assert self.translation is not None
-        resources = self.translation.build.resources.updated(documents, deleted)
-        return self._translate(resources, now, generation)
+        with collector.bulk():
+            resources = self.translation.build.resources.updated(documents, deleted)
+            return self._translate(resources, now, generation)
 
     def _translate(self, resources: Resources, now: str, generation: int = 0) -> Translation:
         return compile_translation(

@@ -105,7 +105,7 @@ def _endpoints(
     """Ready endpoints of the Service port, through targetPort (API.md "Documents")."""
     port = service_port.port
     target = service_port.target_port if service_port.target_port is not None else port
-    found: set[Endpoint] = set()
+    found: dict[tuple[str, int], Endpoint] = {}
     for eps in resources.slices_of(service):
         number = _slice_port(eps, target, service_port.name)
         if number is None:
@@ -118,10 +118,16 @@ def _endpoints(
             address = endpoint.addresses[0]
             if eps.address_type != "FQDN":
                 address = canonical_address(address)
-            found.add(Endpoint(address, number))
+            found[(address, number)] = _endpoint(address, number)
     if len(found) == 1:
-        return tuple(found)
-    return tuple(sorted(found, key=lambda e: (e.address, e.port)))
+        return tuple(found.values())
+    return tuple(found[k] for k in sorted(found))
+
+
+@functools.lru_cache(maxsize=65536)
+def _endpoint(address: str, port: int) -> Endpoint:
+    # One value per endpoint: rebuilds (and routes sharing a backend) share it.
+    return Endpoint(address, port)
 
 
 @functools.lru_cache(maxsize=65536)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 from attrs import field, frozen
@@ -25,19 +25,6 @@ from gateway.api.kinds import Document, ObjectKey, key_of
 from gateway.api.names import NamespacedName
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
-
-T = TypeVar("T")
-
-
-def _index(docs: Iterable[Document], cls: type[T]) -> dict[NamespacedName, T]:
-    # In the documents' order: a build sorts where order matters (precedence, by age), so
-    # that a full build and one from `updated` (which appends) agree.
-    out: dict[NamespacedName, T] = {}
-    for doc in docs:
-        if type(doc) is cls:
-            meta = doc.metadata
-            out[NamespacedName(meta.namespace or "", meta.name)] = doc
-    return out
 
 
 @frozen
@@ -73,18 +60,27 @@ class Resources:
 
     @classmethod
     def of(cls, docs: Iterable[Document]) -> Resources:
-        docs = list(docs)
+        # One pass, each document into its kind's map, in the documents' order (a build
+        # sorts where order matters: precedence, by age), so that a full build and one from
+        # `updated` (which appends) agree.
+        maps: dict[str, dict[Any, Any]] = {attr: {} for attr in _ATTRIBUTE.values()}
+        for doc in docs:
+            meta = doc.metadata
+            if doc.kind in _CLUSTER_SCOPED:
+                maps[_ATTRIBUTE[doc.kind]][meta.name] = doc
+            else:
+                maps[_ATTRIBUTE[doc.kind]][NamespacedName(meta.namespace or "", meta.name)] = doc
         return cls(
-            gateway_classes={n: d for (_, n), d in _index(docs, model.GatewayClass).items()},
-            gateways=_index(docs, model.Gateway),
-            tls_routes=_index(docs, model.TLSRoute),
-            reference_grants=_index(docs, model.ReferenceGrant),
-            backend_tls_policies=_index(docs, model.BackendTLSPolicy),
-            services=_index(docs, corev1.Service),
-            endpoint_slices=_index(docs, corev1.EndpointSlice),
-            secrets=_index(docs, corev1.Secret),
-            config_maps=_index(docs, corev1.ConfigMap),
-            namespaces={n: d for (_, n), d in _index(docs, corev1.Namespace).items()},
+            gateway_classes=maps["gateway_classes"],
+            gateways=maps["gateways"],
+            tls_routes=maps["tls_routes"],
+            reference_grants=maps["reference_grants"],
+            backend_tls_policies=maps["backend_tls_policies"],
+            services=maps["services"],
+            endpoint_slices=maps["endpoint_slices"],
+            secrets=maps["secrets"],
+            config_maps=maps["config_maps"],
+            namespaces=maps["namespaces"],
         )
 
     def updated(self, documents: Iterable[Document], deleted: Iterable[ObjectKey]) -> Resources:

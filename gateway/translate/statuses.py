@@ -170,6 +170,10 @@ def route_status(
         return None
     old_parents = previous.parents if isinstance(previous, RouteStatus) else ()
     generation = route.metadata.generation or 1
+    if isinstance(previous, RouteStatus) and _unchanged(
+        key, result, claims, old_parents, generation
+    ):
+        return previous
     parents = []
     kept = len(old_parents) == len(result.parents)
     for index, parent in enumerate(result.parents):
@@ -195,6 +199,43 @@ def route_status(
     if kept and isinstance(previous, RouteStatus):
         return previous
     return RouteStatus(parents=tuple(parents))
+
+
+def _unchanged(
+    key: NamespacedName,
+    result: RouteResult,
+    claims: Mapping[ClaimKey, tuple[NamespacedName, ...]],
+    old_parents: tuple[RouteParentStatus, ...],
+    generation: int,
+) -> bool:
+    """The common case, checked without making anything: each parent's previous conditions
+    are exactly the Accepted and ResolvedRefs this build would stamp (so stamping would give
+    the previous objects back)."""
+    if len(old_parents) != len(result.parents):
+        return False
+    resolved = result.resolved
+    for parent, old in zip(result.parents, old_parents, strict=True):
+        if not (old.parent_ref is parent.ref or old.parent_ref == parent.ref):
+            return False
+        if len(old.conditions) != 2:
+            return False
+        accepted, refs = old.conditions
+        draft = parent.accepted
+        message = _accepted_message(claims, key, parent) if draft.status else draft.message
+        if (
+            accepted.type != draft.type
+            or accepted.status != ("True" if draft.status else "False")
+            or accepted.reason != draft.reason
+            or accepted.message != message
+            or accepted.observed_generation != generation
+            or refs.type != resolved.type
+            or refs.status != ("True" if resolved.status else "False")
+            or refs.reason != resolved.reason
+            or refs.message != resolved.message
+            or refs.observed_generation != generation
+        ):
+            return False
+    return True
 
 
 def _old_parent(
