@@ -178,7 +178,8 @@ class _Update:
     def add(self, key: NamespacedName, result: RouteResult) -> None:
         self.results[key] = result
         routes = self.build.resources.tls_routes
-        for claim in set(result.claims()):
+        claims = result.claims()
+        for claim in claims if len(claims) < 2 else set(claims):
             claimants = self.claims.get(claim)
             if claimants is None:
                 self.claims[claim] = (key,)  # the common case: a hostname of its own
@@ -187,7 +188,8 @@ class _Update:
                 bisect.insort(ordered, key, key=lambda k: route_precedence(routes[k]))
                 self.claims[claim] = tuple(ordered)
             self.touched.add(claim)
-        for listener in set(result.listeners()):
+        listeners = result.listeners()
+        for listener in listeners if len(listeners) < 2 else set(listeners):
             self.attached[listener] = self.attached.get(listener, 0) + 1
         for service in result.services:
             self.index("users", service).add(key)

@@ -35,11 +35,12 @@ def route_target(
 ) -> RouteTarget:
     """The target of one hostname: its first claimant (the winner, whose `backends` these
     are) and the shadowed rest."""
+    winner = claimants[0]
     return RouteTarget(
-        route=str(claimants[0]),
+        route=f"{winner.namespace}/{winner.name}",
         hostname=hostname,
         backends=backends,
-        shadowed=tuple(str(k) for k in claimants[1:]),
+        shadowed=tuple(str(k) for k in claimants[1:]) if len(claimants) > 1 else (),
     )
 
 
