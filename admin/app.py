@@ -213,7 +213,7 @@ class Views:
             )
             return list_text(items, revision)
 
-        return text_response(await off_loop(many, text), 200)
+        return text_response(await off_loop(many, lambda: text().encode()), 200)
 
     async def collection(self, plural: str) -> Response:
         info = kind_info(plural)
@@ -228,7 +228,7 @@ class Views:
                 return list_text(self.renderer.items(found, statuses), revision)
 
             many = len(documents) > MANY_DOCUMENTS
-            return text_response(await off_loop(many, text), 200)
+            return text_response(await off_loop(many, lambda: text().encode()), 200)
         (raw,) = await body_documents(allow_many=False)
         namespace_from_query(raw, info)
         doc = admit_one(raw, info)
