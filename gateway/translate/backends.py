@@ -35,24 +35,39 @@ def resolve_backends(
     failures: list[tuple[Reason, str]] = []
     pool: list[Backend] = []
     services: list[NamespacedName] = []
+    route_namespace = key.namespace
+    known = resources.services
     for rule_index, rule in enumerate(route.spec.rules):
         for i, ref in enumerate(rule.backend_refs):
-            namespace = ref.namespace or key.namespace
+            namespace = ref.namespace or route_namespace
             service_key = NamespacedName(namespace, ref.name)
+            port = ref.port
+            name = f"{namespace}/{ref.name}:{port}" if port else f"{namespace}/{ref.name}"
+            # The common case first, without making a message: a Service of the route's
+            # namespace that exists and has the port. Anything else takes `_check`, which
+            # finds the first failure in the order of SPEC.md §9.4.
+            service = None
+            service_port = None
             if ref.group == "" and ref.kind == "Service":
                 services.append(service_key)
-            name = f"{namespace}/{ref.name}:{ref.port}" if ref.port else f"{namespace}/{ref.name}"
-            problem = _check(key, ref, service_key, resources)
-            if problem is not None:
-                reason, message = problem
-                failures.append((reason, f"rules[{rule_index}].backendRefs[{i}]: {message}"))
-                pool.append(Backend(name=name, weight=ref.weight, reject=message))
-                continue
-            service = resources.services[service_key]
-            service_port = next(p for p in service.spec.ports or () if p.port == ref.port)
+                if namespace == route_namespace:
+                    service = known.get(service_key)
+            if service is not None and service.spec.type != "ExternalName":
+                for candidate in service.spec.ports or ():
+                    if candidate.port == port:
+                        service_port = candidate
+                        break
+            if service_port is None:
+                problem = _check(key, ref, service_key, resources)
+                if problem is not None:
+                    reason, message = problem
+                    failures.append((reason, f"rules[{rule_index}].backendRefs[{i}]: {message}"))
+                    pool.append(Backend(name=name, weight=ref.weight, reject=message))
+                    continue
+                service = known[service_key]
+                service_port = next(p for p in service.spec.ports or () if p.port == port)
             endpoints = _endpoints(service_key, service_port, resources)
-            port_name = service_port.name
-            tls = policy_for(policies or {}, namespace, ref.name, port_name)
+            tls = policy_for(policies, namespace, ref.name, service_port.name) if policies else None
             reject = None if endpoints else f"Service {service_key} has no ready endpoints"
             if tls is not None and tls.error is not None:
                 reject = f"BackendTLSPolicy {tls.policy} is not accepted: {tls.error}"

@@ -131,7 +131,11 @@ class _Update:
         self.statuses = dict(previous.statuses)
         self.targets = dict(previous.targets)
         self.previous = previous
-        self._copied_targets: set[ListenerKey] = set()
+        self.routes = build.resources.tls_routes
+        self.previous_statuses = build.facts.previous
+        self.now = build.facts.now
+        #: The listeners' target maps copied (and so changed) by this update.
+        self._tables: dict[ListenerKey, dict[str, RouteTarget]] = {}
         self._index: dict[str, dict[NamespacedName, set[NamespacedName]]] = {
             "users": {},
             "parents_of": {},
@@ -191,19 +195,19 @@ class _Update:
         listeners = result.listeners()
         for listener in listeners if len(listeners) < 2 else set(listeners):
             self.attached[listener] = self.attached.get(listener, 0) + 1
+        index = self.index
         for service in result.services:
-            self.index("users", service).add(key)
+            index("users", service).add(key)
         for gateway in result.gateways:
-            self.index("parents_of", gateway).add(key)
+            index("parents_of", gateway).add(key)
 
     def retarget(self, claim: ClaimKey) -> None:
         gateway, listener, hostname = claim
         key = (gateway, listener)
-        if key not in self._copied_targets:
-            self._copied_targets.add(key)
-            self.targets[key] = dict(self.targets.get(key, {}))
-        table = self.targets[key]
-        assert isinstance(table, dict)
+        table = self._tables.get(key)
+        if table is None:
+            table = self._tables[key] = dict(self.targets.get(key, {}))
+            self.targets[key] = table
         # A route that left a claim is being recomputed itself: only those that stay (or
         # join) may need a new status (who wins the hostname now).
         claimants = self.claims.get(claim)
@@ -216,8 +220,8 @@ class _Update:
             table[hostname] = target
 
     def stamp(self, key: NamespacedName) -> None:
-        status_key = ObjectKey("TLSRoute", *key)
-        route = self.build.resources.tls_routes.get(key)
+        status_key = ObjectKey("TLSRoute", key.namespace, key.name)
+        route = self.routes.get(key)
         status = None
         if route is not None:
             status = route_status(
@@ -225,8 +229,8 @@ class _Update:
                 route,
                 self.results[key],
                 self.claims,
-                self.build.previous(status_key),
-                self.build.facts.now,
+                self.previous_statuses.get(status_key),
+                self.now,
             )
         old = self.statuses.get(status_key)
         if old is not None:
@@ -242,8 +246,8 @@ class _Update:
         self.accepted, self.rejected = self.accepted + accepted, self.rejected + rejected
 
     def finish(self) -> Routes:
-        for key in self._copied_targets:
-            if not self.targets[key]:
+        for key, table in self._tables.items():
+            if not table:
                 del self.targets[key]  # no route is attached there any more
         return Routes(
             results=self.results,
