@@ -15,6 +15,7 @@ meanwhile stops counting as live, so a write never waits on a corpse.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import socket
@@ -230,18 +231,21 @@ class Supervisor:
             log_level=self.log_level,
             log_format=self.log_format,
         )
-        await send_message(stream, start)
         sent: Snapshot | None = None
-        while True:
-            snapshot = self.state.snapshot
-            if sent is None or snapshot.generation != sent.generation:
-                patch = diff(sent, snapshot) if sent is not None else None
-                if patch is not None:
-                    await send_message(stream, patch)
-                else:
-                    await send_frame(stream, await self._install_frame(snapshot))
-                sent = snapshot
-            await self.state.wait_changed(sent.generation)
+        # A worker that exits (drained, killed) breaks the channel, even mid-frame: that
+        # is its slot's business (`_run_one` waits for the process), never an error here.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await send_message(stream, start)
+            while True:
+                snapshot = self.state.snapshot
+                if sent is None or snapshot.generation != sent.generation:
+                    patch = diff(sent, snapshot) if sent is not None else None
+                    if patch is not None:
+                        await send_message(stream, patch)
+                    else:
+                        await send_frame(stream, await self._install_frame(snapshot))
+                    sent = snapshot
+                await self.state.wait_changed(sent.generation)
 
     async def _install_frame(self, snapshot: Snapshot) -> bytes:
         """The Install frame of a snapshot, encoded once for every worker (on a thread: a
@@ -256,6 +260,10 @@ class Supervisor:
         return frame
 
     async def _listen(self, stream: trio.SocketStream, worker: Worker) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._read_reports(stream, worker)
+
+    async def _read_reports(self, stream: trio.SocketStream, worker: Worker) -> None:
         receiver = Receiver(stream)
         while (message := await receiver.receive()) is not None:
             if isinstance(message, Running):

@@ -246,7 +246,8 @@ async def test_drain_timeout_closes_the_rest(pki: Pki, tmp_path: Path) -> None:
                 async with tls_client(port, "db.example.com", pki.client_context()) as client:
                     os.kill(process.pid, signal.SIGINT)
                     code = await trio.to_thread.run_sync(process.wait, 20)
-                    assert code == 0
+                    output = process.stdout.read() if process.stdout else ""
+                    assert code == 0, output[-3000:]
                     with pytest.raises((trio.BrokenResourceError, EOFError)):
                         await client.call("PING")
 
@@ -410,7 +411,8 @@ async def test_json_logs_carry_connection_swap_and_listener_lines(pki: Pki, tmp_
                 async with tls_client(port, "db.example.com", pki.client_context()) as client:
                     assert await client.call("PING") == "PONG"
                 os.kill(process.pid, signal.SIGTERM)
-                assert await trio.to_thread.run_sync(process.wait, 20) == 0
+                code = await trio.to_thread.run_sync(process.wait, 20)
+                assert code == 0, (process.stdout.read() if process.stdout else "")[-3000:]
             lines = [
                 json.loads(line)
                 for line in (process.stdout.read() if process.stdout else "").splitlines()

@@ -8,12 +8,18 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import ssl
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
+
+from gateway.dataplane.plane import PlaneConfig
+from gateway.dataplane.proxy import ProxyConfig
+from gateway.store.state import State
+from gateway.supervisor import Supervisor
 
 from .harness import (
     Pki,
@@ -222,3 +228,22 @@ def test_workers_option_is_checked() -> None:
     result = run_tlsgate("serve", "--workers", "many")
     assert result.returncode == 2
     assert "is not a number of workers or 'auto'" in result.stderr
+
+
+async def test_a_channel_reset_by_an_exiting_worker_is_not_an_error() -> None:
+    """A worker that exits with a frame unread resets the channel (ECONNRESET on the main
+    side): the slot's reader and feeder stop quietly and the process's exit decides, never an
+    exception that takes the main process down (found with workers on by default: SIGTERM
+    drains sometimes exited 1)."""
+    state = State()
+    supervisor = Supervisor(state, 1, proxy=ProxyConfig(), plane=PlaneConfig(limit=16))
+    worker = supervisor.workers[0]
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.sendall(b"unread by the worker")
+    theirs.sendall(b"\x00\x00\x00\x10partial frame")  # a report cut off by the exit
+    theirs.close()  # closed with unread data: the kernel resets the connection
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+    with trio.fail_after(5):
+        await supervisor._listen(stream, worker)
+        await supervisor._feed(stream, worker)
+    await stream.aclose()
