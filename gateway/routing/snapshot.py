@@ -85,9 +85,13 @@ class RouteTarget:
     _cumulative: tuple[int, ...] = field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(
-            self, "_cumulative", tuple(itertools.accumulate(b.weight for b in self.backends))
+        backends = self.backends
+        cumulative = (
+            (backends[0].weight,)
+            if len(backends) == 1
+            else tuple(itertools.accumulate(b.weight for b in backends))
         )
+        object.__setattr__(self, "_cumulative", cumulative)
 
     @property
     def total_weight(self) -> int:

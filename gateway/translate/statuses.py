@@ -258,11 +258,16 @@ def _accepted_message(
 ) -> str:
     """Say where the route attached, and which of its hostnames an older route holds
     (the losing route stays Accepted, SPEC.md §10.2)."""
-    where = ", ".join(f"{a.gateway}/{a.listener}" for a in parent.attached)
+    attached = parent.attached
+    if len(attached) == 1:  # the common case, without a generator
+        a = attached[0]
+        where = f"{a.gateway.namespace}/{a.gateway.name}/{a.listener}"
+    else:
+        where = ", ".join(f"{a.gateway}/{a.listener}" for a in attached)
     shadowed = []
-    for a in parent.attached:
+    for a in attached:
         for hostname in a.hostnames:
-            keys = claims.get((a.gateway, a.listener, hostname), (key,))
+            keys = claims.get((a.gateway, a.listener, hostname))
             if keys and keys[0] != key:
                 shadowed.append(
                     f"{hostname} on {a.gateway}/{a.listener} is served by "
