@@ -77,6 +77,5 @@ class KnownDocuments:
             if key is not None and stored is not None:
                 self._known[key] = (mark, stored)
         if len(self._known) > 2 * len(current) + 1024:  # deleted objects' entries
-            self._known = {
-                k: v for k, v in self._known.items() if current.get(key_of(v[1])) is v[1]
-            }
+            entries = list(self._known.items())  # another request may be matching meanwhile
+            self._known = {k: v for k, v in entries if current.get(key_of(v[1])) is v[1]}

@@ -65,7 +65,9 @@ class Renderer:
     def prune(self, current: Mapping[ObjectKey, Document]) -> None:
         """Forget the documents no longer in force (called now and then)."""
         if len(self._texts) > 2 * len(current) + 1024:
-            self._texts = {k: v for k, v in self._texts.items() if current.get(k) is v[0]}
+            # A copy first: another request may be rendering on another thread meanwhile.
+            entries = list(self._texts.items())
+            self._texts = {k: v for k, v in entries if current.get(k) is v[0]}
 
 
 def list_text(items: str, revision: str) -> str:
