@@ -29,7 +29,7 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 
 from gateway.api import corev1
 from gateway.api.admission import Cause, admit, show_value
-from gateway.api.kinds import BY_KIND, CONVERTED_TO_STORED, Document, ObjectKey, key_of
+from gateway.api.kinds import BY_KIND, CONVERTED_TO_STORED, Document, KindInfo, ObjectKey, key_of
 from gateway.api.model import ObjectMeta
 from gateway.api.status import Status
 
@@ -308,7 +308,7 @@ def structure_document(raw: object) -> Document:
     if info.kind in CONVERTED_TO_STORED:
         body["apiVersion"] = info.api_versions[0]
     try:
-        doc: Document = CONVERTER.structure(body, info.cls)
+        doc: Document = _structure_hook(info)(body, info.cls)
     except (ClassValidationError, IterableValidationError) as exc:
         raise Invalid(info.kind, name, _redact(_causes_from(exc, ""))) from None
     doc = _default(doc, info.namespaced)
@@ -316,6 +316,17 @@ def structure_document(raw: object) -> Document:
     if causes:
         raise Invalid(info.kind, name, _redact(causes))
     return doc
+
+
+_HOOKS: dict[str, Callable[[Any, Any], Document]] = {}
+
+
+def _structure_hook(info: KindInfo) -> Callable[[Any, Any], Document]:
+    """The converter's hook for a kind, looked up once (`structure` dispatches per call)."""
+    hook = _HOOKS.get(info.kind)
+    if hook is None:
+        hook = _HOOKS[info.kind] = CONVERTER.get_structure_hook(info.cls)
+    return hook
 
 
 def _redact(causes: list[Cause]) -> list[Cause]:
