@@ -216,7 +216,8 @@ class _Update:
             return
         self.restamp.update(claimants)
         target = route_target(hostname, claimants, self.results[claimants[0]].backends)
-        if table.get(hostname) != target:
+        old = table.get(hostname)
+        if old is None or old != target:  # an equal target stays the same object
             table[hostname] = target
 
     def stamp(self, key: NamespacedName) -> None:
