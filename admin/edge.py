@@ -20,7 +20,6 @@ HTTP/2 streams (429 beyond). Metrics labels are fixed vocabularies: an invented 
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Awaitable, Callable, Collection, MutableMapping
 from contextvars import ContextVar
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import trio
 
 from admin.errors import ApiError
+from gateway.api.convert import encode_json
 from gateway.metrics import Metrics
 
 Scope = MutableMapping[str, Any]
@@ -254,7 +254,7 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 async def _answer(
     send: Send, error: ApiError, *, close: bool = False, retry_after: int | None = None
 ) -> None:
-    body = (json.dumps(error.body(), separators=(",", ":")) + "\n").encode()
+    body = (encode_json(error.body()) + "\n").encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

@@ -17,11 +17,9 @@ from typing import Any
 
 from gateway.api.kinds import Document, ObjectKey, key_of
 
-#: (kind, metadata.namespace or "", metadata.name) as the raw document says.
-RawKey = tuple[str, str, str]
 
-
-def raw_key(raw: Any) -> RawKey | None:
+def raw_key(raw: Any) -> ObjectKey | None:
+    """The key the raw document names (as it says it: a namespace left out is "")."""
     if not isinstance(raw, dict):
         return None
     meta = raw.get("metadata")
@@ -31,7 +29,7 @@ def raw_key(raw: Any) -> RawKey | None:
     name, namespace = meta.get("name"), meta.get("namespace", "")
     if not isinstance(name, str) or not isinstance(namespace, str):
         return None
-    return (kind, namespace, name)
+    return ObjectKey(kind, namespace, name)
 
 
 def digest(raw: Any) -> bytes:
@@ -43,13 +41,13 @@ def digest(raw: Any) -> bytes:
 
 class KnownDocuments:
     def __init__(self) -> None:
-        self._known: dict[RawKey, tuple[bytes, Document]] = {}
+        self._known: dict[ObjectKey, tuple[bytes, Document]] = {}
 
     def match(
         self, raws: Sequence[Any], current: Mapping[ObjectKey, Document]
-    ) -> list[tuple[RawKey | None, bytes, Document | None]]:
+    ) -> list[tuple[ObjectKey | None, bytes, Document | None]]:
         """Per raw document: its key, its digest, and the stored document it is (or None)."""
-        out: list[tuple[RawKey | None, bytes, Document | None]] = []
+        out: list[tuple[ObjectKey | None, bytes, Document | None]] = []
         for raw in raws:
             key = raw_key(raw)
             if key is None:
@@ -66,7 +64,7 @@ class KnownDocuments:
 
     def remember(
         self,
-        matched: Sequence[tuple[RawKey | None, bytes, Document | None]],
+        matched: Sequence[tuple[ObjectKey | None, bytes, Document | None]],
         documents: Sequence[Document],
         current: Mapping[ObjectKey, Document],
     ) -> None:

@@ -10,16 +10,14 @@ string per document in force (a few hundred bytes each).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 
-from gateway.api.convert import CONVERTER, with_status
+from gateway.api.convert import CONVERTER, encode_json, with_status
 from gateway.api.corev1 import Secret
 from gateway.api.kinds import Document, ObjectKey, key_of
 from gateway.api.status import Status
 
-#: `json.dumps(value, separators=...)` makes a new encoder at every call: one, reused.
-dumps = json.JSONEncoder(separators=(",", ":")).encode
+dumps = encode_json
 
 
 class Renderer:

@@ -82,7 +82,7 @@ class ServeConfig:
     #: Load and bootstrap as bulk writes (`gateway/collector.py`: the collector paused, then
     #: what is alive frozen): the process `tlsgate serve` runs does; an embedding program
     #: (the tests) decides for itself.
-    freeze_configurations: bool = False
+    bulk_start: bool = False
     #: Handed to worker processes, which set up their own logging.
     log_level: str = "info"
     log_format: str = "text"
@@ -170,10 +170,10 @@ class Server:
     ) -> None:
         admin = self._open_admin()  # first: a taken admin address must fail the start, at once
         try:
-            with collector.bulk(self.config.freeze_configurations):
+            with collector.bulk(self.config.bulk_start):
                 stored = self.writes.load()
             if self.bootstrap:
-                with collector.bulk(self.config.freeze_configurations):
+                with collector.bulk(self.config.bulk_start):
                     outcome = await self.writes.apply(self.bootstrap)
                 counts = collections.Counter(c.action.value for c in outcome.changes)
                 log.info("bootstrap applied: %s", dict(counts))

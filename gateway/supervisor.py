@@ -97,6 +97,7 @@ class Supervisor:
         self._restarts_metric: Counter | None = None
         self._progress = trio.Event()
         self._frame: tuple[int, bytes] | None = None
+        self._patches: tuple[tuple[int, int], bytes | None] | None = None
 
     def register(self, registry: CollectorRegistry) -> None:
         """Expose the workers' counts in the main process's registry (one exposition for the
@@ -239,13 +240,23 @@ class Supervisor:
             while True:
                 snapshot = self.state.snapshot
                 if sent is None or snapshot.generation != sent.generation:
-                    patch = diff(sent, snapshot) if sent is not None else None
+                    patch = self._patch(sent, snapshot) if sent is not None else None
                     if patch is not None:
-                        await send_message(stream, patch)
+                        await send_frame(stream, patch)
                     else:
                         await send_frame(stream, await self._install_frame(snapshot))
                     sent = snapshot
                 await self.state.wait_changed(sent.generation)
+
+    def _patch(self, sent: Snapshot, snapshot: Snapshot) -> bytes | None:
+        """The frame of the patch from `sent` to `snapshot` (None: send a whole snapshot),
+        diffed and encoded once for every worker that needs it (workers in step all do)."""
+        key = (sent.generation, snapshot.generation)
+        cached = self._patches
+        if cached is None or cached[0] != key:
+            patch = diff(sent, snapshot)
+            cached = self._patches = (key, encode(patch) if patch is not None else None)
+        return cached[1]
 
     async def _install_frame(self, snapshot: Snapshot) -> bytes:
         """The Install frame of a snapshot, encoded once for every worker (on a thread: a

@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 
 from admin.render import Renderer, list_text
-from gateway.api.convert import unstructure_document, with_status
+from gateway.api.convert import encode_json, unstructure_document, with_status
 from gateway.api.kinds import key_of
-from gateway.store.sqlite import encode_json
 
 from .helpers import GATEWAY_CLASS, World
 

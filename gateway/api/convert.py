@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import json
 import types
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Union, get_args, get_origin
@@ -372,6 +373,11 @@ def _default(doc: Document, namespaced: bool) -> Document:
 
 #: Secret keys that are write-only: no response ever contains them (API.md "Documents").
 PRIVATE_KEYS: Final = frozenset({"tls.key"})
+
+
+#: The compact JSON text of a wire value: answers and store rows alike (`json.dumps` with
+#: options makes a new encoder at every call; this is one, reused).
+encode_json: Final = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def unstructure_document(doc: Document, *, redact: bool = True) -> dict[str, Any]:

@@ -174,24 +174,32 @@ def stamp(
     return tuple(out)
 
 
+def accepted_count(status: Status) -> tuple[int, int]:
+    """(accepted, not accepted) Accepted conditions of one status, route parents and policy
+    ancestors included."""
+    if isinstance(status, RouteStatus):
+        groups = [p.conditions for p in status.parents]
+    elif isinstance(status, PolicyStatus):
+        groups = [a.conditions for a in status.ancestors]
+    else:
+        groups = [status.conditions]
+    accepted = rejected = 0
+    for conditions in groups:
+        for condition in conditions:
+            if condition.type == ConditionType.ACCEPTED:
+                if condition.status == "True":
+                    accepted += 1
+                else:
+                    rejected += 1
+    return accepted, rejected
+
+
 def accepted_counts(statuses: Mapping[Any, Status]) -> tuple[int, int]:
-    """(accepted, not accepted) over every object's Accepted conditions, route parents and
-    policy ancestors included: the one-line summary logged at each swap."""
+    """`accepted_count` summed over every object: the one-line summary logged at each swap."""
     accepted = rejected = 0
     for status in statuses.values():
-        if isinstance(status, RouteStatus):
-            groups = [p.conditions for p in status.parents]
-        elif isinstance(status, PolicyStatus):
-            groups = [a.conditions for a in status.ancestors]
-        else:
-            groups = [status.conditions]
-        for conditions in groups:
-            for condition in conditions:
-                if condition.type == ConditionType.ACCEPTED:
-                    if condition.status == "True":
-                        accepted += 1
-                    else:
-                        rejected += 1
+        yes, no = accepted_count(status)
+        accepted, rejected = accepted + yes, rejected + no
     return accepted, rejected
 
 

@@ -82,7 +82,7 @@ def run_serve(args: argparse.Namespace) -> int:
         body_limit=args.body_limit,
         state_dir=args.state_dir or None,
         workers=args.workers,
-        freeze_configurations=True,
+        bulk_start=True,
         log_level=args.log_level,
         log_format=args.log_format,
     )

@@ -110,5 +110,8 @@ class Receiver:
             return None
         data = bytes(self.buffer[_HEADER.size : _HEADER.size + length])
         del self.buffer[: _HEADER.size + length]
+        if length > THREAD_ABOVE:
+            decoded: Message = await trio.to_thread.run_sync(pickle.loads, data)
+            return decoded
         message: Message = pickle.loads(data)
         return message

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from gateway.api.convert import encode_json
 from gateway.api.kinds import ObjectKey
 
 SCHEMA = """
@@ -39,10 +40,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 #: The WAL is truncated back to this size after each checkpoint (bytes).
 JOURNAL_SIZE_LIMIT = 8 * 1024 * 1024
-
-
-#: One encoder for every row (`json.dumps` with options makes one per call).
-encode_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class StoreError(Exception):

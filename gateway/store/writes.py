@@ -17,11 +17,11 @@ from typing import Any
 import attrs
 import trio
 
-from gateway.api.convert import structure_document, unstructure_document
+from gateway.api.convert import encode_json, structure_document, unstructure_document
 from gateway.api.kinds import Document, ObjectKey, key_of
 from gateway.routing.snapshot import Snapshot
 from gateway.store.plan import Action, Change, Conflict, merge_patch, plan
-from gateway.store.sqlite import Store, encode_json
+from gateway.store.sqlite import Store
 from gateway.store.state import State, utc_now
 
 
@@ -107,10 +107,6 @@ class WritePath:
     def documents(self) -> Mapping[ObjectKey, Document]:
         """Every document in force (a map that is replaced on a write, never changed)."""
         return self.state.documents
-
-    def list(self, kind: str, namespace: str | None = None) -> list[Document]:
-        """The documents of a kind in force, in key order, optionally of one namespace."""
-        return list_of(self.state.documents, kind, namespace)
 
     # --- writes --------------------------------------------------------------------------------
 

@@ -64,30 +64,13 @@ class Resources:
         # sorts where order matters: precedence, by age), so that a full build and one from
         # `updated` (which appends) agree.
         maps: dict[str, dict[Any, Any]] = {attr: {} for attr in _ATTRIBUTE.values()}
-        by_service: dict[NamespacedName, list[corev1.EndpointSlice]] = {}
-        slice_count = 0
         for doc in docs:
             meta = doc.metadata
-            kind = doc.kind
-            if kind in _CLUSTER_SCOPED:
-                maps[_ATTRIBUTE[kind]][meta.name] = doc
-                continue
-            namespace = meta.namespace or ""
-            maps[_ATTRIBUTE[kind]][NamespacedName(namespace, meta.name)] = doc
-            if isinstance(doc, corev1.EndpointSlice):
-                slice_count += 1
-                service = (meta.labels or {}).get(SERVICE_NAME_LABEL)
-                if service:
-                    by_service.setdefault(NamespacedName(namespace, service), []).append(doc)
-        # A slice named twice keeps the later copy in its map: index what the maps hold.
-        slices = maps["endpoint_slices"]
-        if slice_count != len(slices):
-            by_service = {}
-            for eps in slices.values():
-                if (owner := service_of(eps)) is not None:
-                    by_service.setdefault(owner, []).append(eps)
+            if doc.kind in _CLUSTER_SCOPED:
+                maps[_ATTRIBUTE[doc.kind]][meta.name] = doc
+            else:
+                maps[_ATTRIBUTE[doc.kind]][NamespacedName(meta.namespace or "", meta.name)] = doc
         return cls(
-            slices_by_service={k: tuple(v) for k, v in by_service.items()},
             gateway_classes=maps["gateway_classes"],
             gateways=maps["gateways"],
             tls_routes=maps["tls_routes"],

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Collection, Iterable, Mapping
+from typing import Any
 
 from attrs import frozen
 
 from gateway.api.kinds import ObjectKey
 from gateway.api.names import NamespacedName
-from gateway.api.status import RouteStatus, Status, accepted_counts
+from gateway.api.status import Status, accepted_count
 from gateway.routing.snapshot import RouteTarget
 from gateway.translate.attachment import route_result
 from gateway.translate.context import (
@@ -69,14 +70,14 @@ class Routes:
 EMPTY = Routes({}, {}, {}, {}, {}, {}, {})
 
 
-def changed_keys(old: Resources, new: Resources, attr: str) -> set[NamespacedName]:
+def changed_keys(old: Resources, new: Resources, attr: str) -> set[Any]:
     """Keys of map `attr` whose document was added, replaced or removed: as `updated` said,
     else by comparing the maps (documents by identity: an unchanged one is the same object)."""
     known = new.changed_since(old, attr)
     if known is not None:
         return set(known)
-    before: Mapping[NamespacedName, object] = getattr(old, attr)
-    after: Mapping[NamespacedName, object] = getattr(new, attr)
+    before: Mapping[Any, object] = getattr(old, attr)
+    after: Mapping[Any, object] = getattr(new, attr)
     changed = {key for key, doc in after.items() if before.get(key) is not doc}
     changed.update(key for key in before if key not in after)
     return changed
@@ -106,18 +107,10 @@ def affected(
             dirty |= routes.users.get(NamespacedName(target[0], target[1]), empty)
     if old.reference_grants is not new.reference_grants:
         dirty.update(key for key, result in routes.results.items() if result.cross_namespace)
-    namespaces = _changed_namespaces(old, new)
+    namespaces = {n for n in changed_keys(old, new, "namespaces") if isinstance(n, str)}
     if namespaces:
         dirty.update(key for key in routes.results if key.namespace in namespaces)
     return dirty, changed
-
-
-def _changed_namespaces(old: Resources, new: Resources) -> set[str]:
-    known = new.changed_since(old, "namespaces")
-    if known is not None:
-        return set(known)
-    names = old.namespaces.keys() | new.namespaces.keys()
-    return {n for n in names if old.namespaces.get(n) is not new.namespaces.get(n)}
 
 
 class _Update:
@@ -181,7 +174,7 @@ class _Update:
 
     def add(self, key: NamespacedName, result: RouteResult) -> None:
         self.results[key] = result
-        routes = self.build.resources.tls_routes
+        routes = self.routes
         claims = result.claims()
         for claim in claims if len(claims) < 2 else set(claims):
             claimants = self.claims.get(claim)
@@ -237,13 +230,13 @@ class _Update:
         if old is not None:
             if status is old or status == old:
                 return
-            accepted, rejected = _counts(old)
+            accepted, rejected = accepted_count(old)
             self.accepted, self.rejected = self.accepted - accepted, self.rejected - rejected
         if status is None:
             self.statuses.pop(status_key, None)
             return
         self.statuses[status_key] = status
-        accepted, rejected = _counts(status)
+        accepted, rejected = accepted_count(status)
         self.accepted, self.rejected = self.accepted + accepted, self.rejected + rejected
 
     def finish(self) -> Routes:
@@ -260,21 +253,6 @@ class _Update:
             statuses=self.statuses,
             counts=(self.accepted, self.rejected),
         )
-
-
-def _counts(status: Status) -> tuple[int, int]:
-    """`accepted_counts` of one route status (its parents' Accepted conditions)."""
-    if not isinstance(status, RouteStatus):
-        return accepted_counts({None: status})
-    accepted = rejected = 0
-    for parent in status.parents:
-        for condition in parent.conditions:
-            if condition.type == "Accepted":
-                if condition.status == "True":
-                    accepted += 1
-                else:
-                    rejected += 1
-    return accepted, rejected
 
 
 def update(
