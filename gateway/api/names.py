@@ -25,6 +25,11 @@ class NamespacedName(NamedTuple):
         return f"{self.namespace}/{self.name}" if self.namespace else self.name
 
 
+#: `new_tuple(NamespacedName, (namespace, name))` is `NamespacedName(namespace, name)` without
+#: the frame of the generated `__new__`: for the loops of a build that make one per document.
+new_tuple = tuple.__new__
+
+
 class TLSMode(StrEnum):
     """Listener `tls.mode` (SPEC.md §3.1)."""
 

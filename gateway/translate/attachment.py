@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 from gateway import GATEWAY_GROUP
 from gateway.api import model
-from gateway.api.names import FromNamespaces, NamespacedName, SelectorOperator
+from gateway.api.names import FromNamespaces, NamespacedName, SelectorOperator, new_tuple
 from gateway.api.status import ConditionType, Draft, Reason
 from gateway.routing import hostnames
 from gateway.translate.backends import resolve_backends
@@ -32,7 +32,7 @@ def route_result(build: Build, key: NamespacedName, route: model.TLSRoute) -> Ro
     parents = []
     gateways = []
     for ref in route.spec.parent_refs or ():
-        gateway_key = NamespacedName(ref.namespace or key.namespace, ref.name)
+        gateway_key = new_tuple(NamespacedName, (ref.namespace or key.namespace, ref.name))
         gateways.append(gateway_key)
         parent = _attach(build, key, route, ref, gateway_key)
         if parent is not None:
@@ -154,3 +154,4 @@ def selector_matches(selector: model.LabelSelector, labels: Mapping[str, str]) -
         if req.operator == SelectorOperator.DOES_NOT_EXIST and present:
             return False
     return True
+

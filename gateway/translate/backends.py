@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from gateway import GATEWAY_GROUP
 from gateway.api import corev1, model
-from gateway.api.names import NamespacedName
+from gateway.api.names import NamespacedName, new_tuple
 from gateway.api.status import Draft, Reason, resolved_refs
 from gateway.routing.snapshot import Backend, BackendTLS, Endpoint
 from gateway.translate.policies import Target, policy_for
@@ -40,7 +40,7 @@ def resolve_backends(
     for rule_index, rule in enumerate(route.spec.rules):
         for i, ref in enumerate(rule.backend_refs):
             namespace = ref.namespace or route_namespace
-            service_key = NamespacedName(namespace, ref.name)
+            service_key = new_tuple(NamespacedName, (namespace, ref.name))
             port = ref.port
             name = f"{namespace}/{ref.name}:{port}" if port else f"{namespace}/{ref.name}"
             # The common case first, without making a message: a Service of the route's

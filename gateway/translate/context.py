@@ -85,6 +85,10 @@ class RouteResult:
     cross_namespace: bool
 
     def claims(self) -> list[ClaimKey]:
+        parents = self.parents
+        if len(parents) == 1 and len(parents[0].attached) == 1:  # the common case
+            a = parents[0].attached[0]
+            return [(a.gateway, a.listener, hostname) for hostname in a.hostnames]
         return [
             (a.gateway, a.listener, hostname)
             for parent in self.parents

@@ -22,7 +22,7 @@ from attrs import field, frozen
 from gateway.api import corev1, model
 from gateway.api.convert import NAMESPACE_NAME_LABEL
 from gateway.api.kinds import Document, ObjectKey, key_of
-from gateway.api.names import NamespacedName
+from gateway.api.names import NamespacedName, new_tuple
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
@@ -64,12 +64,15 @@ class Resources:
         # sorts where order matters: precedence, by age), so that a full build and one from
         # `updated` (which appends) agree.
         maps: dict[str, dict[Any, Any]] = {attr: {} for attr in _ATTRIBUTE.values()}
+        by_kind = {kind: maps[attr] for kind, attr in _ATTRIBUTE.items()}
+        key = new_tuple
         for doc in docs:
             meta = doc.metadata
-            if doc.kind in _CLUSTER_SCOPED:
-                maps[_ATTRIBUTE[doc.kind]][meta.name] = doc
+            kind = doc.kind
+            if kind in _CLUSTER_SCOPED:
+                by_kind[kind][meta.name] = doc
             else:
-                maps[_ATTRIBUTE[doc.kind]][NamespacedName(meta.namespace or "", meta.name)] = doc
+                by_kind[kind][key(NamespacedName, (meta.namespace or "", meta.name))] = doc
         return cls(
             gateway_classes=maps["gateway_classes"],
             gateways=maps["gateways"],
@@ -157,7 +160,7 @@ _CLUSTER_SCOPED = frozenset({"GatewayClass", "Namespace"})
 def service_of(eps: corev1.EndpointSlice) -> NamespacedName | None:
     """The Service an EndpointSlice belongs to (its kubernetes.io/service-name label)."""
     service = (eps.metadata.labels or {}).get(SERVICE_NAME_LABEL)
-    return NamespacedName(eps.metadata.namespace or "", service) if service else None
+    return new_tuple(NamespacedName, (eps.metadata.namespace or "", service)) if service else None
 
 
 def _reindexed(

@@ -24,14 +24,14 @@ built from the same `Routes` leaves them as they were.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Hashable, Iterable, Mapping
 from typing import Any
 
 from attrs import frozen
 
 from gateway.api.kinds import ObjectKey
-from gateway.api.names import NamespacedName
-from gateway.api.status import Status, accepted_count
+from gateway.api.names import NamespacedName, new_tuple
+from gateway.api.status import RouteStatus, Status, accepted_count
 from gateway.routing.snapshot import RouteTarget
 from gateway.translate.attachment import route_result
 from gateway.translate.context import (
@@ -137,13 +137,18 @@ class _Update:
         self.touched: set[ClaimKey] = set()
         self.restamp: set[NamespacedName] = set()
         self.accepted, self.rejected = previous.counts
+        #: This update's statuses of routes without a previous one, and their counts: most
+        #: routes of a full build share a few (`route_status`).
+        self.fresh: dict[Hashable, RouteStatus] = {}
+        self._counts: dict[int, tuple[RouteStatus, tuple[int, int]]] = {}
 
     def index(self, name: str, key: NamespacedName) -> set[NamespacedName]:
         working = self._index[name]
-        if key not in working:
+        members = working.get(key)
+        if members is None:
             frozen_index: Mapping[NamespacedName, _Keys] = getattr(self.previous, name)
-            working[key] = set(frozen_index.get(key, ()))
-        return working[key]
+            members = working[key] = set(frozen_index.get(key, ()))
+        return members
 
     def frozen_index(self, name: str) -> dict[NamespacedName, _Keys]:
         out: dict[NamespacedName, _Keys] = dict(getattr(self.previous, name))
@@ -214,7 +219,7 @@ class _Update:
             table[hostname] = target
 
     def stamp(self, key: NamespacedName) -> None:
-        status_key = ObjectKey("TLSRoute", key.namespace, key.name)
+        status_key = new_tuple(ObjectKey, ("TLSRoute", key.namespace, key.name))
         route = self.routes.get(key)
         status = None
         if route is not None:
@@ -225,19 +230,29 @@ class _Update:
                 self.claims,
                 self.previous_statuses.get(status_key),
                 self.now,
+                self.fresh,
             )
         old = self.statuses.get(status_key)
         if old is not None:
             if status is old or status == old:
                 return
-            accepted, rejected = accepted_count(old)
+            accepted, rejected = self.count(old)
             self.accepted, self.rejected = self.accepted - accepted, self.rejected - rejected
         if status is None:
             self.statuses.pop(status_key, None)
             return
         self.statuses[status_key] = status
-        accepted, rejected = accepted_count(status)
+        accepted, rejected = self.count(status)
         self.accepted, self.rejected = self.accepted + accepted, self.rejected + rejected
+
+    def count(self, status: Status) -> tuple[int, int]:
+        """`accepted_count`, once per shared status (an id is safe: the memo keeps it alive)."""
+        if not isinstance(status, RouteStatus):
+            return accepted_count(status)
+        known = self._counts.get(id(status))
+        if known is None:
+            known = self._counts[id(status)] = (status, accepted_count(status))
+        return known[1]
 
     def finish(self) -> Routes:
         for key, table in self._tables.items():
