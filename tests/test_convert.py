@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import base64
+import copy
+import functools
+from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.api import corev1
-from gateway.api.convert import Invalid, structure_document, unstructure_document
+from gateway.api.convert import (
+    CONVERTER,
+    FAST_CONVERTER,
+    Invalid,
+    structure_document,
+    unstructure_document,
+)
+from gateway.api.kinds import BY_KIND
 from gateway.api.manifests import ManifestError, parse_documents
 from gateway.api.model import TLSRoute
+from tests.test_admission import POLICY
 
 labels = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
 dns_names = st.lists(labels, min_size=1, max_size=4).map(".".join)
@@ -234,3 +245,122 @@ metadata: {name: b, creationTimestamp: 2024-01-01T00:00:00Z}
 def test_garbage_is_a_manifest_error(text: str) -> None:
     with pytest.raises(ManifestError):
         parse_documents(text)
+
+
+def _corpus() -> list[dict[str, Any]]:
+    """Every document of the translate cases and the examples: each kind, most fields."""
+    root = Path(__file__).parent
+    files = [*sorted((root / "data" / "translate").glob("*.in.yaml"))]
+    files += sorted((root.parent / "examples").glob("*.yaml"))
+    docs = [d for f in files for d in parse_documents(f.read_text())]
+    docs += parse_documents(POLICY + "---\n" + CONFIG_MAP)
+    return [d for d in docs if isinstance(d, dict) and d.get("kind") in BY_KIND]
+
+
+CONFIG_MAP = """
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: ca, namespace: apps, labels: {team: db}}
+data: {ca.crt: "-----BEGIN CERTIFICATE-----"}
+"""
+CORPUS = _corpus()
+ODD_VALUES = [None, 0, -1, 1.5, True, "", "x", "443", [], [1], {}, {"a": 1}, [{}]]
+
+
+def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [path]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            out += _paths(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            out += _paths(item, (*path, index))
+    return out
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> dict[str, Any]:
+    doc = copy.deepcopy(draw(st.sampled_from(CORPUS)))
+    doc.pop("status", None)
+    for _ in range(draw(st.integers(1, 3))):
+        paths = [p for p in _paths(doc)[1:] if p not in (("kind",), ("apiVersion",))]
+        if not paths:
+            break
+        path = draw(st.sampled_from(paths))
+        parent = functools.reduce(lambda v, k: v[k], path[:-1], doc)
+        action = draw(st.sampled_from(["replace", "delete", "unknown"]))
+        if action == "replace":
+            parent[path[-1]] = copy.deepcopy(draw(st.sampled_from(ODD_VALUES)))
+        elif action == "delete" and isinstance(parent, dict):
+            del parent[path[-1]]
+        elif isinstance(parent, dict):
+            parent["notAField"] = 1
+    return doc
+
+
+def _structured(converter: Any, doc: dict[str, Any]) -> object:
+    info = BY_KIND[doc["kind"]]
+    try:
+        return converter.get_structure_hook(info.cls)(doc, info.cls)
+    except Exception as exc:  # noqa: BLE001  (which one is not the point: whether both fail)
+        return type(exc)
+
+
+@settings(max_examples=400, deadline=None)
+@given(mutated())
+def test_the_fast_converter_accepts_exactly_what_the_detailed_one_does(doc: dict[str, Any]) -> None:
+    # structure_document takes the fast pass first and the detailed one only on failure: a
+    # document the fast one took that the detailed one refuses would skip validation.
+    fast, detailed = _structured(FAST_CONVERTER, doc), _structured(CONVERTER, doc)
+    if isinstance(detailed, type):
+        assert isinstance(fast, type), f"only the detailed converter refuses {doc}"
+    else:
+        assert fast == detailed
+
+
+def _shape(doc: dict[str, Any]) -> frozenset[tuple[Any, ...]]:
+    return frozenset(tuple("#" if isinstance(k, int) else k for k in p) for p in _paths(doc))
+
+
+def _single_mutations() -> list[dict[str, Any]]:
+    """Every single change to every differently shaped document of the corpus: each field
+    replaced by each odd value, deleted, or given an unknown sibling."""
+    shapes: dict[tuple[str, frozenset[tuple[Any, ...]]], dict[str, Any]] = {}
+    for doc in CORPUS:
+        shapes.setdefault((doc["kind"], _shape(doc)), doc)
+    out = []
+    for doc in shapes.values():
+        for path in _paths(doc)[1:]:
+            if path in (("kind",), ("apiVersion",), ("status",)):
+                continue
+            for value in [*ODD_VALUES, "delete", "unknown"]:
+                changed = copy.deepcopy(doc)
+                parent = functools.reduce(lambda v, k: v[k], path[:-1], changed)
+                if value == "delete":
+                    if not isinstance(parent, dict):
+                        continue
+                    del parent[path[-1]]
+                elif value == "unknown":
+                    if not isinstance(parent, dict):
+                        continue
+                    parent["notAField"] = 1
+                else:
+                    parent[path[-1]] = copy.deepcopy(value)
+                out.append(changed)
+    return out
+
+
+def test_the_fast_converter_refuses_every_single_change_the_detailed_one_refuses() -> None:
+    refused = 0
+    for doc in _single_mutations():
+        fast, detailed = _structured(FAST_CONVERTER, doc), _structured(CONVERTER, doc)
+        if isinstance(detailed, type):
+            refused += 1
+            assert isinstance(fast, type), f"only the detailed converter refuses {doc}"
+        else:
+            assert fast == detailed
+    assert refused > 1000  # the mutations do reach the checks
+
+
+def test_the_corpus_covers_every_kind() -> None:
+    assert {d["kind"] for d in CORPUS} == set(BY_KIND)

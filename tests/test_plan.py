@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import copy
 import itertools
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from gateway.api import corev1
 from gateway.api.convert import structure_document
 from gateway.api.kinds import Document, ObjectKey
+from gateway.store import metadata
 from gateway.store.plan import Action, Change, Conflict, carry_private_keys, merge_patch, plan
 
 T0 = "2026-01-01T00:00:00Z"
@@ -363,3 +365,14 @@ def test_merge_patch_on_a_document() -> None:
         "spec": {"ports": [{"port": 8443}], "type": "ClusterIP"},
     }
     assert wire["metadata"]["labels"] == {"a": "1", "b": "2"}, "nested objects are copied"
+
+
+def test_uids_are_distinct_random_version_4_uuids() -> None:
+    # Drawn in batches (store/metadata.py); every one must still be a well-formed uuid4.
+    uids = [metadata.uid_source()() for _ in range(20)]
+    source = metadata.uid_source()
+    uids += [source() for _ in range(3000)]
+    assert len(set(uids)) == len(uids)
+    for uid in uids:
+        parsed = uuid.UUID(uid)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, uid)

@@ -10,7 +10,6 @@ once). A failed commit changes nothing in memory.
 from __future__ import annotations
 
 import functools
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -21,6 +20,7 @@ from gateway.api.convert import encode_json, structure_document, unstructure_doc
 from gateway.api.kinds import Document, ObjectKey, key_of
 from gateway.routing.snapshot import Snapshot
 from gateway.store.plan import Action, Change, Conflict, merge_patch, plan
+from gateway.store.metadata import uid_source
 from gateway.store.sqlite import Store
 from gateway.store.state import State, utc_now
 
@@ -162,7 +162,7 @@ class WritePath:
             documents,
             now=now,
             resource_version=str(revision),
-            new_uid=lambda: str(uuid.uuid4()),
+            new_uid=uid_source(),
             expected_versions=expected_versions,
         )
         if len(documents) > PLAN_ON_THREAD:
