@@ -264,7 +264,7 @@ metadata: {name: ca, namespace: apps, labels: {team: db}}
 data: {ca.crt: "-----BEGIN CERTIFICATE-----"}
 """
 CORPUS = _corpus()
-ODD_VALUES = [None, 0, -1, 1.5, True, "", "x", "443", [], [1], {}, {"a": 1}, [{}]]
+ODD_VALUES: list[Any] = [None, 0, -1, 1.5, True, "", "x", "443", [], [1], {}, {"a": 1}, [{}]]
 
 
 def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -280,7 +280,7 @@ def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 
 @st.composite
 def mutated(draw: st.DrawFn) -> dict[str, Any]:
-    doc = copy.deepcopy(draw(st.sampled_from(CORPUS)))
+    doc: dict[str, Any] = copy.deepcopy(draw(st.sampled_from(CORPUS)))
     doc.pop("status", None)
     for _ in range(draw(st.integers(1, 3))):
         paths = [p for p in _paths(doc)[1:] if p not in (("kind",), ("apiVersion",))]
@@ -302,7 +302,7 @@ def _structured(converter: Any, doc: dict[str, Any]) -> object:
     info = BY_KIND[doc["kind"]]
     try:
         return converter.get_structure_hook(info.cls)(doc, info.cls)
-    except Exception as exc:  # noqa: BLE001  (which one is not the point: whether both fail)
+    except Exception as exc:  # which one is not the point: whether both fail
         return type(exc)
 
 

@@ -15,7 +15,7 @@ import pytest
 from gateway.api import corev1
 from gateway.api.convert import structure_document
 from gateway.api.kinds import Document, ObjectKey
-from gateway.store import metadata
+from gateway.store import writes
 from gateway.store.plan import Action, Change, Conflict, carry_private_keys, merge_patch, plan
 
 T0 = "2026-01-01T00:00:00Z"
@@ -369,8 +369,8 @@ def test_merge_patch_on_a_document() -> None:
 
 def test_uids_are_distinct_random_version_4_uuids() -> None:
     # Drawn in batches (store/metadata.py); every one must still be a well-formed uuid4.
-    uids = [metadata.uid_source()() for _ in range(20)]
-    source = metadata.uid_source()
+    uids = [writes.uid_source()() for _ in range(20)]
+    source = writes.uid_source()
     uids += [source() for _ in range(3000)]
     assert len(set(uids)) == len(uids)
     for uid in uids:

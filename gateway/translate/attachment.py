@@ -154,4 +154,3 @@ def selector_matches(selector: model.LabelSelector, labels: Mapping[str, str]) -
         if req.operator == SelectorOperator.DOES_NOT_EXIST and present:
             return False
     return True
-
