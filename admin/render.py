@@ -29,9 +29,12 @@ class Renderer:
         doc: Document,
         statuses: Mapping[ObjectKey, Status],
         stored: Mapping[ObjectKey, str] | None = None,
+        status_texts: dict[int, str] | None = None,
     ) -> str:
         """`with_status(doc, statuses)` as JSON text. `stored`: the JSON text a write just
-        stored (`Outcome.texts`), reused for kinds without private keys."""
+        stored (`Outcome.texts`), reused for kinds without private keys. `status_texts`: the
+        JSON text of each status already rendered by this call, by identity (routes attached
+        alike share one status value: translate/statuses.py)."""
         key = key_of(doc)
         status = statuses.get(key)
         cached = self._texts.get(key)
@@ -42,7 +45,12 @@ class Renderer:
             text = dumps(with_status(doc, statuses))
         elif status is not None:
             # with_status adds "status" last: the same text, without unstructuring again.
-            text = f'{text[:-1]},"status":{dumps(CONVERTER.unstructure(status))}}}'
+            status_text = status_texts.get(id(status)) if status_texts is not None else None
+            if status_text is None:
+                status_text = dumps(CONVERTER.unstructure(status))
+                if status_texts is not None:  # `statuses` keeps it alive: the id stays its own
+                    status_texts[id(status)] = status_text
+            text = f'{text[:-1]},"status":{status_text}}}'
         self._texts[key] = (doc, status, text)
         return text
 
@@ -55,7 +63,8 @@ class Renderer:
     ) -> str:
         """A JSON array of the documents; `extra`: per document, members (JSON text) to add,
         as `"action":"created"`."""
-        texts = [self.item(doc, statuses, stored) for doc in docs]
+        status_texts: dict[int, str] = {}
+        texts = [self.item(doc, statuses, stored, status_texts) for doc in docs]
         if extra is not None:
             texts = [f"{text[:-1]},{more}}}" for text, more in zip(texts, extra, strict=True)]
         return "[" + ",".join(texts) + "]"
