@@ -20,11 +20,13 @@ from admin.errors import ApiError
 from admin.known import KnownDocuments
 from admin.render import Renderer, list_text
 from admin.requests import (
+    BULK_BODY,
     MANY_DOCUMENTS,
     MERGE_PATCH,
     admit_bundle,
     admit_one,
     body_documents,
+    body_of,
     content_type,
     delete_options,
     dry_run_requested,
@@ -171,10 +173,17 @@ class Views:
 
     async def apply_view(self) -> Response:
         dry_run = dry_run_requested()
-        raws = await body_documents(allow_many=True)
-        many = len(raws) > MANY_DOCUMENTS
-        with collector.bulk(many):
-            return await self._apply(raws, many=many, dry_run=dry_run)
+        data = await read_body()
+        with collector.bulk(len(data) > BULK_BODY):
+            raws = await body_of(data, allow_many=True)
+            del data
+            many = len(raws) > MANY_DOCUMENTS
+            try:
+                with collector.bulk(many):
+                    return await self._apply(raws, many=many, dry_run=dry_run)
+            finally:
+                if many:
+                    collector.discard(raws)  # a million objects: not freed on the loop
 
     async def _apply(self, raws: list[Any], *, many: bool, dry_run: bool) -> Response:
         documents = self.writes.documents
@@ -184,6 +193,11 @@ class Views:
         if not dry_run:
             stored = self.writes.documents
             await off_loop(many, lambda: self.known.remember(matched, bundle, stored))
+        if many:
+            # The admitted documents (the store keeps copies with server metadata) and the
+            # matches are most of a million objects: freed off the loop (collector.py).
+            collector.discard(matched)
+            collector.discard(bundle)
         revision = self.writes.revision
         if dry_run:
 
@@ -203,7 +217,7 @@ class Views:
 
             return await rendered(body, 200, many=many)
 
-        def text() -> str:
+        def text() -> list[bytes]:
             self.renderer.prune(self.writes.documents)
             items = self.renderer.items(
                 (c.document for c in outcome.changes),
@@ -213,7 +227,7 @@ class Views:
             )
             return list_text(items, revision)
 
-        return text_response(await off_loop(many, lambda: text().encode()), 200)
+        return text_response(await off_loop(many, text), 200)
 
     async def collection(self, plural: str) -> Response:
         info = kind_info(plural)
@@ -223,12 +237,12 @@ class Views:
             statuses, documents = self.writes.snapshot.statuses, self.writes.documents
             revision = self.writes.revision
 
-            def text() -> str:
+            def text() -> list[bytes]:
                 found = list_of(documents, info.kind, namespace)
                 return list_text(self.renderer.items(found, statuses), revision)
 
             many = len(documents) > MANY_DOCUMENTS
-            return text_response(await off_loop(many, lambda: text().encode()), 200)
+            return text_response(await off_loop(many, text), 200)
         (raw,) = await body_documents(allow_many=False)
         namespace_from_query(raw, info)
         doc = admit_one(raw, info)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from admin.render import Renderer, list_text
+from admin.render import CHUNK_ITEMS, Renderer, list_text
 from gateway.api.convert import encode_json, unstructure_document, with_status
 from gateway.api.kinds import key_of
 
@@ -47,7 +47,7 @@ def test_spliced_and_cached_texts_are_what_with_status_renders() -> None:
             expected = json.dumps(with_status(doc, snapshot.statuses), separators=(",", ":"))
             assert renderer.item(doc, snapshot.statuses, texts) == expected
     listed = json.loads(
-        list_text(renderer.items(docs, snapshot.statuses, ['"a":1'] * len(docs)), "7")
+        b"".join(list_text(renderer.items(docs, snapshot.statuses, ['"a":1'] * len(docs)), "7"))
     )
     assert listed["metadata"] == {"resourceVersion": "7"}
     assert [i["a"] for i in listed["items"]] == [1] * len(docs)
@@ -65,3 +65,17 @@ def test_a_new_status_is_rendered_anew() -> None:
     after = renderer.item(route, world.snapshot.statuses)  # type: ignore[union-attr]
     assert before != after
     assert "NoMatchingParent" in after
+
+
+def test_a_long_list_is_made_in_chunks_that_join_into_one_list() -> None:
+    world = World()
+    statuses = world.apply(GATEWAY_CLASS + "---" + ROUTES).statuses
+    doc = next(d for d in world.docs.values() if d.kind == "TLSRoute")
+    count = 2 * CHUNK_ITEMS + 3
+    chunks = list_text(Renderer().items([doc] * count, statuses), "9")
+    assert len(chunks) == 3 + 2  # three chunks of items between the head and the tail
+    listed = json.loads(b"".join(chunks))
+    assert len(listed["items"]) == count
+    assert all(item["metadata"]["name"] == "db" for item in listed["items"])
+    empty = json.loads(b"".join(list_text(Renderer().items([], statuses), "9")))
+    assert empty["items"] == []
