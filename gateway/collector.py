@@ -26,8 +26,8 @@ import gc
 import queue
 import threading
 from collections.abc import Iterator
-from typing import Any
 from contextlib import contextmanager
+from typing import Any
 
 #: Objects made during bulk work above which they are frozen rather than collected.
 FREEZE_ABOVE = 50_000

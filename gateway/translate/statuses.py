@@ -175,7 +175,14 @@ def route_status(
         return None
     generation = route.metadata.generation or 1
     if previous is None and fresh is not None:
-        memo_key = (generation, result.resolved, *_fresh_parents(claims, key, result))
+        memo_key: Hashable
+        if len(result.parents) == 1:  # the common case, without a list
+            parent = result.parents[0]
+            draft = parent.accepted
+            message = _accepted_message(claims, key, parent) if draft.status else ""
+            memo_key = (generation, result.resolved, parent.ref, draft, message)
+        else:
+            memo_key = (generation, result.resolved, *_fresh_parents(claims, key, result))
         status = fresh.get(memo_key)
         if status is None:
             status = fresh[memo_key] = _route_status(key, result, claims, None, generation, now)
