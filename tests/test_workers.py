@@ -10,12 +10,15 @@ import re
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
+from gateway.cli.env import quota_cpus
 from gateway.dataplane.plane import PlaneConfig
 from gateway.dataplane.proxy import ProxyConfig
 from gateway.store.state import State
@@ -247,3 +250,61 @@ async def test_a_channel_reset_by_an_exiting_worker_is_not_an_error() -> None:
         await supervisor._listen(stream, worker)
         await supervisor._feed(stream, worker)
     await stream.aclose()
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "cpus"),
+    [
+        ("max 100000", None),
+        ("100000 100000", 1),
+        ("150000 100000", 2),  # rounded up
+        ("50000 100000", 1),
+        ("400000 100000\n", 4),
+        ("junk", None),
+        ("0 100000", None),
+    ],
+)
+def test_cgroup_cpu_quota_in_whole_cpus(cpu_max: str, cpus: int | None) -> None:
+    assert quota_cpus(cpu_max) == cpus
+
+
+def test_auto_workers_follow_the_cgroup_cpu_quota(tmp_path: Path) -> None:
+    """`--workers auto` in a container limited to one CPU is one worker, whatever the host
+    has: a real cgroup with a quota, and a real process in it."""
+    v1 = Path("/sys/fs/cgroup/cpu")
+    v2 = Path("/sys/fs/cgroup")
+    if os.geteuid() != 0:
+        pytest.skip("making a cgroup needs root")
+    if (v1 / "cpu.cfs_quota_us").exists():
+        group = v1 / f"tlsgate-test-{os.getpid()}"
+        limit = {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "100000"}
+    elif (v2 / "cgroup.controllers").exists() and "cpu" in (v2 / "cgroup.controllers").read_text():
+        group = v2 / f"tlsgate-test-{os.getpid()}"
+        limit = {"cpu.max": "100000 100000"}
+    else:
+        pytest.skip("no cgroup CPU controller here to set a quota with")
+    try:
+        group.mkdir()
+    except OSError as exc:
+        pytest.skip(f"cannot make a cgroup here: {exc}")
+    try:
+        for name, value in limit.items():
+            (group / name).write_text(value)
+        script = "from gateway.cli.env import usable_cpus; print(usable_cpus())"
+        inside = subprocess.run(
+            [
+                "sh",
+                "-c",
+                f'echo $$ > {group}/cgroup.procs && exec "$0" -c "$1"',
+                sys.executable,
+                script,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+            cwd=Path(__file__).parent.parent,
+        )
+        assert inside.stdout.strip() == "1"
+    finally:
+        group.rmdir()

@@ -74,11 +74,61 @@ def admin_address(value: str) -> tuple[str, int] | None:
 
 
 def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
+    """The CPUs this process may use: its affinity mask (not the machine's count), capped by
+    its cgroup's CPU quota (a container limited to 2 CPUs on a 64-core host runs 2 workers,
+    not 64, as the Go runtime and nginx's `worker_processes auto` patches do)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        cpus = max(1, os.cpu_count() or 1)
+    quota = _cgroup_quota()
+    return min(cpus, quota) if quota is not None else cpus
+
+
+def quota_cpus(cpu_max: str) -> int | None:
+    """cgroup v2 `cpu.max` ("QUOTA PERIOD", or "max PERIOD" for none) -> whole CPUs, rounded
+    up (a quota of 1.5 CPUs can keep two workers busy part of the time)."""
+    parts = cpu_max.split()
+    if len(parts) != 2 or parts[0] == "max":
+        return None
+    try:
+        quota, period = int(parts[0]), int(parts[1])
+    except ValueError:
+        return None
+    if quota <= 0 or period <= 0:
+        return None
+    return max(1, -(-quota // period))
+
+
+def _cgroup_quota() -> int | None:
+    """The CPU quota of this process's cgroup, if it has one: cgroup v2 (`cpu.max`, where
+    it is mounted alone or beside v1), else v1 (`cpu.cfs_quota_us` / `cpu.cfs_period_us`)."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = [line.split(":", 2) for line in f.read().splitlines()]
+    except OSError:
+        return None
+    for _, controllers, path in (line for line in lines if len(line) == 3):
+        where = path.rstrip("/")
+        if controllers == "":  # v2
+            for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+                text = _read(f"{root}{where}/cpu.max")
+                if text is not None:
+                    return quota_cpus(text)
+        elif "cpu" in controllers.split(","):  # v1
+            base = f"/sys/fs/cgroup/{controllers}{where}"
+            quota, period = _read(f"{base}/cpu.cfs_quota_us"), _read(f"{base}/cpu.cfs_period_us")
+            if quota is not None and period is not None and quota.strip() != "-1":
+                return quota_cpus(f"{quota.strip()} {period.strip()}")
+    return None
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def workers_count(value: str) -> int:
