@@ -38,12 +38,11 @@ from admin.requests import (
     off_loop,
     parse_body,
     read_body,
-    rendered,
     run_write,
     text_response,
 )
 from gateway import collector
-from gateway.api.convert import with_status
+from gateway.api.convert import encode_json, with_status
 from gateway.api.kinds import Document, KindInfo, ObjectKey, key_of
 from gateway.metrics import Metrics
 from gateway.routing.explain import explain, table_to_wire
@@ -199,33 +198,21 @@ class Views:
             collector.discard(matched)
             collector.discard(bundle)
         revision = self.writes.revision
-        if dry_run:
-
-            def body() -> dict[str, Any]:
-                statuses = outcome.snapshot.statuses
-                return {
-                    "apiVersion": "v1",
-                    "kind": "List",
-                    "items": [
-                        with_status(c.document, statuses) | {"action": c.action.value}
-                        for c in outcome.changes
-                    ],
-                    "metadata": {"resourceVersion": revision},
-                    "dryRun": True,
-                    "routingTable": table_to_wire(outcome.snapshot),
-                }
-
-            return await rendered(body, 200, many=many)
 
         def text() -> list[bytes]:
-            self.renderer.prune(self.writes.documents)
+            if not dry_run:
+                self.renderer.prune(self.writes.documents)
             items = self.renderer.items(
                 (c.document for c in outcome.changes),
                 outcome.snapshot.statuses,
                 (f'"action":"{c.action.value}"' for c in outcome.changes),
                 outcome.texts,
+                keep=not dry_run,  # a preview's texts are not what is in force
             )
-            return list_text(items, revision)
+            if not dry_run:
+                return list_text(items, revision)
+            table = encode_json(table_to_wire(outcome.snapshot))
+            return list_text(items, revision, f'"dryRun":true,"routingTable":{table}')
 
         return text_response(await off_loop(many, text), 200)
 

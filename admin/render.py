@@ -30,6 +30,8 @@ class Renderer:
         statuses: Mapping[ObjectKey, Status],
         stored: Mapping[ObjectKey, str] | None = None,
         status_texts: dict[int, str] | None = None,
+        *,
+        keep: bool = True,
     ) -> str:
         """`with_status(doc, statuses)` as JSON text. `stored`: the JSON text a write just
         stored (`Outcome.texts`), reused for kinds without private keys. `status_texts`: the
@@ -51,7 +53,8 @@ class Renderer:
                 if status_texts is not None:  # `statuses` keeps it alive: the id stays its own
                     status_texts[id(status)] = status_text
             text = f'{text[:-1]},"status":{status_text}}}'
-        self._texts[key] = (doc, status, text)
+        if keep:
+            self._texts[key] = (doc, status, text)
         return text
 
     def items(
@@ -60,12 +63,14 @@ class Renderer:
         statuses: Mapping[ObjectKey, Status],
         extra: Iterable[str] | None = None,
         stored: Mapping[ObjectKey, str] | None = None,
+        *,
+        keep: bool = True,
     ) -> list[str]:
         """The members of a JSON array of the documents, comma-separated, in chunks of
         `CHUNK_ITEMS` (`list_text` puts them together); `extra`: per document, members (JSON
         text) to add, as `"action":"created"`."""
         status_texts: dict[int, str] = {}
-        texts = [self.item(doc, statuses, stored, status_texts) for doc in docs]
+        texts = [self.item(doc, statuses, stored, status_texts, keep=keep) for doc in docs]
         if extra is not None:
             texts = [f"{text[:-1]},{more}}}" for text, more in zip(texts, extra, strict=True)]
         return [",".join(texts[i : i + CHUNK_ITEMS]) for i in range(0, len(texts), CHUNK_ITEMS)]
@@ -85,12 +90,13 @@ class Renderer:
 CHUNK_ITEMS = 256
 
 
-def list_text(items: list[str], revision: str) -> list[bytes]:
+def list_text(items: list[str], revision: str, more: str = "") -> list[bytes]:
     """A Kubernetes List around the chunks made by `Renderer.items`, as the chunks of the
-    response body (UTF-8), never joined."""
+    response body (UTF-8), never joined. `more`: members (JSON text) to add after
+    `metadata`, as a dry run's `"dryRun":true`."""
     metadata = dumps({"resourceVersion": revision})
     body = [b'{"apiVersion":"v1","kind":"List","items":[']
     for index, chunk in enumerate(items):
         body.append(("," + chunk if index else chunk).encode())
-    body.append(f'],"metadata":{metadata}}}\n'.encode())
+    body.append(f'],"metadata":{metadata}{"," + more if more else ""}}}\n'.encode())
     return body
