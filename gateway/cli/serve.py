@@ -12,13 +12,12 @@ import sys
 
 from gateway.cli.env import ENV_ERRORS
 from gateway.cli.files import admit_files
+from gateway.dataplane.plane import SWITCH_INTERVAL
 from gateway.dataplane.sockets import is_loopback
 from gateway.logs import setup_logging
 
 #: Allocations between two young-generation collections (CPython's default is 700).
 GC_YOUNG_THRESHOLD = 10_000
-#: Seconds between the GIL hand-offs of a single-process gateway (CPython's default: 0.005).
-SWITCH_INTERVAL = 0.0002
 
 
 def _admin_token(args: argparse.Namespace) -> str | None:

@@ -18,6 +18,11 @@ from gateway.dataplane.proxy import Proxy
 log = logging.getLogger("gateway.server")
 
 
+#: Seconds between GIL hand-offs in a process whose event loop moves bytes while another
+#: thread works (CPython's default is 0.005: a connection would wait that long at each step).
+SWITCH_INTERVAL = 0.0002
+
+
 @attrs.frozen(kw_only=True)
 class PlaneConfig:
     #: Concurrent connections; above it new connections are closed at once.
