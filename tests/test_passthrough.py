@@ -237,6 +237,23 @@ async def test_silent_client_times_out_while_others_are_served(pki: Pki) -> None
                 await silent.aclose()
 
 
+async def test_a_connection_reaches_the_gateway_with_its_hello(pki: Pki) -> None:
+    """TCP_DEFER_ACCEPT: until the client speaks, the kernel holds the connection, so the
+    gateway reads the ClientHello at once on accept (no wait, no scheduler pass); once it
+    speaks it is served as usual."""
+    port = free_port()
+    with backends(pki, ("db", ["db.example.com"])) as (db,):
+        manifests = db_route(port, db.port)
+        async with running_gateway(manifests) as server:
+            with trio.fail_after(10):
+                silent = await trio.open_tcp_stream("127.0.0.1", port)
+                await trio.sleep(0.3)
+                assert server.proxy.active == 0  # not accepted yet: nothing was sent
+                async with tls_client(port, "db.example.com", pki.client_context()) as client:
+                    assert await client.call("PING") == "PONG"
+                await silent.aclose()
+
+
 @pytest.mark.parametrize("splice", [True, False], ids=["splice", "copy"])
 async def test_bulk_both_ways_and_half_close(pki: Pki, splice: bool) -> None:
     port = free_port()

@@ -144,7 +144,17 @@ class BoundSockets:
                 await trio.lowlevel.checkpoint()  # a flood of connections must not starve others
 
 
+#: Seconds the kernel may hold a connection whose client has sent nothing yet before the
+#: listener sees it (TCP_DEFER_ACCEPT). A TLS client (and a PostgreSQL one) speaks first, so a
+#: connection is accepted with its ClientHello already queued and is read at once, without a
+#: wait and a scheduler pass (~50 us a connection). A client that stays silent is accepted
+#: after about this long and then gets the hello timeout as before.
+DEFER_ACCEPT_SECONDS = 1
+
+
 def _bind(key: tuple[str, int], backlog: int, *, reuse_port: bool) -> socket.socket:
     sock = listening_socket(key[0], key[1], backlog, reuse_port=reuse_port)
     sock.setblocking(False)
+    if hasattr(socket, "TCP_DEFER_ACCEPT"):  # Linux
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT_SECONDS)
     return sock
