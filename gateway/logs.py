@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+import threading
+from typing import TextIO
+
+#: Formatted lines held while the writer thread cannot keep up (a stalled log reader); above
+#: this, new lines are dropped and counted, and the count is written when writing resumes.
+MAX_PENDING_BYTES = 8 << 20
 
 
 def setup_logging(level: str, log_format: str) -> None:
-    handler = logging.StreamHandler()
+    handler = WriterThreadHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
@@ -35,3 +42,89 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out)
+
+
+class WriterThreadHandler(logging.Handler):
+    """Formats a record on the caller's thread and writes it from a thread of its own.
+
+    The caller is usually the event loop (one access line per connection): a write to stderr
+    is a system call, and when whoever reads stderr (a terminal, journald, a container
+    runtime) falls behind, the pipe fills and the write blocks, which would stall every
+    connection of the process. Lines are written in order, batched as they accumulate while
+    a write is in progress; past MAX_PENDING_BYTES new ones are dropped and counted rather
+    than held without bound. `flush` (called at exit by `logging.shutdown`) writes what is
+    pending before it returns.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self.stream = stream
+        self._pending: list[str] = []
+        self._pending_bytes = 0
+        self.dropped = 0
+        self._wake = threading.Condition(threading.Lock())
+        #: Held while writing: `flush` and the writer thread never interleave their batches.
+        self._writing = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+        except Exception:  # as logging.StreamHandler does: report, never raise into the caller
+            self.handleError(record)
+            return
+        with self._wake:
+            if self._pending_bytes + len(line) > MAX_PENDING_BYTES:
+                self.dropped += 1
+                return
+            self._pending.append(line)
+            self._pending_bytes += len(line)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+                self._thread.start()
+            if len(self._pending) == 1:
+                self._wake.notify()
+
+    def _take(self) -> str:
+        """What is pending, as one text (the caller holds `_wake`)."""
+        batch = "".join(self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
+        if self.dropped:
+            notice = logging.LogRecord(
+                "gateway.logs",
+                logging.WARNING,
+                __file__,
+                0,
+                "%d log lines dropped: the log output could not keep up",
+                (self.dropped,),
+                None,
+            )
+            self.dropped = 0
+            batch += self.format(notice) + "\n"  # in the configured format, JSON included
+        return batch
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._pending and not self.dropped:
+                    self._wake.wait()
+            with self._writing:
+                with self._wake:
+                    batch = self._take()
+                self._write(batch)
+
+    def _write(self, batch: str) -> None:
+        if not batch:
+            return
+        try:
+            self.stream.write(batch)
+            self.stream.flush()
+        except (OSError, ValueError):  # stderr closed or gone: nothing left to tell
+            pass
+
+    def flush(self) -> None:
+        with self._writing:
+            with self._wake:
+                batch = self._take()
+            self._write(batch)
