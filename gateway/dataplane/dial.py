@@ -8,7 +8,6 @@ construction and scheduler passes cost more than the connect itself on loopback.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import socket
 from typing import Any
@@ -39,7 +38,7 @@ class Dialer:
         errors = []
         for attempt in range(min(CONNECT_ATTEMPTS, len(endpoints))):
             endpoint = endpoints[(start + attempt) % len(endpoints)]
-            record.endpoint = str(endpoint)
+            record.endpoint = endpoint.text
             with trio.move_on_after(self.connect_timeout):
                 try:
                     return await open_endpoint(endpoint)
@@ -57,21 +56,12 @@ class Dialer:
 async def open_endpoint(endpoint: Endpoint) -> socket.socket:
     """A non-blocking TCP connection to the endpoint; FQDN endpoints are resolved now (API.md:
     a docker-compose service name works)."""
-    try:
-        ipaddress.ip_address(endpoint.address)
-        addresses: list[tuple[int, tuple[Any, ...]]] = [
-            (
-                socket.AF_INET6 if ":" in endpoint.address else socket.AF_INET,
-                (endpoint.address, endpoint.port),
-            )
-        ]
-    except ValueError:
-        infos = await trio.socket.getaddrinfo(
-            endpoint.address, endpoint.port, type=socket.SOCK_STREAM
-        )
-        addresses = [(family, address) for family, _, _, _, address in infos]
+    if endpoint.ip_version:  # parsed once, with the snapshot
+        family = socket.AF_INET6 if endpoint.ip_version == 6 else socket.AF_INET
+        return await _connect_one(family, (endpoint.address, endpoint.port))
+    infos = await trio.socket.getaddrinfo(endpoint.address, endpoint.port, type=socket.SOCK_STREAM)
     error: OSError = OSError(f"{endpoint.address} did not resolve")
-    for family, address in addresses:
+    for family, _, _, _, address in infos:
         try:
             return await _connect_one(family, address)
         except OSError as exc:

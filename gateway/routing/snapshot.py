@@ -9,6 +9,7 @@ longest, then the hostname-less entry; no scan over listeners or routes.
 from __future__ import annotations
 
 import bisect
+import ipaddress
 import itertools
 from collections.abc import Mapping
 from enum import StrEnum
@@ -27,10 +28,23 @@ class Endpoint:
 
     address: str
     port: int
+    #: 4 or 6 for an IP address, 0 for a name to resolve; and `host:port` as logs write it.
+    #: Made once per endpoint (builds share endpoint values), not once per connection.
+    ip_version: int = field(init=False, eq=False, repr=False)
+    text: str = field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        version: int
+        try:
+            version = ipaddress.ip_address(self.address).version
+        except ValueError:
+            version = 0
+        object.__setattr__(self, "ip_version", version)
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        object.__setattr__(self, "text", f"{host}:{self.port}")
 
     def __str__(self) -> str:
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"{host}:{self.port}"
+        return self.text
 
 
 @frozen(kw_only=True)
