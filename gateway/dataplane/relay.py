@@ -5,13 +5,16 @@ I/O.
 Theory of operation. `relay` runs one pump per direction: this task pumps client -> backend,
 a child task backend -> client, in one nursery inside the transfer's cancel scope.
 
-- Rounds. A pump waits readable, then asks the kernel how much is waiting (FIONREAD). Bulk
-  goes socket -> pipe -> socket with `os.splice` and never enters Python (STACK-NOTES.md
-  "Relaying bytes": ~0.25 CPU-s per GiB against ~1.1 with receive/send); a small message (a
-  handshake flight, a request) is cheaper as one read and one write, since a splice round
-  costs ~30 us whatever its size. After a bulk round the pump checkpoints and goes on; after
-  a small one it waits again. Pipes come from a shared, bounded pool and are held only while
-  a chunk is in flight, so an idle connection holds none.
+- Rounds. A pump waits readable. After a small message (and at the start) it reads up to
+  SPLICE_MIN bytes at once and writes them: a handshake flight or a request is one read and
+  one write, cheaper so than a splice round (~30 us whatever its size). A read that fills
+  its buffer means bulk: then, round after round without waiting (checkpointing between
+  them), the pump asks the kernel how much is waiting (FIONREAD) and moves it socket -> pipe
+  -> socket with `os.splice`, never entering Python (STACK-NOTES.md "Relaying bytes": ~0.25
+  CPU-s per GiB against ~1.1 with receive/send), or by one copy when it is little; a round
+  that finds less than a buffer's worth waiting ends the bulk. Pipes come from a shared,
+  bounded pool and are held only while a chunk is in flight, so an idle connection holds
+  none.
 - Full duplex. The two pumps share nothing but the transfer's counters and deadline; each
   waits only readable on its source and writable on its destination, which Trio allows on one
   socket from two tasks.
@@ -131,13 +134,6 @@ async def relay(
             await _pump(client, backend, transfer, pool, True)
 
 
-def _waiting(fd: int) -> int:
-    """Bytes in the socket's receive queue (FIONREAD); 0 at EOF."""
-    count = array.array("i", [0])
-    fcntl.ioctl(fd, termios.FIONREAD, count, True)
-    return count[0]
-
-
 async def _pump(
     src: socket.socket,
     dst: socket.socket,
@@ -146,27 +142,44 @@ async def _pump(
     upstream: bool,
 ) -> None:
     src_fd, dst_fd = src.fileno(), dst.fileno()
+    bulk = False  # the last round found a buffer's worth or more: more is probably coming
+    wait = True
     while True:
-        await trio.lowlevel.wait_readable(src)
-        while True:
+        if wait:
+            await trio.lowlevel.wait_readable(src)
+        if bulk:
+            # Mid-stream: how much is waiting decides between splice and a copy.
             waiting = _waiting(src_fd)
             if pool is not None and waiting >= SPLICE_MIN:
                 moved = await _splice_round(src_fd, dst, dst_fd, pool)
             else:
                 moved = await _copy_round(src_fd, dst, min(max(waiting, 4096), CHUNK))
-            if moved is None:
-                break  # nothing there after all
-            if moved == 0:
-                _send_eof(dst)
-                return
-            if upstream:
-                transfer.up += moved
-            else:
-                transfer.down += moved
-            transfer.progress()
-            if waiting < SPLICE_MIN:
-                break  # a small message was all there was: wait for the next
+            more = waiting >= SPLICE_MIN
+        else:
+            # After a small message (or at the start): most likely another one, read at once.
+            moved = await _copy_round(src_fd, dst, SPLICE_MIN)
+            more = moved is not None and moved >= SPLICE_MIN
+        if moved is None:
+            bulk, wait = False, True  # nothing there after all
+            continue
+        if moved == 0:
+            _send_eof(dst)
+            return
+        if upstream:
+            transfer.up += moved
+        else:
+            transfer.down += moved
+        transfer.progress()
+        bulk, wait = more, not more
+        if more:
             await trio.lowlevel.checkpoint()  # bulk: keep going, but let others run
+
+
+def _waiting(fd: int) -> int:
+    """Bytes in the socket's receive queue (FIONREAD); 0 at EOF."""
+    count = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, count, True)
+    return count[0]
 
 
 async def _copy_round(src_fd: int, dst: socket.socket, size: int) -> int | None:
