@@ -10,11 +10,14 @@ import json
 import logging
 import sys
 import threading
+import time
 from typing import TextIO
 
 #: Formatted lines held while the writer thread cannot keep up (a stalled log reader); above
 #: this, new lines are dropped and counted, and the count is written when writing resumes.
 MAX_PENDING_BYTES = 8 << 20
+#: How long the writer gathers lines before it writes them: the most a line waits.
+BATCH_SECONDS = 0.05
 
 
 def setup_logging(level: str, log_format: str) -> None:
@@ -50,8 +53,8 @@ class WriterThreadHandler(logging.Handler):
     The caller is usually the event loop (one access line per connection): a write to stderr
     is a system call, and when whoever reads stderr (a terminal, journald, a container
     runtime) falls behind, the pipe fills and the write blocks, which would stall every
-    connection of the process. Lines are written in order, batched as they accumulate while
-    a write is in progress; past MAX_PENDING_BYTES new ones are dropped and counted rather
+    connection of the process. Lines are written in order, in batches gathered for up to
+    BATCH_SECONDS; past MAX_PENDING_BYTES new ones are dropped and counted rather
     than held without bound. `flush` (called at exit by `logging.shutdown`) writes what is
     pending before it returns.
     """
@@ -66,6 +69,8 @@ class WriterThreadHandler(logging.Handler):
         #: Held while writing: `flush` and the writer thread never interleave their batches.
         self._writing = threading.Lock()
         self._thread: threading.Thread | None = None
+        #: The writer waits for a notification (nothing was pending); else it wakes by itself.
+        self._sleeping = False
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -82,7 +87,10 @@ class WriterThreadHandler(logging.Handler):
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
                 self._thread.start()
-            if len(self._pending) == 1:
+            if self._sleeping:
+                # Only the first line after a quiet spell wakes the writer: waking a thread
+                # (and handing it the GIL) per line cost more than formatting the line.
+                self._sleeping = False
                 self._wake.notify()
 
     def _take(self) -> str:
@@ -108,7 +116,11 @@ class WriterThreadHandler(logging.Handler):
         while True:
             with self._wake:
                 while not self._pending and not self.dropped:
+                    self._sleeping = True
                     self._wake.wait()
+            # Lines keep coming while a connection burst lasts: gather them for a moment and
+            # write them in one call, woken by nobody.
+            time.sleep(BATCH_SECONDS)
             with self._writing:
                 with self._wake:
                     batch = self._take()
