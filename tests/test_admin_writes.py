@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import trio
+
+from admin.render import CHUNK_ITEMS
 
 from .harness import admin_gateway, db_route, free_port
 from .test_admin import PATCH, assert_status, route
@@ -290,3 +293,41 @@ async def test_lists_show_the_status_in_force_not_a_rendered_copy(tmp_path: Path
         )
         assert resolved(again) == {"ResolvedRefs"}
         assert {i["action"] for i in again.json()["items"]} == {"unchanged"}
+
+
+async def test_long_answers_come_in_chunks_that_make_one_document(tmp_path: Path) -> None:
+    """Answers over CHUNK_ITEMS documents are sent as chunks (admin/render.py), with the
+    Content-Length of their sum: apply, its dry run and a list all parse as one JSON value
+    holding every document, over HTTP/1.1 and HTTP/1.0 alike."""
+    count = 2 * CHUNK_ITEMS + 7
+    routes = [route(name=f"c{i}", hostname=f"c{i}.example.com") for i in range(count)]
+    body = {"apiVersion": "v1", "kind": "List", "items": routes}
+    async with (
+        admin_gateway(tmp_path / "state") as (_, url),
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        applied = await http.post("/v1/apply", json=body)
+        assert applied.status_code == 200, applied.text[:200]
+        assert int(applied.headers["content-length"]) == len(applied.content)
+        assert [i["metadata"]["name"] for i in applied.json()["items"]] == [
+            f"c{i}" for i in range(count)
+        ]
+        preview = await http.post("/v1/apply", params={"dryRun": "All"}, json=body)
+        assert preview.json()["dryRun"] is True
+        assert {i["action"] for i in preview.json()["items"]} == {"unchanged"}
+        assert preview.json()["routingTable"]["binds"] == []  # no Gateway: nothing bound
+        listed = await http.get("/v1/tlsroutes")
+        assert len(listed.json()["items"]) == count
+        assert listed.json()["metadata"]["resourceVersion"]
+    # The same list over HTTP/1.0 (no chunked transfer encoding to fall back on).
+    async with admin_gateway(tmp_path / "state") as (_, url):
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(b"GET /v1/tlsroutes HTTP/1.0\r\nHost: x\r\n\r\n")
+            raw = bytearray()
+            while chunk := await stream.receive_some(1 << 16):
+                raw += chunk
+        head, _, payload = bytes(raw).partition(b"\r\n\r\n")
+        assert head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")), head[:80]
+        assert len(json.loads(payload)["items"]) == count
