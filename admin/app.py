@@ -173,13 +173,13 @@ class Views:
     async def apply_view(self) -> Response:
         dry_run = dry_run_requested()
         data = await read_body()
+        # One bulk section from the parse on: a body this large is many documents.
         with collector.bulk(len(data) > BULK_BODY):
             raws = await body_of(data, allow_many=True)
             del data
             many = len(raws) > MANY_DOCUMENTS
             try:
-                with collector.bulk(many):
-                    return await self._apply(raws, many=many, dry_run=dry_run)
+                return await self._apply(raws, many=many, dry_run=dry_run)
             finally:
                 if many:
                     collector.discard(raws)  # a million objects: not freed on the loop

@@ -175,15 +175,6 @@ async def off_loop(many: bool, work: Callable[[], T]) -> T:
     return await trio.to_thread.run_sync(work, limiter=_PARSERS)
 
 
-async def rendered(body: Callable[[], Any], code: int, *, many: bool) -> Response:
-    """A JSON response whose body is made (and serialised) off the loop when it is large."""
-
-    def encoded() -> bytes:
-        return (dumps(body()) + "\n").encode()
-
-    return Response(await off_loop(many, encoded), code, content_type="application/json")
-
-
 async def parse_body(parse: Callable[[bytes], Any], data: bytes) -> Any:
     if len(data) <= PARSE_IN_THREAD:
         return parse(data)

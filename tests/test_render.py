@@ -10,16 +10,11 @@ from gateway.api.convert import encode_json, unstructure_document, with_status
 from gateway.api.kinds import key_of
 
 from .helpers import GATEWAY_CLASS, World
+from .test_translate import GATEWAY
 
-ROUTES = """
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: infra}
-spec:
-  gatewayClassName: tlsgate
-  listeners:
-  - {name: tls, port: 443, protocol: TLS, tls: {mode: Passthrough}}
----
+ROUTES = (
+    GATEWAY
+    + """---
 apiVersion: gateway.networking.k8s.io/v1
 kind: TLSRoute
 metadata: {name: db, namespace: infra}
@@ -34,6 +29,7 @@ metadata: {name: cert, namespace: infra}
 type: kubernetes.io/tls
 stringData: {tls.crt: not-a-certificate, tls.key: very-secret}
 """
+)
 
 
 def test_spliced_and_cached_texts_are_what_with_status_renders() -> None:

@@ -8,7 +8,6 @@ Pure.
 from __future__ import annotations
 
 import functools
-import ipaddress
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -293,18 +292,3 @@ def _matches(regex: re.Pattern[str], value: str) -> bool:
     """Cached: a bundle repeats its groups, kinds, namespaces and label values thousands of
     times."""
     return regex.match(value) is not None
-
-
-@functools.lru_cache(maxsize=65536)
-def ip_version(address: str) -> int | None:
-    """4 or 6 for an IP address, None for anything else. Cached: a bundle of 10,000
-    EndpointSlices names a handful of distinct addresses, and a failed parse raises."""
-    if ":" not in address and not address.replace(".", "").isdigit():
-        # Neither IPv6 (which always has a colon) nor dotted decimal IPv4 (the only form
-        # `ipaddress` takes): a hostname, answered without a failed parse (route hostnames
-        # are all distinct, so the cache does not help them).
-        return None
-    try:
-        return ipaddress.ip_address(address).version
-    except ValueError:
-        return None

@@ -17,8 +17,8 @@ from gateway.api.admission_checks import (
     DNS1123_SUBDOMAIN,
     IANA_SVC_NAME,
     Checker,
-    ip_version,
 )
+from gateway.api.names import ip_version
 
 
 def admit_service(c: Checker, doc: corev1.Service) -> None:

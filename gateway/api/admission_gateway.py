@@ -17,12 +17,17 @@ from gateway.api.admission_checks import (
     LABEL_VALUE,
     PROTOCOL,
     Checker,
-    ip_version,
     secret_ref,
     selector,
     show_value,
 )
-from gateway.api.names import FromNamespaces, FrontendValidationMode, ProtocolType, TLSMode
+from gateway.api.names import (
+    FromNamespaces,
+    FrontendValidationMode,
+    ProtocolType,
+    TLSMode,
+    ip_version,
+)
 
 
 def admit_gateway_class(c: Checker, doc: model.GatewayClass) -> None:

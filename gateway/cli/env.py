@@ -103,11 +103,10 @@ def quota_cpus(cpu_max: str) -> int | None:
 def _cgroup_quota() -> int | None:
     """The CPU quota of this process's cgroup, if it has one: cgroup v2 (`cpu.max`, where
     it is mounted alone or beside v1), else v1 (`cpu.cfs_quota_us` / `cpu.cfs_period_us`)."""
-    try:
-        with open("/proc/self/cgroup") as f:
-            lines = [line.split(":", 2) for line in f.read().splitlines()]
-    except OSError:
+    memberships = _read("/proc/self/cgroup")
+    if memberships is None:
         return None
+    lines = [line.split(":", 2) for line in memberships.splitlines()]
     for _, controllers, path in (line for line in lines if len(line) == 3):
         where = path.rstrip("/")
         if controllers == "":  # v2

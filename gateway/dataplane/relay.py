@@ -142,10 +142,9 @@ async def _pump(
     upstream: bool,
 ) -> None:
     src_fd, dst_fd = src.fileno(), dst.fileno()
-    bulk = False  # the last round found a buffer's worth or more: more is probably coming
-    wait = True
+    bulk = False  # the last round found a buffer's worth or more: go on without waiting
     while True:
-        if wait:
+        if not bulk:
             await trio.lowlevel.wait_readable(src)
         if bulk:
             # Mid-stream: how much is waiting decides between splice and a copy.
@@ -160,7 +159,7 @@ async def _pump(
             moved = await _copy_round(src_fd, dst, SPLICE_MIN)
             more = moved is not None and moved >= SPLICE_MIN
         if moved is None:
-            bulk, wait = False, True  # nothing there after all
+            bulk = False  # nothing there after all
             continue
         if moved == 0:
             _send_eof(dst)
@@ -170,7 +169,7 @@ async def _pump(
         else:
             transfer.down += moved
         transfer.progress()
-        bulk, wait = more, not more
+        bulk = more
         if more:
             await trio.lowlevel.checkpoint()  # bulk: keep going, but let others run
 

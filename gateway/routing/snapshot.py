@@ -9,7 +9,6 @@ longest, then the hostname-less entry; no scan over listeners or routes.
 from __future__ import annotations
 
 import bisect
-import ipaddress
 import itertools
 from collections.abc import Mapping
 from enum import StrEnum
@@ -17,7 +16,7 @@ from enum import StrEnum
 from attrs import field, frozen
 
 from gateway.api.kinds import ObjectKey
-from gateway.api.names import NamespacedName
+from gateway.api.names import NamespacedName, ip_version
 from gateway.api.status import Status
 from gateway.routing.hostnames import normalize_sni, specificity, wildcard_suffixes
 
@@ -34,12 +33,7 @@ class Endpoint:
     text: str = field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        version: int
-        try:
-            version = ipaddress.ip_address(self.address).version
-        except ValueError:
-            version = 0
-        object.__setattr__(self, "ip_version", version)
+        object.__setattr__(self, "ip_version", ip_version(self.address) or 0)
         host = f"[{self.address}]" if ":" in self.address else self.address
         object.__setattr__(self, "text", f"{host}:{self.port}")
 
