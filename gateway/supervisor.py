@@ -4,9 +4,10 @@ snapshot, know what each runs, restart the dead, stop them all (API.md "Process 
 I/O. One task per worker slot keeps a worker alive: it starts `python -m
 gateway.dataplane.worker` with one end of a socket pair, sends `Start` and the snapshot in
 force, then at every swap a `Patch` from the snapshot it sent last (or a new `Install` when
-that is not smaller); it reads `Running` (generation, bind failures,
-open connections) and `Counters`. When the process exits the slot logs it, counts a restart
-and starts another at once; the other workers and their connections are untouched.
+it would touch over `patch.MAX_PATCHED_TARGETS` route targets); it reads `Running`
+(generation, bind failures, open connections) and `Counters`. When the process exits the
+slot logs it, counts a restart and starts another at once; the other workers and their
+connections are untouched.
 
 "Acknowledged means in force": `wait_in_force(g)` returns once every live worker reports a
 generation of at least g; the write path awaits it before answering. A worker that dies

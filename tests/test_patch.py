@@ -9,7 +9,7 @@ import pytest
 
 from gateway.api.bundle import admit_all
 from gateway.api.kinds import Document, ObjectKey
-from gateway.routing.patch import PatchMismatch, apply, diff
+from gateway.routing.patch import MAX_PATCHED_TARGETS, PatchMismatch, apply, diff
 from gateway.store import metadata
 from gateway.store.state import State
 
@@ -124,3 +124,30 @@ def test_a_listener_change_replaces_the_bind() -> None:
     assert patch is not None
     assert set(patch.binds) == {("0.0.0.0", 443)}
     assert apply(before, patch).binds == state.snapshot.binds
+
+
+def test_a_listener_without_routes_keeps_its_bind_across_unrelated_writes() -> None:
+    state = State()
+    raws = _world(3)
+    raws[1]["spec"]["listeners"].append(
+        {"name": "idle", "port": 8443, "protocol": "TLS", "tls": {"mode": "Passthrough"}}
+    )
+    state.replace_documents(_stored(raws))
+    before = state.snapshot
+    state.put(_stored([_route(1, "x.example.com")], state))
+    assert state.snapshot.binds[("0.0.0.0", 8443)] is before.binds[("0.0.0.0", 8443)]
+    patch = diff(before, state.snapshot)
+    assert patch is not None
+    assert patch.binds == {}  # only the route target that moved
+
+
+def test_a_large_bind_replaced_whole_goes_as_a_whole_snapshot() -> None:
+    # A patch is encoded on the supervisor's loop; a whole snapshot on a thread.
+    state = State()
+    raws = _world(MAX_PATCHED_TARGETS + 10)
+    state.replace_documents(_stored(raws))
+    before = state.snapshot
+    gateway = raws[1]
+    gateway["spec"]["listeners"][0]["hostname"] = "*.example.com"
+    state.put(_stored([gateway], state))
+    assert diff(before, state.snapshot) is None

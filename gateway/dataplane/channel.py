@@ -7,9 +7,10 @@ length and the pickle.
 
 Main -> worker: `Start` once, then `Install` with a whole snapshot, then for every new snapshot
 a `Patch` from the one it runs (`routing/patch.py`: a write at 10,000 routes sends one route
-target, not the table), or an `Install` when a patch would not be smaller. Worker -> main: `Running`
-after each snapshot's binds are reconciled (so the main process knows what is in force where),
-and `Counters` now and then and at the end (the main process sums them for `/metrics`).
+target, not the table), or an `Install` when a patch would touch over MAX_PATCHED_TARGETS
+route targets. Worker -> main: `Running` after each snapshot's binds are reconciled (so the
+main process knows what is in force where), and `Counters` now and then and at the end (the
+main process sums them for `/metrics`).
 """
 
 from __future__ import annotations

@@ -32,10 +32,6 @@ class Patch:
     binds: Mapping[BindKey, Bind | None]
     routes: Mapping[tuple[BindKey, int], Mapping[str, RouteTarget | None]]
 
-    @property
-    def size(self) -> int:
-        return len(self.binds) + sum(len(changes) for changes in self.routes.values())
-
 
 def diff(old: Snapshot, new: Snapshot) -> Patch | None:
     """The patch from `old` to `new`, or None when a whole snapshot is the better message."""
@@ -48,6 +44,12 @@ def diff(old: Snapshot, new: Snapshot) -> Patch | None:
             continue
         if before is None or after is None or not _same_frame(before, after):
             binds[key] = after
+            # A bind sent whole counts by its targets: a large one goes as a whole snapshot,
+            # which is encoded on a thread (a patch is encoded on the supervisor's loop).
+            if after is not None:
+                counted += sum(len(listener.routes) for listener in after.listeners)
+                if counted > MAX_PATCHED_TARGETS:
+                    return None
             continue
         for index, (was, now) in enumerate(zip(before.listeners, after.listeners, strict=True)):
             if was is now:

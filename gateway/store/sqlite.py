@@ -23,7 +23,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from gateway.api.convert import encode_json
 from gateway.api.kinds import ObjectKey
 
 SCHEMA = """
@@ -94,11 +93,11 @@ class Store:
 
     def commit(
         self,
-        puts: Iterable[tuple[ObjectKey, dict[str, Any] | str]],
+        puts: Iterable[tuple[ObjectKey, str]],
         deletes: Iterable[ObjectKey] = (),
     ) -> int:
         """Write everything in one transaction, synced before returning; the new revision.
-        A body is a wire dict, or its JSON text already made."""
+        A body is the document's JSON text (`convert.encode_json` of its wire form)."""
         revision = self.revision + 1
         db = self._db
         db.execute("BEGIN IMMEDIATE")
@@ -111,7 +110,7 @@ class Store:
                         key.kind,
                         key.namespace,
                         key.name,
-                        body if isinstance(body, str) else encode_json(body),
+                        body,
                     )
                     for key, body in puts
                 ),

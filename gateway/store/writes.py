@@ -46,11 +46,13 @@ def list_of(
     documents: Mapping[ObjectKey, Document], kind: str, namespace: str | None = None
 ) -> list[Document]:
     """The documents of a kind, in key order, optionally of one namespace."""
-    return [
-        doc
-        for key, doc in sorted(documents.items())
+    found = [
+        (key, doc)
+        for key, doc in documents.items()
         if key.kind == kind and (namespace is None or key.namespace == namespace)
     ]
+    found.sort()
+    return [doc for _, doc in found]
 
 
 #: A write of more documents than this is planned on a worker thread (30,000 take ~0.2 s).

@@ -24,6 +24,12 @@ from gateway.translate.references import certificate_of
 Targets = Mapping[ListenerKey, Mapping[str, RouteTarget]]
 
 
+#: The routes of a listener no route attaches to: one object, so that such a listener's table
+#: (and its bind) is kept from build to build like any other. Never changed in place (every
+#: writer copies: routes.py, routing/patch.py).
+_NO_ROUTES: Mapping[str, RouteTarget] = {}
+
+
 def route_precedence(route: model.TLSRoute) -> tuple[str, str, str]:
     # Upstream issue #5120 may put the specificity of the route's *original* hostname before
     # the timestamp (SPEC.md §10.2); that tie-breaker would be inserted first in this key.
@@ -70,7 +76,7 @@ def build_binds(
         kept = {(t.gateway, t.name): t for t in old.listeners} if old is not None else {}
         tables = []
         for state, listener in _served(holders, port):
-            routes = targets.get((state.key, listener.spec.name), {})
+            routes = targets.get((state.key, listener.spec.name), _NO_ROUTES)
             table = kept.get((state.name, listener.spec.name))
             if table is None or table.routes is not routes:
                 table = _listener_table(build, state, listener, routes)
