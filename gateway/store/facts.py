@@ -13,7 +13,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import TypeVar
 
 from gateway.api import corev1
 from gateway.api.kinds import Document, ObjectKey
@@ -24,6 +25,8 @@ from gateway.routing.snapshot import Snapshot
 from gateway.translate.build import Translation, translate
 from gateway.translate.facts import Facts, LoadResult
 from gateway.translate.resources import Resources
+
+_D = TypeVar("_D", corev1.Secret, corev1.ConfigMap)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -65,12 +68,43 @@ def _check_bundle(bundle: str) -> LoadResult:
 
 
 def load_facts(
-    resources: Resources,
-) -> tuple[dict[NamespacedName, LoadResult], dict[NamespacedName, LoadResult]]:
-    """Load results for every Secret and ConfigMap, as `Facts.secrets` / `.ca_bundles`."""
-    secrets = {key: check_secret(secret) for key, secret in resources.secrets.items()}
-    bundles = {key: check_ca_bundle(cm) for key, cm in resources.config_maps.items()}
+    resources: Resources, previous: Translation | None = None
+) -> tuple[Mapping[NamespacedName, LoadResult], Mapping[NamespacedName, LoadResult]]:
+    """Load results for every Secret and ConfigMap, as `Facts.secrets` / `.ca_bundles`.
+    With the `previous` build, a map of documents that is the same object keeps its results
+    (the same object: the build can tell nothing changed there), and otherwise a document
+    that is the same object keeps its own (one Secret written checks one Secret)."""
+    old = previous.build if previous is not None else None
+    secrets = _checked(
+        resources.secrets,
+        old.resources.secrets if old else None,
+        old.facts.secrets if old else None,
+        check_secret,
+    )
+    bundles = _checked(
+        resources.config_maps,
+        old.resources.config_maps if old else None,
+        old.facts.ca_bundles if old else None,
+        check_ca_bundle,
+    )
     return secrets, bundles
+
+
+def _checked(
+    documents: Mapping[NamespacedName, _D],
+    before: Mapping[NamespacedName, _D] | None,
+    results: Mapping[NamespacedName, LoadResult] | None,
+    check: Callable[[_D], LoadResult],
+) -> Mapping[NamespacedName, LoadResult]:
+    if before is None or results is None:
+        return {key: check(doc) for key, doc in documents.items()}
+    if documents is before:
+        return results
+    out = {}
+    for key, doc in documents.items():
+        known = results.get(key)
+        out[key] = known if known is not None and before.get(key) is doc else check(doc)
+    return out
 
 
 def compile_translation(
@@ -82,17 +116,9 @@ def compile_translation(
     bind_failures: Mapping[tuple[str, int], str],
     previous: Translation | None,
 ) -> Translation:
-    """The next build, from `previous` when there is one: load results are kept for an
-    unchanged set of Secrets (or ConfigMaps), so the build can tell nothing changed there."""
-    old = previous.build if previous is not None else None
-    if old is not None and resources.secrets is old.resources.secrets:
-        secrets = old.facts.secrets
-    else:
-        secrets = {key: check_secret(secret) for key, secret in resources.secrets.items()}
-    if old is not None and resources.config_maps is old.resources.config_maps:
-        bundles = old.facts.ca_bundles
-    else:
-        bundles = {key: check_ca_bundle(cm) for key, cm in resources.config_maps.items()}
+    """The next build, from `previous` when there is one (load results kept for what did not
+    change: `load_facts`)."""
+    secrets, bundles = load_facts(resources, previous)
     facts = Facts(
         now=now,
         bind_address=bind_address,
