@@ -311,3 +311,29 @@ def test_last_transition_time_moves_only_for_conditions_that_flip() -> None:
     flipped = after["Accepted"][1]
     state.rebuild(now=T2)
     assert times(state.snapshot, "tls-8443")["Accepted"] == ("False", flipped)
+
+
+async def test_documents_replaced_during_a_threaded_build_are_built_again() -> None:
+    """`put_off_loop` builds on a thread; if the documents are replaced meanwhile, the map and
+    the table it swaps in must both come from what is in force then, never one of each."""
+    state = State(bind_address=ADDRESS)
+    state.put([gateway_class(), gateway(8443)], now=T0)
+    original_build = state.build
+    replaced = False
+
+    def build_then_replace(*args: Any, **kwargs: Any) -> Any:
+        nonlocal replaced
+        built = original_build(*args, **kwargs)  # from the documents before the replace
+        if not replaced:
+            replaced = True
+            trio.from_thread.run_sync(state.replace_documents, [gateway_class()])
+        return built
+
+    state.build = build_then_replace  # type: ignore[method-assign]
+    with trio.fail_after(SAFETY):
+        other = gateway_raw(9443) | {"metadata": {"name": "other", "namespace": "infra"}}
+        snapshot = await state.put_off_loop([admitted(other)], now=T1)
+    assert replaced
+    assert set(state.documents) == {CLASS, ObjectKey("Gateway", "infra", "other")}
+    assert {port for _, port in snapshot.binds} == {9443}  # not the replaced 8443
+    assert ObjectKey("Gateway", "infra", "gw") not in snapshot.statuses

@@ -120,7 +120,11 @@ class State:
         # No checkpoint from here to the swap: the thread is not abandoned on cancellation,
         # so a committed write is always swapped in.
         self._generation += 1
-        if self.documents is not base:  # replaced meanwhile (never by a write: they queue)
+        if self.documents is not base:
+            # Replaced meanwhile (`replace_documents`; never a write: writes queue): the build
+            # and the map both again from what is in force now, so that they agree (rare, and
+            # on the loop).
+            translation = self.build(documents, deleted, 0, now=stamp)
             updated = self._updated(documents, deleted)
         self.documents = updated
         self._swap(_numbered(translation, self._generation))
