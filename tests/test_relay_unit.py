@@ -1,7 +1,8 @@
-"""`relay`, `relay_ends` and `PipePool` on their own, over `socket.socketpair()` pairs.
+"""`RelayLoop`, `PipePool` and `relay_ends` on their own, over `socket.socketpair()` pairs.
 
 Each test plays both applications: the client on one pair, the backend on the other, with the
 relay between the two gateway-side sockets (non-blocking, as the proxy hands them over). The
+loop runs in the test's nursery, as the data plane runs it in the connections nursery. The
 idle timeout runs on Trio's autojump clock, so it is exact and costs no real time.
 """
 
@@ -19,15 +20,8 @@ import pytest
 import trio
 import trio.testing
 
-from gateway.dataplane.relay import (
-    SPLICE_MIN,
-    PipePool,
-    PlainEnd,
-    Transfer,
-    _splice_round,
-    relay,
-    relay_ends,
-)
+from gateway.dataplane.ends import PlainEnd, relay_ends
+from gateway.dataplane.relay import SPLICE_MIN, PipePool, RelayLoop, Transfer
 
 #: An idle timeout no test here meets unless it means to.
 IDLE = 60.0
@@ -47,6 +41,13 @@ class Wires:
     backend: socket.socket
     backend_app: socket.socket
 
+    def every(self) -> tuple[socket.socket, ...]:
+        return (self.client_app, self.client, self.backend, self.backend_app)
+
+    def close(self) -> None:
+        for sock in self.every():
+            sock.close()
+
     def streams(self) -> tuple[trio.SocketStream, trio.SocketStream]:
         """The applications' ends as Trio streams (inside the run)."""
         return (
@@ -55,18 +56,22 @@ class Wires:
         )
 
 
-@pytest.fixture
-def wires() -> Iterator[Wires]:
+def make_wires() -> Wires:
     client_app, client = socket.socketpair()
     backend, backend_app = socket.socketpair()
-    every = (client_app, client, backend, backend_app)
-    for sock in every:
+    made = Wires(client_app, client, backend, backend_app)
+    for sock in made.every():
         sock.setblocking(False)
+    return made
+
+
+@pytest.fixture
+def wires() -> Iterator[Wires]:
+    made = make_wires()
     try:
-        yield Wires(client_app, client, backend, backend_app)
+        yield made
     finally:
-        for sock in every:
-            sock.close()
+        made.close()
 
 
 class CountingPool(PipePool):
@@ -78,13 +83,14 @@ class CountingPool(PipePool):
         self.acquired = 0
         self.released: list[bool] = []
 
-    async def acquire(self) -> tuple[int, int]:
-        self.acquired += 1
-        return await super().acquire()
+    def take(self) -> tuple[int, int] | None:
+        pipe = super().take()
+        self.acquired += pipe is not None
+        return pipe
 
-    def release(self, pipe: tuple[int, int], *, clean: bool) -> None:
+    def give_back(self, pipe: tuple[int, int], *, clean: bool) -> None:
         self.released.append(clean)
-        super().release(pipe, clean=clean)
+        super().give_back(pipe, clean=clean)
 
 
 @pytest.fixture
@@ -125,17 +131,29 @@ def maybe_pool(request: pytest.FixtureRequest, pool: CountingPool) -> CountingPo
     return pool if request.param == "splice" else None
 
 
-# --- relay ----------------------------------------------------------------------------------
+async def start(nursery: trio.Nursery, pool: PipePool | None) -> RelayLoop:
+    loop = RelayLoop(pool)
+    await nursery.start(loop.run)
+    return loop
+
+
+@pytest.fixture
+async def relays(nursery: trio.Nursery, maybe_pool: CountingPool | None) -> RelayLoop:
+    """A running loop, with and without splice; cancelled when the test ends."""
+    return await start(nursery, maybe_pool)
+
+
+# --- RelayLoop ------------------------------------------------------------------------------
 
 
 async def test_small_messages_both_ways_are_counted(
-    wires: Wires, maybe_pool: CountingPool | None
+    wires: Wires, relays: RelayLoop, maybe_pool: CountingPool | None
 ) -> None:
     client, backend = wires.streams()
     transfer = Transfer(idle_timeout=IDLE)
     with trio.fail_after(SAFETY):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(relay, wires.client, wires.backend, transfer, maybe_pool)
+            nursery.start_soon(relays.relay, wires.client, wires.backend, transfer)
             await client.send_all(b"ping")
             assert await receive_exactly(backend, 4) == b"ping"
             await backend.send_all(b"pong!!")
@@ -146,13 +164,14 @@ async def test_small_messages_both_ways_are_counted(
             assert await receive_to_eof(backend) == b""
     assert (transfer.up, transfer.down) == (4, 6)
     assert not transfer.scope.cancelled_caught
+    assert relays.relaying == 0
     if maybe_pool is not None:
         assert maybe_pool.acquired == 0, "a small message is one read and one write, no splice"
 
 
 @pytest.mark.parametrize("first", ["client", "backend"])
 async def test_half_close_propagates_while_the_other_direction_flows(
-    wires: Wires, maybe_pool: CountingPool | None, first: str
+    wires: Wires, relays: RelayLoop, first: str
 ) -> None:
     client, backend = wires.streams()
     closer, other = (client, backend) if first == "client" else (backend, client)
@@ -160,7 +179,7 @@ async def test_half_close_propagates_while_the_other_direction_flows(
     finished = trio.Event()
 
     async def run() -> None:
-        await relay(wires.client, wires.backend, transfer, maybe_pool)
+        await relays.relay(wires.client, wires.backend, transfer)
         finished.set()
 
     with trio.fail_after(SAFETY):
@@ -182,15 +201,29 @@ async def test_half_close_propagates_while_the_other_direction_flows(
     assert transfer.up + transfer.down == 20
 
 
-async def test_idle_timeout_returns_quietly(
-    wires: Wires, maybe_pool: CountingPool | None, autojump_clock: trio.testing.MockClock
+async def test_idle_timeout_returns_quietly_and_leaves_the_set(
+    wires: Wires, relays: RelayLoop, autojump_clock: trio.testing.MockClock
 ) -> None:
     transfer = Transfer(idle_timeout=30)
-    start = trio.current_time()
-    await relay(wires.client, wires.backend, transfer, maybe_pool)
+    start_time = trio.current_time()
+    await relays.relay(wires.client, wires.backend, transfer)
     assert transfer.scope.cancelled_caught
-    assert trio.current_time() == pytest.approx(start + 30)
+    assert trio.current_time() == pytest.approx(start_time + 30)
     assert (transfer.up, transfer.down) == (0, 0)
+    assert relays.relaying == 0
+    # Out of the set: bytes arriving now are not moved (and the sockets may close).
+    wires.client_app.send(b"late")
+    await trio.testing.wait_all_tasks_blocked()
+    assert wires.client.recv(10) == b"late"
+
+
+async def relay_with_loop(
+    client: socket.socket, backend: socket.socket, transfer: Transfer
+) -> None:
+    async with trio.open_nursery() as nursery:
+        loop = await start(nursery, None)
+        await loop.relay(client, backend, transfer)
+        nursery.cancel_scope.cancel()
 
 
 async def relay_plain_ends(
@@ -199,13 +232,7 @@ async def relay_plain_ends(
     await relay_ends(PlainEnd(client), PlainEnd(backend), transfer)
 
 
-async def relay_without_pool(
-    client: socket.socket, backend: socket.socket, transfer: Transfer
-) -> None:
-    await relay(client, backend, transfer, None)
-
-
-@pytest.mark.parametrize("relayer", [relay_without_pool, relay_plain_ends], ids=["relay", "ends"])
+@pytest.mark.parametrize("relayer", [relay_with_loop, relay_plain_ends], ids=["loop", "ends"])
 async def test_traffic_pushes_the_idle_deadline(
     wires: Wires,
     autojump_clock: trio.testing.MockClock,
@@ -213,7 +240,7 @@ async def test_traffic_pushes_the_idle_deadline(
 ) -> None:
     client, backend = wires.streams()
     transfer = Transfer(idle_timeout=10)
-    start = trio.current_time()
+    start_time = trio.current_time()
     with trio.fail_after(100):  # virtual seconds, like everything on this clock
         async with trio.open_nursery() as nursery:
             nursery.start_soon(relayer, wires.client, wires.backend, transfer)
@@ -222,13 +249,14 @@ async def test_traffic_pushes_the_idle_deadline(
                 (12, backend, client),
                 (18, client, backend),
             ):
-                await trio.sleep_until(start + at)  # virtual time: the clock, not a synchronisation
+                # virtual time: the clock, not a synchronisation
+                await trio.sleep_until(start_time + at)
                 await stream.send_all(b"tick")
                 assert await receive_exactly(peer, 4) == b"tick"
-                assert transfer.scope.deadline == pytest.approx(start + at + 10)
+                assert transfer.scope.deadline == pytest.approx(start_time + at + 10)
     # Past the first deadline (start + 10) twice over: only the last traffic counts.
     assert transfer.scope.cancelled_caught
-    assert trio.current_time() == pytest.approx(start + 28)
+    assert trio.current_time() == pytest.approx(start_time + 28)
     assert (transfer.up, transfer.down) == (8, 4)
 
 
@@ -246,47 +274,107 @@ async def test_progress_moves_the_deadline_only_by_more_than_one_percent(
     assert transfer.scope.deadline == pytest.approx(first + 1.5)
 
 
-async def test_a_reset_backend_tears_down_both_directions(
-    wires: Wires, maybe_pool: CountingPool | None
+async def test_a_reset_backend_ends_the_pair_with_the_error(
+    wires: Wires, relays: RelayLoop
 ) -> None:
     # The backend application closes with bytes it never read: reading from it is
-    # ECONNRESET. The client direction is open and idle: the error must cancel it too.
+    # ECONNRESET. The client direction is open and idle: the pair ends all the same.
     fill(wires.backend, b"unread")
     wires.backend_app.close()
     transfer = Transfer(idle_timeout=IDLE)
-    with trio.fail_after(SAFETY), pytest.RaisesGroup(ConnectionResetError):
-        await relay(wires.client, wires.backend, transfer, maybe_pool)
+    with trio.fail_after(SAFETY), pytest.raises(ConnectionResetError):
+        await relays.relay(wires.client, wires.backend, transfer)
     assert not transfer.scope.cancelled_caught
+    assert relays.relaying == 0
 
 
-async def test_a_failed_write_tears_down_both_directions(wires: Wires, pool: CountingPool) -> None:
+async def test_a_failed_write_ends_the_pair_with_the_error(wires: Wires, relays: RelayLoop) -> None:
     # The backend stopped reading (SHUT_RD): writing to it is EPIPE, while the backend's own
     # direction is open and idle.
     wires.backend_app.shutdown(socket.SHUT_RD)
     fill(wires.client_app, b"x" * (SPLICE_MIN + 1000))
     transfer = Transfer(idle_timeout=IDLE)
-    with trio.fail_after(SAFETY), pytest.RaisesGroup(BrokenPipeError):
-        await relay(wires.client, wires.backend, transfer, pool)
+    with trio.fail_after(SAFETY), pytest.raises(BrokenPipeError):
+        await relays.relay(wires.client, wires.backend, transfer)
 
 
 async def test_a_pipe_that_saw_a_failed_splice_is_closed_not_reused(
-    wires: Wires, pool: CountingPool
+    wires: Wires, nursery: trio.Nursery, pool: CountingPool
 ) -> None:
-    # It may still hold bytes of the failed write.
-    wires.backend_app.shutdown(socket.SHUT_RD)
-    fill(wires.client_app, b"x" * (SPLICE_MIN + 1000))
-    with trio.fail_after(SAFETY), pytest.raises(BrokenPipeError):
-        await _splice_round(wires.client.fileno(), wires.backend, wires.backend.fileno(), pool)
-    assert pool.released == [False]
+    relays = await start(nursery, pool)
+    client, _ = wires.streams()
+    transfer = Transfer(idle_timeout=IDLE)
+    failed: list[BaseException] = []
+    ended = trio.Event()
+
+    async def run() -> None:
+        try:
+            await relays.relay(wires.client, wires.backend, transfer)
+        except OSError as exc:
+            failed.append(exc)
+        ended.set()
+
+    nursery.start_soon(run)
+    # The backend application reads nothing: bulk from the client fills its buffers and a
+    # pipe is left holding bytes, waiting for room.
+    with trio.move_on_after(0.5):
+        await client.send_all(random.Random(5).randbytes(BULK))
+    await trio.testing.wait_all_tasks_blocked()
+    assert pool.taken == 1, "the blocked direction holds one pipe with bytes in it"
+    wires.backend_app.close()  # now the pipe's bytes can never be sent
+    with trio.fail_after(SAFETY):
+        await ended.wait()
+    assert isinstance(failed[0], (BrokenPipeError, ConnectionResetError))
+    assert pool.released[-1] is False
+    assert pool.taken == 0
+
+
+async def test_a_cancelled_relay_gives_its_pipe_back_closed(
+    wires: Wires, nursery: trio.Nursery, pool: CountingPool
+) -> None:
+    relays = await start(nursery, pool)
+    client, _ = wires.streams()
+    scope = trio.CancelScope()
+
+    async def run() -> None:
+        with scope:
+            await relays.relay(wires.client, wires.backend, Transfer(idle_timeout=IDLE))
+
+    nursery.start_soon(run)
+    # The backend application reads nothing: a pipe is left holding bytes.
+    with trio.move_on_after(0.5):
+        await client.send_all(random.Random(6).randbytes(BULK))
+    await trio.testing.wait_all_tasks_blocked()
+    assert pool.taken == 1
+    scope.cancel()  # as the drain timeout cancels every connection
+    await trio.testing.wait_all_tasks_blocked()
+    assert scope.cancelled_caught
+    assert relays.relaying == 0
+    assert pool.taken == 0
+    assert pool.released[-1] is False, "the cancelled pipe still held bytes: closed, not reused"
 
 
 async def test_bulk_both_ways_at_once_arrives_intact(
-    wires: Wires, maybe_pool: CountingPool | None
+    wires: Wires, relays: RelayLoop, maybe_pool: CountingPool | None
 ) -> None:
     up = random.Random(1).randbytes(BULK)
     down = random.Random(2).randbytes(BULK)
-    client, backend = wires.streams()
     transfer = Transfer(idle_timeout=IDLE)
+    received = await exchange_bulk(wires, relays, transfer, up, down)
+    digest = hashlib.sha256
+    assert digest(received["backend"]).digest() == digest(up).digest()
+    assert digest(received["client"]).digest() == digest(down).digest()
+    assert (transfer.up, transfer.down) == (BULK, BULK)
+    if maybe_pool is not None:
+        assert maybe_pool.acquired > 0, "bulk must go through the pipes"
+        assert maybe_pool.released == [True] * maybe_pool.acquired
+
+
+async def exchange_bulk(
+    wires: Wires, relays: RelayLoop, transfer: Transfer, up: bytes, down: bytes
+) -> dict[str, bytes]:
+    """Both applications send their bytes and half-close while reading to EOF."""
+    client, backend = wires.streams()
     received: dict[str, bytes] = {}
 
     async def play(stream: trio.SocketStream, outgoing: bytes, name: str) -> None:
@@ -301,16 +389,135 @@ async def test_bulk_both_ways_at_once_arrives_intact(
 
     with trio.fail_after(SAFETY):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(relay, wires.client, wires.backend, transfer, maybe_pool)
+            nursery.start_soon(relays.relay, wires.client, wires.backend, transfer)
             nursery.start_soon(play, client, up, "client")
             nursery.start_soon(play, backend, down, "backend")
-    digest = hashlib.sha256
-    assert digest(received["backend"]).digest() == digest(up).digest()
-    assert digest(received["client"]).digest() == digest(down).digest()
-    assert (transfer.up, transfer.down) == (BULK, BULK)
-    if maybe_pool is not None:
-        assert maybe_pool.acquired > 0, "bulk must go through the pipes"
-        assert maybe_pool.released == [True] * maybe_pool.acquired
+    return received
+
+
+async def test_bulk_pairs_beyond_the_pool_copy_instead_of_waiting(
+    nursery: trio.Nursery,
+) -> None:
+    # One pipe for three bulk pairs at once: whoever finds it taken copies; nobody waits.
+    pool = CountingPool(limit=1)
+    relays = await start(nursery, pool)
+    made = [make_wires() for _ in range(3)]
+    results: dict[int, dict[str, bytes]] = {}
+    payloads = [random.Random(10 + i).randbytes(BULK) for i in range(3)]
+
+    async def one(index: int) -> None:
+        transfer = Transfer(idle_timeout=IDLE)
+        results[index] = await exchange_bulk(
+            made[index], relays, transfer, payloads[index], payloads[index][::-1]
+        )
+
+    try:
+        async with trio.open_nursery() as group:
+            for index in range(3):
+                group.start_soon(one, index)
+    finally:
+        pool.close()
+        for wired in made:
+            wired.close()
+    for index, payload in enumerate(payloads):
+        assert results[index]["backend"] == payload
+        assert results[index]["client"] == payload[::-1]
+    assert pool.acquired > 0
+    assert pool.taken == 0
+
+
+async def test_a_stalled_reader_holds_one_round_and_stalls_nobody_else(
+    nursery: trio.Nursery, maybe_pool: CountingPool | None
+) -> None:
+    relays = await start(nursery, maybe_pool)
+    stalled, lively = make_wires(), make_wires()
+    try:
+        stalled_client, _ = stalled.streams()
+        stalled_transfer = Transfer(idle_timeout=IDLE)
+        nursery.start_soon(relays.relay, stalled.client, stalled.backend, stalled_transfer)
+        # The stalled backend application never reads: the client's sending must stop once
+        # the buffers and at most one round (a pipe's worth or a read) are full.
+        sent = 0
+        with trio.move_on_after(0.5):
+            payload = b"y" * (256 * 1024)
+            while sent < 64 << 20:
+                await stalled_client.send_all(payload)
+                sent += len(payload)
+        assert sent < 64 << 20, "the relay read on although its destination was full"
+        held = stalled_transfer.up
+        # Meanwhile a second pair is served at once, both ways.
+        client, backend = lively.streams()
+        transfer = Transfer(idle_timeout=IDLE)
+        with trio.fail_after(SAFETY):
+            async with trio.open_nursery() as inner:
+                inner.start_soon(relays.relay, lively.client, lively.backend, transfer)
+                for _ in range(20):
+                    await client.send_all(b"query")
+                    assert await receive_exactly(backend, 5) == b"query"
+                    await backend.send_all(b"answer")
+                    assert await receive_exactly(client, 6) == b"answer"
+                await client.send_eof()
+                await backend.send_eof()
+                assert await receive_to_eof(client) == b""
+        assert (transfer.up, transfer.down) == (100, 120)
+        assert stalled_transfer.up == held, "the stalled pair moved nothing meanwhile"
+    finally:
+        stalled.close()
+        lively.close()
+
+
+async def test_pairs_left_when_the_loop_stops_get_an_error(wires: Wires) -> None:
+    failed: list[BaseException] = []
+
+    async def run(loop: RelayLoop) -> None:
+        try:
+            await loop.relay(wires.client, wires.backend, Transfer(idle_timeout=IDLE))
+        except trio.ClosedResourceError as exc:
+            failed.append(exc)
+
+    with trio.fail_after(SAFETY):
+        async with trio.open_nursery() as outer, trio.open_nursery() as inner:
+            loop = await start(inner, None)
+            outer.start_soon(run, loop)
+            await trio.testing.wait_all_tasks_blocked()
+            assert loop.relaying == 1
+            inner.cancel_scope.cancel()  # only the loop's task
+    assert len(failed) == 1
+    assert loop.relaying == 0
+
+
+async def test_relay_without_the_loop_running_is_refused(wires: Wires) -> None:
+    with pytest.raises(RuntimeError, match="not running"):
+        await RelayLoop(None).relay(wires.client, wires.backend, Transfer(idle_timeout=IDLE))
+
+
+async def test_many_pairs_through_one_loop(nursery: trio.Nursery) -> None:
+    # Many pairs at once in one set: each gets its own bytes back, and the set empties.
+    relays = await start(nursery, None)
+    made = [make_wires() for _ in range(300)]
+
+    async def one(index: int, wired: Wires) -> None:
+        client, backend = wired.streams()
+        transfer = Transfer(idle_timeout=IDLE)
+        async with trio.open_nursery() as inner:
+            inner.start_soon(relays.relay, wired.client, wired.backend, transfer)
+            message = f"message {index}".encode()
+            await client.send_all(message)
+            assert await receive_exactly(backend, len(message)) == message
+            await backend.send_all(message[::-1])
+            assert await receive_exactly(client, len(message)) == message[::-1]
+            await client.send_eof()
+            await backend.send_eof()
+
+    try:
+        with trio.fail_after(SAFETY):
+            async with trio.open_nursery() as group:
+                for index, wired in enumerate(made):
+                    group.start_soon(one, index, wired)
+    finally:
+        for wired in made:
+            wired.close()
+    assert relays.relaying == 0
 
 
 # --- PipePool -------------------------------------------------------------------------------
@@ -331,10 +538,12 @@ def closed(fd: int) -> bool:
     return False
 
 
-async def test_pipe_pool_gives_nonblocking_pipes_of_the_size_asked() -> None:
+def test_pipe_pool_gives_nonblocking_pipes_of_the_size_asked() -> None:
     pool = PipePool(limit=2, size=256 * 1024)
     try:
-        read_fd, write_fd = await pool.acquire()
+        pipe = pool.take()
+        assert pipe is not None
+        read_fd, write_fd = pipe
         assert not os.get_blocking(read_fd)
         assert not os.get_blocking(write_fd)
         assert fcntl.fcntl(write_fd, fcntl.F_GETPIPE_SZ) == 256 * 1024
@@ -342,28 +551,30 @@ async def test_pipe_pool_gives_nonblocking_pipes_of_the_size_asked() -> None:
         assert os.read(read_fd, 100) == b"through"
         with pytest.raises(BlockingIOError):
             os.read(read_fd, 100)
-        pool.release((read_fd, write_fd), clean=True)
+        pool.give_back(pipe, clean=True)
     finally:
         pool.close()
 
 
-async def test_pipe_pool_reuses_clean_pipes_and_closes_dirty_ones() -> None:
+def test_pipe_pool_reuses_clean_pipes_and_closes_dirty_ones() -> None:
     pool = PipePool(limit=2)
     try:
-        first = await pool.acquire()
+        first = pool.take()
+        assert first is not None
         first_pipe = identity(first)
-        pool.release(first, clean=True)
-        again = await pool.acquire()
+        pool.give_back(first, clean=True)
+        again = pool.take()
         # A clean pipe is reused.
         assert again == first
         assert identity(again) == first_pipe
-        pool.release(again, clean=False)
+        pool.give_back(again, clean=False)
         # A dirty pipe is closed.
         assert closed(first[0])
         assert closed(first[1])
-        fresh = await pool.acquire()
+        fresh = pool.take()
+        assert fresh is not None
         assert identity(fresh) != first_pipe
-        pool.release(fresh, clean=True)
+        pool.give_back(fresh, clean=True)
     finally:
         pool.close()
     # close() closes the free pipes.
@@ -371,34 +582,23 @@ async def test_pipe_pool_reuses_clean_pipes_and_closes_dirty_ones() -> None:
     assert closed(fresh[1])
 
 
-async def test_pipe_pool_limit_makes_the_next_acquire_wait_for_a_release() -> None:
+def test_pipe_pool_at_its_limit_gives_none_until_one_comes_back() -> None:
     pool = PipePool(limit=2)
-    got: list[tuple[int, int]] = []
-
-    async def third() -> None:
-        got.append(await pool.acquire())
-
     try:
-        one = await pool.acquire()
-        two = await pool.acquire()
-        two_pipe = identity(two)
-        assert identity(one) != two_pipe
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(third)
-            await trio.testing.wait_all_tasks_blocked()
-            assert got == [], "two pipes exist at the limit of two: the third must wait"
-            pool.release(two, clean=True)
-        # The waiter gets the released pipe.
-        assert got == [two]
-        assert identity(got[0]) == two_pipe
-        pool.release(one, clean=True)
-        pool.release(got[0], clean=True)
-        # Every slot is back: two acquires without waiting.
-        with trio.fail_after(SAFETY):
-            pool.release(await pool.acquire(), clean=True)
-            held = [await pool.acquire(), await pool.acquire()]
-        for pipe in held:
-            pool.release(pipe, clean=True)
+        one, two = pool.take(), pool.take()
+        assert one is not None
+        assert two is not None
+        assert identity(one) != identity(two)
+        assert pool.take() is None, "two pipes exist at the limit of two"
+        pool.give_back(two, clean=True)
+        assert pool.take() == two
+        pool.give_back(one, clean=False)
+        fresh = pool.take()
+        assert fresh is not None, "a closed pipe frees its slot too"
+        assert pool.taken == 2
+        pool.give_back(fresh, clean=True)
+        pool.give_back(two, clean=True)
+        assert pool.taken == 0
     finally:
         pool.close()
 

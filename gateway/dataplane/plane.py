@@ -45,6 +45,7 @@ async def serve_dataplane(
     """Serve until `stop` is set, then drain; `task_status` gets the bound sockets once the
     first snapshot's binds are reconciled."""
     async with trio.open_nursery() as connections:
+        await connections.start(proxy.relays.run)
         binds = BoundSockets(
             source,
             proxy,

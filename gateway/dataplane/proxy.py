@@ -3,7 +3,9 @@
 I/O. Nothing raised here reaches the listener: `handle` is the per-connection boundary.
 
 Theory of operation. A connection is one task (the listener's accept loop starts it in the
-connections nursery) and, while relaying, a second one for the other direction:
+connections nursery); while relaying passthrough bytes it sleeps and the process's relay loop
+moves them (`relay`), while relaying terminated plaintext a second task takes the other
+direction (`ends`):
 
 1. Read the ClientHello with a resumable sans-IO parser (`clienthello`) under the hello
    timeout, keeping the bytes. Nothing is decided before the hello is complete.
@@ -12,11 +14,11 @@ connections nursery) and, while relaying, a second one for the other direction:
 3. A rejection (no SNI, no listener, a listener not programmed, no route, a share of an invalid
    backend) closes the socket without an alert or a handshake (SPEC.md §10.3, §10.4).
 4. Passthrough: connect a backend endpoint (`dial`), replay the hello bytes verbatim (the
-   backend sees the client's own SNI), then `relay.relay` splices both ways until both ends
-   are done: half-close propagates, the idle timeout covers both directions at once.
+   backend sees the client's own SNI), then `RelayLoop.relay` splices both ways until both
+   ends are done: half-close propagates, the idle timeout covers both directions at once.
 5. Terminate: feed the hello into a TLS engine with the best certificate for the SNI
    (`tlsstream`), finish the handshake under the hello timeout, connect the backend (plain,
-   or TLS as its BackendTLSPolicy says, §10.7) and `relay.relay_ends` the plaintext. TLS has no
+   or TLS as its BackendTLSPolicy says, §10.7) and `ends.relay_ends` the plaintext. TLS has no
    half-close: when the backend ends, the client's TLS is closed.
 6. Always: close the socket, write one access-log line (`access`), count it in the metrics.
    A failure the network explains (a reset, a TLS alert) is an outcome, not a traceback; a
@@ -40,15 +42,8 @@ from gateway.api.names import TLSMode
 from gateway.dataplane.access import AccessRecord, Outcome
 from gateway.dataplane.clienthello import MAX_HELLO_BYTES, ClientHelloError, ClientHelloParser
 from gateway.dataplane.dial import Dialer
-from gateway.dataplane.relay import (
-    SPLICE_AVAILABLE,
-    End,
-    PipePool,
-    PlainEnd,
-    Transfer,
-    relay,
-    relay_ends,
-)
+from gateway.dataplane.ends import End, PlainEnd, relay_ends
+from gateway.dataplane.relay import SPLICE_AVAILABLE, PipePool, RelayLoop, Transfer
 from gateway.dataplane.sockio import send_all
 from gateway.dataplane.tls import ContextRegistry, choose_certificate, subject_alt_names_match
 from gateway.dataplane.tlsstream import TlsConnection, TlsError
@@ -104,6 +99,8 @@ class Proxy:
         self._rng = random.Random(config.seed)
         #: The splice relay's pipes; None relays with reads and writes (the caller decides).
         self.pool = pool
+        #: Every passthrough connection's relay; its `run` task is the data plane's to start.
+        self.relays = RelayLoop(pool)
         self.dialer = Dialer(config.connect_timeout, self.metrics)
         self.active = 0
         #: Connections finished so far (a worker reports its counts when this moves).
@@ -330,7 +327,7 @@ class Proxy:
         # The buffered hello goes first, verbatim: the backend sees the client's own SNI.
         await send_all(upstream, hello_bytes)
         conn.transfer.up += len(hello_bytes)
-        await relay(client, upstream, conn.transfer, self.pool)
+        await self.relays.relay(client, upstream, conn.transfer)
         if conn.transfer.scope.cancelled_caught:
             conn.outcome = Outcome.IDLE_TIMEOUT
 

@@ -1,61 +1,69 @@
-"""Moving bytes between two connected sockets, both ways at once, until both sides are done.
+"""Moving bytes between connected socket pairs, both ways at once, until both sides are done:
+every passthrough connection of the process, from one task.
 
 I/O.
 
-Theory of operation. `relay` runs one pump per direction: this task pumps client -> backend,
-a child task backend -> client, in one nursery inside the transfer's cancel scope.
+Theory of operation. A passthrough connection past its ClientHello is two non-blocking sockets
+and bytes to move between them. Two tasks per connection (a pump each way, in a nursery),
+each waiting on Trio once per message, cost ~28 us to start and a scheduler pass and an epoll
+re-arm per message, and ~11 KiB while idle. `RelayLoop` keeps every such pair in one epoll set
+of its own instead, and moves their bytes from its one task. Trio waits on the set's
+descriptor, so one scheduler pass serves every pair that became ready since the last.
 
-- Rounds. A pump waits readable. After a small message (and at the start) it reads up to
-  SPLICE_MIN bytes at once and writes them: a handshake flight or a request is one read and
-  one write, cheaper so than a splice round (~30 us whatever its size). A read that fills
-  its buffer means bulk: then, round after round without waiting (checkpointing between
-  them), the pump asks the kernel how much is waiting (FIONREAD) and moves it socket -> pipe
-  -> socket with `os.splice`, never entering Python (STACK-NOTES.md "Relaying bytes": ~0.25
-  CPU-s per GiB against ~1.1 with receive/send), or by one copy when it is little; a round
-  that finds less than a buffer's worth waiting ends the bulk. Pipes come from a shared,
-  bounded pool and are held only while a chunk is in flight, so an idle connection holds
-  none.
-- Full duplex. The two pumps share nothing but the transfer's counters and deadline; each
-  waits only readable on its source and writable on its destination, which Trio allows on one
-  socket from two tasks.
-- Half-close. EOF on one side becomes shutdown(SHUT_WR) on the other, and that pump ends;
-  the other direction keeps flowing until its own EOF (a client that sends a query and
+- Supervision stays Trio's. `RelayLoop.relay` runs in the connection's own task: it puts the
+  pair in the set and sleeps (no second task, no nursery) until the loop wakes it because the
+  pair is done (both EOFs) or failed (the error is raised in the task), or until the task is
+  cancelled (the idle deadline, or the drain timeout cancelling the connections nursery):
+  then the pair leaves the set at once, and the caller closes both sockets as before.
+- Rounds, level-triggered. Each time the set says a source is readable, one round moves what
+  is there: a read of up to SPLICE_MIN bytes and a send (a handshake flight or a request is
+  one read and one write, cheaper so than a splice round, ~30 us whatever its size); after a
+  round that filled its buffer (bulk), a splice through a pipe from the shared pool, socket ->
+  pipe -> socket without entering Python (STACK-NOTES.md "Relaying bytes": ~0.25 CPU-s per
+  GiB against ~1.1 with receive/send). A source with more waiting is reported again in the
+  next pass: busy pairs take turns, a pass is at most MAX_EVENTS rounds, and the loop yields
+  to Trio between passes. No FIONREAD: the size of the last round decides the next.
+- Back-pressure. A send that does not take everything keeps the rest (bytes, or the pipe
+  still holding them) and that direction stops reading its source until its destination is
+  writable: a slow reader holds at most one round of its peer's bytes. Pipes are held only
+  while bytes are in them; when the pool has none free, a round is a read and a send.
+- Half-close. EOF on one side becomes shutdown(SHUT_WR) on the other and that direction is
+  done; the other keeps flowing until its own EOF (a client that sends a query and
   half-closes still gets the whole answer).
-- Timeouts. One idle deadline for both directions, pushed forward by progress either way:
-  a connection that is busy one way only is not idle. When it passes, the scope is cancelled
-  and `relay` returns quietly with `cancelled_caught` set.
-- Errors. An error in either direction leaves the nursery, which cancels the other pump, so
-  both sides are torn down together (a pump left waiting leaked connections).
-
-`relay_ends` is the same for plaintext `End`s (a terminated TLS client and its backend),
-where TLS has no half-close to propagate (see its docstring).
+- Timeouts. One idle deadline for both directions: the transfer's cancel scope, pushed forward
+  by progress either way (at most every 1% of the timeout). When it passes, `relay` returns
+  quietly with `cancelled_caught` set.
+- Errors. A failing call ends the pair: both sockets leave the set, a pipe it held is closed
+  (it may hold bytes), and the error is raised in the connection's task. An unexpected
+  exception is handled the same way, so a bug ends one connection, not the loop.
 """
 
 from __future__ import annotations
 
-import array
 import contextlib
-import errno
 import fcntl
 import os
+import select
 import socket
-import termios
-from typing import Protocol
 
 import attrs
+import outcome
 import trio
 
-from gateway.dataplane.sockio import receive_some, send_all
+from gateway.dataplane.sockio import send_eof
 
-#: Bytes moved per splice round. Trio costs ~50-70 us per round, so larger is cheaper.
+#: Bytes moved per splice round (the pipes' size). Larger rounds are cheaper per byte.
 CHUNK = 1024 * 1024
-#: Below this many waiting bytes a round is a plain read and write.
+#: A round reads this much at most with a plain read; a read that fills it means bulk.
 SPLICE_MIN = 64 * 1024
-#: Largest plaintext read from a backend socket per round (Terminate listeners).
-READ_SIZE = 64 * 1024
 SPLICE_AVAILABLE = hasattr(os, "splice")
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+#: Rounds in one pass of the loop before it yields to the other tasks (a bulk round is ~0.3 ms).
+MAX_EVENTS = 64
 
+_IN, _OUT = select.EPOLLIN, select.EPOLLOUT
+#: A socket in error or hung up: the next call on it says what happened.
+_ERR = select.EPOLLERR | select.EPOLLHUP
 
 #: Pipes a process keeps at most (each is two descriptors and up to CHUNK of kernel memory).
 PIPE_POOL_SIZE = 64
@@ -68,33 +76,33 @@ class PipePool:
 
     def __init__(self, limit: int = PIPE_POOL_SIZE, size: int = CHUNK) -> None:
         self._free: list[tuple[int, int]] = []
-        self._slots = trio.Semaphore(limit)
         self._size = size
         self.limit = limit
+        self.taken = 0
 
-    async def acquire(self) -> tuple[int, int]:
-        try:
-            self._slots.acquire_nowait()  # no scheduler pass in the common case
-        except trio.WouldBlock:
-            await self._slots.acquire()
+    def take(self) -> tuple[int, int] | None:
+        """A pipe, or None when `limit` are in use (the caller copies instead)."""
+        if self.taken >= self.limit:
+            return None
         if self._free:
-            return self._free.pop()
-        try:
-            read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            self._slots.release()
-            raise
-        with contextlib.suppress(OSError):  # a smaller pipe only means more rounds
-            fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, self._size)
-        return read_fd, write_fd
+            pipe = self._free.pop()
+        else:
+            try:
+                pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                return None  # out of descriptors: a copy round still works
+            with contextlib.suppress(OSError):  # a smaller pipe only means more rounds
+                fcntl.fcntl(pipe[1], fcntl.F_SETPIPE_SZ, self._size)
+        self.taken += 1
+        return pipe
 
-    def release(self, pipe: tuple[int, int], *, clean: bool) -> None:
+    def give_back(self, pipe: tuple[int, int], *, clean: bool) -> None:
+        self.taken -= 1
         if clean:
             self._free.append(pipe)
         else:
             os.close(pipe[0])
             os.close(pipe[1])
-        self._slots.release()
 
     def close(self) -> None:
         for read_fd, write_fd in self._free:
@@ -105,7 +113,7 @@ class PipePool:
 
 @attrs.define
 class Transfer:
-    """Bytes moved each way, and the idle deadline both pumps push forward."""
+    """Bytes moved each way, and the idle deadline both directions push forward."""
 
     idle_timeout: float
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
@@ -119,164 +127,243 @@ class Transfer:
             self.scope.deadline = deadline
 
 
-async def relay(
-    client: socket.socket,
-    backend: socket.socket,
-    transfer: Transfer,
-    pool: PipePool | None,
-) -> None:
-    """Relay until both directions reach EOF; raises on the first failure of either.
-    Returns quietly (with `transfer.scope.cancelled_caught`) when the idle timeout passes."""
-    transfer.scope.deadline = trio.current_time() + transfer.idle_timeout
-    with transfer.scope:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_pump, backend, client, transfer, pool, False)
-            await _pump(client, backend, transfer, pool, True)
+class _Way:
+    """One direction of a pair: bytes from `src` to `dst`."""
+
+    __slots__ = ("bulk", "done", "dst", "dst_fd", "in_pipe", "pending", "pipe", "src_fd", "up")
+
+    def __init__(self, src: socket.socket, dst: socket.socket, *, up: bool) -> None:
+        self.src_fd = src.fileno()
+        self.dst = dst
+        self.dst_fd = dst.fileno()
+        self.up = up
+        #: The last round filled its buffer: the next one splices.
+        self.bulk = False
+        #: EOF seen and passed on (SHUT_WR): nothing more this way.
+        self.done = False
+        #: Bytes read and not yet sent (the destination was full).
+        self.pending: memoryview | None = None
+        #: The pipe holding `in_pipe` spliced bytes not yet sent, while it holds any.
+        self.pipe: tuple[int, int] | None = None
+        self.in_pipe = 0
+
+    @property
+    def blocked(self) -> bool:
+        return self.pending is not None or self.in_pipe > 0
 
 
-async def _pump(
-    src: socket.socket,
-    dst: socket.socket,
-    transfer: Transfer,
-    pool: PipePool | None,
-    upstream: bool,
-) -> None:
-    src_fd, dst_fd = src.fileno(), dst.fileno()
-    bulk = False  # the last round found a buffer's worth or more: go on without waiting
-    while True:
-        if not bulk:
-            await trio.lowlevel.wait_readable(src)
-        if bulk:
-            # Mid-stream: how much is waiting decides between splice and a copy.
-            waiting = _waiting(src_fd)
-            if pool is not None and waiting >= SPLICE_MIN:
-                moved = await _splice_round(src_fd, dst, dst_fd, pool)
-            else:
-                moved = await _copy_round(src_fd, dst, min(max(waiting, 4096), CHUNK))
-            more = waiting >= SPLICE_MIN
-        else:
-            # After a small message (or at the start): most likely another one, read at once.
-            moved = await _copy_round(src_fd, dst, SPLICE_MIN)
-            more = moved is not None and moved >= SPLICE_MIN
-        if moved is None:
-            bulk = False  # nothing there after all
-            continue
-        if moved == 0:
-            _send_eof(dst)
-            return
-        if upstream:
-            transfer.up += moved
-        else:
-            transfer.down += moved
-        transfer.progress()
-        bulk = more
-        if more:
-            await trio.lowlevel.checkpoint()  # bulk: keep going, but let others run
+class _Pair:
+    __slots__ = ("backend_fd", "client_fd", "down", "masks", "task", "transfer", "up")
+
+    def __init__(
+        self,
+        client: socket.socket,
+        backend: socket.socket,
+        transfer: Transfer,
+        task: trio.lowlevel.Task,
+    ) -> None:
+        self.client_fd = client.fileno()
+        self.backend_fd = backend.fileno()
+        self.up = _Way(client, backend, up=True)
+        self.down = _Way(backend, client, up=False)
+        self.transfer = transfer
+        self.task = task
+        #: What the set watches for on (client, backend); 0 is "not in the set".
+        self.masks = [0, 0]
 
 
-def _waiting(fd: int) -> int:
-    """Bytes in the socket's receive queue (FIONREAD); 0 at EOF."""
-    count = array.array("i", [0])
-    fcntl.ioctl(fd, termios.FIONREAD, count, True)
-    return count[0]
+class RelayLoop:
+    """The process's socket-pair relays: `run` is their one task, `relay` a connection's wait."""
 
+    def __init__(self, pool: PipePool | None) -> None:
+        #: The splice relay's pipes; None relays with reads and writes (the caller decides).
+        self.pool = pool
+        self._epoll: select.epoll | None = None
+        #: Descriptor -> its pair, for both descriptors of every pair in the set.
+        self._pairs: dict[int, _Pair] = {}
 
-async def _copy_round(src_fd: int, dst: socket.socket, size: int) -> int | None:
-    try:
-        data = os.read(src_fd, size)
-    except BlockingIOError:
-        return None
-    await send_all(dst, data)
-    return len(data)
+    @property
+    def relaying(self) -> int:
+        """Pairs in the set now."""
+        return len(self._pairs) // 2
 
-
-async def _splice_round(src_fd: int, dst: socket.socket, dst_fd: int, pool: PipePool) -> int | None:
-    read_fd, write_fd = await pool.acquire()
-    clean = False
-    try:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Move bytes for every pair until cancelled. Pairs still here then get an error."""
+        epoll = self._epoll = select.epoll()
         try:
-            moved = os.splice(src_fd, write_fd, CHUNK, flags=_SPLICE_FLAGS)
-        except BlockingIOError:
-            clean = True
-            return None
-        pending = moved
-        # Drain the pipe fully before reading more (STACK-NOTES.md).
-        while pending:
+            task_status.started()
+            while True:
+                await trio.lowlevel.wait_readable(epoll)
+                for fd, events in epoll.poll(0, MAX_EVENTS):
+                    pair = self._pairs.get(fd)
+                    if pair is not None:  # else it ended earlier in this pass
+                        self._ready(pair, fd, events)
+        finally:
+            for pair in {id(pair): pair for pair in self._pairs.values()}.values():
+                self._end(pair, trio.ClosedResourceError("the relay loop stopped"))
+            self._epoll = None
+            trio.lowlevel.notify_closing(epoll)
+            epoll.close()
+
+    async def relay(
+        self, client: socket.socket, backend: socket.socket, transfer: Transfer
+    ) -> None:
+        """Relay until both directions reach EOF; raises the first failure of either. Returns
+        quietly (with `transfer.scope.cancelled_caught`) when the idle timeout passes."""
+        if self._epoll is None:
+            raise RuntimeError("RelayLoop.run is not running")
+        transfer.scope.deadline = trio.current_time() + transfer.idle_timeout
+        with transfer.scope:
+            pair = _Pair(client, backend, transfer, trio.lowlevel.current_task())
+            self._pairs[pair.client_fd] = self._pairs[pair.backend_fd] = pair
             try:
-                pending -= os.splice(read_fd, dst_fd, pending, flags=_SPLICE_FLAGS)
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(dst)
-        clean = True
-        return moved
-    finally:
-        pool.release((read_fd, write_fd), clean=clean)
+                self._watch(pair)
+            except BaseException:
+                self._detach(pair)
+                raise
 
+            def abort(_: object) -> trio.lowlevel.Abort:
+                self._detach(pair)  # cancelled: out of the set before the sockets close
+                return trio.lowlevel.Abort.SUCCEEDED
 
-def _send_eof(dst: socket.socket) -> None:
-    try:
-        dst.shutdown(socket.SHUT_WR)
-    except OSError as exc:
-        if exc.errno != errno.ENOTCONN:
+            await trio.lowlevel.wait_task_rescheduled(abort)
+
+    # --- the loop's work, synchronous -------------------------------------------------------
+
+    def _ready(self, pair: _Pair, fd: int, events: int) -> None:
+        if fd == pair.client_fd:
+            out_of, into = pair.up, pair.down  # the client is up's source and down's destination
+        else:
+            out_of, into = pair.down, pair.up
+        try:
+            if events & (_OUT | _ERR) and into.blocked:
+                self._flush(into, pair.transfer)
+            if events & (_IN | _ERR) and not out_of.done and not out_of.blocked:
+                self._round(out_of, pair.transfer)
+            if not (pair.up.done and pair.down.done):
+                self._watch(pair)
+                return
+        except Exception as exc:  # the connection's task judges it (a bug is logged there)
+            self._end(pair, exc)
+            return
+        self._end(pair, None)
+
+    def _round(self, way: _Way, transfer: Transfer) -> None:
+        pool = self.pool
+        if way.bulk and pool is not None:
+            pipe = pool.take()
+            if pipe is not None:
+                self._splice(way, pool, pipe, transfer)
+                return
+        try:
+            data = os.read(way.src_fd, SPLICE_MIN)
+        except BlockingIOError:
+            return  # nothing there after all
+        if not data:
+            self._eof(way)
+            return
+        way.bulk = len(data) == SPLICE_MIN
+        try:
+            sent = way.dst.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            way.pending = memoryview(data)[sent:]
+        self._moved(way, sent, transfer)
+
+    def _splice(self, way: _Way, pool: PipePool, pipe: tuple[int, int], transfer: Transfer) -> None:
+        try:
+            moved = os.splice(way.src_fd, pipe[1], CHUNK, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            moved = -1
+        except BaseException:
+            pool.give_back(pipe, clean=False)
             raise
+        if moved <= 0:
+            pool.give_back(pipe, clean=True)
+            if moved == 0:
+                self._eof(way)
+            return
+        way.bulk = moved >= SPLICE_MIN
+        way.pipe, way.in_pipe = pipe, moved
+        self._flush(way, transfer)
 
+    def _flush(self, way: _Way, transfer: Transfer) -> None:
+        """Send what the way holds, as far as the destination takes it."""
+        if way.pending is not None:
+            try:
+                sent = way.dst.send(way.pending)
+            except BlockingIOError:
+                return
+            way.pending = way.pending[sent:] if sent < len(way.pending) else None
+            self._moved(way, sent, transfer)
+            return
+        assert way.pipe is not None
+        # Drain the pipe fully before reading more (STACK-NOTES.md).
+        while way.in_pipe:
+            try:
+                sent = os.splice(way.pipe[0], way.dst_fd, way.in_pipe, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                return
+            way.in_pipe -= sent
+            self._moved(way, sent, transfer)
+        pipe, way.pipe = way.pipe, None
+        assert self.pool is not None
+        self.pool.give_back(pipe, clean=True)
 
-class End(Protocol):
-    """One side of a terminated connection: plaintext in and out.
+    @staticmethod
+    def _moved(way: _Way, count: int, transfer: Transfer) -> None:
+        if count:
+            if way.up:
+                transfer.up += count
+            else:
+                transfer.down += count
+            transfer.progress()
 
-    `relay_ends` uses each end full duplex from two tasks: one calls `receive`, the other
-    `send` and then `finish`, at the same time. An end must allow exactly that (a TLS end,
-    whose `receive` also writes, serialises its writers: gateway/tlsstream.py)."""
+    @staticmethod
+    def _eof(way: _Way) -> None:
+        way.done = True
+        send_eof(way.dst)
 
-    async def receive(self) -> bytes: ...
+    def _watch(self, pair: _Pair) -> None:
+        """Point the set at what each socket waits for now."""
+        up, down = pair.up, pair.down
+        client = (_IN if not (up.done or up.blocked) else 0) | (_OUT if down.blocked else 0)
+        backend = (_IN if not (down.done or down.blocked) else 0) | (_OUT if up.blocked else 0)
+        self._set(pair, 0, pair.client_fd, client)
+        self._set(pair, 1, pair.backend_fd, backend)
 
-    async def send(self, data: bytes) -> None: ...
+    def _set(self, pair: _Pair, index: int, fd: int, mask: int) -> None:
+        old = pair.masks[index]
+        if mask == old:
+            return
+        epoll = self._epoll
+        assert epoll is not None
+        # A socket watched for nothing leaves the set: level-triggered, a hung-up socket
+        # watched for nothing would still be reported on every pass.
+        if not mask:
+            epoll.unregister(fd)
+        elif not old:
+            epoll.register(fd, mask)
+        else:
+            epoll.modify(fd, mask)
+        pair.masks[index] = mask
 
-    async def finish(self) -> None: ...
+    def _detach(self, pair: _Pair) -> None:
+        """Take the pair out of the set and give back its pipes; idempotent."""
+        for index, fd in enumerate((pair.client_fd, pair.backend_fd)):
+            if self._pairs.get(fd) is pair:
+                del self._pairs[fd]
+            if pair.masks[index] and self._epoll is not None:
+                with contextlib.suppress(OSError):
+                    self._epoll.unregister(fd)
+            pair.masks[index] = 0
+        for way in (pair.up, pair.down):
+            if way.pipe is not None:
+                pipe, way.pipe, way.in_pipe = way.pipe, None, 0
+                assert self.pool is not None
+                self.pool.give_back(pipe, clean=False)  # it may hold bytes never sent
 
-
-class PlainEnd:
-    """A plain TCP socket as an `End` (the backend of a Terminate listener). Its receiver only
-    waits readable and its sender only writable, which trio allows at once on one socket."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-
-    async def receive(self) -> bytes:
-        return await receive_some(self.sock, READ_SIZE)
-
-    async def send(self, data: bytes) -> None:
-        await send_all(self.sock, data)
-
-    async def finish(self) -> None:
-        _send_eof(self.sock)
-
-
-async def relay_ends(client: End, backend: End, transfer: Transfer) -> None:
-    """Relay plaintext between a terminated client and its backend.
-
-    The client ending (close_notify or FIN) half-closes toward the backend, whose answer still
-    flows back; the backend ending closes the client's TLS and then both sides, since TLS has
-    no half-close to rely on (STACK-NOTES.md). Returns quietly on the idle timeout.
-
-    Tasks: this one receives from the client and sends to (then finishes) the backend;
-    `downstream` receives from the backend and sends to (then finishes) the client. So each
-    end has one receiver and one sender, concurrently (`End`).
-    """
-    transfer.scope.deadline = trio.current_time() + transfer.idle_timeout
-    with transfer.scope:
-        async with trio.open_nursery() as nursery:
-
-            async def downstream() -> None:
-                while data := await backend.receive():
-                    await client.send(data)
-                    transfer.down += len(data)
-                    transfer.progress()
-                await client.finish()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(downstream)
-            while data := await client.receive():
-                await backend.send(data)
-                transfer.up += len(data)
-                transfer.progress()
-            await backend.finish()
+    def _end(self, pair: _Pair, error: BaseException | None) -> None:
+        self._detach(pair)
+        trio.lowlevel.reschedule(pair.task, outcome.Error(error) if error else outcome.Value(None))

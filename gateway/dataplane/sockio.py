@@ -1,5 +1,5 @@
-"""The non-blocking socket loops every data-plane module uses: send all of a buffer, and
-receive what is there.
+"""The non-blocking socket calls every data-plane module uses: send all of a buffer, receive
+what is there, pass an EOF on.
 
 I/O. Plain non-blocking calls that wait only when the kernel says "would block": a Trio socket
 would add a scheduler pass to every call (STACK-NOTES.md), and these run per relay round.
@@ -7,6 +7,7 @@ would add a scheduler pass to every call (STACK-NOTES.md), and these run per rel
 
 from __future__ import annotations
 
+import errno
 import socket
 
 import trio
@@ -29,3 +30,12 @@ async def receive_some(sock: socket.socket, size: int) -> bytes:
             return sock.recv(size)
         except BlockingIOError:
             await trio.lowlevel.wait_readable(sock)
+
+
+def send_eof(sock: socket.socket) -> None:
+    """shutdown(SHUT_WR): the peer reads EOF after what was sent. Quiet when it is gone."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            raise
