@@ -4,11 +4,13 @@ gateway, real TLS clients (SPEC.md §10, issue "Passthrough data plane")."""
 from __future__ import annotations
 
 import collections
+import socket
 import ssl
 
 import pytest
 import trio
 
+from gateway.dataplane.binds import _bind
 from gateway.server import Server
 
 from .harness import (
@@ -311,3 +313,15 @@ async def test_fqdn_endpoints_are_resolved_when_connecting(pki: Pki) -> None:
             with trio.fail_after(10):
                 async with tls_client(port, "db.example.com", pki.client_context()) as client:
                     assert (await client.test())["backend"] == "db"
+
+
+def test_accepted_connections_have_the_listeners_tcp_nodelay() -> None:
+    """The listener sets TCP_NODELAY once; every accepted socket has it from there (Linux),
+    so handshake flights never wait for Nagle and the accept loop makes no setsockopt."""
+    listener = _bind(("127.0.0.1", 0), 16, reuse_port=False)
+    with listener, socket.create_connection(listener.getsockname()) as client:
+        client.sendall(b"\x16")  # TCP_DEFER_ACCEPT: the connection is accepted once it speaks
+        listener.settimeout(5)
+        accepted, _ = listener.accept()
+        with accepted:
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1

@@ -135,9 +135,7 @@ class BoundSockets:
                 conn.close()
                 continue
             counter.inc()
-            conn.setblocking(False)
-            # Small messages (handshake flights) must not wait for Nagle.
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.setblocking(False)  # TCP_NODELAY it has from the listener (`_bind`)
             self.connections.start_soon(self.proxy.handle, conn, peer, key)
             accepted += 1
             if accepted % 32 == 0:
@@ -155,6 +153,9 @@ DEFER_ACCEPT_SECONDS = 1
 def _bind(key: tuple[str, int], backlog: int, *, reuse_port: bool) -> socket.socket:
     sock = listening_socket(key[0], key[1], backlog, reuse_port=reuse_port)
     sock.setblocking(False)
+    # Small messages (handshake flights) must not wait for Nagle. Set here, not per accepted
+    # connection: Linux gives an accepted socket its listener's TCP options.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if hasattr(socket, "TCP_DEFER_ACCEPT"):  # Linux
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT_SECONDS)
     return sock

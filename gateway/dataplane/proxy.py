@@ -292,33 +292,36 @@ class Proxy:
         # the chunk that completes the hello).
         parser = ClientHelloParser(self.config.max_hello_bytes)
         buffer = bytearray()
+        # The listener hands over connections whose hello is queued (TCP_DEFER_ACCEPT), so
+        # most are read without a wait: the deadline costs a cancel scope only per wait.
+        deadline = trio.current_time() + self.config.hello_timeout
         try:
-            with trio.move_on_after(self.config.hello_timeout) as timeout:
-                while True:
-                    try:
-                        chunk = client.recv(16384)
-                    except BlockingIOError:
+            while True:
+                try:
+                    chunk = client.recv(16384)
+                except BlockingIOError:
+                    with trio.move_on_at(deadline) as timeout:
                         await trio.lowlevel.wait_readable(client)
-                        continue
-                    if not chunk:
-                        conn.outcome = Outcome.CLIENT_CLOSED
+                    if timeout.cancelled_caught:
+                        conn.outcome = Outcome.HELLO_TIMEOUT
                         return None
-                    buffer += chunk
-                    try:
-                        hello = parser.feed(chunk)
-                    except ClientHelloError as exc:
-                        conn.outcome, conn.detail = Outcome.REJECTED_NOT_TLS, str(exc)
-                        return None
-                    if hello is not None:
-                        conn.sni = hello.server_name
-                        self.metrics.client_hello_duration.observe(time.monotonic() - conn.started)
-                        return bytes(buffer)
+                    continue
+                if not chunk:
+                    conn.outcome = Outcome.CLIENT_CLOSED
+                    return None
+                buffer += chunk
+                try:
+                    hello = parser.feed(chunk)
+                except ClientHelloError as exc:
+                    conn.outcome, conn.detail = Outcome.REJECTED_NOT_TLS, str(exc)
+                    return None
+                if hello is not None:
+                    conn.sni = hello.server_name
+                    self.metrics.client_hello_duration.observe(time.monotonic() - conn.started)
+                    return bytes(buffer)
         finally:
             self.hello_work.fed += parser.fed
             self.hello_work.scanned += parser.scanned
-        assert timeout.cancelled_caught
-        conn.outcome = Outcome.HELLO_TIMEOUT
-        return None
 
     async def _relay(
         self, client: socket.socket, upstream: socket.socket, hello_bytes: bytes, conn: AccessRecord
