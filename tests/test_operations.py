@@ -75,6 +75,8 @@ async def test_metrics_count_real_traffic(pki: Pki) -> None:
                         assert await client.call("PING") == "PONG"
                 async with tls_client(port, "cache.example.com", context) as client:
                     assert await client.call("PING") == "PONG"
+                    live = _samples((await http.get("/metrics")).text)
+                    assert _value(live, "tlsgate_connections_active") == 1
                 assert await handshake_outcome(port, "nobody.example.com", context) in (
                     "eof",
                     "reset",

@@ -111,6 +111,8 @@ class Proxy:
         self._route_bytes: dict[str, tuple[Any, Any]] = {}
         self.idle = trio.Event()
         self.idle.set()
+        # Read at scrape time: nothing to count per connection.
+        self.metrics.connections_active.set_function(lambda: self.active)
 
     async def handle(
         self, sock: socket.socket, peer: tuple[str, int], bind: tuple[str, int]
@@ -164,12 +166,10 @@ class Proxy:
         if self.active == 0:
             self.idle = trio.Event()
         self.active += 1
-        self.metrics.connections_active.inc()
 
     def _leave(self) -> None:
         self.active -= 1
         self.finished += 1
-        self.metrics.connections_active.dec()
         if self.active == 0:
             self.idle.set()
 
