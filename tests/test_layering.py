@@ -88,16 +88,27 @@ def test_the_rule_catches_an_upward_import(tmp_path: Path) -> None:
 def test_a_worker_process_loads_no_admin_stack_and_no_translator() -> None:
     """Worker processes stay small: importing the worker pulls in neither the HTTP stack nor
     the control plane (API.md "Process model": workers never parse admin bodies or run
-    translation)."""
+    translation), and not the admission and conversion code (cattrs) the admin API runs."""
     probe = "import sys, gateway.dataplane.worker\nprint('\\n'.join(sorted(sys.modules)))\n"
     loaded = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     ).stdout.split()
-    forbidden = ("quart", "quart_trio", "hypercorn", "werkzeug", "admin", "yaml", "sqlite3")
+    forbidden = (
+        "quart",
+        "quart_trio",
+        "hypercorn",
+        "werkzeug",
+        "admin",
+        "yaml",
+        "sqlite3",
+        "cattrs",
+    )
+    control = ("gateway.translate", "gateway.store", "gateway.cli", "gateway.api.admission")
     wrong = [
         name
         for name in loaded
         if name.split(".")[0] in forbidden
-        or name.startswith(("gateway.translate", "gateway.store", "gateway.cli"))
+        or name.startswith(control)
+        or name == "gateway.api.convert"
     ]
     assert not wrong, wrong

@@ -11,7 +11,6 @@ metadata.
 from __future__ import annotations
 
 import base64
-import binascii
 import functools
 import json
 import types
@@ -404,17 +403,6 @@ def unstructure_document(doc: Document, *, redact: bool = True) -> dict[str, Any
     if redact and isinstance(doc, corev1.Secret) and "data" in out:
         out["data"] = {k: v for k, v in out["data"].items() if k not in PRIVATE_KEYS}
     return out
-
-
-def secret_bytes(secret: corev1.Secret, key: str) -> bytes | None:
-    """The decoded value of `data[key]`, or None when absent or not base64."""
-    value = (secret.data or {}).get(key)
-    if value is None:
-        return None
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        return None
 
 
 def with_status(doc: Document, statuses: Mapping[ObjectKey, Status]) -> dict[str, Any]:

@@ -6,6 +6,9 @@ spec (as a consumer, not the owner, of these kinds), while the Gateway API kinds
 
 from __future__ import annotations
 
+import base64
+import binascii
+
 from attrs import frozen
 
 from gateway.api.model import ObjectMeta
@@ -94,3 +97,14 @@ class Namespace:
     api_version: str
     kind: str = "Namespace"
     metadata: ObjectMeta
+
+
+def secret_bytes(secret: Secret, key: str) -> bytes | None:
+    """The decoded value of `data[key]`, or None when absent or not base64."""
+    value = (secret.data or {}).get(key)
+    if value is None:
+        return None
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None

@@ -19,7 +19,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from attrs import frozen as attrs_frozen
 
 from gateway.api import corev1
-from gateway.api.convert import secret_bytes
 from gateway.api.names import FrontendValidationMode
 from gateway.routing.snapshot import BackendTLS, Certificate, ListenerTable
 
@@ -68,8 +67,8 @@ def server_context(certificate: bytes, key: bytes) -> ssl.SSLContext:
 
 def secret_pem(secret: corev1.Secret) -> tuple[bytes, bytes]:
     """tls.crt and tls.key of a Secret, or CertificateError saying which is missing."""
-    certificate = secret_bytes(secret, TLS_CERT_KEY)
-    key = secret_bytes(secret, TLS_PRIVATE_KEY)
+    certificate = corev1.secret_bytes(secret, TLS_CERT_KEY)
+    key = corev1.secret_bytes(secret, TLS_PRIVATE_KEY)
     missing = [k for k, v in ((TLS_CERT_KEY, certificate), (TLS_PRIVATE_KEY, key)) if not v]
     if missing or certificate is None or key is None:
         raise CertificateError(f"the Secret has no {' and no '.join(missing)}")

@@ -14,8 +14,7 @@ import enum
 from attrs import frozen
 
 from gateway import GATEWAY_GROUP
-from gateway.api import model
-from gateway.api.convert import secret_bytes
+from gateway.api import corev1, model
 from gateway.api.names import NamespacedName
 from gateway.routing.snapshot import Certificate
 from gateway.translate.facts import Facts
@@ -129,7 +128,7 @@ def certificate_of(resources: Resources, key: NamespacedName) -> Certificate | N
     secret = resources.secrets.get(key)
     if secret is None:
         return None
-    chain, private = secret_bytes(secret, "tls.crt"), secret_bytes(secret, "tls.key")
+    chain, private = corev1.secret_bytes(secret, "tls.crt"), corev1.secret_bytes(secret, "tls.key")
     if not chain or not private:
         return None
     return Certificate(secret=key, chain=chain, key=private)
