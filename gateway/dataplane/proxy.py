@@ -200,7 +200,14 @@ class Proxy:
             if upstream is None:
                 return
             with upstream:
-                await self._relay(client, upstream, hello_bytes, conn)
+                conn.transfer = Transfer(idle_timeout=self.config.idle_timeout)
+                # The buffered hello goes first, verbatim: the backend sees the client's own SNI.
+                await send_all(upstream, hello_bytes)
+                conn.transfer.up += len(hello_bytes)
+                del hello_bytes  # not held while the connection lives (up to 64 KiB)
+                await self.relays.relay(client, upstream, conn.transfer)
+                if conn.transfer.scope.cancelled_caught:
+                    conn.outcome = Outcome.IDLE_TIMEOUT
             return
         await self._terminate(client, hello_bytes, conn, snapshot, listener, backend)
 
@@ -322,17 +329,6 @@ class Proxy:
         finally:
             self.hello_work.fed += parser.fed
             self.hello_work.scanned += parser.scanned
-
-    async def _relay(
-        self, client: socket.socket, upstream: socket.socket, hello_bytes: bytes, conn: AccessRecord
-    ) -> None:
-        conn.transfer = Transfer(idle_timeout=self.config.idle_timeout)
-        # The buffered hello goes first, verbatim: the backend sees the client's own SNI.
-        await send_all(upstream, hello_bytes)
-        conn.transfer.up += len(hello_bytes)
-        await self.relays.relay(client, upstream, conn.transfer)
-        if conn.transfer.scope.cancelled_caught:
-            conn.outcome = Outcome.IDLE_TIMEOUT
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -153,7 +153,17 @@ class _Way:
 
 
 class _Pair:
-    __slots__ = ("backend_fd", "client_fd", "down", "masks", "task", "transfer", "up")
+    __slots__ = (
+        "backend_fd",
+        "backend_mask",
+        "client_fd",
+        "client_mask",
+        "down",
+        "loop",
+        "task",
+        "transfer",
+        "up",
+    )
 
     def __init__(
         self,
@@ -161,6 +171,7 @@ class _Pair:
         backend: socket.socket,
         transfer: Transfer,
         task: trio.lowlevel.Task,
+        loop: RelayLoop,
     ) -> None:
         self.client_fd = client.fileno()
         self.backend_fd = backend.fileno()
@@ -168,8 +179,15 @@ class _Pair:
         self.down = _Way(backend, client, up=False)
         self.transfer = transfer
         self.task = task
-        #: What the set watches for on (client, backend); 0 is "not in the set".
-        self.masks = [0, 0]
+        self.loop = loop
+        #: What the set watches for on each socket; 0 is "not in the set".
+        self.client_mask = 0
+        self.backend_mask = 0
+
+    def abort(self, _: object) -> trio.lowlevel.Abort:
+        """The connection's task is cancelled: out of the set before its sockets close."""
+        self.loop._detach(self)
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 class RelayLoop:
@@ -214,19 +232,14 @@ class RelayLoop:
             raise RuntimeError("RelayLoop.run is not running")
         transfer.scope.deadline = trio.current_time() + transfer.idle_timeout
         with transfer.scope:
-            pair = _Pair(client, backend, transfer, trio.lowlevel.current_task())
+            pair = _Pair(client, backend, transfer, trio.lowlevel.current_task(), self)
             self._pairs[pair.client_fd] = self._pairs[pair.backend_fd] = pair
             try:
                 self._watch(pair)
             except BaseException:
                 self._detach(pair)
                 raise
-
-            def abort(_: object) -> trio.lowlevel.Abort:
-                self._detach(pair)  # cancelled: out of the set before the sockets close
-                return trio.lowlevel.Abort.SUCCEEDED
-
-            await trio.lowlevel.wait_task_rescheduled(abort)
+            await trio.lowlevel.wait_task_rescheduled(pair.abort)
 
     # --- the loop's work, synchronous -------------------------------------------------------
 
@@ -330,13 +343,14 @@ class RelayLoop:
         up, down = pair.up, pair.down
         client = (_IN if not (up.done or up.blocked) else 0) | (_OUT if down.blocked else 0)
         backend = (_IN if not (down.done or down.blocked) else 0) | (_OUT if up.blocked else 0)
-        self._set(pair, 0, pair.client_fd, client)
-        self._set(pair, 1, pair.backend_fd, backend)
+        if client != pair.client_mask:
+            self._set(pair.client_fd, pair.client_mask, client)
+            pair.client_mask = client
+        if backend != pair.backend_mask:
+            self._set(pair.backend_fd, pair.backend_mask, backend)
+            pair.backend_mask = backend
 
-    def _set(self, pair: _Pair, index: int, fd: int, mask: int) -> None:
-        old = pair.masks[index]
-        if mask == old:
-            return
+    def _set(self, fd: int, old: int, mask: int) -> None:
         epoll = self._epoll
         assert epoll is not None
         # A socket watched for nothing leaves the set: level-triggered, a hung-up socket
@@ -347,17 +361,16 @@ class RelayLoop:
             epoll.register(fd, mask)
         else:
             epoll.modify(fd, mask)
-        pair.masks[index] = mask
 
     def _detach(self, pair: _Pair) -> None:
         """Take the pair out of the set and give back its pipes; idempotent."""
-        for index, fd in enumerate((pair.client_fd, pair.backend_fd)):
+        for fd, mask in ((pair.client_fd, pair.client_mask), (pair.backend_fd, pair.backend_mask)):
             if self._pairs.get(fd) is pair:
                 del self._pairs[fd]
-            if pair.masks[index] and self._epoll is not None:
+            if mask and self._epoll is not None:
                 with contextlib.suppress(OSError):
                     self._epoll.unregister(fd)
-            pair.masks[index] = 0
+        pair.client_mask = pair.backend_mask = 0
         for way in (pair.up, pair.down):
             if way.pipe is not None:
                 pipe, way.pipe, way.in_pipe = way.pipe, None, 0
