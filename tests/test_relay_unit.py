@@ -143,25 +143,34 @@ async def relays(nursery: trio.Nursery, maybe_pool: CountingPool | None) -> Rela
     return await start(nursery, maybe_pool)
 
 
+async def converse(
+    wires: Wires, relays: RelayLoop, transfer: Transfer, query: bytes, answer: bytes, times: int = 1
+) -> None:
+    """Relay the pair while the client asks and the backend answers `times` over, then both
+    half-close and read to EOF: the relay returns once both EOFs are through."""
+    client, backend = wires.streams()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(relays.relay, wires.client, wires.backend, transfer)
+        for _ in range(times):
+            await client.send_all(query)
+            assert await receive_exactly(backend, len(query)) == query
+            await backend.send_all(answer)
+            assert await receive_exactly(client, len(answer)) == answer
+        await client.send_eof()
+        await backend.send_eof()
+        assert await receive_to_eof(client) == b""
+        assert await receive_to_eof(backend) == b""
+
+
 # --- RelayLoop ------------------------------------------------------------------------------
 
 
 async def test_small_messages_both_ways_are_counted(
     wires: Wires, relays: RelayLoop, maybe_pool: CountingPool | None
 ) -> None:
-    client, backend = wires.streams()
     transfer = Transfer(idle_timeout=IDLE)
     with trio.fail_after(SAFETY):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(relays.relay, wires.client, wires.backend, transfer)
-            await client.send_all(b"ping")
-            assert await receive_exactly(backend, 4) == b"ping"
-            await backend.send_all(b"pong!!")
-            assert await receive_exactly(client, 6) == b"pong!!"
-            await client.send_eof()
-            await backend.send_eof()
-            assert await receive_to_eof(client) == b""
-            assert await receive_to_eof(backend) == b""
+        await converse(wires, relays, transfer, b"ping", b"pong!!")
     assert (transfer.up, transfer.down) == (4, 6)
     assert not transfer.scope.cancelled_caught
     assert relays.relaying == 0
@@ -446,19 +455,9 @@ async def test_a_stalled_reader_holds_one_round_and_stalls_nobody_else(
         assert sent < 64 << 20, "the relay read on although its destination was full"
         held = stalled_transfer.up
         # Meanwhile a second pair is served at once, both ways.
-        client, backend = lively.streams()
         transfer = Transfer(idle_timeout=IDLE)
         with trio.fail_after(SAFETY):
-            async with trio.open_nursery() as inner:
-                inner.start_soon(relays.relay, lively.client, lively.backend, transfer)
-                for _ in range(20):
-                    await client.send_all(b"query")
-                    assert await receive_exactly(backend, 5) == b"query"
-                    await backend.send_all(b"answer")
-                    assert await receive_exactly(client, 6) == b"answer"
-                await client.send_eof()
-                await backend.send_eof()
-                assert await receive_to_eof(client) == b""
+            await converse(lively, relays, transfer, b"query", b"answer", times=20)
         assert (transfer.up, transfer.down) == (100, 120)
         assert stalled_transfer.up == held, "the stalled pair moved nothing meanwhile"
     finally:
@@ -497,17 +496,8 @@ async def test_many_pairs_through_one_loop(nursery: trio.Nursery) -> None:
     made = [make_wires() for _ in range(300)]
 
     async def one(index: int, wired: Wires) -> None:
-        client, backend = wired.streams()
-        transfer = Transfer(idle_timeout=IDLE)
-        async with trio.open_nursery() as inner:
-            inner.start_soon(relays.relay, wired.client, wired.backend, transfer)
-            message = f"message {index}".encode()
-            await client.send_all(message)
-            assert await receive_exactly(backend, len(message)) == message
-            await backend.send_all(message[::-1])
-            assert await receive_exactly(client, len(message)) == message[::-1]
-            await client.send_eof()
-            await backend.send_eof()
+        message = f"message {index}".encode()
+        await converse(wired, relays, Transfer(idle_timeout=IDLE), message, message[::-1])
 
     try:
         with trio.fail_after(SAFETY):
