@@ -97,9 +97,8 @@ class Proxy:
         self.contexts = ContextRegistry()
         self.config = config
         self._rng = random.Random(config.seed)
-        #: The splice relay's pipes; None relays with reads and writes (the caller decides).
-        self.pool = pool
         #: Every passthrough connection's relay; its `run` task is the data plane's to start.
+        #: Without a pipe pool it relays with reads and writes (the caller decides).
         self.relays = RelayLoop(pool)
         self.dialer = Dialer(config.connect_timeout, self.metrics)
         self.active = 0
@@ -113,6 +112,11 @@ class Proxy:
         self.idle.set()
         # Read at scrape time: nothing to count per connection.
         self.metrics.connections_active.set_function(lambda: self.active)
+
+    @property
+    def pool(self) -> PipePool | None:
+        """The splice relay's pipes (the owner closes them at exit)."""
+        return self.relays.pool
 
     async def handle(
         self, sock: socket.socket, peer: tuple[str, int], bind: tuple[str, int]
