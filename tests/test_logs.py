@@ -3,9 +3,11 @@ reader that stops reading never blocks the process (nor holds unbounded memory).
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import re
 import threading
 import time
 
@@ -58,3 +60,61 @@ def test_a_stalled_reader_never_blocks_the_caller_and_drops_are_counted(
     dropped = sum(int(n["message"].split()[0]) for n in notices)
     assert kept + dropped == 5000
     assert kept < 5000
+
+
+def _written(handler: WriterThreadHandler, stream: io.StringIO) -> list[str]:
+    handler.flush()
+    return stream.getvalue().splitlines()
+
+
+@pytest.mark.parametrize("formatter", [logs.TextFormatter, JsonFormatter])
+def test_the_access_lines_short_path_writes_what_the_record_would(
+    formatter: type[logging.Formatter],
+) -> None:
+    stream = io.StringIO()
+    handler = WriterThreadHandler(stream)
+    handler.setFormatter(formatter())
+    logger = logging.getLogger("tlsgate.test-short-path")
+    logger.handlers[:], logger.propagate = [handler], False
+    logger.setLevel(logging.INFO)
+    fields: dict[str, object] = {"client": "127.0.0.1:5000", "sni": "a.example", "bytes_up": 5}
+    logs.info_with_fields(logger, "client=127.0.0.1:5000 sni=a.example bytes_up=5", fields)
+    logger.info("%s", "client=127.0.0.1:5000 sni=a.example bytes_up=5", extra={"fields": fields})
+    short, record = _written(handler, stream)
+    stamp = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}")
+    if formatter is JsonFormatter:
+        short_out, record_out = json.loads(short), json.loads(record)
+        assert stamp.fullmatch(str(short_out.pop("time")))
+        record_out.pop("time")
+        assert short_out == record_out
+        assert short_out["bytes_up"] == 5
+        assert short_out["logger"] == "tlsgate.test-short-path"
+    else:
+        assert stamp.match(short)
+        assert short[23:] == record[23:]  # the same but for the millisecond
+        assert short[23:] == " INFO tlsgate.test-short-path " + (
+            "client=127.0.0.1:5000 sni=a.example bytes_up=5"
+        )
+
+
+def test_any_other_handler_or_filter_gets_the_ordinary_record() -> None:
+    stream = io.StringIO()
+    handler = WriterThreadHandler(stream)
+    handler.setFormatter(logs.TextFormatter())
+    records: list[logging.LogRecord] = []
+
+    class Collector(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    collector = Collector()
+    logger = logging.getLogger("tlsgate.test-short-path-others")
+    logger.handlers[:], logger.propagate = [handler, collector], False
+    logger.setLevel(logging.INFO)
+    logs.info_with_fields(logger, "one", {"n": 1})
+    assert [r.fields for r in records] == [{"n": 1}]  # type: ignore[attr-defined]
+    logger.handlers[:] = [handler]
+    logger.addFilter(lambda record: record.getMessage() != "two")
+    logs.info_with_fields(logger, "two", {"n": 2})  # the filter still decides
+    logs.info_with_fields(logger, "three", {"n": 3})
+    assert [line.rsplit(" ", 1)[1] for line in _written(handler, stream)] == ["one", "three"]

@@ -47,6 +47,7 @@ from gateway.dataplane.relay import SPLICE_AVAILABLE, PipePool, RelayLoop, Trans
 from gateway.dataplane.sockio import send_all
 from gateway.dataplane.tls import ContextRegistry, choose_certificate, subject_alt_names_match
 from gateway.dataplane.tlsstream import TlsConnection, TlsError
+from gateway.logs import info_with_fields
 from gateway.metrics import Metrics
 from gateway.routing.snapshot import Backend, BackendTLS, ListenerTable, Rejected, Snapshot
 
@@ -145,7 +146,7 @@ class Proxy:
             sock.close()
             if access_log.isEnabledFor(logging.INFO):
                 fields = conn.fields()
-                access_log.info("%s", AccessRecord.line(fields), extra={"fields": fields})
+                info_with_fields(access_log, AccessRecord.line(fields), fields)
             self._account(conn)
             self._leave()
 
