@@ -3,8 +3,10 @@ trustme certificates (SPEC.md §10.6-§10.8)."""
 
 from __future__ import annotations
 
+import socket
 import ssl
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -13,6 +15,7 @@ import trustme
 
 from gateway.api.kinds import ObjectKey
 from gateway.api.status import GatewayStatus
+from gateway.dataplane.proxy import ProxyConfig
 
 from .harness import (
     Pki,
@@ -24,6 +27,7 @@ from .harness import (
     handshake_outcome,
     passthrough_listener,
     route_yaml,
+    run_tlsgate,
     secret_yaml,
     service_yaml,
     terminate_listener,
@@ -367,3 +371,47 @@ async def test_garbage_after_the_handshake_closes_only_that_connection(pki: Pki)
                 assert finished._value.get() == 1  # an expected failure, not an internal error
                 async with tls_client(port, "redis.example.com", pki.client_context()) as client:
                     assert await client.call("PING") == "PONG"
+
+
+def _session_after_a_call(
+    port: int, context: ssl.SSLContext, session: ssl.SSLSession | None
+) -> tuple[ssl.SSLSession | None, bool]:
+    """A blocking client (as most users' are): connect, one call, close; the session it
+    ends with and whether it resumed the one given."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with context.wrap_socket(raw, server_hostname="redis.example.com", session=session) as tls:
+        stream = tls.makefile("rwb")
+        assert stream.readline().startswith(b"HELLO ")
+        stream.write(b"IS_TLS\n")
+        stream.flush()
+        assert stream.readline() == b"false\n"  # TLS 1.3 tickets came before this answer
+        return tls.session, bool(tls.session_reused)
+
+
+@pytest.mark.parametrize("tickets", [2, 0])
+async def test_session_tickets_resume_by_default_and_can_be_turned_off(
+    pki: Pki, tickets: int
+) -> None:
+    port = free_port()
+    with backends(pki, ("redis", None)) as (redis,):
+        config: dict[str, Any] = {} if tickets else {"proxy": ProxyConfig(session_tickets=0)}
+        async with (
+            admin_gateway(None, **config) as (_, url),
+            httpx.AsyncClient(base_url=url) as http,
+        ):
+            await _apply(http, _redis_route(pki, port, redis.port))
+            context = pki.client_context()
+            with trio.fail_after(20):
+                first, _ = await trio.to_thread.run_sync(_session_after_a_call, port, context, None)
+                assert first is not None
+                assert first.has_ticket == bool(tickets)
+                _, resumed = await trio.to_thread.run_sync(
+                    _session_after_a_call, port, context, first
+                )
+    assert resumed == bool(tickets)  # no ticket: a full handshake again
+
+
+def test_the_session_tickets_option_is_checked() -> None:
+    result = run_tlsgate("serve", "--tls-session-tickets", "17")
+    assert result.returncode == 2
+    assert "is not a number of tickets from 0 to 16" in result.stderr

@@ -137,3 +137,10 @@ def workers_count(value: str) -> int:
     if not value.isdigit():
         raise argparse.ArgumentTypeError(f"{value!r} is not a number of workers or 'auto'")
     return int(value)
+
+
+def session_tickets(value: str) -> int:
+    """`--tls-session-tickets N`: 0 to 16 (a client keeps one or two; more is only bytes)."""
+    if not value.isdigit() or int(value) > 16:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of tickets from 0 to 16")
+    return int(value)

@@ -18,6 +18,7 @@ from gateway.cli.env import (
     env_choice,
     env_number,
     env_parsed,
+    session_tickets,
     workers_count,
 )
 from gateway.cli.serve import run_serve
@@ -226,6 +227,14 @@ def _add_serve(commands: Any) -> None:
         type=int,
         default=env_number("max-connections", "0", int) or None,
         help="concurrent connections (default: derived from the fd limit)",
+    )
+    sv.add_argument(
+        "--tls-session-tickets",
+        type=session_tickets,
+        default=env_parsed("tls-session-tickets", "2", session_tickets),
+        metavar="N",
+        help="TLS 1.3 session tickets sent after a full handshake on Terminate listeners; "
+        "0 sends none: cheaper handshakes, no resumption (default 2, OpenSSL's)",
     )
     sv.add_argument(
         "--no-splice",

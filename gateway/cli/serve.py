@@ -64,6 +64,7 @@ def run_serve(args: argparse.Namespace) -> int:
         hello_timeout=args.hello_timeout,
         connect_timeout=args.connect_timeout,
         idle_timeout=args.idle_timeout,
+        session_tickets=args.tls_session_tickets,
         **({"splice": False} if args.no_splice else {}),
     )
     config = ServeConfig(

@@ -45,7 +45,12 @@ from gateway.dataplane.dial import Dialer
 from gateway.dataplane.ends import End, PlainEnd, relay_ends
 from gateway.dataplane.relay import SPLICE_AVAILABLE, PipePool, RelayLoop, Transfer
 from gateway.dataplane.sockio import send_all
-from gateway.dataplane.tls import ContextRegistry, choose_certificate, subject_alt_names_match
+from gateway.dataplane.tls import (
+    SESSION_TICKETS,
+    ContextRegistry,
+    choose_certificate,
+    subject_alt_names_match,
+)
 from gateway.dataplane.tlsstream import TlsConnection, TlsError
 from gateway.logs import info_with_fields
 from gateway.metrics import Metrics
@@ -66,6 +71,8 @@ class ProxyConfig:
     idle_timeout: float = 3600.0
     max_hello_bytes: int = MAX_HELLO_BYTES
     splice: bool = SPLICE_AVAILABLE
+    #: TLS 1.3 session tickets after a full handshake on Terminate listeners (tls.py).
+    session_tickets: int = SESSION_TICKETS
     #: Seed of the weighted backend choice; tests fix it so that weight checks are exact.
     seed: int | None = None
 
@@ -95,7 +102,7 @@ class Proxy:
         #: The worker process's id, written in every access-log line (None: single process).
         self.worker = worker
         self.metrics = metrics or Metrics()
-        self.contexts = ContextRegistry()
+        self.contexts = ContextRegistry(config.session_tickets)
         self.config = config
         self._rng = random.Random(config.seed)
         #: Every passthrough connection's relay; its `run` task is the data plane's to start.
