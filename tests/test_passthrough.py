@@ -192,6 +192,51 @@ async def test_dead_endpoint_is_skipped_and_all_dead_closes_promptly(pki: Pki) -
                 assert trio.current_time() - started < 5
 
 
+async def test_an_endpoint_that_never_completes_the_connect_is_skipped_at_the_timeout(
+    pki: Pki,
+) -> None:
+    """The connect timeout is per endpoint, and a connect that times out sent nothing: the
+    next endpoint gets the whole ClientHello, and the client its handshake."""
+    port = free_port()
+    # A listener that never accepts, its queue full: further SYNs are dropped, as toward a
+    # host that is down (no refusal to fail fast on).
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        queued = [socket.socket() for _ in range(3)]
+        for sock in queued:
+            sock.setblocking(False)
+            sock.connect_ex(full.getsockname())  # the first fills the queue, the rest hang
+        silent = full.getsockname()[1]
+        with backends(pki, ("alive", ["db.example.com", "dead.example.com"])) as (alive,):
+            manifests = (
+                gateway_yaml(port)
+                + service_yaml("mixed", silent, alive.port)
+                + service_yaml("dead", silent)
+                + route_yaml("db", ["db.example.com"], [("mixed", 1)])
+                + route_yaml("dead", ["dead.example.com"], [("dead", 1)])
+            )
+            async with running_gateway(manifests, connect_timeout=0.5) as server:
+                context = pki.client_context()
+                with trio.fail_after(20):
+                    times = []
+                    for _ in range(2):  # round robin: one of the two starts at `silent`
+                        started = trio.current_time()
+                        assert await _greeted_by(port, "db.example.com", context) == "alive"
+                        times.append(trio.current_time() - started)
+                    assert await _greeted_by(port, "dead.example.com", context) == "rejected"
+        for sock in queued:
+            sock.close()
+    assert max(times) >= 0.5  # waited out the connect timeout once
+    assert min(times) < 0.5
+    failures = server.metrics.backend_connect_failures
+    assert failures.labels("apps/mixed:443")._value.get() == 1
+    assert failures.labels("apps/dead:443")._value.get() == 1
+    finished = server.metrics.connections_finished
+    assert finished.labels("infra/gw", "tls", "apps/db", "closed")._value.get() == 2
+    assert finished.labels("infra/gw", "tls", "apps/dead", "connect-failed")._value.get() == 1
+
+
 async def test_backend_reset_closes_the_client_and_leaks_nothing(pki: Pki) -> None:
     port = free_port()
     with backends(pki, ("db", ["db.example.com"])) as (db,):

@@ -8,20 +8,23 @@ idle timeout runs on Trio's autojump clock, so it is exact and costs no real tim
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
 import random
 import socket
 from collections.abc import Awaitable, Callable, Iterator
+from functools import partial
 
 import attrs
 import pytest
 import trio
 import trio.testing
 
+from gateway.dataplane.dial import start_connect
 from gateway.dataplane.ends import PlainEnd, relay_ends
-from gateway.dataplane.relay import SPLICE_MIN, PipePool, RelayLoop, Transfer
+from gateway.dataplane.relay import SPLICE_MIN, ConnectError, PipePool, RelayLoop, Transfer
 
 #: An idle timeout no test here meets unless it means to.
 IDLE = 60.0
@@ -507,6 +510,108 @@ async def test_many_pairs_through_one_loop(nursery: trio.Nursery) -> None:
     finally:
         for wired in made:
             wired.close()
+    assert relays.relaying == 0
+
+
+# --- connecting in the loop ------------------------------------------------------------------
+
+
+@pytest.fixture
+def client_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(client_app, client): the client side of the wires, non-blocking."""
+    client_app, client = socket.socketpair()
+    for sock in (client_app, client):
+        sock.setblocking(False)
+    try:
+        yield client_app, client
+    finally:
+        client_app.close()
+        client.close()
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    sock = socket.create_server(("127.0.0.1", 0))
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+async def test_a_connect_in_the_loop_sends_the_first_bytes_before_the_clients(
+    client_pair: tuple[socket.socket, socket.socket], listener: socket.socket, relays: RelayLoop
+) -> None:
+    client_app, client = client_pair
+    client_app.send(b" and the rest")  # already waiting when the relay starts
+    transfer = Transfer(idle_timeout=IDLE, first=b"HELLO")
+    with start_connect(socket.AF_INET, listener.getsockname()) as backend:
+        async with trio.open_nursery() as nursery:
+            deadline = trio.current_time() + SAFETY
+            nursery.start_soon(
+                partial(relays.relay, client, backend, transfer, connect_deadline=deadline)
+            )
+            backend_app = trio.SocketStream(
+                trio.socket.from_stdlib_socket((await trio.to_thread.run_sync(listener.accept))[0])
+            )
+            client_stream = trio.SocketStream(trio.socket.from_stdlib_socket(client_app))
+            assert await receive_exactly(backend_app, 18) == b"HELLO and the rest"
+            await backend_app.send_all(b"answer")
+            assert await receive_exactly(client_stream, 6) == b"answer"
+            await client_stream.send_eof()
+            await backend_app.send_eof()
+            assert await receive_to_eof(backend_app) == b""
+            await backend_app.aclose()
+    assert transfer.connected
+    assert (transfer.up, transfer.down) == (18, 6)
+    assert transfer.first == b""  # let go of once sent
+    assert relays.relaying == 0
+
+
+async def test_a_refused_connect_raises_and_keeps_the_first_bytes(
+    client_pair: tuple[socket.socket, socket.socket], relays: RelayLoop
+) -> None:
+    client_app, client = client_pair
+    with socket.create_server(("127.0.0.1", 0)) as gone:
+        address = gone.getsockname()  # closed now: nobody listens there
+    client_app.send(b"query")
+    transfer = Transfer(idle_timeout=IDLE, first=b"HELLO")
+    with (
+        start_connect(socket.AF_INET, address) as backend,
+        trio.fail_after(SAFETY),
+        pytest.raises(ConnectError) as raised,
+    ):
+        await relays.relay(client, backend, transfer, connect_deadline=trio.current_time() + SAFETY)
+    assert raised.value.errno == errno.ECONNREFUSED
+    assert not transfer.connected
+    assert transfer.first == b"HELLO"  # for the next endpoint
+    assert (transfer.up, transfer.down) == (0, 0)
+    assert relays.relaying == 0
+    assert client.recv(10) == b"query"  # the client was not read
+
+
+async def test_a_connect_that_never_completes_returns_at_its_deadline(
+    client_pair: tuple[socket.socket, socket.socket],
+    relays: RelayLoop,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    _, client = client_pair
+    # A listener that never accepts, its queue full: a further SYN is dropped, and the
+    # connect stays in progress (as toward a host that is down).
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        queued = [start_connect(socket.AF_INET, full.getsockname()) for _ in range(3)]
+        await trio.sleep(0.2)
+        transfer = Transfer(idle_timeout=IDLE, first=b"HELLO")
+        started = trio.current_time()
+        with start_connect(socket.AF_INET, full.getsockname()) as backend:
+            await relays.relay(client, backend, transfer, connect_deadline=started + 5)
+        for sock in queued:
+            sock.close()
+    assert trio.current_time() == pytest.approx(started + 5)
+    assert transfer.scope.cancelled_caught
+    assert not transfer.connected
+    assert transfer.first == b"HELLO"
     assert relays.relaying == 0
 
 

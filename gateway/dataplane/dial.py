@@ -2,7 +2,9 @@
 FQDN endpoints resolved at connect time (API.md "Documents").
 
 I/O. Non-blocking `connect_ex` and a wait for writability: no Trio socket wrapper, whose
-construction and scheduler passes cost more than the connect itself on loopback.
+construction and scheduler passes cost more than the connect itself on loopback. Passthrough
+connections wait for the connect in the relay loop instead (`proxy`, `relay`): the pieces
+are here (`attempts`, `addresses`, `start_connect`), `Dialer.connect` waits in the task.
 """
 
 from __future__ import annotations
@@ -29,55 +31,85 @@ class Dialer:
         #: Backend name -> the endpoint index the next connection starts from.
         self._next: dict[str, int] = {}
 
-    async def connect(self, backend: Backend, record: AccessRecord) -> socket.socket | None:
-        """A connected socket to one of the backend's endpoints, or None with the record
-        saying why (every endpoint tried, one line each)."""
+    def attempts(self, backend: Backend) -> list[Endpoint]:
+        """The endpoints one connection tries, in order: round robin over the backend's."""
         endpoints = backend.endpoints
         start = self._next.get(backend.name, 0)
         self._next[backend.name] = start + 1
-        errors = []
-        for attempt in range(min(CONNECT_ATTEMPTS, len(endpoints))):
-            endpoint = endpoints[(start + attempt) % len(endpoints)]
-            record.endpoint = endpoint.text
-            with trio.move_on_after(self.connect_timeout):
-                try:
-                    return await open_endpoint(endpoint)
-                except OSError as exc:
-                    errors.append(f"{endpoint}: {exc.strerror or exc}")
-                    self.metrics.backend_connect_failures.labels(backend.name).inc()
-                    continue
-            errors.append(f"{endpoint}: timed out")
-            self.metrics.backend_connect_failures.labels(backend.name).inc()
+        count = min(CONNECT_ATTEMPTS, len(endpoints))
+        return [endpoints[(start + attempt) % len(endpoints)] for attempt in range(count)]
+
+    def failed(self, backend: Backend, endpoint: Endpoint, reason: str, errors: list[str]) -> None:
+        errors.append(f"{endpoint}: {reason}")
+        self.metrics.backend_connect_failures.labels(backend.name).inc()
+
+    @staticmethod
+    def give_up(record: AccessRecord, errors: list[str]) -> None:
         record.outcome = Outcome.CONNECT_FAILED
         record.detail = "; ".join(errors) or "no endpoint"
+
+    async def connect(self, backend: Backend, record: AccessRecord) -> socket.socket | None:
+        """A connected socket to one of the backend's endpoints, or None with the record
+        saying why (every endpoint tried, one line each)."""
+        errors: list[str] = []
+        for endpoint in self.attempts(backend):
+            record.endpoint = endpoint.text
+            deadline = trio.current_time() + self.connect_timeout
+            reason = "timed out"
+            with trio.move_on_at(deadline):
+                try:
+                    for family, address in await addresses(endpoint, deadline):
+                        try:
+                            return await _connect_one(family, address)
+                        except OSError as exc:
+                            reason = exc.strerror or str(exc)
+                except OSError as exc:  # resolution
+                    reason = exc.strerror or str(exc)
+            self.failed(backend, endpoint, reason, errors)
+        self.give_up(record, errors)
         return None
 
 
-async def open_endpoint(endpoint: Endpoint) -> socket.socket:
-    """A non-blocking TCP connection to the endpoint; FQDN endpoints are resolved now (API.md:
-    a docker-compose service name works)."""
-    if endpoint.ip_version:  # parsed once, with the snapshot
+async def addresses(endpoint: Endpoint, deadline: float) -> list[tuple[int, tuple[Any, ...]]]:
+    """(family, socket address) to try for the endpoint: its own address, parsed once with
+    the snapshot, without waiting (nor a cancel scope); an FQDN is resolved now, by the
+    deadline (API.md: a docker-compose service name works)."""
+    if endpoint.ip_version:
         family = socket.AF_INET6 if endpoint.ip_version == 6 else socket.AF_INET
-        return await _connect_one(family, (endpoint.address, endpoint.port))
-    infos = await trio.socket.getaddrinfo(endpoint.address, endpoint.port, type=socket.SOCK_STREAM)
-    error: OSError = OSError(f"{endpoint.address} did not resolve")
-    for family, _, _, _, address in infos:
-        try:
-            return await _connect_one(family, address)
-        except OSError as exc:
-            error = exc
-    raise error
+        return [(family, (endpoint.address, endpoint.port))]
+    infos = None
+    with trio.move_on_at(deadline):
+        infos = await trio.socket.getaddrinfo(
+            endpoint.address, endpoint.port, type=socket.SOCK_STREAM
+        )
+    if infos is None:
+        raise OSError(errno.ETIMEDOUT, "timed out")
+    if not infos:
+        raise OSError(f"{endpoint.address} did not resolve")
+    return [(family, address) for family, _, _, _, address in infos]
 
 
-async def _connect_one(family: int, address: tuple[Any, ...]) -> socket.socket:
+def start_connect(family: int, address: tuple[Any, ...]) -> socket.socket:
+    """A non-blocking socket whose connect is under way (or done); OSError if it failed at
+    once. Whoever waits for it checks SO_ERROR once it is writable."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         code = sock.connect_ex(address)
-        if code in (errno.EINPROGRESS, errno.EAGAIN):
-            await trio.lowlevel.wait_writable(sock)
-            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code not in (0, errno.EINPROGRESS, errno.EAGAIN):
+            raise OSError(code, os.strerror(code))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _connect_one(family: int, address: tuple[Any, ...]) -> socket.socket:
+    sock = start_connect(family, address)
+    try:
+        await trio.lowlevel.wait_writable(sock)
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code:
             raise OSError(code, os.strerror(code))
     except BaseException:

@@ -41,10 +41,9 @@ import trio
 from gateway.api.names import TLSMode
 from gateway.dataplane.access import AccessRecord, Outcome
 from gateway.dataplane.clienthello import MAX_HELLO_BYTES, ClientHelloError, ClientHelloParser
-from gateway.dataplane.dial import Dialer
+from gateway.dataplane.dial import Dialer, addresses, start_connect
 from gateway.dataplane.ends import End, PlainEnd, relay_ends
-from gateway.dataplane.relay import SPLICE_AVAILABLE, PipePool, RelayLoop, Transfer
-from gateway.dataplane.sockio import send_all
+from gateway.dataplane.relay import SPLICE_AVAILABLE, ConnectError, PipePool, RelayLoop, Transfer
 from gateway.dataplane.tls import (
     SESSION_TICKETS,
     ContextRegistry,
@@ -54,7 +53,14 @@ from gateway.dataplane.tls import (
 from gateway.dataplane.tlsstream import TlsConnection, TlsError
 from gateway.logs import info_with_fields
 from gateway.metrics import Metrics
-from gateway.routing.snapshot import Backend, BackendTLS, ListenerTable, Rejected, Snapshot
+from gateway.routing.snapshot import (
+    Backend,
+    BackendTLS,
+    Endpoint,
+    ListenerTable,
+    Rejected,
+    Snapshot,
+)
 
 # The logger name predates the packages (operators filter on it): kept.
 log = logging.getLogger("gateway.proxy")
@@ -208,20 +214,57 @@ class Proxy:
             conn.outcome, conn.detail = Outcome.REJECTED_INVALID_BACKEND, backend.reject
             return
         if listener.mode == TLSMode.PASSTHROUGH:
-            upstream = await self.dialer.connect(backend, conn)
-            if upstream is None:
-                return
-            with upstream:
-                conn.transfer = Transfer(idle_timeout=self.config.idle_timeout)
-                # The buffered hello goes first, verbatim: the backend sees the client's own SNI.
-                await send_all(upstream, hello_bytes)
-                conn.transfer.up += len(hello_bytes)
-                del hello_bytes  # not held while the connection lives (up to 64 KiB)
-                await self.relays.relay(client, upstream, conn.transfer)
-                if conn.transfer.scope.cancelled_caught:
-                    conn.outcome = Outcome.IDLE_TIMEOUT
+            # The buffered hello goes first, verbatim: the backend sees the client's own SNI.
+            # The transfer holds it, and lets go of it once sent (up to 64 KiB).
+            transfer = Transfer(idle_timeout=self.config.idle_timeout, first=hello_bytes)
+            del hello_bytes
+            await self._passthrough(client, backend, transfer, conn)
             return
         await self._terminate(client, hello_bytes, conn, snapshot, listener, backend)
+
+    async def _passthrough(
+        self, client: socket.socket, backend: Backend, transfer: Transfer, conn: AccessRecord
+    ) -> None:
+        """Passthrough (SPEC.md §10.5): each endpoint in turn until one connects, then relay."""
+        conn.transfer = transfer
+        errors: list[str] = []
+        for endpoint in self.dialer.attempts(backend):
+            conn.endpoint = endpoint.text
+            reason = await self._relay_via(endpoint, client, transfer)
+            if reason is None:
+                if transfer.scope.cancelled_caught:
+                    conn.outcome = Outcome.IDLE_TIMEOUT
+                return
+            self.dialer.failed(backend, endpoint, reason, errors)
+        self.dialer.give_up(conn, errors)
+
+    async def _relay_via(
+        self, endpoint: Endpoint, client: socket.socket, transfer: Transfer
+    ) -> str | None:
+        """Connect to the endpoint and relay: None once connected (whatever happens next),
+        else why it could not connect. The relay loop waits for the connect, so the task
+        waits once for the whole connection; a failed or timed-out connect has sent nothing,
+        and the next endpoint gets the same first bytes."""
+        deadline = trio.current_time() + self.config.connect_timeout
+        try:
+            candidates = await addresses(endpoint, deadline)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        reason = "no address"
+        for family, address in candidates:
+            try:
+                upstream = start_connect(family, address)
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                continue
+            with upstream:
+                try:
+                    await self.relays.relay(client, upstream, transfer, connect_deadline=deadline)
+                except ConnectError as exc:
+                    reason = exc.strerror or str(exc)
+                    continue
+                return None if transfer.connected else "timed out"
+        return reason
 
     async def _terminate(
         self,

@@ -119,6 +119,11 @@ class Transfer:
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     up: int = 0
     down: int = 0
+    #: Bytes the backend gets before anything from the client (the buffered ClientHello);
+    #: held here, not by the caller, so that they are let go of once sent.
+    first: bytes = b""
+    #: The backend's connect has completed (`RelayLoop.relay` with a connect deadline).
+    connected: bool = True
 
     def progress(self) -> None:
         # Moving a deadline costs trio some bookkeeping: do it at most every ~1% of the timeout.
@@ -152,12 +157,18 @@ class _Way:
         return self.pending is not None or self.in_pipe > 0
 
 
+class ConnectError(OSError):
+    """The backend's connect failed (`RelayLoop.relay` with a connect deadline): nothing was
+    sent or read, so the caller may try another endpoint."""
+
+
 class _Pair:
     __slots__ = (
         "backend_fd",
         "backend_mask",
         "client_fd",
         "client_mask",
+        "connecting",
         "down",
         "loop",
         "task",
@@ -183,6 +194,8 @@ class _Pair:
         #: What the set watches for on each socket; 0 is "not in the set".
         self.client_mask = 0
         self.backend_mask = 0
+        #: The backend's connect is in progress: only its writability is watched.
+        self.connecting = False
 
     def abort(self, _: object) -> trio.lowlevel.Abort:
         """The connection's task is cancelled: out of the set before its sockets close."""
@@ -224,18 +237,34 @@ class RelayLoop:
             epoll.close()
 
     async def relay(
-        self, client: socket.socket, backend: socket.socket, transfer: Transfer
+        self,
+        client: socket.socket,
+        backend: socket.socket,
+        transfer: Transfer,
+        *,
+        connect_deadline: float | None = None,
     ) -> None:
         """Relay until both directions reach EOF; raises the first failure of either. Returns
-        quietly (with `transfer.scope.cancelled_caught`) when the idle timeout passes."""
+        quietly (with `transfer.scope.cancelled_caught`) when the idle timeout passes.
+
+        With `connect_deadline`, `backend` is a socket whose non-blocking connect is under
+        way: the loop waits for it (so the connection's task waits once, not twice), raises
+        ConnectError if it fails, and returns quietly with `transfer.connected` false if the
+        deadline passes first. `transfer.first` goes to the backend before anything else."""
         if self._epoll is None:
             raise RuntimeError("RelayLoop.run is not running")
-        transfer.scope.deadline = trio.current_time() + transfer.idle_timeout
+        transfer.scope = trio.CancelScope()  # a fresh one per call: a retry gets its own
         with transfer.scope:
             pair = _Pair(client, backend, transfer, trio.lowlevel.current_task(), self)
             self._pairs[pair.client_fd] = self._pairs[pair.backend_fd] = pair
             try:
-                self._watch(pair)
+                if connect_deadline is None:
+                    self._connected(pair)
+                else:
+                    transfer.connected, pair.connecting = False, True
+                    transfer.scope.deadline = connect_deadline
+                    self._set(pair.backend_fd, 0, _OUT)
+                    pair.backend_mask = _OUT
             except BaseException:
                 self._detach(pair)
                 raise
@@ -243,7 +272,26 @@ class RelayLoop:
 
     # --- the loop's work, synchronous -------------------------------------------------------
 
+    def _connected(self, pair: _Pair) -> None:
+        """The backend is connected: the idle deadline starts, the first bytes are queued."""
+        transfer = pair.transfer
+        transfer.connected, pair.connecting = True, False
+        transfer.scope.deadline = trio.current_time() + transfer.idle_timeout
+        if transfer.first:
+            pair.up.pending, transfer.first = memoryview(transfer.first), b""
+            self._flush(pair.up, transfer)
+        self._watch(pair)
+
     def _ready(self, pair: _Pair, fd: int, events: int) -> None:
+        if pair.connecting:  # only the backend is in the set, for its connect
+            code = pair.up.dst.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            try:
+                if code:
+                    raise ConnectError(code, os.strerror(code))
+                self._connected(pair)
+            except Exception as exc:
+                self._end(pair, exc)
+            return
         if fd == pair.client_fd:
             out_of, into = pair.up, pair.down  # the client is up's source and down's destination
         else:
