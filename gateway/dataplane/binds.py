@@ -117,7 +117,8 @@ class BoundSockets:
         # Plain non-blocking calls, waiting only when there is nothing to accept: a Trio socket
         # would add a scheduler pass to every accept (~30 us each).
         accepted = 0
-        counter = self.proxy.metrics.connections_accepted.labels(key[0], str(key[1]))
+        accepted_key = (key[0], str(key[1]))
+        counts = self.proxy.metrics.connections_accepted.counts
         while True:
             try:
                 conn, peer = sock.accept()
@@ -134,7 +135,7 @@ class BoundSockets:
                 self.over_capacity += 1
                 conn.close()
                 continue
-            counter.inc()
+            counts[accepted_key] = counts.get(accepted_key, 0) + 1
             conn.setblocking(False)  # TCP_NODELAY it has from the listener (`_bind`)
             self.connections.start_soon(self.proxy.handle, conn, peer, key)
             accepted += 1

@@ -41,7 +41,7 @@ class Dialer:
 
     def failed(self, backend: Backend, endpoint: Endpoint, reason: str, errors: list[str]) -> None:
         errors.append(f"{endpoint}: {reason}")
-        self.metrics.backend_connect_failures.labels(backend.name).inc()
+        self.metrics.backend_connect_failures.add((backend.name,))
 
     @staticmethod
     def give_up(record: AccessRecord, errors: list[str]) -> None:

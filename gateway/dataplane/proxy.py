@@ -33,7 +33,6 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
 
 import attrs
 import trio
@@ -119,9 +118,6 @@ class Proxy:
         #: Connections finished so far (a worker reports its counts when this moves).
         self.finished = 0
         self.hello_work = HelloWork()
-        #: The labelled counters of each label set seen (as prometheus_client keeps them).
-        self._finished: dict[tuple[str, str, str, str], Any] = {}
-        self._route_bytes: dict[str, tuple[Any, Any]] = {}
         self.idle = trio.Event()
         self.idle.set()
         # Read at scrape time: nothing to count per connection.
@@ -164,21 +160,11 @@ class Proxy:
             self._leave()
 
     def _account(self, conn: AccessRecord) -> None:
-        key = (conn.gateway, conn.listener, conn.route, conn.outcome)
-        finished = self._finished.get(key)
-        if finished is None:  # `labels()` checks and converts every value: once per key
-            finished = self._finished[key] = self.metrics.connections_finished.labels(*key)
-        finished.inc()
+        metrics = self.metrics
+        metrics.connections_finished.add((conn.gateway, conn.listener, conn.route, conn.outcome))
         if conn.transfer is not None:
-            pair = self._route_bytes.get(conn.route)
-            if pair is None:
-                route_bytes = self.metrics.route_bytes
-                pair = self._route_bytes[conn.route] = (
-                    route_bytes.labels(conn.route, "up"),
-                    route_bytes.labels(conn.route, "down"),
-                )
-            pair[0].inc(conn.transfer.up)
-            pair[1].inc(conn.transfer.down)
+            metrics.route_bytes.add((conn.route, "up"), conn.transfer.up)
+            metrics.route_bytes.add((conn.route, "down"), conn.transfer.down)
 
     def _enter(self) -> None:
         if self.active == 0:

@@ -1,0 +1,52 @@
+"""gateway/metrics.py: the data plane's plain-integer counters and histograms read back as a
+Prometheus client would (the text exposition, parsed by prometheus_client's own parser)."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.metrics import Metrics
+
+
+def _samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(metrics.render().decode())
+        for sample in family.samples
+    }
+
+
+def test_tallies_are_counters_with_their_labels_and_no_created_series() -> None:
+    metrics = Metrics()
+    finished = metrics.connections_finished
+    finished.add(("ns/gw", "tls", "ns/r", "closed"))
+    finished.add(("ns/gw", "tls", "ns/r", "closed"))
+    finished.add(("ns/gw", "tls", "-", "rejected-no-route"))
+    metrics.route_bytes.add(("ns/r", "up"), 517)
+    samples = _samples(metrics)
+    labels = (("gateway", "ns/gw"), ("listener", "tls"), ("outcome", "closed"), ("route", "ns/r"))
+    assert samples["tlsgate_connections_finished_total", labels] == 2
+    assert samples["tlsgate_route_bytes_total", (("direction", "up"), ("route", "ns/r"))] == 517
+    assert finished.value("ns/gw", "tls", "-", "rejected-no-route") == 1
+    assert not [name for name, _ in samples if name.endswith("_created")]
+
+
+def test_durations_fall_in_the_bucket_whose_bound_is_at_or_above_them() -> None:
+    metrics = Metrics()
+    hello = metrics.client_hello_duration
+    for seconds in (0.0001, 0.0005, 0.0006, 10.0, 11.0):
+        hello.observe(seconds)
+    samples = _samples(metrics)
+
+    def bucket(le: str) -> float:
+        return samples["tlsgate_client_hello_duration_seconds_bucket", (("le", le),)]
+
+    assert bucket("0.0005") == 2  # le is "less than or equal"
+    assert bucket("0.001") == 3
+    assert bucket("5.0") == 3
+    assert bucket("10.0") == 4
+    assert bucket("+Inf") == 5
+    assert samples["tlsgate_client_hello_duration_seconds_count", ()] == 5
+    assert samples["tlsgate_client_hello_duration_seconds_sum", ()] == pytest.approx(21.0012)
+    assert hello.count == 5
