@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from collections.abc import Sequence
 from typing import Any
 
 import trio
@@ -22,6 +23,8 @@ from gateway.routing.snapshot import Backend, Endpoint
 
 #: Endpoints of one backend tried per connection before the client is closed.
 CONNECT_ATTEMPTS = 3
+#: IP endpoints whose socket address is kept (forgotten all at once past this).
+MAX_REMEMBERED = 4096
 
 
 class Dialer:
@@ -30,10 +33,16 @@ class Dialer:
         self.metrics = metrics
         #: Backend name -> the endpoint index the next connection starts from.
         self._next: dict[str, int] = {}
+        #: IP endpoint `host:port` -> its one (family, address).
+        self._ip_addresses: dict[str, tuple[tuple[int, tuple[str, int]]]] = {}
 
-    def attempts(self, backend: Backend) -> list[Endpoint]:
+    def attempts(self, backend: Backend) -> Sequence[Endpoint]:
         """The endpoints one connection tries, in order: round robin over the backend's."""
         endpoints = backend.endpoints
+        if len(endpoints) <= 1:
+            return (
+                endpoints  # nothing to rotate, nothing to allocate (a parked connection holds it)
+            )
         start = self._next.get(backend.name, 0)
         self._next[backend.name] = start + 1
         count = min(CONNECT_ATTEMPTS, len(endpoints))
@@ -42,6 +51,33 @@ class Dialer:
     def failed(self, backend: Backend, endpoint: Endpoint, reason: str, errors: list[str]) -> None:
         errors.append(f"{endpoint}: {reason}")
         self.metrics.backend_connect_failures.add((backend.name,))
+
+    async def addresses(
+        self, endpoint: Endpoint, deadline: float
+    ) -> Sequence[tuple[int, tuple[Any, ...]]]:
+        """(family, socket address) to try for the endpoint: its own address, without
+        waiting (nor a cancel scope), made once per endpoint and shared, since a parked
+        connection keeps what it iterates over; an FQDN is resolved now, by the deadline
+        (API.md: a docker-compose service name works)."""
+        if endpoint.ip_version:
+            found = self._ip_addresses.get(endpoint.text)
+            if found is None:
+                if len(self._ip_addresses) >= MAX_REMEMBERED:
+                    self._ip_addresses.clear()
+                family = socket.AF_INET6 if endpoint.ip_version == 6 else socket.AF_INET
+                found = ((family, (endpoint.address, endpoint.port)),)
+                self._ip_addresses[endpoint.text] = found
+            return found
+        infos = None
+        with trio.move_on_at(deadline):
+            infos = await trio.socket.getaddrinfo(
+                endpoint.address, endpoint.port, type=socket.SOCK_STREAM
+            )
+        if infos is None:
+            raise OSError(errno.ETIMEDOUT, "timed out")
+        if not infos:
+            raise OSError(f"{endpoint.address} did not resolve")
+        return [(family, address) for family, _, _, _, address in infos]
 
     @staticmethod
     def give_up(record: AccessRecord, errors: list[str]) -> None:
@@ -58,7 +94,7 @@ class Dialer:
             reason = "timed out"
             with trio.move_on_at(deadline):
                 try:
-                    for family, address in await addresses(endpoint, deadline):
+                    for family, address in await self.addresses(endpoint, deadline):
                         try:
                             return await _connect_one(family, address)
                         except OSError as exc:
@@ -68,25 +104,6 @@ class Dialer:
             self.failed(backend, endpoint, reason, errors)
         self.give_up(record, errors)
         return None
-
-
-async def addresses(endpoint: Endpoint, deadline: float) -> list[tuple[int, tuple[Any, ...]]]:
-    """(family, socket address) to try for the endpoint: its own address, parsed once with
-    the snapshot, without waiting (nor a cancel scope); an FQDN is resolved now, by the
-    deadline (API.md: a docker-compose service name works)."""
-    if endpoint.ip_version:
-        family = socket.AF_INET6 if endpoint.ip_version == 6 else socket.AF_INET
-        return [(family, (endpoint.address, endpoint.port))]
-    infos = None
-    with trio.move_on_at(deadline):
-        infos = await trio.socket.getaddrinfo(
-            endpoint.address, endpoint.port, type=socket.SOCK_STREAM
-        )
-    if infos is None:
-        raise OSError(errno.ETIMEDOUT, "timed out")
-    if not infos:
-        raise OSError(f"{endpoint.address} did not resolve")
-    return [(family, address) for family, _, _, _, address in infos]
 
 
 def start_connect(family: int, address: tuple[Any, ...]) -> socket.socket:

@@ -32,7 +32,8 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import attrs
 import trio
@@ -40,7 +41,7 @@ import trio
 from gateway.api.names import TLSMode
 from gateway.dataplane.access import AccessRecord, Outcome
 from gateway.dataplane.clienthello import MAX_HELLO_BYTES, ClientHelloError, ClientHelloParser
-from gateway.dataplane.dial import Dialer, addresses, start_connect
+from gateway.dataplane.dial import Dialer, start_connect
 from gateway.dataplane.ends import End, PlainEnd, relay_ends
 from gateway.dataplane.relay import SPLICE_AVAILABLE, ConnectError, PipePool, RelayLoop, Transfer
 from gateway.dataplane.tls import (
@@ -55,7 +56,6 @@ from gateway.metrics import Metrics
 from gateway.routing.snapshot import (
     Backend,
     BackendTLS,
-    Endpoint,
     ListenerTable,
     Rejected,
     Snapshot,
@@ -135,7 +135,11 @@ class Proxy:
         self._enter()
         conn = AccessRecord(peer=peer, bind=bind, worker=self.worker)
         try:
-            await self._serve(sock, conn)
+            # Routing returns the rest of the connection's work, and its frame is gone
+            # while that runs: an idle connection holds as few frames as can be.
+            rest = await self._route(sock, conn)
+            if rest is not None:
+                await rest
         except BaseException as exc:
             # The relay's nursery wraps failures in exception groups: judge the leaves.
             leaves = _leaves(exc)
@@ -177,10 +181,14 @@ class Proxy:
         if self.active == 0:
             self.idle.set()
 
-    async def _serve(self, client: socket.socket, conn: AccessRecord) -> None:
+    async def _route(
+        self, client: socket.socket, conn: AccessRecord
+    ) -> Coroutine[Any, Any, None] | None:
+        """Read the hello and decide; the mode's work to await, or None when the connection
+        is done (rejected, or the hello never came)."""
         hello_bytes = await self._read_hello(client, conn)
         if hello_bytes is None:
-            return
+            return None
         # One read of the table for the connection's life: it holds all the connection needs.
         snapshot = self._snapshot()
         decision = snapshot.lookup(conn.bind[0], conn.bind[1], conn.sni)
@@ -188,7 +196,7 @@ class Proxy:
             if decision.listener is not None:
                 conn.gateway, conn.listener = decision.listener.gateway, decision.listener.name
             conn.outcome, conn.detail = Outcome.rejected(decision.reason), decision.message
-            return
+            return None
         listener = decision.listener
         conn.gateway, conn.listener = listener.gateway, listener.name
         conn.route = decision.target.route
@@ -198,59 +206,56 @@ class Proxy:
             # An invalid backend keeps its share of the weight: that share is closed (§10.4),
             # before any handshake, in both modes.
             conn.outcome, conn.detail = Outcome.REJECTED_INVALID_BACKEND, backend.reject
-            return
+            return None
         if listener.mode == TLSMode.PASSTHROUGH:
             # The buffered hello goes first, verbatim: the backend sees the client's own SNI.
             # The transfer holds it, and lets go of it once sent (up to 64 KiB).
             transfer = Transfer(idle_timeout=self.config.idle_timeout, first=hello_bytes)
             del hello_bytes
-            await self._passthrough(client, backend, transfer, conn)
-            return
-        await self._terminate(client, hello_bytes, conn, snapshot, listener, backend)
+            return self._passthrough(client, backend, transfer, conn)
+        return self._terminate(client, hello_bytes, conn, snapshot, listener, backend)
 
     async def _passthrough(
         self, client: socket.socket, backend: Backend, transfer: Transfer, conn: AccessRecord
     ) -> None:
-        """Passthrough (SPEC.md §10.5): each endpoint in turn until one connects, then relay."""
+        """Passthrough (SPEC.md §10.5): each endpoint in turn until one connects, then relay.
+        The relay loop waits for the connect, so the task waits once for the whole
+        connection; a failed or timed-out connect has sent nothing, and the next endpoint
+        gets the same first bytes. (One function, not one per endpoint: each frame is
+        memory an idle connection holds.)"""
         conn.transfer = transfer
         errors: list[str] = []
         for endpoint in self.dialer.attempts(backend):
             conn.endpoint = endpoint.text
-            reason = await self._relay_via(endpoint, client, transfer)
-            if reason is None:
-                if transfer.scope.cancelled_caught:
-                    conn.outcome = Outcome.IDLE_TIMEOUT
-                return
-            self.dialer.failed(backend, endpoint, reason, errors)
-        self.dialer.give_up(conn, errors)
-
-    async def _relay_via(
-        self, endpoint: Endpoint, client: socket.socket, transfer: Transfer
-    ) -> str | None:
-        """Connect to the endpoint and relay: None once connected (whatever happens next),
-        else why it could not connect. The relay loop waits for the connect, so the task
-        waits once for the whole connection; a failed or timed-out connect has sent nothing,
-        and the next endpoint gets the same first bytes."""
-        deadline = trio.current_time() + self.config.connect_timeout
-        try:
-            candidates = await addresses(endpoint, deadline)
-        except OSError as exc:
-            return exc.strerror or str(exc)
-        reason = "no address"
-        for family, address in candidates:
+            deadline = trio.current_time() + self.config.connect_timeout
             try:
-                upstream = start_connect(family, address)
+                candidates = await self.dialer.addresses(endpoint, deadline)
             except OSError as exc:
-                reason = exc.strerror or str(exc)
+                self.dialer.failed(backend, endpoint, exc.strerror or str(exc), errors)
                 continue
-            with upstream:
+            reason = "no address"
+            for family, address in candidates:
                 try:
-                    await self.relays.relay(client, upstream, transfer, connect_deadline=deadline)
-                except ConnectError as exc:
+                    upstream = start_connect(family, address)
+                except OSError as exc:
                     reason = exc.strerror or str(exc)
                     continue
-                return None if transfer.connected else "timed out"
-        return reason
+                with upstream:
+                    try:
+                        await self.relays.relay(
+                            client, upstream, transfer, connect_deadline=deadline
+                        )
+                    except ConnectError as exc:
+                        reason = exc.strerror or str(exc)
+                        continue
+                if transfer.connected:
+                    if transfer.scope.cancelled_caught:
+                        conn.outcome = Outcome.IDLE_TIMEOUT
+                    return
+                reason = "timed out"
+                break  # the deadline passed: the next endpoint
+            self.dialer.failed(backend, endpoint, reason, errors)
+        self.dialer.give_up(conn, errors)
 
     async def _terminate(
         self,

@@ -45,6 +45,8 @@ import fcntl
 import os
 import select
 import socket
+from collections.abc import Coroutine
+from typing import Any
 
 import attrs
 import outcome
@@ -162,56 +164,203 @@ class ConnectError(OSError):
     sent or read, so the caller may try another endpoint."""
 
 
-class _Pair:
+class Parked:
+    """One connection in the loop's set: two descriptors, what each is watched for, and the
+    task asleep in `RelayLoop.park`. A kind of pair says what to watch (`masks`) and what to
+    do when a descriptor is ready (`step`); the loop does the rest."""
+
     __slots__ = (
         "backend_fd",
         "backend_mask",
         "client_fd",
         "client_mask",
-        "connecting",
-        "down",
         "loop",
         "task",
         "transfer",
-        "up",
     )
 
-    def __init__(
-        self,
-        client: socket.socket,
-        backend: socket.socket,
-        transfer: Transfer,
-        task: trio.lowlevel.Task,
-        loop: RelayLoop,
-    ) -> None:
-        self.client_fd = client.fileno()
-        self.backend_fd = backend.fileno()
-        self.up = _Way(client, backend, up=True)
-        self.down = _Way(backend, client, up=False)
+    def __init__(self, client_fd: int, backend_fd: int, transfer: Transfer) -> None:
+        self.client_fd = client_fd
+        self.backend_fd = backend_fd
         self.transfer = transfer
-        self.task = task
-        self.loop = loop
         #: What the set watches for on each socket; 0 is "not in the set".
         self.client_mask = 0
         self.backend_mask = 0
-        #: The backend's connect is in progress: only its writability is watched.
-        self.connecting = False
+        self.loop: RelayLoop | None = None
+        self.task: trio.lowlevel.Task | None = None
+
+    def start(self) -> None:
+        """In the set now, before the first wait: do what needs no readiness."""
+
+    def masks(self) -> tuple[int, int]:
+        """What to watch the client and the backend for now (0: nothing)."""
+        raise NotImplementedError
+
+    def step(self, fd: int, events: int) -> bool:
+        """Do what `events` on `fd` allow; True once the connection is done. An exception
+        ends the connection with it (raised in its task)."""
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Out of the set for good: give back what is held."""
 
     def abort(self, _: object) -> trio.lowlevel.Abort:
         """The connection's task is cancelled: out of the set before its sockets close."""
+        assert self.loop is not None
         self.loop._detach(self)
         return trio.lowlevel.Abort.SUCCEEDED
 
 
+class _Pair(Parked):
+    """A passthrough connection: bytes as they are, both ways."""
+
+    # Few slots: an idle connection holds its pair. The connect is in progress while
+    # `transfer.connected` is false (only the backend's writability is watched then).
+    __slots__ = ("down", "up")
+
+    def __init__(self, client: socket.socket, backend: socket.socket, transfer: Transfer) -> None:
+        super().__init__(client.fileno(), backend.fileno(), transfer)
+        self.up = _Way(client, backend, up=True)
+        self.down = _Way(backend, client, up=False)
+
+    @property
+    def pool(self) -> PipePool | None:
+        assert self.loop is not None
+        return self.loop.pool
+
+    def start(self) -> None:
+        if self.transfer.connected:
+            self._connected()
+
+    def _connected(self) -> None:
+        """The backend is connected: the idle deadline starts, the first bytes are queued."""
+        transfer = self.transfer
+        transfer.connected = True
+        transfer.scope.deadline = trio.current_time() + transfer.idle_timeout
+        if transfer.first:
+            self.up.pending, transfer.first = memoryview(transfer.first), b""
+            self._flush(self.up)
+
+    def masks(self) -> tuple[int, int]:
+        if not self.transfer.connected:
+            return 0, _OUT
+        up, down = self.up, self.down
+        client = (_IN if not (up.done or up.blocked) else 0) | (_OUT if down.blocked else 0)
+        backend = (_IN if not (down.done or down.blocked) else 0) | (_OUT if up.blocked else 0)
+        return client, backend
+
+    def step(self, fd: int, events: int) -> bool:
+        if not self.transfer.connected:  # only the backend is in the set, for its connect
+            code = self.up.dst.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                raise ConnectError(code, os.strerror(code))
+            self._connected()
+            return False
+        if fd == self.client_fd:
+            out_of, into = self.up, self.down  # the client is up's source and down's destination
+        else:
+            out_of, into = self.down, self.up
+        if events & (_OUT | _ERR) and into.blocked:
+            self._flush(into)
+        if events & (_IN | _ERR) and not out_of.done and not out_of.blocked:
+            self._round(out_of)
+        return self.up.done and self.down.done
+
+    def _round(self, way: _Way) -> None:
+        pool = self.pool
+        if way.bulk and pool is not None:
+            pipe = pool.take()
+            if pipe is not None:
+                self._splice(way, pool, pipe)
+                return
+        try:
+            data = os.read(way.src_fd, SPLICE_MIN)
+        except BlockingIOError:
+            return  # nothing there after all
+        if not data:
+            self._eof(way)
+            return
+        way.bulk = len(data) == SPLICE_MIN
+        try:
+            sent = way.dst.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            way.pending = memoryview(data)[sent:]
+        self._moved(way, sent)
+
+    def _splice(self, way: _Way, pool: PipePool, pipe: tuple[int, int]) -> None:
+        try:
+            moved = os.splice(way.src_fd, pipe[1], CHUNK, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            moved = -1
+        except BaseException:
+            pool.give_back(pipe, clean=False)
+            raise
+        if moved <= 0:
+            pool.give_back(pipe, clean=True)
+            if moved == 0:
+                self._eof(way)
+            return
+        way.bulk = moved >= SPLICE_MIN
+        way.pipe, way.in_pipe = pipe, moved
+        self._flush(way)
+
+    def _flush(self, way: _Way) -> None:
+        """Send what the way holds, as far as the destination takes it."""
+        if way.pending is not None:
+            try:
+                sent = way.dst.send(way.pending)
+            except BlockingIOError:
+                return
+            way.pending = way.pending[sent:] if sent < len(way.pending) else None
+            self._moved(way, sent)
+            return
+        assert way.pipe is not None
+        # Drain the pipe fully before reading more (STACK-NOTES.md).
+        while way.in_pipe:
+            try:
+                sent = os.splice(way.pipe[0], way.dst_fd, way.in_pipe, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                return
+            way.in_pipe -= sent
+            self._moved(way, sent)
+        pipe, way.pipe = way.pipe, None
+        assert self.pool is not None
+        self.pool.give_back(pipe, clean=True)
+
+    def _moved(self, way: _Way, count: int) -> None:
+        if count:
+            transfer = self.transfer
+            if way.up:
+                transfer.up += count
+            else:
+                transfer.down += count
+            transfer.progress()
+
+    @staticmethod
+    def _eof(way: _Way) -> None:
+        way.done = True
+        send_eof(way.dst)
+
+    def release(self) -> None:
+        for way in (self.up, self.down):
+            if way.pipe is not None:
+                pipe, way.pipe, way.in_pipe = way.pipe, None, 0
+                assert self.pool is not None
+                self.pool.give_back(pipe, clean=False)  # it may hold bytes never sent
+
+
 class RelayLoop:
-    """The process's socket-pair relays: `run` is their one task, `relay` a connection's wait."""
+    """The process's relays: `run` is their one task; `relay` (a passthrough pair) and
+    `park` (any `Parked`) are a connection's one wait."""
 
     def __init__(self, pool: PipePool | None) -> None:
         #: The splice relay's pipes; None relays with reads and writes (the caller decides).
         self.pool = pool
         self._epoll: select.epoll | None = None
         #: Descriptor -> its pair, for both descriptors of every pair in the set.
-        self._pairs: dict[int, _Pair] = {}
+        self._pairs: dict[int, Parked] = {}
 
     @property
     def relaying(self) -> int:
@@ -236,35 +385,46 @@ class RelayLoop:
             trio.lowlevel.notify_closing(epoll)
             epoll.close()
 
-    async def relay(
+    def relay(
         self,
         client: socket.socket,
         backend: socket.socket,
         transfer: Transfer,
         *,
         connect_deadline: float | None = None,
-    ) -> None:
+    ) -> Coroutine[Any, Any, None]:
         """Relay until both directions reach EOF; raises the first failure of either. Returns
         quietly (with `transfer.scope.cancelled_caught`) when the idle timeout passes.
 
         With `connect_deadline`, `backend` is a socket whose non-blocking connect is under
         way: the loop waits for it (so the connection's task waits once, not twice), raises
         ConnectError if it fails, and returns quietly with `transfer.connected` false if the
-        deadline passes first. `transfer.first` goes to the backend before anything else."""
+        deadline passes first. `transfer.first` goes to the backend before anything else.
+
+        Not a coroutine itself but `park`'s: a parked connection holds one frame less."""
+        pair = _Pair(client, backend, transfer)
+        if connect_deadline is None:
+            deadline = trio.current_time() + transfer.idle_timeout
+        else:
+            transfer.connected = False
+            deadline = connect_deadline
+        return self.park(pair, deadline)
+
+    async def park(self, pair: Parked, deadline: float) -> None:
+        """Put the pair in the set and sleep until it is done (returns), fails (raises its
+        error), or the task is cancelled. The transfer's scope, with `deadline`, is the
+        pair's timeout: the pair may move it; when it passes, this returns quietly with
+        `cancelled_caught` set."""
         if self._epoll is None:
             raise RuntimeError("RelayLoop.run is not running")
-        transfer.scope = trio.CancelScope()  # a fresh one per call: a retry gets its own
-        with transfer.scope:
-            pair = _Pair(client, backend, transfer, trio.lowlevel.current_task(), self)
+        pair.loop, pair.task = self, trio.lowlevel.current_task()
+        # A fresh scope per call: a retry (the next endpoint) gets its own.
+        pair.transfer.scope = scope = trio.CancelScope(deadline=deadline)
+        with scope:
             self._pairs[pair.client_fd] = self._pairs[pair.backend_fd] = pair
             try:
-                if connect_deadline is None:
-                    self._connected(pair)
-                else:
-                    transfer.connected, pair.connecting = False, True
-                    transfer.scope.deadline = connect_deadline
-                    self._set(pair.backend_fd, 0, _OUT)
-                    pair.backend_mask = _OUT
+                pair.start()
+                self._watch(pair)
             except BaseException:
                 self._detach(pair)
                 raise
@@ -272,36 +432,9 @@ class RelayLoop:
 
     # --- the loop's work, synchronous -------------------------------------------------------
 
-    def _connected(self, pair: _Pair) -> None:
-        """The backend is connected: the idle deadline starts, the first bytes are queued."""
-        transfer = pair.transfer
-        transfer.connected, pair.connecting = True, False
-        transfer.scope.deadline = trio.current_time() + transfer.idle_timeout
-        if transfer.first:
-            pair.up.pending, transfer.first = memoryview(transfer.first), b""
-            self._flush(pair.up, transfer)
-        self._watch(pair)
-
-    def _ready(self, pair: _Pair, fd: int, events: int) -> None:
-        if pair.connecting:  # only the backend is in the set, for its connect
-            code = pair.up.dst.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            try:
-                if code:
-                    raise ConnectError(code, os.strerror(code))
-                self._connected(pair)
-            except Exception as exc:
-                self._end(pair, exc)
-            return
-        if fd == pair.client_fd:
-            out_of, into = pair.up, pair.down  # the client is up's source and down's destination
-        else:
-            out_of, into = pair.down, pair.up
+    def _ready(self, pair: Parked, fd: int, events: int) -> None:
         try:
-            if events & (_OUT | _ERR) and into.blocked:
-                self._flush(into, pair.transfer)
-            if events & (_IN | _ERR) and not out_of.done and not out_of.blocked:
-                self._round(out_of, pair.transfer)
-            if not (pair.up.done and pair.down.done):
+            if not pair.step(fd, events):
                 self._watch(pair)
                 return
         except Exception as exc:  # the connection's task judges it (a bug is logged there)
@@ -309,88 +442,9 @@ class RelayLoop:
             return
         self._end(pair, None)
 
-    def _round(self, way: _Way, transfer: Transfer) -> None:
-        pool = self.pool
-        if way.bulk and pool is not None:
-            pipe = pool.take()
-            if pipe is not None:
-                self._splice(way, pool, pipe, transfer)
-                return
-        try:
-            data = os.read(way.src_fd, SPLICE_MIN)
-        except BlockingIOError:
-            return  # nothing there after all
-        if not data:
-            self._eof(way)
-            return
-        way.bulk = len(data) == SPLICE_MIN
-        try:
-            sent = way.dst.send(data)
-        except BlockingIOError:
-            sent = 0
-        if sent < len(data):
-            way.pending = memoryview(data)[sent:]
-        self._moved(way, sent, transfer)
-
-    def _splice(self, way: _Way, pool: PipePool, pipe: tuple[int, int], transfer: Transfer) -> None:
-        try:
-            moved = os.splice(way.src_fd, pipe[1], CHUNK, flags=_SPLICE_FLAGS)
-        except BlockingIOError:
-            moved = -1
-        except BaseException:
-            pool.give_back(pipe, clean=False)
-            raise
-        if moved <= 0:
-            pool.give_back(pipe, clean=True)
-            if moved == 0:
-                self._eof(way)
-            return
-        way.bulk = moved >= SPLICE_MIN
-        way.pipe, way.in_pipe = pipe, moved
-        self._flush(way, transfer)
-
-    def _flush(self, way: _Way, transfer: Transfer) -> None:
-        """Send what the way holds, as far as the destination takes it."""
-        if way.pending is not None:
-            try:
-                sent = way.dst.send(way.pending)
-            except BlockingIOError:
-                return
-            way.pending = way.pending[sent:] if sent < len(way.pending) else None
-            self._moved(way, sent, transfer)
-            return
-        assert way.pipe is not None
-        # Drain the pipe fully before reading more (STACK-NOTES.md).
-        while way.in_pipe:
-            try:
-                sent = os.splice(way.pipe[0], way.dst_fd, way.in_pipe, flags=_SPLICE_FLAGS)
-            except BlockingIOError:
-                return
-            way.in_pipe -= sent
-            self._moved(way, sent, transfer)
-        pipe, way.pipe = way.pipe, None
-        assert self.pool is not None
-        self.pool.give_back(pipe, clean=True)
-
-    @staticmethod
-    def _moved(way: _Way, count: int, transfer: Transfer) -> None:
-        if count:
-            if way.up:
-                transfer.up += count
-            else:
-                transfer.down += count
-            transfer.progress()
-
-    @staticmethod
-    def _eof(way: _Way) -> None:
-        way.done = True
-        send_eof(way.dst)
-
-    def _watch(self, pair: _Pair) -> None:
+    def _watch(self, pair: Parked) -> None:
         """Point the set at what each socket waits for now."""
-        up, down = pair.up, pair.down
-        client = (_IN if not (up.done or up.blocked) else 0) | (_OUT if down.blocked else 0)
-        backend = (_IN if not (down.done or down.blocked) else 0) | (_OUT if up.blocked else 0)
+        client, backend = pair.masks()
         if client != pair.client_mask:
             self._set(pair.client_fd, pair.client_mask, client)
             pair.client_mask = client
@@ -410,8 +464,8 @@ class RelayLoop:
         else:
             epoll.modify(fd, mask)
 
-    def _detach(self, pair: _Pair) -> None:
-        """Take the pair out of the set and give back its pipes; idempotent."""
+    def _detach(self, pair: Parked) -> None:
+        """Take the pair out of the set and give back what it holds; idempotent."""
         for fd, mask in ((pair.client_fd, pair.client_mask), (pair.backend_fd, pair.backend_mask)):
             if self._pairs.get(fd) is pair:
                 del self._pairs[fd]
@@ -419,12 +473,9 @@ class RelayLoop:
                 with contextlib.suppress(OSError):
                     self._epoll.unregister(fd)
         pair.client_mask = pair.backend_mask = 0
-        for way in (pair.up, pair.down):
-            if way.pipe is not None:
-                pipe, way.pipe, way.in_pipe = way.pipe, None, 0
-                assert self.pool is not None
-                self.pool.give_back(pipe, clean=False)  # it may hold bytes never sent
+        pair.release()
 
-    def _end(self, pair: _Pair, error: BaseException | None) -> None:
+    def _end(self, pair: Parked, error: BaseException | None) -> None:
         self._detach(pair)
+        assert pair.task is not None
         trio.lowlevel.reschedule(pair.task, outcome.Error(error) if error else outcome.Value(None))
