@@ -1,4 +1,4 @@
-"""`RelayLoop`, `PipePool` and `relay_ends` on their own, over `socket.socketpair()` pairs.
+"""`RelayLoop` and `PipePool` on their own, over `socket.socketpair()` pairs.
 
 Each test plays both applications: the client on one pair, the backend on the other, with the
 relay between the two gateway-side sockets (non-blocking, as the proxy hands them over). The
@@ -14,7 +14,7 @@ import hashlib
 import os
 import random
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 
 import attrs
@@ -23,7 +23,6 @@ import trio
 import trio.testing
 
 from gateway.dataplane.dial import start_connect
-from gateway.dataplane.ends import PlainEnd, relay_ends
 from gateway.dataplane.relay import SPLICE_MIN, ConnectError, PipePool, RelayLoop, Transfer
 
 #: An idle timeout no test here meets unless it means to.
@@ -238,24 +237,16 @@ async def relay_with_loop(
         nursery.cancel_scope.cancel()
 
 
-async def relay_plain_ends(
-    client: socket.socket, backend: socket.socket, transfer: Transfer
-) -> None:
-    await relay_ends(PlainEnd(client), PlainEnd(backend), transfer)
-
-
-@pytest.mark.parametrize("relayer", [relay_with_loop, relay_plain_ends], ids=["loop", "ends"])
 async def test_traffic_pushes_the_idle_deadline(
     wires: Wires,
     autojump_clock: trio.testing.MockClock,
-    relayer: Callable[[socket.socket, socket.socket, Transfer], Awaitable[None]],
 ) -> None:
     client, backend = wires.streams()
     transfer = Transfer(idle_timeout=10)
     start_time = trio.current_time()
     with trio.fail_after(100):  # virtual seconds, like everything on this clock
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(relayer, wires.client, wires.backend, transfer)
+            nursery.start_soon(relay_with_loop, wires.client, wires.backend, transfer)
             for at, stream, peer in (
                 (6, client, backend),
                 (12, backend, client),
@@ -696,84 +687,3 @@ def test_pipe_pool_at_its_limit_gives_none_until_one_comes_back() -> None:
         assert pool.taken == 0
     finally:
         pool.close()
-
-
-# --- relay_ends -----------------------------------------------------------------------------
-
-
-async def test_relay_ends_client_half_close_lets_the_answer_through(wires: Wires) -> None:
-    client, backend = wires.streams()
-    transfer = Transfer(idle_timeout=IDLE)
-    with trio.fail_after(SAFETY):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(
-                relay_ends, PlainEnd(wires.client), PlainEnd(wires.backend), transfer
-            )
-            await client.send_all(b"request")
-            await client.send_eof()
-            assert await receive_to_eof(backend) == b"request"
-            await backend.send_all(b"response")
-            await backend.send_eof()
-            assert await receive_to_eof(client) == b"response"
-    assert (transfer.up, transfer.down) == (7, 8)
-    assert not transfer.scope.cancelled_caught
-
-
-async def test_relay_ends_backend_ending_ends_both(wires: Wires) -> None:
-    client, backend = wires.streams()
-    transfer = Transfer(idle_timeout=IDLE)
-    with trio.fail_after(SAFETY):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(
-                relay_ends, PlainEnd(wires.client), PlainEnd(wires.backend), transfer
-            )
-            await client.send_all(b"hi")
-            assert await receive_exactly(backend, 2) == b"hi"
-            await backend.send_all(b"bye")
-            await backend.send_eof()
-            # The client never ends its side: the backend's end finishes the client's and
-            # returns, without waiting for it.
-            assert await receive_to_eof(client) == b"bye"
-    assert (transfer.up, transfer.down) == (2, 3)
-    assert not transfer.scope.cancelled_caught
-
-
-async def test_relay_ends_idle_timeout_returns_quietly(
-    wires: Wires, autojump_clock: trio.testing.MockClock
-) -> None:
-    transfer = Transfer(idle_timeout=30)
-    start = trio.current_time()
-    await relay_ends(PlainEnd(wires.client), PlainEnd(wires.backend), transfer)
-    assert transfer.scope.cancelled_caught
-    assert trio.current_time() == pytest.approx(start + 30)
-
-
-async def test_relay_ends_bulk_through_full_buffers(wires: Wires) -> None:
-    # More than the socket buffers hold, both ways: PlainEnd.send must wait writable while the
-    # same socket's receiver waits readable in the other task.
-    up = random.Random(3).randbytes(BULK)
-    down = random.Random(4).randbytes(BULK)
-    client, backend = wires.streams()
-    transfer = Transfer(idle_timeout=IDLE)
-    got: dict[str, bytes] = {}
-
-    async def collect(stream: trio.SocketStream, name: str) -> None:
-        got[name] = await receive_exactly(stream, BULK)
-
-    with trio.fail_after(SAFETY):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(
-                relay_ends, PlainEnd(wires.client), PlainEnd(wires.backend), transfer
-            )
-            async with trio.open_nursery() as exchange:
-                exchange.start_soon(collect, backend, "backend")
-                exchange.start_soon(collect, client, "client")
-                exchange.start_soon(client.send_all, up)
-                exchange.start_soon(backend.send_all, down)
-            await client.send_eof()
-            assert await receive_to_eof(backend) == b""
-            await backend.send_eof()
-            assert await receive_to_eof(client) == b""
-    assert got["backend"] == up
-    assert got["client"] == down
-    assert (transfer.up, transfer.down) == (BULK, BULK)

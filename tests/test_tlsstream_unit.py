@@ -1,10 +1,10 @@
-"""`TlsConnection` on its own: real TLS (a trustme CA) between two of them over a
-`socket.socketpair()`, both ends non-blocking as the data plane uses them."""
+"""`TlsConnection`'s handshakes on their own: real TLS (a trustme CA) between two of them over
+a `socket.socketpair()`, both ends non-blocking as the data plane uses them. What follows a
+handshake (records both ways, the ends of a connection) is the relay loop's:
+tests/test_terminated_unit.py."""
 
 from __future__ import annotations
 
-import hashlib
-import random
 import socket
 import ssl
 from collections.abc import Callable, Iterator
@@ -111,19 +111,23 @@ async def handshake_both(ends: Ends) -> tuple[TlsError | None, TlsError | None]:
     return results["client"], results["server"]
 
 
-async def receive_exactly(connection: TlsConnection, size: int) -> bytes:
+def send_plain(sender: TlsConnection, data: bytes) -> None:
+    """Encrypt `data` and put the records on the socket (a few bytes: the pair takes them)."""
+    sender.tls.write(data)
+    sender.sock.send(sender.outgoing.read())
+
+
+async def receive_plain(receiver: TlsConnection, size: int) -> bytes:
+    """Decrypt what arrives until `size` bytes of plaintext came (an alert raises)."""
     data = bytearray()
     while len(data) < size:
-        chunk = await connection.receive()
-        assert chunk, f"EOF after {len(data)} of {size} bytes"
-        data += chunk
-    return bytes(data)
-
-
-async def receive_to_eof(connection: TlsConnection) -> bytes:
-    data = bytearray()
-    while chunk := await connection.receive():
-        data += chunk
+        await trio.lowlevel.wait_readable(receiver.sock)
+        receiver.incoming.write(receiver.sock.recv(1 << 16))
+        try:
+            while chunk := receiver.tls.read(1 << 14):
+                data += chunk
+        except ssl.SSLWantReadError:
+            pass
     return bytes(data)
 
 
@@ -145,10 +149,10 @@ async def test_handshake_then_data_both_ways(
     assert await handshake_both(ends) == (None, None)
     assert ends.client.tls.version() == ends.server.tls.version() == version.name.replace("_", ".")
     with trio.fail_after(SAFETY):
-        await ends.client.send(b"hello")
-        assert await receive_exactly(ends.server, 5) == b"hello"
-        await ends.server.send(b"world!")
-        assert await receive_exactly(ends.client, 6) == b"world!"
+        send_plain(ends.client, b"hello")
+        assert await receive_plain(ends.server, 5) == b"hello"
+        send_plain(ends.server, b"world!")
+        assert await receive_plain(ends.client, 6) == b"world!"
 
 
 @pytest.mark.parametrize("split", [None, 1, 10], ids=["whole-hello", "1-byte", "10-bytes"])
@@ -178,8 +182,8 @@ async def test_initial_bytes_are_replayed_before_the_socket(
             server = TlsConnection(pair[1], server_context(ca), server_side=True, initial=hello)
             assert await outcome(server) is None
         assert result["client"] is None
-        await client.send(b"routed")
-        assert await receive_exactly(server, 6) == b"routed"
+        send_plain(client, b"routed")
+        assert await receive_plain(server, 6) == b"routed"
 
 
 async def test_peer_certificate(ca: trustme.CA, pair: tuple[socket.socket, socket.socket]) -> None:
@@ -304,132 +308,8 @@ async def test_handshake_failures_carry_openssls_reason(
     assert isinstance(server_error, TlsError)
     assert str(server_error) == case.server_reason
     if client_error is None:
-        with trio.fail_after(SAFETY), pytest.raises(TlsError) as caught:
-            await ends.client.receive()
-        client_error = caught.value
-    assert str(client_error) == case.client_reason
-
-
-async def test_garbage_after_the_handshake_is_a_tls_error(
-    ca: trustme.CA, pair: tuple[socket.socket, socket.socket]
-) -> None:
-    ends = connections(pair, client_context(ca), server_context(ca))
-    assert await handshake_both(ends) == (None, None)
-    # An application-data record of the right shape, whose contents do not decrypt.
-    pair[0].send(b"\x17\x03\x03\x00\x20" + bytes(32))
-    with trio.fail_after(SAFETY), pytest.raises(TlsError) as caught:
-        await ends.server.receive()
-    assert str(caught.value)
-
-
-# --- data and ends --------------------------------------------------------------------------
-
-
-async def test_close_notify_alone_is_eof(
-    ca: trustme.CA,
-    pair: tuple[socket.socket, socket.socket],
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    # The autojump clock turns a hang into an immediate TooSlowError.
-    ends = connections(pair, client_context(ca), server_context(ca))
-    assert await handshake_both(ends) == (None, None)
-    with trio.fail_after(SAFETY):
-        await ends.client.send(b"last")
-        await ends.client.finish()  # the TCP connection stays open, as a TLS client may keep it
-        assert await receive_to_eof(ends.server) == b"last"
-
-
-@pytest.mark.parametrize(
-    "version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["TLSv1.2", "TLSv1.3"]
-)
-async def test_close_notify_ends_one_way_and_the_other_still_flows(
-    ca: trustme.CA, pair: tuple[socket.socket, socket.socket], version: ssl.TLSVersion
-) -> None:
-    ends = connections(pair, client_context(ca), server_context(ca, version=version))
-    assert await handshake_both(ends) == (None, None)
-    with trio.fail_after(SAFETY):
-        await ends.client.send(b"last")
-        await ends.client.finish()
-        pair[0].shutdown(socket.SHUT_WR)
-        assert await receive_to_eof(ends.server) == b"last"
-        assert await ends.server.receive() == b"", "EOF stays EOF"
-        # The client's close_notify does not end what the server still sends.
-        await ends.server.send(b"late answer")
-        await ends.server.close_notify()
-        # The server's TCP side stays open: its close_notify alone is the client's EOF.
-        assert await receive_to_eof(ends.client) == b"late answer"
-        assert await ends.client.receive() == b""
-
-
-async def test_tcp_close_without_close_notify_is_eof(
-    ca: trustme.CA, pair: tuple[socket.socket, socket.socket]
-) -> None:
-    ends = connections(pair, client_context(ca), server_context(ca))
-    assert await handshake_both(ends) == (None, None)
-    with trio.fail_after(SAFETY):
-        await ends.client.send(b"cut")
-        pair[0].shutdown(socket.SHUT_WR)
-        assert await receive_to_eof(ends.server) == b"cut"
-        assert await ends.server.receive() == b""
-
-
-async def test_full_duplex_bulk_from_two_tasks_on_each_end(
-    ca: trustme.CA, pair: tuple[socket.socket, socket.socket]
-) -> None:
-    """Each end sends from one task while another receives, both ends at once, far more than
-    the sockets buffer: receiving also flushes, so the send lock is exercised."""
-    ends = connections(pair, client_context(ca), server_context(ca))
-    assert await handshake_both(ends) == (None, None)
-    outgoing = {
-        "client": random.Random(1).randbytes(BULK),
-        "server": random.Random(2).randbytes(BULK),
-    }
-    received: dict[str, bytes] = {}
-
-    async def send(name: str, connection: TlsConnection) -> None:
-        data = outgoing[name]
-        for offset in range(0, len(data), 300_000):  # not a multiple of a record
-            await connection.send(data[offset : offset + 300_000])
-        await connection.finish()
-
-    async def receive(name: str, connection: TlsConnection) -> None:
-        received[name] = await receive_to_eof(connection)
-
-    with trio.fail_after(SAFETY):
-        async with trio.open_nursery() as nursery:
-            for name, connection in (("client", ends.client), ("server", ends.server)):
-                nursery.start_soon(send, name, connection)
-                nursery.start_soon(receive, name, connection)
-    digest = hashlib.sha256
-    assert len(received["server"]) == BULK
-    assert len(received["client"]) == BULK
-    assert digest(received["server"]).digest() == digest(outgoing["client"]).digest()
-    assert digest(received["client"]).digest() == digest(outgoing["server"]).digest()
-
-
-async def test_sends_from_two_tasks_keep_their_records_whole(
-    ca: trustme.CA, pair: tuple[socket.socket, socket.socket]
-) -> None:
-    """Two tasks sending on one end at once (one parks on the send lock while the other
-    waits writable): each message arrives whole and the stream still decrypts."""
-    ends = connections(pair, client_context(ca), server_context(ca))
-    assert await handshake_both(ends) == (None, None)
-    first, second = b"a" * (1 << 20), b"b" * (1 << 20)
-
-    async def reader() -> bytes:
-        return await receive_exactly(ends.server, len(first) + len(second))
-
-    got: list[bytes] = []
-
-    async def collect() -> None:
-        got.append(await reader())
-
-    with trio.fail_after(SAFETY):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(ends.client.send, first)
-            nursery.start_soon(ends.client.send, second)
-            await trio.testing.wait_all_tasks_blocked()
-            nursery.start_soon(collect)
-    data = got[0]
-    # Each send's plaintext is contiguous, in one order or the other.
-    assert data in (first + second, second + first)
+        with trio.fail_after(SAFETY), pytest.raises(ssl.SSLError) as caught:
+            await receive_plain(ends.client, 1)
+        assert caught.value.reason == case.client_reason
+    else:
+        assert str(client_error) == case.client_reason

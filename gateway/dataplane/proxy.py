@@ -3,9 +3,9 @@
 I/O. Nothing raised here reaches the listener: `handle` is the per-connection boundary.
 
 Theory of operation. A connection is one task (the listener's accept loop starts it in the
-connections nursery); while relaying passthrough bytes it sleeps and the process's relay loop
-moves them (`relay`), while relaying terminated plaintext a second task takes the other
-direction (`ends`):
+connections nursery). Once routed and connected it sleeps, once, and the process's relay loop
+moves its bytes: as they are in passthrough (`relay`), through the TLS engines in Terminate
+(`terminated`):
 
 1. Read the ClientHello with a resumable sans-IO parser (`clienthello`) under the hello
    timeout, keeping the bytes. Nothing is decided before the hello is complete.
@@ -13,13 +13,15 @@ direction (`ends`):
    connection keeps that snapshot for its life: a configuration change never moves it.
 3. A rejection (no SNI, no listener, a listener not programmed, no route, a share of an invalid
    backend) closes the socket without an alert or a handshake (SPEC.md §10.3, §10.4).
-4. Passthrough: connect a backend endpoint (`dial`), replay the hello bytes verbatim (the
-   backend sees the client's own SNI), then `RelayLoop.relay` splices both ways until both
-   ends are done: half-close propagates, the idle timeout covers both directions at once.
+4. Passthrough: start connecting a backend endpoint (`dial`) and hand both sockets to the
+   relay loop, which waits for the connect (a failed one moves on to the next endpoint),
+   replays the hello bytes verbatim (the backend sees the client's own SNI), then splices
+   both ways until both ends are done: half-close propagates, the idle timeout covers both
+   directions at once.
 5. Terminate: feed the hello into a TLS engine with the best certificate for the SNI
    (`tlsstream`), finish the handshake under the hello timeout, connect the backend (plain,
-   or TLS as its BackendTLSPolicy says, §10.7) and `ends.relay_ends` the plaintext. TLS has no
-   half-close: when the backend ends, the client's TLS is closed.
+   or TLS as its BackendTLSPolicy says, §10.7) and `relay_terminated` the plaintext. TLS has
+   no half-close: when the backend ends, the client's TLS is closed.
 6. Always: close the socket, write one access-log line (`access`), count it in the metrics.
    A failure the network explains (a reset, a TLS alert) is an outcome, not a traceback; a
    bug is logged with its traceback and still ends only this connection.
@@ -42,8 +44,8 @@ from gateway.api.names import TLSMode
 from gateway.dataplane.access import AccessRecord, Outcome
 from gateway.dataplane.clienthello import MAX_HELLO_BYTES, ClientHelloError, ClientHelloParser
 from gateway.dataplane.dial import Dialer, start_connect
-from gateway.dataplane.ends import End, PlainEnd, relay_ends
 from gateway.dataplane.relay import SPLICE_AVAILABLE, ConnectError, PipePool, RelayLoop, Transfer
+from gateway.dataplane.terminated import relay_terminated
 from gateway.dataplane.tls import (
     SESSION_TICKETS,
     ContextRegistry,
@@ -280,6 +282,9 @@ class Proxy:
             server_side=True,
             initial=hello_bytes,
         )
+        # This frame lives as long as the connection: it keeps none of the handshake's
+        # leftovers (the hello bytes, the timeout's cancel scope).
+        del hello_bytes, certificates
         started = time.monotonic()
         with trio.move_on_after(self.config.hello_timeout) as timeout:
             try:
@@ -290,19 +295,19 @@ class Proxy:
         if timeout.cancelled_caught:
             conn.outcome = Outcome.HANDSHAKE_TIMEOUT
             return
+        del timeout
         self.metrics.handshake_duration.observe(time.monotonic() - started)
         upstream = await self.dialer.connect(backend, conn)
         if upstream is None:
             return
         with upstream:
-            end: End = PlainEnd(upstream)
+            backend_tls = None
             if backend.tls is not None:
-                reencrypted = await self._reencrypt(upstream, backend.tls, listener, conn)
-                if reencrypted is None:
+                backend_tls = await self._reencrypt(upstream, backend.tls, listener, conn)
+                if backend_tls is None:
                     return
-                end = reencrypted
             conn.transfer = Transfer(idle_timeout=self.config.idle_timeout)
-            await relay_ends(tls, end, conn.transfer)
+            await relay_terminated(self.relays, tls, upstream, backend_tls, conn.transfer)
             if conn.transfer.scope.cancelled_caught:
                 conn.outcome = Outcome.IDLE_TIMEOUT
 

@@ -189,8 +189,10 @@ class Parked:
         self.loop: RelayLoop | None = None
         self.task: trio.lowlevel.Task | None = None
 
-    def start(self) -> None:
-        """In the set now, before the first wait: do what needs no readiness."""
+    def start(self) -> bool:
+        """In the set now, before the first wait: do what needs no readiness; True if that
+        was all (the connection is done)."""
+        return False
 
     def masks(self) -> tuple[int, int]:
         """What to watch the client and the backend for now (0: nothing)."""
@@ -228,9 +230,10 @@ class _Pair(Parked):
         assert self.loop is not None
         return self.loop.pool
 
-    def start(self) -> None:
+    def start(self) -> bool:
         if self.transfer.connected:
             self._connected()
+        return False
 
     def _connected(self) -> None:
         """The backend is connected: the idle deadline starts, the first bytes are queued."""
@@ -423,11 +426,15 @@ class RelayLoop:
         with scope:
             self._pairs[pair.client_fd] = self._pairs[pair.backend_fd] = pair
             try:
-                pair.start()
-                self._watch(pair)
+                done = pair.start()
+                if not done:
+                    self._watch(pair)
             except BaseException:
                 self._detach(pair)
                 raise
+            if done:
+                self._detach(pair)
+                return
             await trio.lowlevel.wait_task_rescheduled(pair.abort)
 
     # --- the loop's work, synchronous -------------------------------------------------------

@@ -1,0 +1,237 @@
+"""Relaying a terminated connection's plaintext from the relay loop: the client's TLS engine
+on one side, the backend (plain TCP, or TLS again as a BackendTLSPolicy says) on the other.
+
+I/O: non-blocking socket calls made by the loop (`relay.RelayLoop`), never a wait of its own.
+
+Theory of operation. After the handshake (in the connection's task, `tlsstream`), a
+terminated connection is two sockets and two TLS engines at most, all synchronous: bytes in,
+records out. So it parks in the same epoll set as passthrough pairs, and the connection's
+task sleeps once for the rest of its life (no second task, no nursery), as in `relay`.
+
+- A side is a socket with its engine, if it speaks TLS: `receive` reads what the socket has
+  (at most CHUNK) and decrypts every whole record; `queue` encrypts (or keeps) plaintext for
+  the peer; `flush` sends what is queued as far as the socket takes it.
+- Back-pressure: a side is read only while the other has nothing queued, so a slow reader
+  holds at most one read's worth (CHUNK of ciphertext) of its peer's bytes.
+- Records the engine writes by itself while receiving (a KeyUpdate answer, an alert) are
+  queued on the side that received them and flushed before it is read again.
+- EOF (SPEC.md §10.6): the client ending (close_notify or FIN) is a
+  half-close toward the backend (a TLS backend gets close_notify), whose answer still flows;
+  the backend ending sends the client close_notify and, once that is out, ends the pair:
+  TLS has no half-close to rely on (STACK-NOTES.md). A failure to send that last
+  close_notify is not an error: the client is gone.
+- Errors: OpenSSL's are TlsError, the sockets' OSError; either ends the pair and is raised
+  in the connection's task. The idle timeout is the transfer's scope, as in `relay`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import ssl
+
+import trio
+
+from gateway.dataplane.relay import Parked, RelayLoop, Transfer
+from gateway.dataplane.sockio import send_eof
+from gateway.dataplane.tlsstream import CHUNK, RECORD, TlsConnection, TlsError
+
+_IN, _OUT = select.EPOLLIN, select.EPOLLOUT
+#: A socket in error or hung up: the next call on it says what happened.
+_ERR = select.EPOLLERR | select.EPOLLHUP
+
+
+class _Side:
+    """One socket of the pair and its TLS engine, if it speaks TLS: plaintext in and out."""
+
+    __slots__ = ("closing", "incoming", "outgoing", "sock", "tls", "unsent")
+
+    def __init__(self, sock: socket.socket, tls: TlsConnection | None) -> None:
+        self.sock = sock
+        self.tls = tls.tls if tls is not None else None
+        self.incoming = tls.incoming if tls is not None else None
+        self.outgoing = tls.outgoing if tls is not None else None
+        #: Bytes taken from the engine (or plaintext, without one) not yet sent.
+        self.unsent = tls.unsent if tls is not None else memoryview(b"")
+        #: A plain side half-closes (SHUT_WR) once what is queued is out.
+        self.closing = False
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.unsent) or (self.outgoing is not None and self.outgoing.pending > 0)
+
+    def receive(self) -> tuple[bytes, bool] | None:
+        """The plaintext the socket had, and whether the peer ended its side; None if the
+        socket had nothing after all."""
+        try:
+            data = self.sock.recv(CHUNK)
+        except BlockingIOError:
+            return None
+        if self.tls is None:
+            return data, not data
+        assert self.incoming is not None
+        if data:
+            self.incoming.write(data)
+        else:
+            self.incoming.write_eof()  # a TCP close: the engine says whether it was clean
+        return self.decrypt()
+
+    def decrypt(self) -> tuple[bytes, bool]:
+        """Every whole record the engine holds, as plaintext, and whether the peer ended."""
+        assert self.tls is not None
+        chunks = []
+        ended = False
+        try:
+            # b"" is the peer's close_notify, as CPython reports it while ours is unsent
+            # (Modules/_ssl.c: a zero return with SSL_RECEIVED_SHUTDOWN).
+            while chunk := self.tls.read(RECORD):
+                chunks.append(chunk)
+            ended = True
+        except ssl.SSLWantReadError:
+            pass
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            ended = True
+        except ssl.SSLError as exc:
+            raise TlsError(exc.reason or str(exc)) from None
+        return b"".join(chunks), ended
+
+    def queue(self, data: bytes) -> None:
+        """Plaintext for the peer (nothing else is queued: the caller checked `pending`)."""
+        if self.tls is None:
+            self.unsent = memoryview(data)
+            return
+        try:
+            self.tls.write(data)
+        except ssl.SSLError as exc:
+            raise TlsError(exc.reason or str(exc)) from None
+
+    def finish(self) -> None:
+        """Nothing more for the peer: close_notify, or a TCP half-close once all is sent."""
+        if self.tls is None:
+            self.closing = True
+            return
+        with contextlib.suppress(ssl.SSLError):  # SSLWantReadError: theirs is not in yet
+            self.tls.unwrap()
+
+    def flush(self) -> None:
+        """Send what is queued, as far as the socket takes it."""
+        while True:
+            if not self.unsent:
+                outgoing = self.outgoing
+                if outgoing is None or not outgoing.pending:
+                    break
+                self.unsent = memoryview(outgoing.read(CHUNK))
+            try:
+                sent = self.sock.send(self.unsent)
+            except BlockingIOError:
+                return
+            self.unsent = self.unsent[sent:]
+        if self.closing:
+            self.closing = False
+            send_eof(self.sock)
+
+
+class _Terminated(Parked):
+    __slots__ = ("backend", "client", "down_done", "up_done")
+
+    def __init__(
+        self,
+        client: TlsConnection,
+        backend: socket.socket,
+        backend_tls: TlsConnection | None,
+        transfer: Transfer,
+    ) -> None:
+        super().__init__(client.sock.fileno(), backend.fileno(), transfer)
+        self.client = _Side(client.sock, client)
+        self.backend = _Side(backend, backend_tls)
+        #: The client ended (and the backend was told); the backend ended (and the client).
+        self.up_done = False
+        self.down_done = False
+
+    def start(self) -> bool:
+        self.client.flush()
+        self.backend.flush()
+        # What came with the handshake's last flight (a client's first request behind its
+        # Finished, a backend that speaks first) is in the engine already, not the socket:
+        # no readiness would ever announce it.
+        for from_client, side in ((True, self.client), (False, self.backend)):
+            if (
+                side.incoming is not None
+                and side.incoming.pending
+                and self._forward(from_client, side.decrypt())
+            ):
+                return True
+        return False
+
+    def masks(self) -> tuple[int, int]:
+        client, backend = self.client, self.backend
+        if self.down_done:  # only the client's close_notify is left to send
+            return _OUT, 0
+        client_mask = (0 if self.up_done or backend.pending else _IN) | (
+            _OUT if client.pending else 0
+        )
+        backend_mask = (0 if client.pending else _IN) | (_OUT if backend.pending else 0)
+        return client_mask, backend_mask
+
+    def step(self, fd: int, events: int) -> bool:
+        from_client = fd == self.client_fd
+        side, other = (self.client, self.backend) if from_client else (self.backend, self.client)
+        if events & (_OUT | _ERR) and side.pending:
+            if self.down_done:
+                return self._last_flush()
+            side.flush()
+        if not (events & (_IN | _ERR)) or other.pending or self.down_done:
+            return False
+        if from_client and self.up_done:
+            return False
+        got = side.receive()
+        return got is not None and self._forward(from_client, got)
+
+    def _forward(self, from_client: bool, got: tuple[bytes, bool]) -> bool:
+        """Pass on what one side received; True once the connection is done."""
+        side, other = (self.client, self.backend) if from_client else (self.backend, self.client)
+        data, ended = got
+        if data:
+            other.queue(data)
+            if from_client:
+                self.transfer.up += len(data)
+            else:
+                self.transfer.down += len(data)
+            self.transfer.progress()
+            other.flush()
+        if side.pending:  # what the engine wrote by itself while receiving
+            side.flush()
+        if not ended:
+            return False
+        if from_client:
+            self.up_done = True
+            self.backend.finish()
+            self.backend.flush()
+            return False
+        self.down_done = True
+        self.client.finish()
+        return self._last_flush()
+
+    def _last_flush(self) -> bool:
+        """The backend ended: send the client the rest and close_notify; done once out, or
+        once the client turns out to be gone."""
+        try:
+            self.client.flush()
+        except OSError:
+            return True
+        return not self.client.pending
+
+
+async def relay_terminated(
+    loop: RelayLoop,
+    client: TlsConnection,
+    backend: socket.socket,
+    backend_tls: TlsConnection | None,
+    transfer: Transfer,
+) -> None:
+    """Relay plaintext between a terminated client and its backend (plain, or TLS through
+    `backend_tls` over `backend`) until the backend ends, or both; raises the first failure.
+    Returns quietly (with `transfer.scope.cancelled_caught`) when the idle timeout passes."""
+    pair = _Terminated(client, backend, backend_tls, transfer)
+    await loop.park(pair, trio.current_time() + transfer.idle_timeout)
