@@ -30,12 +30,14 @@ import contextlib
 import select
 import socket
 import ssl
+from collections.abc import Coroutine
+from typing import Any
 
 import trio
 
 from gateway.dataplane.relay import Parked, RelayLoop, Transfer
 from gateway.dataplane.sockio import send_eof
-from gateway.dataplane.tlsstream import CHUNK, RECORD, TlsConnection, TlsError
+from gateway.dataplane.tlsstream import CHUNK, NOTHING, RECORD, TlsConnection, TlsError
 
 _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
 #: A socket in error or hung up: the next call on it says what happened.
@@ -53,7 +55,7 @@ class _Side:
         self.incoming = tls.incoming if tls is not None else None
         self.outgoing = tls.outgoing if tls is not None else None
         #: Bytes taken from the engine (or plaintext, without one) not yet sent.
-        self.unsent = tls.unsent if tls is not None else memoryview(b"")
+        self.unsent = tls.unsent if tls is not None else NOTHING
         #: A plain side half-closes (SHUT_WR) once what is queued is out.
         self.closing = False
 
@@ -126,7 +128,7 @@ class _Side:
                 sent = self.sock.send(self.unsent)
             except BlockingIOError:
                 return
-            self.unsent = self.unsent[sent:]
+            self.unsent = self.unsent[sent:] if sent < len(self.unsent) else NOTHING
         if self.closing:
             self.closing = False
             send_eof(self.sock)
@@ -223,15 +225,17 @@ class _Terminated(Parked):
         return not self.client.pending
 
 
-async def relay_terminated(
+def relay_terminated(
     loop: RelayLoop,
     client: TlsConnection,
     backend: socket.socket,
     backend_tls: TlsConnection | None,
     transfer: Transfer,
-) -> None:
+) -> Coroutine[Any, Any, None]:
     """Relay plaintext between a terminated client and its backend (plain, or TLS through
     `backend_tls` over `backend`) until the backend ends, or both; raises the first failure.
-    Returns quietly (with `transfer.scope.cancelled_caught`) when the idle timeout passes."""
+    Returns quietly (with `transfer.scope.cancelled_caught`) when the idle timeout passes.
+
+    Not a coroutine itself but `RelayLoop.park`'s: a parked connection holds one frame less."""
     pair = _Terminated(client, backend, backend_tls, transfer)
-    await loop.park(pair, trio.current_time() + transfer.idle_timeout)
+    return loop.park(pair, trio.current_time() + transfer.idle_timeout)

@@ -23,6 +23,9 @@ from gateway.dataplane.sockio import receive_some
 CHUNK = 64 * 1024
 #: The largest TLS plaintext record (RFC 8446 §5.1): what one SSLObject.read can return.
 RECORD = 16 * 1024
+#: What `unsent` is once all is sent: an empty slice of the last chunk would keep that
+#: chunk alive for the connection's life (a memoryview holds its whole buffer).
+NOTHING = memoryview(b"")
 
 
 class TlsError(Exception):
@@ -54,7 +57,7 @@ class TlsConnection:
         self._eof = False
         # Bytes already taken out of `outgoing` but not yet sent: kept here, not in a local,
         # so that a flush cancelled mid-chunk leaves them first in line for the next one.
-        self.unsent = memoryview(b"")
+        self.unsent = NOTHING
 
     async def handshake(self) -> None:
         """One wait per flight: each pass gives OpenSSL all the socket has, sends all it
@@ -106,4 +109,4 @@ class TlsConnection:
             except BlockingIOError:
                 await trio.lowlevel.wait_writable(self.sock)
                 continue
-            self.unsent = self.unsent[sent:]
+            self.unsent = self.unsent[sent:] if sent < len(self.unsent) else NOTHING
