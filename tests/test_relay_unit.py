@@ -291,6 +291,39 @@ async def test_a_reset_backend_ends_the_pair_with_the_error(
     assert relays.relaying == 0
 
 
+async def test_a_backend_that_answers_an_upload_it_will_not_read_is_heard(
+    wires: Wires, relays: RelayLoop
+) -> None:
+    """The backend stops reading an upload, answers (an HTTP 413, say) and closes: sending it
+    the rest fails, and its answer still reaches the client before the pair ends."""
+    client, _ = wires.streams()
+    transfer = Transfer(idle_timeout=IDLE)
+    failure: list[OSError] = []
+
+    async def relay() -> None:
+        try:
+            await relays.relay(wires.client, wires.backend, transfer)
+        except OSError as exc:
+            failure.append(exc)
+
+    with trio.fail_after(SAFETY):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(relay)
+            nursery.start_soon(client.send_all, b"u" * (16 << 20))
+            moved = -1
+            while moved != transfer.up:  # until the upload is stuck (real time)
+                moved = transfer.up
+                await trio.sleep(0.2)
+            # The answer and the close at once (no checkpoint between): the loop sees the
+            # backend gone (its send fails) with the answer still unread.
+            wires.backend_app.send(b"413 too large")
+            wires.backend_app.close()  # with the upload unread
+            assert await receive_exactly(client, 13) == b"413 too large"
+            nursery.cancel_scope.cancel()  # the client's upload, stuck for good
+    assert failure  # the upload was cut: an error, after the answer
+    assert relays.relaying == 0
+
+
 async def test_a_failed_write_ends_the_pair_with_the_error(wires: Wires, relays: RelayLoop) -> None:
     # The backend stopped reading (SHUT_RD): writing to it is EPIPE, while the backend's own
     # direction is open and idle.

@@ -57,6 +57,8 @@ class ClientApp:
         self.sock = sock
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname=SERVER_NAME)
+        #: The server's side ended without close_notify.
+        self.cut = False
 
     async def do_handshake(self) -> None:
         while True:
@@ -79,7 +81,10 @@ class ClientApp:
                 return self.tls.read(size)
             except ssl.SSLWantReadError:
                 await self._fill()
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            except ssl.SSLZeroReturnError:
+                return b""
+            except ssl.SSLEOFError:
+                self.cut = True  # a TCP close without close_notify: truncation
                 return b""
 
     async def close_notify(self) -> None:
@@ -128,6 +133,8 @@ class Connection:
     backend_app: trio.abc.Stream
     backend_tls: TlsConnection | None
     loop: RelayLoop
+    #: The backend application's socket itself (under `backend_app`).
+    backend_raw: socket.socket
     transfer: Transfer = attrs.Factory(lambda: Transfer(idle_timeout=IDLE))
 
     async def relay(self) -> None:
@@ -174,7 +181,7 @@ async def connection(
     loop = RelayLoop(None)
     await nursery.start(loop.run)
     try:
-        yield Connection(client, client_tls, backend_side, backend, backend_tls, loop)
+        yield Connection(client, client_tls, backend_side, backend, backend_tls, loop, backend_app)
     finally:
         for sock in (client_app, client_side, backend_side, backend_app):
             sock.close()
@@ -245,22 +252,75 @@ async def test_the_clients_close_notify_half_closes_and_the_answer_still_flows(
     assert connection.loop.relaying == 0
 
 
-async def test_a_tcp_close_without_close_notify_is_the_clients_end(
+async def test_a_tcp_close_without_close_notify_ends_the_connection(
     connection: Connection,
 ) -> None:
+    """To OpenSSL a FIN without close_notify is truncation, after which its engine sends
+    nothing more: the backend is told (half-close, or close_notify) and the pair ends by
+    itself, with no answer awaited that could not be delivered."""
     with trio.fail_after(SAFETY):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(connection.relay)
             await connection.client.send_all(b"cut")
             connection.client.send_eof()
-            if isinstance(connection.backend_app, trio.SSLStream):
-                assert await receive_exactly(connection.backend_app, 3) == b"cut"
-                assert await receive_to_eof(connection.backend_app) == b""
-                await connection.backend_app.aclose()
-            else:
-                assert await receive_to_eof(connection.backend_app) == b"cut"
-                await end_backend(connection)
+            assert await receive_exactly(connection.backend_app, 3) == b"cut"
+            assert await receive_to_eof(connection.backend_app) == b""
     assert connection.transfer.up == 3
+    assert connection.loop.relaying == 0
+
+
+@pytest.mark.parametrize("connection", ["tls"], indirect=True)
+async def test_a_tls_backend_closing_without_close_notify_ends_the_client_cleanly(
+    connection: Connection,
+) -> None:
+    """A TLS backend that just closes TCP (common) ends the client's TLS with close_notify,
+    as a plain backend's FIN does."""
+    backend = connection.backend_app
+    assert isinstance(backend, trio.SSLStream)
+    with trio.fail_after(SAFETY):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(connection.relay)
+            await backend.send_all(b"partial")
+            assert await receive_exactly(connection.client, 7) == b"partial"
+            transport = backend.transport_stream
+            assert isinstance(transport, trio.SocketStream)
+            await transport.send_eof()
+            assert await receive_to_eof(connection.client) == b""
+    assert not connection.client.cut  # close_notify came
+    assert connection.loop.relaying == 0
+
+
+@pytest.mark.parametrize("connection", ["plain"], indirect=True)
+async def test_a_backend_that_answers_an_upload_it_will_not_read_is_heard(
+    connection: Connection,
+) -> None:
+    """The backend stops reading an upload, answers (an HTTP 413, say) and closes: sending it
+    the rest fails, and its answer still reaches the client before the pair ends."""
+    backend = connection.backend_app
+    assert isinstance(backend, trio.SocketStream)
+    failure: list[BaseException] = []
+
+    async def relay() -> None:
+        try:
+            await connection.relay()
+        except OSError as exc:
+            failure.append(exc)
+
+    with trio.fail_after(SAFETY):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(relay)
+            nursery.start_soon(connection.client.send_all, b"u" * (8 << 20))
+            moved = -1
+            while moved != connection.transfer.up:  # until the upload is stuck
+                moved = connection.transfer.up
+                await trio.sleep(0.2)
+            # The answer and the close at once (no checkpoint between): the loop sees the
+            # backend gone (its send fails) with the answer still unread.
+            connection.backend_raw.send(b"413 too large")
+            connection.backend_raw.close()  # with the upload unread
+            assert await receive_exactly(connection.client, 13) == b"413 too large"
+            nursery.cancel_scope.cancel()  # the client's upload, stuck for good
+    assert failure  # the upload was cut: an error, after the answer
     assert connection.loop.relaying == 0
 
 
@@ -373,3 +433,91 @@ async def test_a_request_that_came_with_the_handshake_is_relayed(
         for sock in (client_app, client_side, backend_side, backend_app):
             sock.close()
     assert (transfer.up, transfer.down) == (5, 4)
+
+
+def _shake(
+    one: ssl.SSLObject, one_bios: tuple[ssl.MemoryBIO, ssl.MemoryBIO], other: TlsConnection
+) -> None:
+    """Handshake an engine of the test's with a TlsConnection's, in memory (no sockets)."""
+    for _ in range(8):
+        for engine in (one, other.tls):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                engine.do_handshake()
+        other.incoming.write(one_bios[1].read())
+        one_bios[0].write(other.outgoing.read())
+
+
+async def test_what_came_with_both_handshakes_is_passed_on_in_order(
+    ca: trustme.CA, nursery: trio.Nursery
+) -> None:
+    """At the relay's start both engines already hold records: the client's request and
+    close_notify, a TLS 1.2 backend's banner. The backend's go first: its engine must not be
+    shut down (close_notify toward it) over records nobody read."""
+    client_app, client_side = _nonblocking_pair()
+    backend_side, backend_app = _nonblocking_pair()
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert(SERVER_NAME).configure_cert(server_context)
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    # The client and the gateway's server side; the request and close_notify stay queued.
+    client_tls = TlsConnection(client_side, server_context, server_side=True)
+    client_bios = (ssl.MemoryBIO(), ssl.MemoryBIO())
+    client = trusting.wrap_bio(*client_bios, server_hostname=SERVER_NAME)
+    _shake(client, client_bios, client_tls)
+    client.write(b"req")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        client.unwrap()
+    client_tls.incoming.write(client_bios[1].read())
+    # The gateway's client side and a TLS 1.2 backend that speaks right after its Finished.
+    backend_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    backend_context.maximum_version = ssl.TLSVersion.TLSv1_2
+    ca.issue_cert(BACKEND_NAME).configure_cert(backend_context)
+    backend_tls = TlsConnection(
+        backend_side, trusting, server_side=False, server_hostname=BACKEND_NAME
+    )
+    backend_bios = (ssl.MemoryBIO(), ssl.MemoryBIO())
+    backend = backend_context.wrap_bio(*backend_bios, server_side=True)
+    for _ in range(8):
+        with contextlib.suppress(ssl.SSLWantReadError):
+            backend_tls.tls.do_handshake()
+        backend_bios[0].write(backend_tls.outgoing.read())
+        with contextlib.suppress(ssl.SSLWantReadError):
+            backend.do_handshake()
+            if not backend_tls.incoming.pending:
+                backend.write(b"banner")  # with its Finished
+        backend_tls.incoming.write(backend_bios[1].read())
+    assert client_tls.incoming.pending
+    assert backend_tls.incoming.pending
+    loop = RelayLoop(None)
+    await nursery.start(loop.run)
+    transfer = Transfer(idle_timeout=IDLE)
+    backend_stream = _stream(backend_app)
+    try:
+        with trio.fail_after(SAFETY):
+            async with trio.open_nursery() as relaying:
+                relaying.start_soon(
+                    relay_terminated, loop, client_tls, backend_side, backend_tls, transfer
+                )
+                heard = bytearray()
+                while not heard.endswith(b"req"):  # the request, then close_notify
+                    backend_bios[0].write(await backend_stream.receive_some(1 << 16))
+                    with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                        heard += backend.read(100)
+                backend.write(b"answer")
+                with contextlib.suppress(ssl.SSLError):
+                    backend.unwrap()
+                await backend_stream.send_all(backend_bios[1].read())
+        received = bytearray()
+        with contextlib.suppress(BlockingIOError):
+            while chunk := client_app.recv(1 << 16):
+                received += chunk
+        client_bios[0].write(bytes(received))
+        told = bytearray()
+        with contextlib.suppress(ssl.SSLZeroReturnError):
+            while chunk := client.read(100):
+                told += chunk
+    finally:
+        for sock in (client_app, client_side, backend_side, backend_app):
+            sock.close()
+    assert bytes(told) == b"banneranswer"
+    assert (transfer.up, transfer.down) == (3, 12)

@@ -264,7 +264,15 @@ class _Pair(Parked):
         else:
             out_of, into = self.down, self.up
         if events & (_OUT | _ERR) and into.blocked:
-            self._flush(into)
+            try:
+                self._flush(into)
+            except OSError:
+                # This socket's peer is gone; what it sent before it went (an answer to an
+                # upload it stopped reading, as an HTTP 413 is) still goes the other way.
+                if not out_of.done and not out_of.blocked:
+                    with contextlib.suppress(OSError):
+                        self._round(out_of)
+                raise
         if events & (_IN | _ERR) and not out_of.done and not out_of.blocked:
             self._round(out_of)
         return self.up.done and self.down.done

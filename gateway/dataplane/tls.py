@@ -67,6 +67,9 @@ def server_context(
         raise CertificateError(f"{TLS_PRIVATE_KEY} is not PEM")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # A client asking for TLS 1.2 renegotiation gets an alert: each one costs a handshake's
+    # CPU, at the client's will (as HAProxy and nginx refuse it).
+    context.options |= ssl.OP_NO_RENEGOTIATION
     context.num_tickets = session_tickets
     if not session_tickets:
         context.options |= ssl.OP_NO_TICKET
