@@ -1,0 +1,187 @@
+"""gateway/store/etcd.py against a real etcd (Debian's etcd-server, installed by the test
+set-up): one member on loopback per test, its own data directory, stopped by PID."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.api.kinds import ObjectKey
+from gateway.store.etcd import EtcdStore, prefix_end
+from gateway.store.sqlite import StoreError, StoreUnavailable
+
+from .harness import free_port
+
+pytestmark = pytest.mark.slow
+
+#: A small transaction limit, so that a bundle over it is cheap to make.
+MAX_TXN_OPS = 8
+
+
+class Etcd:
+    def __init__(self, directory: Path) -> None:
+        self.client_port, peer_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.client_port}"
+        peer = f"http://127.0.0.1:{peer_port}"
+        self.log = (directory / "etcd.log").open("w")
+        self.process = subprocess.Popen(
+            [
+                "etcd",
+                "--name=test",
+                f"--data-dir={directory / 'data'}",
+                f"--listen-client-urls={self.url}",
+                f"--advertise-client-urls={self.url}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=test={peer}",
+                f"--max-txn-ops={MAX_TXN_OPS}",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/health", timeout=1).json().get("health") == "true":
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"etcd did not start: {(directory / 'etcd.log').read_text()[-2000:]}")
+
+    def keys(self, prefix: str) -> dict[str, bytes]:
+        """What etcd holds under `prefix`, read directly (not through the store)."""
+        start = prefix.encode()
+        answer = httpx.post(
+            self.url + "/v3/kv/range",
+            json={
+                "key": base64.b64encode(start).decode(),
+                "range_end": base64.b64encode(prefix_end(start)).decode(),
+            },
+        ).json()
+        return {
+            base64.b64decode(kv["key"]).decode(): base64.b64decode(kv["value"])
+            for kv in answer.get("kvs", [])
+        }
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[Etcd]:
+    if shutil.which("etcd") is None:
+        pytest.fail("etcd is not installed: scripts/setup-env installs Debian's etcd-server")
+    server = Etcd(tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _service(name: str, namespace: str = "apps") -> tuple[ObjectKey, str]:
+    body = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace},
+    }
+    return ObjectKey("Service", namespace, name), json.dumps(body)
+
+
+def test_a_commit_is_one_revision_under_the_documented_keys(etcd: Etcd) -> None:
+    store = EtcdStore([etcd.url])
+    try:
+        first = store.commit([_service("db"), _service("cache")])
+        assert store.revision == first
+        second = store.commit([_service("web")], [ObjectKey("Service", "apps", "cache")])
+        assert second == first + 1  # one transaction, one revision, whatever its size
+        assert sorted(doc["metadata"]["name"] for doc in store.load()) == ["db", "web"]
+    finally:
+        store.close()
+    held = etcd.keys("/tlsgate/")
+    assert sorted(held) == [
+        "/tlsgate/documents/Service/apps/db",
+        "/tlsgate/documents/Service/apps/web",
+    ]
+    assert json.loads(held["/tlsgate/documents/Service/apps/db"])["metadata"]["name"] == "db"
+    # A second store on the same etcd (another replica, a restart) reads the same.
+    again = EtcdStore([etcd.url])
+    try:
+        assert sorted(doc["metadata"]["name"] for doc in again.load()) == ["db", "web"]
+        assert again.revision >= second
+    finally:
+        again.close()
+
+
+def test_prefixes_keep_configurations_apart(etcd: Etcd) -> None:
+    one, two = EtcdStore([etcd.url], "/one"), EtcdStore([etcd.url], "/two")
+    try:
+        one.commit([_service("db")])
+        assert two.load() == []
+        # A prefix that extends another ("/one" and "/one-more") is not inside it.
+        longer = EtcdStore([etcd.url], "/one-more")
+        try:
+            longer.commit([_service("other")])
+            assert [doc["metadata"]["name"] for doc in one.load()] == ["db"]
+        finally:
+            longer.close()
+    finally:
+        one.close()
+        two.close()
+
+
+def test_a_bundle_over_etcds_limit_is_refused_whole(etcd: Etcd) -> None:
+    store = EtcdStore([etcd.url])
+    try:
+        store.commit([_service("kept")])
+        before = etcd.keys("/tlsgate/")
+        with pytest.raises(StoreUnavailable, match="too many operations"):
+            store.commit([_service(f"s{i}") for i in range(MAX_TXN_OPS + 1)])
+        assert etcd.keys("/tlsgate/") == before  # nothing of it was written
+    finally:
+        store.close()
+
+
+def test_etcd_down_is_an_error_at_once_and_nothing_changes(etcd: Etcd) -> None:
+    store = EtcdStore([etcd.url])
+    try:
+        revision = store.commit([_service("db")])
+        etcd.stop()
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="cannot be reached"):
+            store.commit([_service("web")])
+        assert time.monotonic() - started < 5  # refused, not hung: nobody listens
+        assert store.revision == revision
+    finally:
+        store.close()
+
+
+def test_a_second_endpoint_is_tried_when_the_first_is_unreachable(etcd: Etcd) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    store = EtcdStore([dead, etcd.url])
+    try:
+        store.commit([_service("db")])
+        assert [doc["metadata"]["name"] for doc in store.load()] == ["db"]
+    finally:
+        store.close()
+
+
+def test_no_reachable_etcd_at_start_is_a_start_error() -> None:
+    with pytest.raises(StoreError, match="cannot be reached"):
+        EtcdStore([f"http://127.0.0.1:{free_port()}"])
