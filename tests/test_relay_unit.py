@@ -25,6 +25,8 @@ import trio.testing
 from gateway.dataplane.dial import start_connect
 from gateway.dataplane.relay import SPLICE_MIN, ConnectError, PipePool, RelayLoop, Transfer
 
+from .streams import receive_exactly, receive_to_eof
+
 #: An idle timeout no test here meets unless it means to.
 IDLE = 60.0
 #: How long a test may wait for what should happen at once: a hang fails, it does not stall
@@ -102,22 +104,6 @@ def pool() -> Iterator[CountingPool]:
         yield made
     finally:
         made.close()
-
-
-async def receive_exactly(stream: trio.SocketStream, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = await stream.receive_some(size - len(data))
-        assert chunk, f"EOF after {len(data)} of {size} bytes"
-        data += chunk
-    return bytes(data)
-
-
-async def receive_to_eof(stream: trio.SocketStream) -> bytes:
-    data = bytearray()
-    while chunk := await stream.receive_some(1 << 20):
-        data += chunk
-    return bytes(data)
 
 
 def fill(sock: socket.socket, data: bytes) -> None:

@@ -23,6 +23,8 @@ from gateway.dataplane.relay import RelayLoop, Transfer
 from gateway.dataplane.terminated import relay_terminated
 from gateway.dataplane.tlsstream import TlsConnection, TlsError
 
+from .streams import receive_exactly, receive_to_eof
+
 SERVER_NAME = "db.test"
 BACKEND_NAME = "backend.test"
 IDLE = 60.0
@@ -35,6 +37,15 @@ BULK = 3 << 20
 @pytest.fixture(scope="module")
 def ca() -> trustme.CA:
     return trustme.CA()
+
+
+def _contexts(ca: trustme.CA) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(the gateway's server context for SERVER_NAME, a context that trusts `ca`)."""
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert(SERVER_NAME).configure_cert(server_context)
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    return server_context, trusting
 
 
 def _nonblocking_pair() -> tuple[socket.socket, socket.socket]:
@@ -74,11 +85,11 @@ class ClientApp:
         self.tls.write(data)
         await self._flush()
 
-    async def receive_some(self, size: int) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Plaintext, b"" at close_notify or a TCP close; an alert raises ssl.SSLError."""
         while True:
             try:
-                return self.tls.read(size)
+                return self.tls.read(max_bytes or 1 << 16)
             except ssl.SSLWantReadError:
                 await self._fill()
             except ssl.SSLZeroReturnError:
@@ -156,10 +167,7 @@ async def connection(
     """A handshaken client and a connected backend (TLS too, as re-encryption makes it)."""
     client_app, client_side = _nonblocking_pair()
     backend_side, backend_app = _nonblocking_pair()
-    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert(SERVER_NAME).configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
+    server_context, client_context = _contexts(ca)
     client = ClientApp(client_app, client_context)
     client_tls = TlsConnection(client_side, server_context, server_side=True)
     backend_tls = None
@@ -169,10 +177,8 @@ async def connection(
         if request.param == "tls":
             backend_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ca.issue_cert(BACKEND_NAME).configure_cert(backend_context)
-            gateway_context = ssl.create_default_context()
-            ca.configure_trust(gateway_context)
             backend_tls = TlsConnection(
-                backend_side, gateway_context, server_side=False, server_hostname=BACKEND_NAME
+                backend_side, client_context, server_side=False, server_hostname=BACKEND_NAME
             )
             backend = trio.SSLStream(backend, backend_context, server_side=True)
             async with trio.open_nursery() as handshakes:
@@ -185,22 +191,6 @@ async def connection(
     finally:
         for sock in (client_app, client_side, backend_side, backend_app):
             sock.close()
-
-
-async def receive_exactly(stream: trio.abc.ReceiveStream | ClientApp, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = await stream.receive_some(size - len(data))
-        assert chunk, f"EOF after {len(data)} of {size} bytes"
-        data += chunk
-    return bytes(data)
-
-
-async def receive_to_eof(stream: trio.abc.ReceiveStream | ClientApp) -> bytes:
-    data = bytearray()
-    while chunk := await stream.receive_some(1 << 20):
-        data += chunk
-    return bytes(data)
 
 
 async def end_backend(connection: Connection) -> None:
@@ -404,10 +394,7 @@ async def test_a_request_that_came_with_the_handshake_is_relayed(
     the engine, not in the socket: the relay passes it on with no readiness to wake it."""
     client_app, client_side = _nonblocking_pair()
     backend_side, backend_app = _nonblocking_pair()
-    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert(SERVER_NAME).configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
+    server_context, client_context = _contexts(ca)
     client = ClientApp(client_app, client_context)
     client_tls = TlsConnection(client_side, server_context, server_side=True)
     loop = RelayLoop(None)
@@ -455,10 +442,7 @@ async def test_what_came_with_both_handshakes_is_passed_on_in_order(
     shut down (close_notify toward it) over records nobody read."""
     client_app, client_side = _nonblocking_pair()
     backend_side, backend_app = _nonblocking_pair()
-    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert(SERVER_NAME).configure_cert(server_context)
-    trusting = ssl.create_default_context()
-    ca.configure_trust(trusting)
+    server_context, trusting = _contexts(ca)
     # The client and the gateway's server side; the request and close_notify stay queued.
     client_tls = TlsConnection(client_side, server_context, server_side=True)
     client_bios = (ssl.MemoryBIO(), ssl.MemoryBIO())

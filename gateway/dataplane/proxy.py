@@ -143,16 +143,15 @@ class Proxy:
             if rest is not None:
                 await rest
         except BaseException as exc:
-            # The relay's nursery wraps failures in exception groups: judge the leaves.
-            leaves = _leaves(exc)
-            if not all(isinstance(leaf, Exception) for leaf in leaves):
+            # A connection opens no nursery (its relay is the loop's), so no exception group
+            # reaches here: the exception itself says how the connection ended.
+            if not isinstance(exc, Exception):
                 conn.outcome = Outcome.SHUTDOWN  # Cancelled (drain timeout), KeyboardInterrupt...
                 raise
-            if all(isinstance(leaf, EXPECTED_ERRORS) for leaf in leaves):
+            if isinstance(exc, EXPECTED_ERRORS):
                 if conn.outcome is Outcome.CLOSED:
                     conn.outcome = Outcome.ERROR
-                first = leaves[0]
-                conn.detail = conn.detail or f"{type(first).__name__}: {first}"
+                conn.detail = conn.detail or f"{type(exc).__name__}: {exc}"
             else:  # the one broad except: a bug must not stop the server
                 conn.outcome = Outcome.INTERNAL_ERROR
                 log.exception("unexpected error on connection from %s", conn.peer)
@@ -380,9 +379,3 @@ class Proxy:
         finally:
             self.hello_work.fed += parser.fed
             self.hello_work.scanned += parser.scanned
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
-    return [exc]
