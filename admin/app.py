@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Response, request
@@ -38,10 +38,12 @@ from admin.requests import (
     off_loop,
     parse_body,
     read_body,
+    replica_wait,
     run_write,
     text_response,
 )
 from gateway import collector
+from gateway.api.admission import Cause
 from gateway.api.convert import encode_json, with_status
 from gateway.api.kinds import Document, KindInfo, ObjectKey, key_of
 from gateway.metrics import Metrics
@@ -54,6 +56,14 @@ log = logging.getLogger("tlsgate.admin")
 OPEN_PATHS = {"/healthz", "/readyz", "/metrics"}
 
 
+class Replicas(Protocol):
+    """The replicas sharing this configuration (`gateway/store/replicas.py`)."""
+
+    def replicas(self) -> Awaitable[list[dict[str, Any]]]: ...
+
+    def wait(self, revision: int, seconds: float) -> Awaitable[list[dict[str, Any]]]: ...
+
+
 def create_app(
     writes: WritePath,
     *,
@@ -61,11 +71,21 @@ def create_app(
     ready: Callable[[], str | None] = lambda: None,
     metrics: Metrics | None = None,
     workers: Callable[[], list[dict[str, object]]] | None = None,
+    replicas: Replicas | None = None,
+    store: Callable[[], dict[str, object]] | None = None,
 ) -> QuartTrio:
     app = QuartTrio(__name__)
     app.config["MAX_CONTENT_LENGTH"] = body_limit
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    views = Views(writes, body_limit=body_limit, ready=ready, metrics=metrics, workers=workers)
+    views = Views(
+        writes,
+        body_limit=body_limit,
+        ready=ready,
+        metrics=metrics,
+        workers=workers,
+        replicas=replicas,
+        store=store,
+    )
     app.register_error_handler(ApiError, views.api_error)
     app.register_error_handler(HTTPException, views.http_error)
     app.register_error_handler(Exception, views.internal_error)
@@ -74,6 +94,7 @@ def create_app(
     app.add_url_rule("/metrics", view_func=views.metrics_view, methods=["GET"])
     app.add_url_rule("/v1/routingtable", view_func=views.routing_table, methods=["GET"])
     app.add_url_rule("/v1/explain", view_func=views.explain_view, methods=["GET"])
+    app.add_url_rule("/v1/replicas", view_func=views.replicas_view, methods=["GET"])
     app.add_url_rule("/v1/apply", view_func=views.apply_view, methods=["POST"])
     app.add_url_rule("/v1/<plural>", view_func=views.collection, methods=["GET", "POST"])
     item_methods = ["GET", "PUT", "PATCH", "DELETE"]
@@ -96,8 +117,12 @@ class Views:
         ready: Callable[[], str | None],
         metrics: Metrics | None,
         workers: Callable[[], list[dict[str, object]]] | None = None,
+        replicas: Replicas | None = None,
+        store: Callable[[], dict[str, object]] | None = None,
     ) -> None:
         self.writes = writes
+        self.replicas = replicas
+        self.store = store
         #: Digests of the documents applied, to skip admitting them again (`known.py`).
         self.known = KnownDocuments()
         #: The JSON text of documents with their status, reused while both are unchanged.
@@ -136,8 +161,46 @@ class Views:
         reason = self.ready()
         if reason is None:
             generation = self.writes.snapshot.generation
-            return json_response({"status": "ready", "generation": generation}, 200)
+            body: dict[str, Any] = {"status": "ready", "generation": generation}
+            if self.store is not None:
+                # Traffic is served from the table in force while the store is down: still
+                # ready, and the body says so (API.md "Store and replicas").
+                body["store"] = self.store()
+            return json_response(body, 200)
         return json_response(ApiError(503, reason).body(), 503)
+
+    async def replicas_view(self) -> Response:
+        items = await self.replicas.replicas() if self.replicas is not None else []
+        body = {
+            "apiVersion": "v1",
+            "kind": "List",
+            "metadata": {"resourceVersion": self.writes.revision},
+            "items": items,
+        }
+        return json_response(body, 200)
+
+    async def _wait_replicas(self, outcome: Outcome, seconds: float | None) -> None:
+        """`?wait=replicas`: answer once every live replica applied the write, else 504
+        naming the ones that lag (the write itself stays committed)."""
+        if seconds is None or outcome.revision is None or self.replicas is None:
+            return
+        behind = await self.replicas.wait(outcome.revision, seconds)
+        if behind:
+            names = ", ".join(str(r.get("name")) for r in behind)
+            raise ApiError(
+                504,
+                f"the write is committed at revision {outcome.revision}, but not every "
+                f"replica applied it within {seconds:g}s: {names}",
+                causes=[
+                    Cause(
+                        str(r.get("name")),
+                        "ReplicaLagging",
+                        r.get("problem")
+                        or f"at revision {r.get('revision')}, not {outcome.revision}",
+                    )
+                    for r in behind
+                ],
+            )
 
     async def metrics_view(self) -> Response:
         body = self.metrics.render() if self.metrics is not None else b""
@@ -172,6 +235,7 @@ class Views:
 
     async def apply_view(self) -> Response:
         dry_run = dry_run_requested()
+        wait = replica_wait()
         data = await read_body()
         # One bulk section from the parse on: a body this large is many documents.
         with collector.bulk(len(data) > BULK_BODY):
@@ -179,16 +243,19 @@ class Views:
             del data
             many = len(raws) > MANY_DOCUMENTS
             try:
-                return await self._apply(raws, many=many, dry_run=dry_run)
+                return await self._apply(raws, many=many, dry_run=dry_run, wait=wait)
             finally:
                 if many:
                     collector.discard(raws)  # a million objects: not freed on the loop
 
-    async def _apply(self, raws: list[Any], *, many: bool, dry_run: bool) -> Response:
+    async def _apply(
+        self, raws: list[Any], *, many: bool, dry_run: bool, wait: float | None
+    ) -> Response:
         documents = self.writes.documents
         matched = await off_loop(many, lambda: self.known.match(raws, documents))
         bundle = await off_loop(many, lambda: _admitted(raws, matched))
         outcome = await run_write(self.writes.apply(bundle, dry_run=dry_run))
+        await self._wait_replicas(outcome, wait)
         if not dry_run:
             stored = self.writes.documents
             await off_loop(many, lambda: self.known.remember(matched, bundle, stored))
@@ -198,6 +265,9 @@ class Views:
             collector.discard(matched)
             collector.discard(bundle)
         revision = self.writes.revision
+        if outcome.revision is not None and not dry_run:
+            # The write's own revision, which this replica may not have followed up to yet.
+            revision = str(max(int(revision), outcome.revision))
 
         def text() -> list[bytes]:
             if not dry_run:
@@ -230,12 +300,14 @@ class Views:
 
             many = len(documents) > MANY_DOCUMENTS
             return text_response(await off_loop(many, text), 200)
+        wait = replica_wait()
         (raw,) = await body_documents(allow_many=False)
         namespace_from_query(raw, info)
         doc = admit_one(raw, info)
         outcome = await run_write(
             self.writes.apply([doc], must_not_exist=True, dry_run=dry_run_requested())
         )
+        await self._wait_replicas(outcome, wait)
         return _first_change(outcome, 201)
 
     async def cluster_item(self, plural: str, first: str) -> Response:
@@ -262,6 +334,7 @@ class Views:
         return await self._put(info, key)
 
     async def _delete(self, key: ObjectKey) -> Response:
+        wait = replica_wait()
         options = delete_options(await read_body())
         self._get(key)
         outcome = await run_write(
@@ -272,20 +345,24 @@ class Views:
                 expected_uid=options.uid,
             )
         )
+        await self._wait_replicas(outcome, wait)
         return _first_change(outcome, 200)
 
     async def _patch(self, key: ObjectKey) -> Response:
         if content_type() != MERGE_PATCH:
             raise ApiError(415, f"PATCH takes a JSON merge patch (Content-Type: {MERGE_PATCH})")
         dry_run = dry_run_requested()
+        wait = replica_wait()
         patch = await parse_body(json_body, await read_body())
         if not isinstance(patch, dict):
             raise ApiError(400, "a merge patch must be a JSON object")
         self._get(key)
         outcome = await run_write(self.writes.patch(key, patch, dry_run=dry_run))
+        await self._wait_replicas(outcome, wait)
         return _first_change(outcome, 200)
 
     async def _put(self, info: KindInfo, key: ObjectKey) -> Response:
+        wait = replica_wait()
         (raw,) = await body_documents(allow_many=False)
         doc = admit_one(raw, info)
         if key_of(doc) != key:
@@ -296,6 +373,7 @@ class Views:
         outcome = await run_write(
             self.writes.apply([doc], expected_versions=expected, dry_run=dry_run_requested())
         )
+        await self._wait_replicas(outcome, wait)
         # Decided under the write lock: of two concurrent PUTs of a new object, one creates.
         created = outcome.changes[0].action is Action.CREATED
         return _first_change(outcome, 201 if created else 200)

@@ -24,6 +24,7 @@ from gateway.api.bundle import admit_all
 from gateway.api.convert import Invalid, structure_document
 from gateway.api.kinds import BY_PLURAL, Document, KindInfo
 from gateway.api.manifests import ManifestError, flatten, load_json, parse_documents
+from gateway.store.etcd import StoreLimit
 from gateway.store.plan import Conflict
 from gateway.store.sqlite import StoreUnavailable
 from gateway.store.writes import BadRequest, NotFound, Outcome
@@ -121,6 +122,36 @@ def dry_run_requested() -> bool:
     if values not in ([], ["All"]):
         raise ApiError(400, "dryRun takes only the value 'All', once")
     return bool(values)
+
+
+#: `?wait=replicas` waits this long unless `timeoutSeconds` says otherwise (API.md).
+WAIT_TIMEOUT = 10.0
+#: The longest `timeoutSeconds` taken: an admin connection is not held open for hours.
+MAX_WAIT_TIMEOUT = 300.0
+
+
+def replica_wait() -> float | None:
+    """`?wait=replicas[&timeoutSeconds=N]` on a write: how long to wait for every live
+    replica to apply it, or None for no wait. Checked before the write is made."""
+    waits = request.args.getlist("wait")
+    if not waits:
+        return None
+    if waits != ["replicas"]:
+        raise ApiError(400, "wait takes only the value 'replicas', once")
+    text = request.args.get("timeoutSeconds", "")
+    if not text:
+        return WAIT_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= MAX_WAIT_TIMEOUT:
+        raise ApiError(
+            400,
+            "timeoutSeconds must be a number of seconds, above 0 and at most "
+            f"{MAX_WAIT_TIMEOUT:.0f}",
+        )
+    return seconds
 
 
 def content_type() -> str:
@@ -271,6 +302,8 @@ async def run_write(operation: Any) -> Outcome:
         raise ApiError(404, str(exc)) from None
     except BadRequest as exc:
         raise ApiError(400, str(exc)) from None
+    except StoreLimit as exc:
+        raise ApiError(413, str(exc)) from None
     except StoreUnavailable as exc:
         raise ApiError(503, str(exc)) from None
     except Invalid as exc:

@@ -26,6 +26,10 @@ def setup_logging(level: str, log_format: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # httpx logs each request at INFO: the etcd store's lease renewals, every few seconds.
+    # Its failures reach the log as the store's own lines (gateway.store).
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
 
 
 def info_with_fields(logger: logging.Logger, message: str, fields: dict[str, object]) -> None:

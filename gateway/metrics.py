@@ -143,6 +143,11 @@ class Metrics:
             "Unix time of the last routing-table swap",
             registry=registry,
         )
+        self.store_up = Gauge(
+            "tlsgate_store_up",
+            "1 while the store takes writes, 0 while it cannot be reached (etcd down)",
+            registry=registry,
+        )
         self.admin_requests = Counter(
             "tlsgate_admin_requests_total",
             "Admin API requests, by method and status code",

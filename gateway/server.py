@@ -29,9 +29,13 @@ from gateway.dataplane.plane import PlaneConfig, serve_dataplane
 from gateway.dataplane.proxy import Proxy, ProxyConfig
 from gateway.dataplane.relay import PIPE_POOL_SIZE, PipePool
 from gateway.metrics import Metrics
-from gateway.store.sqlite import Store
+from gateway.store.etcd import EtcdStore, EtcdTLS
+from gateway.store.follow import Follower, Health
+from gateway.store.location import EtcdLocation, SqliteLocation, parse_location
+from gateway.store.replicas import Registry, rfc3339
+from gateway.store.sqlite import Store, StoreError
 from gateway.store.state import State
-from gateway.store.writes import WritePath
+from gateway.store.writes import DocumentStore, WritePath
 from gateway.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -77,6 +81,14 @@ class ServeConfig:
     body_timeout: float = 30.0
     #: The embedded store's directory, or None to keep the configuration in memory only.
     state_dir: str | None = None
+    #: `--store URL` (API.md "Store and replicas"); wins over `state_dir` when given.
+    store_url: str | None = None
+    #: TLS to etcd, for `etcds://` stores.
+    etcd_tls: EtcdTLS | None = None
+    #: This replica's name under the etcd prefix (default: host name and admin port).
+    replica_name: str | None = None
+    #: Seconds of this replica's etcd lease: a dead replica is forgotten after it.
+    replica_lease: int = 10
     #: Data-plane worker processes; 0 serves connections in this process (API.md).
     workers: int = 0
     #: Load and bootstrap as bulk writes (`gateway/collector.py`: the collector paused, then
@@ -104,9 +116,11 @@ class Server:
     ) -> None:
         self.config = config
         self.state = state or State(bind_address=config.bind_address)
-        self.store = Store(config.state_dir) if config.state_dir else None
+        self.health = Health()
+        self.store: DocumentStore | None = self._open_store()
         self.bootstrap = list(bootstrap)
         self.metrics = Metrics(dataplane=config.workers == 0)
+        self.metrics.store_up.set_function(lambda: 1 if self.health.up else 0)
         self.metrics.snapshot_generation.set_function(lambda: self.state.generation)
         self.metrics.snapshot_swap_time.set_function(lambda: self.state.swapped_at)
         workers = config.workers > 0
@@ -140,11 +154,70 @@ class Server:
         self.writes = WritePath(
             self.state, self.store, self.supervisor.wait_in_force if self.supervisor else None
         )
+        self.follower: Follower | None = None
+        self.registry: Registry | None = None
+        if isinstance(self.store, EtcdStore):
+            self.registry = Registry(
+                self.store,
+                self.health,
+                name=self.replica_name,
+                ttl=config.replica_lease,
+                info=self.replica_info,
+            )
+            self.follower = Follower(
+                self.store, self.writes, self.health, on_applied=self.registry.nudge
+            )
         self._stop = trio.Event()
         self.binds: BoundSockets | None = None
         self.admin_urls: list[str] = []
         self.admin_edge: Any = None  # admin.edge.Edge once serving (tests read its counters)
         self.loaded = False
+
+    def _open_store(self) -> DocumentStore | None:
+        config = self.config
+        if config.store_url:
+            location = parse_location(config.store_url)
+        elif config.state_dir:
+            location = SqliteLocation(config.state_dir)
+        else:
+            return None
+        if isinstance(location, SqliteLocation):
+            return Store(location.directory)
+        assert isinstance(location, EtcdLocation)
+        if location.tls and config.etcd_tls is None:
+            tls: EtcdTLS | None = EtcdTLS()
+        else:
+            tls = config.etcd_tls
+        if tls is not None and not location.tls:
+            raise StoreError("--etcd-cacert/--etcd-cert/--etcd-key need an etcds:// store")
+        return EtcdStore(location.endpoints, location.prefix, tls=tls)
+
+    @property
+    def replica_name(self) -> str:
+        if self.config.replica_name:
+            return self.config.replica_name
+        port = self.config.admin[1] if self.config.admin else 0
+        return f"{socket.gethostname()}:{port}"
+
+    def replica_info(self) -> dict[str, object]:
+        """This replica's entry in `GET /v1/replicas` (API.md)."""
+        return {
+            "name": self.replica_name,
+            "revision": self.writes.applied,
+            "generation": self.state.generation,
+            "ready": self.loaded and self.not_ready() is None,
+            "lastSwap": rfc3339(self.state.swapped_at),
+        }
+
+    def store_status(self) -> dict[str, object]:
+        """What `/readyz` says of the store: its kind, and whether it takes writes."""
+        kind = "none" if self.store is None else "etcd" if self.follower else "sqlite"
+        status: dict[str, object] = {"kind": kind, "up": self.health.up}
+        if self.store is not None:
+            status["revision"] = self.writes.applied
+        if (problem := self.health.problem()) is not None:
+            status["problem"] = problem
+        return status
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -191,6 +264,9 @@ class Server:
                         serve_dataplane, self.state, self.proxy, self.plane, self._stop
                     )
                 async with trio.open_nursery() as control:
+                    if self.follower is not None and self.registry is not None:
+                        await control.start(self.follower.run)
+                        await control.start(self.registry.run)
                     if admin is not None:
                         self.admin_urls = await control.start(self._serve_admin, *admin)
                     control.start_soon(self._signals)
@@ -246,6 +322,8 @@ class Server:
             ready=self.not_ready,
             metrics=self.metrics,
             workers=self.supervisor.table if self.supervisor is not None else None,
+            replicas=self.registry or Solo(self.replica_info),
+            store=self.store_status,
         )
         edge = Edge(
             app,
@@ -267,3 +345,17 @@ class Server:
                 log.info("received %s", signal.Signals(signum).name)
                 self.shutdown()
                 return
+
+
+class Solo:
+    """`/v1/replicas` of a gateway whose store no other replica shares: itself. Its own
+    writes are applied when answered, so there is never anyone to wait for."""
+
+    def __init__(self, info: Any) -> None:
+        self.info = info
+
+    async def replicas(self) -> list[dict[str, object]]:
+        return [self.info()]
+
+    async def wait(self, revision: int, seconds: float) -> list[dict[str, object]]:
+        return []

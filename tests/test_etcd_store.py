@@ -243,8 +243,11 @@ async def test_a_watch_sees_writes_made_while_it_runs(etcd: Etcd) -> None:
                 contextlib.aclosing(watch([etcd.url], "/tlsgate/documents/", start)) as changes,
                 trio.open_nursery() as nursery,
             ):
-                nursery.start_soon(trio.to_thread.run_sync, write)
                 async for batch in changes:
+                    if batch.created:  # open: now write
+                        assert not batch.changes
+                        nursery.start_soon(trio.to_thread.run_sync, write)
+                        continue
                     got += batch.changes
                     break
     finally:

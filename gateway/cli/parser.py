@@ -196,6 +196,34 @@ def _add_serve(commands: Any) -> None:
         help="embedded store directory (default ./tlsgate-state; empty: in memory)",
     )
     sv.add_argument(
+        "--store",
+        default=env("store", ""),
+        metavar="URL",
+        help="where the configuration is kept: sqlite:DIR (the default, the --state-dir "
+        "directory) or etcd://HOST:PORT[,HOST:PORT...][/PREFIX] shared by replicas "
+        "(etcds:// for TLS; default prefix /tlsgate)",
+    )
+    for name, meaning in (
+        ("etcd-cacert", "CA bundle (PEM) that etcd's server certificates chain to"),
+        ("etcd-cert", "client certificate (PEM) for etcd's --client-cert-auth"),
+        ("etcd-key", "the private key of --etcd-cert (PEM)"),
+    ):
+        sv.add_argument(f"--{name}", default=env(name, ""), metavar="FILE", help=meaning)
+    sv.add_argument(
+        "--replica-name",
+        default=env("replica-name", ""),
+        metavar="NAME",
+        help="this replica's name in GET /v1/replicas (default: host name:admin port)",
+    )
+    sv.add_argument(
+        "--replica-lease",
+        type=int,
+        default=env_number("replica-lease", "10", int),
+        metavar="SECONDS",
+        help="etcd lease of this replica's registration: a replica that dies is forgotten "
+        "after it (default 10)",
+    )
+    sv.add_argument(
         "--body-limit",
         type=int,
         default=env_number("body-limit", str(4 << 20), int),

@@ -37,6 +37,8 @@ def run_serve(args: argparse.Namespace) -> int:
     from admin.listen import AdminLimits
     from gateway.dataplane.proxy import ProxyConfig
     from gateway.server import ServeConfig, StartError, serve
+    from gateway.store.etcd import EtcdTLS
+    from gateway.store.location import LocationError, parse_location
     from gateway.store.sqlite import StoreError, StoreUnavailable
 
     if ENV_ERRORS:
@@ -60,6 +62,18 @@ def run_serve(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"error: {problem.where}: {problem.message}", file=sys.stderr)
         return 2
+    etcd_tls = None
+    if args.etcd_cacert or args.etcd_cert or args.etcd_key:
+        etcd_tls = EtcdTLS(args.etcd_cacert or None, args.etcd_cert or None, args.etcd_key or None)
+    if args.store:
+        try:
+            parse_location(args.store)
+        except LocationError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    if args.replica_lease < 1:
+        print("error: --replica-lease must be at least 1 second", file=sys.stderr)
+        return 2
     proxy = ProxyConfig(
         hello_timeout=args.hello_timeout,
         connect_timeout=args.connect_timeout,
@@ -81,6 +95,10 @@ def run_serve(args: argparse.Namespace) -> int:
         admin_limits=AdminLimits(max_connections=max(1, args.admin_max_connections)),
         body_limit=args.body_limit,
         state_dir=args.state_dir or None,
+        store_url=args.store or None,
+        etcd_tls=etcd_tls,
+        replica_name=args.replica_name or None,
+        replica_lease=args.replica_lease,
         workers=args.workers,
         bulk_start=True,
         log_level=args.log_level,

@@ -1,39 +1,74 @@
 """The document store in etcd, through its v3 JSON gateway (issue 13; API.md "Store and
 replicas"): the same `load` / `commit` as the SQLite store, so that replicas can share one
-configuration.
+configuration, plus the lease calls replicas register with.
 
 I/O (blocking HTTP, like the SQLite store's calls: the caller runs them on a worker thread).
 
 Key layout, below the prefix (`/tlsgate` by default, written as given):
-`{prefix}/documents/{kind}/{namespace}/{name}` holds the document's wire JSON, `namespace`
-empty for cluster-scoped kinds. Names and namespaces are DNS labels or subdomains and kinds
-are identifiers, so `/` never appears inside a part.
+- `{prefix}/documents/{kind}/{namespace}/{name}` holds the document's wire JSON, `namespace`
+  empty for cluster-scoped kinds. Names and namespaces are DNS labels or subdomains and kinds
+  are identifiers, so `/` never appears inside a part.
+- `{prefix}/replicas/{name}` holds a replica's registration (`gateway/store/replicas.py`),
+  under that replica's lease.
 
 Consistency: a commit is one etcd transaction (`/v3/kv/txn`), puts and deletes together, all
 or nothing; its revision is the transaction's (etcd's `header.revision`, which is every
-written key's `mod_revision`). A load is one range read at one revision. etcd's own limits
-bound a transaction: `--max-txn-ops` operations (128 by default) and `--max-request-bytes`
-(1.5 MiB); a commit over either is refused whole (StoreUnavailable naming the limit), and
-nothing changes.
-
-Not here yet (issue 13 is in progress): the watch that keeps a replica current, compares on
-`mod_revision` for writes from several replicas, leases and `/v1/replicas`, TLS to etcd.
+written key's `mod_revision`, and so the written documents' `resourceVersion`). The
+transaction compares every key the write names with what the writer planned against (its
+`mod_revision`, or "absent" for a create): a replica whose view is behind gets Stale with the
+keys' current revisions, and plans again once it has caught up, so a conflict (409) holds
+across replicas. A load is one range read at one revision; each document's resourceVersion
+is its key's `mod_revision`. etcd's own limits bound a transaction: `--max-txn-ops`
+operations (128 by default: a write may name that many objects) and `--max-request-bytes`
+(1.5 MiB); a write over either is refused whole (StoreLimit naming the limit), and nothing
+changes.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Sequence
+import ssl
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import attrs
 import httpx
 
 from gateway.api.kinds import ObjectKey
 from gateway.store.sqlite import StoreError, StoreUnavailable
 
 #: Seconds one request to one etcd member may take before the next member is tried.
-REQUEST_TIMEOUT = 5.0
+REQUEST_TIMEOUT = 3.0
+
+
+class StoreLimit(StoreUnavailable):
+    """etcd refuses the write as too large (operations or bytes): it never will take it."""
+
+
+class Stale(Exception):
+    """The transaction's compares failed: a key the write names changed since the writer's
+    view. `current` is each compared key's mod_revision in etcd now (None: absent)."""
+
+    def __init__(self, current: Mapping[ObjectKey, int | None]) -> None:
+        super().__init__(f"{len(current)} keys changed under the write")
+        self.current = dict(current)
+
+
+@attrs.frozen
+class EtcdTLS:
+    """TLS to etcd (`etcds://`): the CA that signed its certificates, and a client
+    certificate if etcd asks for one (`--client-cert-auth`)."""
+
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.cacert)
+        if self.cert:
+            context.load_cert_chain(self.cert, self.key)
+        return context
 
 
 def _b64(text: str | bytes) -> str:
@@ -57,54 +92,143 @@ def prefix_end(prefix: bytes) -> bytes:
     return b"\0"  # every key
 
 
-class EtcdStore:
-    """`endpoints` are `http://host:port` of etcd members, tried in turn."""
+def stamped(value: bytes, mod_revision: int) -> dict[str, Any]:
+    """A stored document's wire JSON with its resourceVersion: its key's mod_revision (the
+    text stored may carry the writer's guess, made before etcd numbered the write)."""
+    raw: dict[str, Any] = json.loads(value)
+    metadata = raw.setdefault("metadata", {})
+    if isinstance(metadata, dict):
+        metadata["resourceVersion"] = str(mod_revision)
+    return raw
 
-    def __init__(self, endpoints: Sequence[str], prefix: str = "/tlsgate") -> None:
+
+class EtcdStore:
+    """`endpoints` are `http(s)://host:port` of etcd members, tried in turn."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        prefix: str = "/tlsgate",
+        *,
+        tls: EtcdTLS | None = None,
+        timeout: float = REQUEST_TIMEOUT,
+    ) -> None:
         if not endpoints:
             raise StoreError("etcd: no endpoint given")
         self.endpoints = list(endpoints)
         self.prefix = prefix.rstrip("/")
-        self._documents = f"{self.prefix}/documents/"
-        self._http = httpx.Client(timeout=REQUEST_TIMEOUT)
+        self.tls = tls
+        self.documents_prefix = f"{self.prefix}/documents/"
+        self.replicas_prefix = f"{self.prefix}/replicas/"
         try:
-            self.revision = int(
-                self._call("/v3/kv/range", {"key": _b64(self._documents), "count_only": True})[
-                    "header"
-                ]["revision"]
-            )
+            verify: ssl.SSLContext | bool = tls.context() if tls is not None else True
+        except (OSError, ssl.SSLError) as exc:
+            raise StoreError(f"etcd TLS: {exc}") from None
+        self._http = httpx.Client(timeout=timeout, verify=verify)
+        try:
+            self.revision = self.current_revision()
         except StoreUnavailable as exc:
             self._http.close()
             raise StoreError(str(exc)) from None
 
+    def __repr__(self) -> str:
+        return f"etcd {','.join(self.endpoints)} {self.prefix}"
+
     def key(self, key: ObjectKey) -> str:
-        return f"{self._documents}{key.kind}/{key.namespace}/{key.name}"
+        return f"{self.documents_prefix}{key.kind}/{key.namespace}/{key.name}"
+
+    def object_key(self, key: str) -> ObjectKey | None:
+        """The document a key under the prefix holds, or None for any other key."""
+        if not key.startswith(self.documents_prefix):
+            return None
+        parts = key.removeprefix(self.documents_prefix).split("/")
+        if len(parts) != 3 or not parts[0] or not parts[2]:
+            return None
+        return ObjectKey(*parts)
+
+    def current_revision(self) -> int:
+        """etcd's revision now (a linearizable read)."""
+        answer = self._call(
+            "/v3/kv/range", {"key": _b64(self.documents_prefix), "count_only": True}
+        )
+        return int(answer["header"]["revision"])
 
     def load(self) -> list[dict[str, Any]]:
-        """Every stored document, as wire JSON (in key order), read at one revision."""
-        start = self._documents.encode()
+        """Every stored document, as wire JSON (in key order), read at one revision, which
+        becomes `revision`."""
+        return [raw for _, raw in self.load_keyed()]
+
+    def load_keyed(self) -> list[tuple[ObjectKey, dict[str, Any]]]:
+        start = self.documents_prefix.encode()
         answer = self._call(
             "/v3/kv/range", {"key": _b64(start), "range_end": _b64(prefix_end(start))}
         )
         self.revision = int(answer["header"]["revision"])
-        return [json.loads(_unb64(kv["value"])) for kv in answer.get("kvs", [])]
+        found = []
+        for kv in answer.get("kvs", []):
+            key = self.object_key(_unb64(kv["key"]).decode())
+            if key is not None:
+                found.append((key, stamped(_unb64(kv.get("value", "")), int(kv["mod_revision"]))))
+        return found
 
     def commit(
         self,
         puts: Iterable[tuple[ObjectKey, str]],
         deletes: Iterable[ObjectKey] = (),
+        expect: Mapping[ObjectKey, str | None] | None = None,
     ) -> int:
         """Write everything in one etcd transaction; the new revision. A body is the
-        document's JSON text (`convert.encode_json` of its wire form)."""
+        document's JSON text (`convert.encode_json` of its wire form). `expect` is what
+        each key must be at for the write to happen: a resourceVersion (its mod_revision)
+        or None for absent; else Stale, and nothing changed."""
         operations: list[dict[str, Any]] = [
             {"request_put": {"key": _b64(self.key(key)), "value": _b64(body)}} for key, body in puts
         ]
         operations += [{"request_delete_range": {"key": _b64(self.key(key))}} for key in deletes]
-        answer = self._call("/v3/kv/txn", {"compare": [], "success": operations})
-        if not answer.get("succeeded", False):  # no compares: only a broken etcd says no
-            raise StoreUnavailable("etcd did not apply the transaction; nothing was changed")
+        compared = list((expect or {}).items())
+        compares = [_compare(self.key(key), version) for key, version in compared]
+        # When a compare fails, the same transaction reads the keys: the writer learns what
+        # it must catch up to without a second request.
+        reads = [{"request_range": {"key": _b64(self.key(key))}} for key, _ in compared]
+        answer = self._call(
+            "/v3/kv/txn", {"compare": compares, "success": operations, "failure": reads}
+        )
+        if not answer.get("succeeded", False):
+            current: dict[ObjectKey, int | None] = {key: None for key, _ in compared}
+            for response in answer.get("responses", []):
+                for kv in response.get("response_range", {}).get("kvs", []):
+                    found = self.object_key(_unb64(kv["key"]).decode())
+                    if found is not None:
+                        current[found] = int(kv["mod_revision"])
+            raise Stale(current)
         self.revision = int(answer["header"]["revision"])
         return self.revision
+
+    # --- leases and registrations (gateway/store/replicas.py) -----------------------------------
+
+    def grant(self, ttl: int) -> int:
+        """A new lease of `ttl` seconds; its ID."""
+        return int(self._call("/v3/lease/grant", {"TTL": ttl})["ID"])
+
+    def keep_alive(self, lease: int) -> bool:
+        """Renew the lease; False once it has expired (etcd answers without a TTL)."""
+        answer = self._call("/v3/lease/keepalive", {"ID": str(lease)})
+        return int(answer.get("result", {}).get("TTL", 0)) > 0
+
+    def revoke(self, lease: int) -> None:
+        self._call("/v3/lease/revoke", {"ID": str(lease)})
+
+    def put_leased(self, key: str, value: str, lease: int) -> None:
+        self._call("/v3/kv/put", {"key": _b64(key), "value": _b64(value), "lease": str(lease)})
+
+    def range_prefix(self, prefix: str) -> dict[str, bytes]:
+        start = prefix.encode()
+        answer = self._call(
+            "/v3/kv/range", {"key": _b64(start), "range_end": _b64(prefix_end(start))}
+        )
+        return {
+            _unb64(kv["key"]).decode(): _unb64(kv.get("value", "")) for kv in answer.get("kvs", [])
+        }
 
     def close(self) -> None:
         self._http.close()
@@ -120,14 +244,37 @@ class EtcdStore:
                 failures.append(f"{endpoint}: {exc or type(exc).__name__}")
                 continue
             if response.status_code != 200:
-                raise StoreUnavailable(
-                    f"etcd refused the request ({_etcd_error(response)}); nothing was changed"
-                )
+                message = _etcd_error(response)
+                if "too many operations" in message or "too large" in message:
+                    raise StoreLimit(
+                        f"etcd refuses the write as too large ({message}): a write may name "
+                        "at most etcd's --max-txn-ops objects (128 by default) in at most its "
+                        "--max-request-bytes (1.5 MiB by default); nothing was changed"
+                    )
+                if _unavailable(message):
+                    failures.append(f"{endpoint}: {message}")
+                    continue
+                raise StoreUnavailable(f"etcd refused the request ({message}); nothing was changed")
             answer: dict[str, Any] = response.json()
             return answer
         raise StoreUnavailable(
             "etcd cannot be reached (" + "; ".join(failures) + "); nothing was changed"
         )
+
+
+def _compare(key: str, version: str | None) -> dict[str, Any]:
+    if version is None or not version.isdigit():
+        # Absent: a key that does not exist has version 0 (etcd's Compare, "version").
+        return {"key": _b64(key), "target": "VERSION", "result": "EQUAL", "version": "0"}
+    return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": version}
+
+
+def _unavailable(message: str) -> bool:
+    """A member that answers but cannot serve (no leader, stopping): try the next one."""
+    return any(
+        text in message
+        for text in ("no leader", "leader changed", "timed out", "server stopped", "not capable")
+    )
 
 
 def _etcd_error(response: httpx.Response) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import ssl
 import urllib.parse
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 
@@ -45,6 +46,8 @@ class Batch:
 
     revision: int
     changes: tuple[Change, ...]
+    #: The watch's first response: it is open (its revision is etcd's now, not progress).
+    created: bool = False
 
 
 class Compacted(Exception):
@@ -56,7 +59,11 @@ class Compacted(Exception):
 
 
 async def watch(
-    endpoints: Sequence[str], prefix: str, start_revision: int
+    endpoints: Sequence[str],
+    prefix: str,
+    start_revision: int,
+    *,
+    tls: ssl.SSLContext | None = None,
 ) -> AsyncGenerator[Batch, None]:
     """Every change under `prefix` from `start_revision` on, one Batch per etcd response,
     until cancelled. Tries the endpoints in turn to open the stream; raises Compacted, or
@@ -74,23 +81,34 @@ async def watch(
     failures = []
     for endpoint in endpoints:
         try:
-            stream = await _post(endpoint, "/v3/watch", json.dumps(request).encode())
-        except (OSError, h11.ProtocolError, _Refused) as exc:
-            failures.append(f"{endpoint}: {exc}")
+            # A member that accepts but never answers (frozen, overloaded) must not hold the
+            # watch: the next one is tried.
+            with trio.fail_after(OPEN_TIMEOUT):
+                stream = await _post(endpoint, "/v3/watch", json.dumps(request).encode(), tls)
+        except (
+            OSError,
+            h11.ProtocolError,
+            _Refused,
+            trio.BrokenResourceError,
+            trio.TooSlowError,
+        ) as exc:
+            failures.append(f"{endpoint}: {exc or type(exc).__name__}")
             continue
         async with stream:
             try:
                 async with contextlib.aclosing(_lines(stream.receive)) as lines:
                     async for line in lines:
-                        batch = _batch(json.loads(line))
-                        if batch is not None:
-                            yield batch
+                        yield _batch(json.loads(line))
             except (OSError, h11.ProtocolError, trio.BrokenResourceError) as exc:
                 failures.append(f"{endpoint}: {exc or type(exc).__name__}")
             else:
                 failures.append(f"{endpoint}: the watch stream ended")
         break  # it was open: the caller resumes from what it applied
     raise StoreUnavailable("etcd watch: " + "; ".join(failures))
+
+
+#: Seconds one member may take to connect and answer the watch request's head.
+OPEN_TIMEOUT = 3.0
 
 
 class _Refused(Exception):
@@ -101,7 +119,7 @@ class _Response:
     """A streaming HTTP/1.1 response body over its own connection (h11): httpx's async
     iterators nest generators that Trio finalizes, with a warning, when a watch ends early."""
 
-    def __init__(self, tcp: trio.SocketStream, connection: h11.Connection) -> None:
+    def __init__(self, tcp: trio.abc.Stream, connection: h11.Connection) -> None:
         self.tcp, self.connection = tcp, connection
 
     async def receive(self) -> bytes:
@@ -109,7 +127,7 @@ class _Response:
         while True:
             event = self.connection.next_event()
             if event is h11.NEED_DATA:
-                self.connection.receive_data(await self.tcp.receive_some(65536))
+                self.connection.receive_data(bytes(await self.tcp.receive_some(65536)))
             elif isinstance(event, h11.Data):
                 return bytes(event.data)
             elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
@@ -122,11 +140,15 @@ class _Response:
         await trio.aclose_forcefully(self.tcp)
 
 
-async def _post(endpoint: str, path: str, body: bytes) -> _Response:
+async def _post(
+    endpoint: str, path: str, body: bytes, tls: ssl.SSLContext | None = None
+) -> _Response:
     """POST `body` and return once the response's head is in (a 200, else _Refused)."""
     url = urllib.parse.urlsplit(endpoint)
     host, port = url.hostname or "127.0.0.1", url.port or 2379
-    tcp = await trio.open_tcp_stream(host, port)
+    tcp: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+    if url.scheme == "https":
+        tcp = trio.SSLStream(tcp, tls or ssl.create_default_context(), server_hostname=host)
     connection = h11.Connection(h11.CLIENT)
     head = h11.Request(
         method="POST",
@@ -145,7 +167,7 @@ async def _post(endpoint: str, path: str, body: bytes) -> _Response:
         while True:
             event = connection.next_event()
             if event is h11.NEED_DATA:
-                connection.receive_data(await tcp.receive_some(65536))
+                connection.receive_data(bytes(await tcp.receive_some(65536)))
                 continue
             if isinstance(event, h11.Response):
                 if event.status_code != 200:
@@ -169,7 +191,7 @@ async def _lines(receive: Callable[[], Awaitable[bytes]]) -> AsyncGenerator[str,
                 yield line.decode()
 
 
-def _batch(message: dict[str, object]) -> Batch | None:
+def _batch(message: dict[str, object]) -> Batch:
     result = message.get("result")
     if not isinstance(result, dict):
         error = message.get("error")
@@ -189,5 +211,5 @@ def _batch(message: dict[str, object]) -> Batch | None:
         value = None if deleted else base64.b64decode(kv.get("value", ""))
         changes.append(Change(key, value, int(kv["mod_revision"])))
     if result.get("created") and not changes:
-        return None  # the watch is open: nothing to apply yet
+        return Batch(revision, (), created=True)  # open: nothing to apply yet
     return Batch(revision, tuple(changes))

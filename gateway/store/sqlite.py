@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -95,9 +95,12 @@ class Store:
         self,
         puts: Iterable[tuple[ObjectKey, str]],
         deletes: Iterable[ObjectKey] = (),
+        expect: Mapping[ObjectKey, str | None] | None = None,
     ) -> int:
         """Write everything in one transaction, synced before returning; the new revision.
-        A body is the document's JSON text (`convert.encode_json` of its wire form)."""
+        A body is the document's JSON text (`convert.encode_json` of its wire form).
+        `expect` is for stores shared by several writers: this one has one writer, whose
+        view is the store's, so it has nothing to compare."""
         revision = self.revision + 1
         db = self._db
         db.execute("BEGIN IMMEDIATE")

@@ -5,6 +5,13 @@ the store commits and syncs on a worker thread (the event loop keeps relaying me
 the snapshot is rebuilt and swapped synchronously. So when a write returns, it is on disk and
 new connections already follow it (issue "Admin API": every acknowledged change in force at
 once). A failed commit changes nothing in memory.
+
+With etcd (several replicas, API.md "Store and replicas") the plan is made against this
+replica's view, and the commit compares every key the write names with that view inside the
+transaction: a view that is behind gets `Stale`, the lock is let go while the follower
+catches up (`gateway/store/follow.py`), and the write is planned again. So what a write
+depends on (existence, resourceVersion) is etcd's, never a cached guess; a write is numbered
+by etcd, and its documents' resourceVersion is the transaction's revision.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import functools
 import os
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -21,9 +28,33 @@ import trio
 from gateway.api.convert import encode_json, structure_document, unstructure_document
 from gateway.api.kinds import Document, ObjectKey, key_of
 from gateway.routing.snapshot import Snapshot
+from gateway.store.etcd import Stale
 from gateway.store.plan import Action, Change, Conflict, merge_patch, plan
-from gateway.store.sqlite import Store
+from gateway.store.sqlite import StoreUnavailable
 from gateway.store.state import State, utc_now
+
+
+class DocumentStore(Protocol):
+    """What the write path needs of a store (`sqlite.Store`, `etcd.EtcdStore`)."""
+
+    revision: int
+
+    def load(self) -> list[dict[str, Any]]: ...
+
+    def commit(
+        self,
+        puts: Sequence[tuple[ObjectKey, str]],
+        deletes: Sequence[ObjectKey] = (),
+        expect: Mapping[ObjectKey, str | None] | None = None,
+    ) -> int: ...
+
+    def close(self) -> None: ...
+
+
+#: Plans of one write against a view that turned out to be behind, before giving up (409).
+STALE_ATTEMPTS = 5
+#: Seconds a write waits for this replica to catch up with etcd before each new plan.
+CATCH_UP_TIMEOUT = 5.0
 
 
 class NotFound(Exception):
@@ -41,6 +72,9 @@ class Outcome:
     #: The JSON text the write stored, by key (private keys included: for the store only; an
     #: answer may reuse the text of kinds without any, `admin/render.py`).
     texts: Mapping[ObjectKey, str] = attrs.Factory(dict)
+    #: The store's revision that holds the write (what `?wait=replicas` waits for); None
+    #: for a dry run.
+    revision: int | None = None
 
 
 def list_of(
@@ -67,7 +101,7 @@ class WritePath:
     def __init__(
         self,
         state: State,
-        store: Store | None,
+        store: DocumentStore | None,
         in_force: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self.state = state
@@ -75,15 +109,26 @@ class WritePath:
         #: Awaited with a write's generation before it is answered: with worker processes,
         #: until every live worker runs it ("acknowledged means in force", API.md).
         self.in_force = in_force
-        self._lock = trio.Lock()
+        #: One writer at a time; the follower applies other replicas' writes under it too.
+        self.lock = trio.Lock()
         self._commits = trio.CapacityLimiter(1)
         self._previews = trio.CapacityLimiter(1)
+        #: The store revision this replica's documents are at (lists' resourceVersion).
+        self.applied = 0
+        #: Why the store cannot take writes now (etcd unreachable), or None: a write is
+        #: answered 503 at once rather than waiting for a timeout.
+        self.unavailable: Callable[[], str | None] = lambda: None
+        #: With a store shared by replicas (etcd), set by the follower: wait until this
+        #: replica's documents are at least at the revisions given (None: gone), True if so.
+        #: Then this replica's own commits leave `applied` to the follower.
+        self.catch_up: Callable[[Mapping[ObjectKey, int | None]], Awaitable[bool]] | None = None
 
     def load(self) -> int:
         """Bring the stored documents into force (at start)."""
         if self.store is None:
             return 0
         documents = [structure_document(raw) for raw in self.store.load()]
+        self.applied = self.store.revision
         # Stored documents keep the metadata they were written with.
         self.state.replace_documents(documents)
         return len(documents)
@@ -97,8 +142,9 @@ class WritePath:
 
     @property
     def revision(self) -> str:
-        """The store's revision (the generation without a store): lists' resourceVersion."""
-        return str(self.store.revision if self.store else self.state.generation)
+        """The revision this replica applied (the generation without a store): lists'
+        resourceVersion."""
+        return str(self.applied if self.store else self.state.generation)
 
     def get(self, key: ObjectKey) -> Document:
         doc = self.state.documents.get(key)
@@ -121,7 +167,7 @@ class WritePath:
         expected_versions: dict[ObjectKey, str] | None = None,
         must_not_exist: bool = False,
     ) -> Outcome:
-        async with self._lock:
+        async def attempt() -> Outcome:
             current = self.state.documents
             if must_not_exist:
                 for doc in documents:
@@ -131,8 +177,30 @@ class WritePath:
                 documents, dry_run=dry_run, expected_versions=expected_versions
             )
 
+        return await self._attempts(attempt)
+
+    async def _attempts(self, attempt: Callable[[], Awaitable[Outcome]]) -> Outcome:
+        """Run a write under the lock; while etcd says this replica's view was behind,
+        catch up (lock released) and plan it again."""
+        for _ in range(STALE_ATTEMPTS):
+            async with self.lock:
+                try:
+                    return await attempt()
+                except Stale as stale:
+                    current = stale.current
+            assert self.catch_up is not None  # only a shared store says Stale
+            if not await self.catch_up(current):
+                raise StoreUnavailable(
+                    "this replica cannot catch up with etcd (its watch is behind); "
+                    "nothing was changed"
+                )
+        raise Conflict(
+            "Conflict",
+            f"the objects kept changing under this write ({STALE_ATTEMPTS} attempts); retry",
+        )
+
     async def patch(self, key: ObjectKey, patch: Any, *, dry_run: bool = False) -> Outcome:
-        async with self._lock:
+        async def attempt() -> Outcome:
             current = self.get(key)
             wire = unstructure_document(current, redact=False)
             merged = merge_patch(wire, patch)
@@ -148,6 +216,8 @@ class WritePath:
                 raise BadRequest(f"a patch cannot change the name or namespace of {key}")
             return await self._write([doc], expected_versions=expected, dry_run=dry_run)
 
+        return await self._attempts(attempt)
+
     async def _write(
         self,
         documents: Sequence[Document],
@@ -159,9 +229,10 @@ class WritePath:
         write that changes nothing neither commits nor swaps."""
         revision = (self.store.revision if self.store else self.state.generation) + 1
         now = utc_now()  # one clock read per write: metadata and conditions agree
+        current = self.state.documents
         planned = functools.partial(
             plan,
-            self.state.documents,
+            current,
             documents,
             now=now,
             resource_version=str(revision),
@@ -176,12 +247,22 @@ class WritePath:
         written = [c for c in changes if c.action is not Action.UNCHANGED]
         if dry_run:
             return Outcome(changes, await self.preview(written, [], now=now))
+        # Every key named is compared, the unchanged too: "unchanged" must be etcd's answer.
+        expect = {c.key: _version(current.get(c.key)) for c in changes} if self.catch_up else None
+        if not written and not expect:
+            return Outcome(changes, self.state.snapshot, revision=self.applied)
+        texts, committed = await self._commit(written, [], expect)
         if not written:
-            return Outcome(changes, self.state.snapshot)
-        texts = await self._commit(written, [])
+            return Outcome(changes, self.state.snapshot, revision=committed)
+        if committed != revision:
+            # etcd numbered the write (other replicas write too): the documents carry its
+            # number; the texts stored carry the guess, so none is reused for answers.
+            changes = [_numbered(c, committed) for c in changes]
+            written = [c for c in changes if c.action is not Action.UNCHANGED]
+            texts = {}
         snapshot = await self.state.put_off_loop([c.document for c in written], now=now)
         await self._wait_in_force(snapshot)
-        return Outcome(changes, snapshot, texts)
+        return Outcome(changes, snapshot, texts, revision=committed)
 
     async def delete(
         self,
@@ -192,7 +273,8 @@ class WritePath:
         expected_uid: str | None = None,
     ) -> Outcome:
         """Delete one document; with preconditions (DeleteOptions), only the version named."""
-        async with self._lock:
+
+        async def attempt() -> Outcome:
             doc = self.get(key)
             for what, expected, actual in (
                 ("resourceVersion", expected_version, doc.metadata.resource_version),
@@ -207,10 +289,13 @@ class WritePath:
             now = utc_now()
             if dry_run:
                 return Outcome(changes, await self.preview([], [key], now=now))
-            await self._commit([], [key])
+            expect = {key: doc.metadata.resource_version} if self.catch_up else None
+            _, committed = await self._commit([], [key], expect)
             snapshot = await self.state.put_off_loop([], deleted=[key], now=now)
             await self._wait_in_force(snapshot)
-            return Outcome(changes, snapshot)
+            return Outcome(changes, snapshot, revision=committed)
+
+        return await self._attempts(attempt)
 
     async def _wait_in_force(self, snapshot: Snapshot) -> None:
         if self.in_force is not None:
@@ -232,24 +317,43 @@ class WritePath:
         return translation.snapshot
 
     async def _commit(
-        self, written: Sequence[Change], deleted: Sequence[ObjectKey]
-    ) -> dict[ObjectKey, str]:
-        """Store the changes; the JSON text of each document written."""
+        self,
+        written: Sequence[Change],
+        deleted: Sequence[ObjectKey],
+        expect: Mapping[ObjectKey, str | None] | None = None,
+    ) -> tuple[dict[ObjectKey, str], int]:
+        """Store the changes; the JSON text of each document written, and the revision."""
         if self.store is None:
-            return {}
+            return {}, self.state.generation + 1
+        if (problem := self.unavailable()) is not None:
+            raise StoreUnavailable(f"{problem}; nothing was changed")
         store = self.store
 
-        def commit() -> dict[ObjectKey, str]:
+        def commit() -> tuple[dict[ObjectKey, str], int]:
             # Made here, on the thread: 30,000 documents take ~0.4 s.
             texts = {
                 c.key: encode_json(unstructure_document(c.document, redact=False)) for c in written
             }
-            store.commit(texts.items(), list(deleted))
-            return texts
+            return texts, store.commit(list(texts.items()), list(deleted), expect)
 
         # A limiter of its own: commits never queue behind other threads (DNS lookups of FQDN
         # endpoints share trio's default one, and a slow resolver must not stall writes).
-        return await trio.to_thread.run_sync(commit, limiter=self._commits)
+        texts, revision = await trio.to_thread.run_sync(commit, limiter=self._commits)
+        if self.catch_up is None:
+            self.applied = revision
+        return texts, revision
+
+
+def _version(doc: Document | None) -> str | None:
+    return doc.metadata.resource_version if doc is not None else None
+
+
+def _numbered(change: Change, revision: int) -> Change:
+    if change.action is Action.UNCHANGED:
+        return change
+    doc = change.document
+    metadata = attrs.evolve(doc.metadata, resource_version=str(revision))
+    return attrs.evolve(change, document=attrs.evolve(doc, metadata=metadata))
 
 
 def uid_source() -> Callable[[], str]:

@@ -1,0 +1,253 @@
+"""Following the etcd store: this replica applies every write, its own and other replicas',
+in revision order (issue 13; API.md "Store and replicas").
+
+I/O (Trio). The replica read the documents at revision R (`WritePath.load`); the follower
+watches from R + 1 and applies each batch of changes under the write lock, with one rebuild
+and swap per batch. Nothing is skipped: a broken watch resumes from the revision after the
+last one applied (never from "now", apache/apisix#12514); a compacted history, or an etcd
+whose revision is behind the one applied (restored from a backup, another cluster), is read
+again in full and swapped only if a document differs (apache/apisix#12167 reloaded on every
+compaction). A change this replica already holds (its own write, swapped when committed) is
+recognized by its mod_revision and not applied twice.
+
+While the watch cannot be opened, the store is down (`Health`): writes are answered 503 at
+once, reads and traffic go on from the documents in force, and the follower retries with a
+backoff up to `MAX_BACKOFF` seconds, so it recovers by itself when etcd returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import trio
+
+from gateway.api.convert import structure_document
+from gateway.api.kinds import Document, ObjectKey
+from gateway.store.etcd import EtcdStore, stamped
+from gateway.store.etcd_watch import Batch, Compacted, watch
+from gateway.store.sqlite import StoreUnavailable
+from gateway.store.writes import WritePath
+
+log = logging.getLogger("gateway.store")
+
+MIN_BACKOFF = 0.1
+MAX_BACKOFF = 2.0
+
+
+class Health:
+    """Is the store reachable? Each part that talks to it (the watch, the lease) reports;
+    the store is up while none reports a problem."""
+
+    def __init__(self) -> None:
+        self.problems: dict[str, str] = {}
+        #: Called with True / False when the store comes up or goes down.
+        self.changed: Callable[[bool], None] = lambda up: None
+
+    @property
+    def up(self) -> bool:
+        return not self.problems
+
+    def report(self, part: str, problem: str | None) -> None:
+        was = self.up
+        if problem is None:
+            self.problems.pop(part, None)
+        else:
+            self.problems[part] = problem.removesuffix("; nothing was changed")
+        if self.up != was:
+            if self.up:
+                log.info("store reachable again: %s", part)
+            else:
+                log.warning("store unreachable: %s", problem)
+            self.changed(self.up)
+
+    def problem(self) -> str | None:
+        """Why writes cannot be taken now, or None."""
+        if self.up:
+            return None
+        return "the store is unreachable: " + "; ".join(sorted(set(self.problems.values())))
+
+
+def _revision(doc: Document | None) -> int:
+    version = doc.metadata.resource_version if doc is not None else None
+    return int(version) if version and version.isdigit() else -1
+
+
+class Follower:
+    def __init__(
+        self,
+        store: EtcdStore,
+        writes: WritePath,
+        health: Health,
+        *,
+        on_applied: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.store, self.writes, self.health = store, writes, health
+        self.on_applied = on_applied
+        self._tls = store.tls.context() if store.tls is not None else None
+        self._progress = trio.Event()
+        writes.catch_up = self.catch_up
+        writes.unavailable = health.problem
+
+    @property
+    def applied(self) -> int:
+        return self.writes.applied
+
+    async def catch_up(self, current: Mapping[ObjectKey, int | None]) -> bool:
+        """Until this replica's documents are at the revisions etcd reported (None: the key
+        is gone), or later; False if that takes longer than the write path waits."""
+        from gateway.store.writes import CATCH_UP_TIMEOUT
+
+        def caught_up() -> bool:
+            documents = self.writes.state.documents
+            for key, revision in current.items():
+                held = documents.get(key)
+                if revision is None and held is not None:
+                    return False
+                if revision is not None and _revision(held) < revision:
+                    return False
+            return True
+
+        with trio.move_on_after(CATCH_UP_TIMEOUT):
+            while not caught_up():
+                await self._progress.wait()
+            return True
+        return False
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        backoff = MIN_BACKOFF
+        while True:
+            opened = False
+            try:
+                async with contextlib.aclosing(
+                    watch(
+                        self.store.endpoints,
+                        self.store.documents_prefix,
+                        self.applied + 1,
+                        tls=self._tls,
+                    )
+                ) as batches:
+                    async for batch in batches:
+                        if batch.created:
+                            opened = True
+                            self.health.report("watch", None)
+                            backoff = MIN_BACKOFF
+                            if batch.revision < self.applied:
+                                log.warning(
+                                    "etcd is at revision %d, behind the %d applied here "
+                                    "(restored from a backup?): reading everything again",
+                                    batch.revision,
+                                    self.applied,
+                                )
+                                await self.reload()
+                                break
+                            continue
+                        await self._apply(batch)
+            except Compacted as exc:
+                log.info(
+                    "etcd compacted revisions up to %d, past the %d applied here: reading "
+                    "everything again",
+                    exc.revision,
+                    self.applied,
+                )
+                with contextlib.suppress(StoreUnavailable):
+                    await self.reload()
+            except StoreUnavailable as exc:
+                if opened:
+                    # It was open and broke (a member stopped): watch again at once, on
+                    # whichever member answers; the store is down only if none does.
+                    log.info(
+                        "etcd watch broke, resuming from revision %d: %s", self.applied + 1, exc
+                    )
+                    await trio.sleep(MIN_BACKOFF / 10)  # never a busy loop
+                    continue
+                self.health.report("watch", str(exc))
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _apply(self, batch: Batch) -> None:
+        async with self.writes.lock:
+            documents = self.writes.state.documents
+            pending: dict[ObjectKey, Document | None] = {}
+            for change in batch.changes:
+                key = self.store.object_key(change.key)
+                if key is None:
+                    continue
+                held = pending[key] if key in pending else documents.get(key)
+                if change.value is None:
+                    if held is not None and _revision(held) < change.revision:
+                        pending[key] = None
+                    continue
+                if _revision(held) >= change.revision:
+                    continue  # this replica's own write, swapped when it was committed
+                doc = self._decode(key, change.value, change.revision)
+                if doc is not None:
+                    pending[key] = doc
+            # A batch without changes is progress: nothing at or below its revision is to come.
+            latest = max((change.revision for change in batch.changes), default=batch.revision)
+            if pending:
+                puts = [doc for doc in pending.values() if doc is not None]
+                deleted = [key for key, doc in pending.items() if doc is None]
+                snapshot = await self.writes.state.put_off_loop(puts, deleted)
+                if self.writes.in_force is not None:
+                    await self.writes.in_force(snapshot.generation)
+            self._advance(latest)
+
+    def _decode(self, key: ObjectKey, value: bytes, revision: int) -> Document | None:
+        try:
+            return structure_document(stamped(value, revision))
+        except Exception as exc:  # written into etcd by something other than tlsgate
+            log.error(
+                "ignoring %s at revision %d: not a document tlsgate can read (%s)",
+                key,
+                revision,
+                exc,
+            )
+            return None
+
+    def _structure(self, key: ObjectKey, raw: dict[str, Any]) -> Document | None:
+        try:
+            return structure_document(raw)
+        except Exception as exc:  # written into etcd by something other than tlsgate
+            log.error("ignoring %s: not a document tlsgate can read (%s)", key, exc)
+            return None
+
+    def _advance(self, revision: int) -> None:
+        self.writes.applied = max(self.writes.applied, revision)
+        progress, self._progress = self._progress, trio.Event()
+        progress.set()
+        self.on_applied()
+
+    async def reload(self) -> None:
+        """Read every document again and bring in what differs (nothing swapped if none)."""
+
+        def load() -> tuple[list[tuple[ObjectKey, dict[str, Any]]], int]:
+            found = self.store.load_keyed()
+            return found, self.store.revision
+
+        found, revision = await trio.to_thread.run_sync(load)
+        async with self.writes.lock:
+            documents = self.writes.state.documents
+            fresh: dict[ObjectKey, Document] = {}
+            for key, raw in found:
+                doc = self._structure(key, raw)
+                if doc is not None:
+                    fresh[key] = doc
+            puts = [doc for key, doc in fresh.items() if documents.get(key) != doc]
+            deleted = [key for key in documents if key not in fresh]
+            if puts or deleted:
+                log.info(
+                    "reloaded from etcd at revision %d: %d documents changed, %d gone",
+                    revision,
+                    len(puts),
+                    len(deleted),
+                )
+                snapshot = await self.writes.state.put_off_loop(puts, deleted)
+                if self.writes.in_force is not None:
+                    await self.writes.in_force(snapshot.generation)
+            # After a restore the revision may be lower: it is what etcd holds now.
+            self.writes.applied = revision
+            self._advance(revision)
