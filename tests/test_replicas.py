@@ -388,27 +388,28 @@ def test_conflicts_and_existence_are_etcd_s_not_a_replica_s_view(
 def test_a_bundle_is_one_transaction_and_a_refused_one_changes_no_key(
     tmp_path: Path, prefix: str
 ) -> None:
-    with _cluster(tmp_path / "etcd", members=1, max_txn_ops=4) as cluster:
-        with replicas(cluster, prefix, count=1) as (a,):
-            bundle = _bundle(*(_service(f"s{i}") for i in range(4)))
-            first = a.apply(bundle)
-            assert first.status_code == 200, first.text
-            before = cluster.keys(prefix + "/documents/")
-            revisions = {
-                a.get(f"/v1/services/apps/s{i}").json()["metadata"]["resourceVersion"]
-                for i in range(4)
-            }
-            assert len(revisions) == 1  # one transaction: one revision for all four
-            # Five objects: over etcd's --max-txn-ops. Refused whole, and said why.
-            bigger = _bundle(*(_service(f"s{i}", 80) for i in range(5)))
-            refused = a.apply(bigger)
-            assert refused.status_code == 413, refused.text
-            assert "--max-txn-ops" in refused.json()["message"]
-            # An invalid object: refused before etcd is asked.
-            invalid = _bundle(_service("s0", 80), _service("BAD"))
-            assert a.apply(invalid).status_code == 422
-            assert cluster.keys(prefix + "/documents/") == before
-            assert a.get("/v1/services/apps/s0").json()["spec"]["ports"][0]["port"] == 443
+    with (
+        _cluster(tmp_path / "etcd", members=1, max_txn_ops=4) as cluster,
+        replicas(cluster, prefix, count=1) as (a,),
+    ):
+        bundle = _bundle(*(_service(f"s{i}") for i in range(4)))
+        first = a.apply(bundle)
+        assert first.status_code == 200, first.text
+        before = cluster.keys(prefix + "/documents/")
+        revisions = {
+            a.get(f"/v1/services/apps/s{i}").json()["metadata"]["resourceVersion"] for i in range(4)
+        }
+        assert len(revisions) == 1  # one transaction: one revision for all four
+        # Five objects: over etcd's --max-txn-ops. Refused whole, and said why.
+        bigger = _bundle(*(_service(f"s{i}", 80) for i in range(5)))
+        refused = a.apply(bigger)
+        assert refused.status_code == 413, refused.text
+        assert "--max-txn-ops" in refused.json()["message"]
+        # An invalid object: refused before etcd is asked.
+        invalid = _bundle(_service("s0", 80), _service("BAD"))
+        assert a.apply(invalid).status_code == 422
+        assert cluster.keys(prefix + "/documents/") == before
+        assert a.get("/v1/services/apps/s0").json()["spec"]["ports"][0]["port"] == 443
 
 
 def test_wait_for_replicas_answers_once_all_applied_else_504_naming_the_laggard(

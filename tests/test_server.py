@@ -292,6 +292,23 @@ def test_demo_check_passes() -> None:
     assert result.stdout.count("ok ") == 4
 
 
+@pytest.mark.slow
+def test_demo_check_with_replicas_passes() -> None:
+    """`scripts/demo --check --replicas`: two replicas on a three-member etcd cluster, each
+    answering the same commands on its own address, both listed by each."""
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [str(root / "scripts" / "demo"), "--check", "--replicas"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("ok ") == 10
+    assert "replica-0', 'replica-1'" in result.stdout
+
+
 #: The interactive demo's documented ports (README): the listener, the backends, the admin API.
 _DEMO_PORTS = (18443, 19441, 19442, 19443, 9901)
 
