@@ -32,8 +32,10 @@ log = logging.getLogger("gateway.store")
 #: and the generation change without a write (a listener bound, a worker restarted).
 CHECK_EVERY = 0.5
 
-#: How often `wait` reads the registrations while a replica lags (seconds).
-WAIT_POLL = 0.05
+#: How often `wait` reads the registrations while a replica lags: first soon (a replica
+#: applies a write within milliseconds), then less and less often (seconds).
+WAIT_POLL_FIRST = 0.005
+WAIT_POLL_MAX = 0.1
 
 
 def rfc3339(timestamp: float) -> str:
@@ -133,6 +135,7 @@ class Registry:
         """Until every live replica applied `revision`; the ones that had not when
         `seconds` passed (empty: all had)."""
         behind: list[dict[str, Any]] = []
+        poll = WAIT_POLL_FIRST
         with trio.move_on_after(seconds):
             while True:
                 try:
@@ -141,5 +144,6 @@ class Registry:
                     behind = [{"name": "(the store)", "problem": str(exc)}]
                 if not behind:
                     return []
-                await trio.sleep(WAIT_POLL)
+                await trio.sleep(poll)
+                poll = min(poll * 2, WAIT_POLL_MAX)
         return behind
