@@ -108,6 +108,11 @@ class Cluster:
                 return False
         return True
 
+    def signal(self, index: int, signum: int) -> None:
+        process = self.processes[index]
+        assert process is not None
+        os.kill(process.pid, signum)  # only a member this test started
+
     def kill(self, index: int) -> None:
         process = self.processes[index]
         assert process is not None
@@ -473,6 +478,30 @@ def test_one_etcd_member_killed_writes_continue(own: Cluster, prefix: str) -> No
             names = {s["metadata"]["name"] for s in replica.get("/v1/services").json()["items"]}
             assert names == {"before", "after-a", "after-b"}
             assert replica.get("/readyz").json()["store"]["up"] is True
+
+
+def test_a_frozen_member_holding_a_watch_does_not_leave_a_replica_stale(
+    own: Cluster, prefix: str
+) -> None:
+    """A member that stops answering but keeps its connections open (SIGSTOP) sends no
+    events and closes nothing: the watch through it is opened again on another member
+    (the watchdog), and requests move past it after one timeout."""
+    with replicas(own, prefix) as (a, b):
+        assert a.apply(json.dumps(_service("before")), "?wait=replicas").status_code == 200
+        own.signal(0, signal.SIGSTOP)  # the member every replica uses first, watches included
+        try:
+            answer = b.apply(json.dumps(_service("during")))
+            assert answer.status_code == 200, answer.text
+            poll_until(
+                lambda: a.get("/v1/services/apps/during").status_code == 200,
+                20,
+                "A sees B's write past the frozen member",
+            )
+            started = time.monotonic()
+            assert b.apply(json.dumps(_service("next")), "?wait=replicas").status_code == 200
+            assert time.monotonic() - started < 3  # the frozen member is no longer tried first
+        finally:
+            own.signal(0, signal.SIGCONT)
 
 
 def test_the_whole_cluster_stopped_traffic_goes_on_writes_503_and_it_recovers(

@@ -153,6 +153,24 @@ class EtcdStore:
         )
         return int(answer["header"]["revision"])
 
+    def latest_revision(self) -> int:
+        """The highest mod_revision of any document now (0 with none): what a replica's watch
+        must have delivered by now (`follow.py`'s watchdog)."""
+        start = self.documents_prefix.encode()
+        answer = self._call(
+            "/v3/kv/range",
+            {
+                "key": _b64(start),
+                "range_end": _b64(prefix_end(start)),
+                "limit": 1,
+                "sort_order": "DESCEND",
+                "sort_target": "MOD",
+                "keys_only": True,
+            },
+        )
+        kvs = answer.get("kvs", [])
+        return int(kvs[0]["mod_revision"]) if kvs else 0
+
     def load(self) -> list[dict[str, Any]]:
         """Every stored document, as wire JSON (in key order), read at one revision, which
         becomes `revision`."""
@@ -237,7 +255,8 @@ class EtcdStore:
         """POST to the first member that answers. A refusal (a limit) is final; a member
         that cannot be reached makes the next one tried."""
         failures = []
-        for endpoint in self.endpoints:
+        members = self.endpoints
+        for index, endpoint in enumerate(members):
             try:
                 response = self._http.post(endpoint + path, json=body)
             except httpx.HTTPError as exc:
@@ -256,6 +275,11 @@ class EtcdStore:
                     continue
                 raise StoreUnavailable(f"etcd refused the request ({message}); nothing was changed")
             answer: dict[str, Any] = response.json()
+            if index:
+                # The members that failed go last: a member that accepts but never answers
+                # (frozen) would cost every later request its timeout. One assignment, so a
+                # call on another thread sees the old order or the new one.
+                self.endpoints = [*members[index:], *members[:index]]
             return answer
         raise StoreUnavailable(
             "etcd cannot be reached (" + "; ".join(failures) + "); nothing was changed"

@@ -35,6 +35,11 @@ log = logging.getLogger("gateway.store")
 
 MIN_BACKOFF = 0.1
 MAX_BACKOFF = 2.0
+#: How often the watchdog compares the newest document revision in etcd with the one
+#: applied (seconds). A watch still behind at the next look is opened again: a member that
+#: froze with the stream open sends nothing and closes nothing (Traefik went silently stale
+#: that way, traefik/traefik#566).
+WATCHDOG_EVERY = 2.0
 
 
 class Health:
@@ -88,6 +93,7 @@ class Follower:
         self.on_applied = on_applied
         self._tls = store.tls.context() if store.tls is not None else None
         self._progress = trio.Event()
+        self._watch_scope = trio.CancelScope()
         writes.catch_up = self.catch_up
         writes.unavailable = health.problem
 
@@ -118,34 +124,66 @@ class Follower:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watchdog)
+            await self._follow()
+
+    async def _watchdog(self) -> None:
+        suspect: int | None = None
+        while True:
+            await trio.sleep(WATCHDOG_EVERY)
+            try:
+                latest = await trio.to_thread.run_sync(self.store.latest_revision)
+            except StoreUnavailable:
+                suspect = None  # the watch finds out by itself
+                continue
+            if latest <= self.applied:
+                suspect = None
+            elif suspect is not None and self.applied < suspect:
+                log.warning(
+                    "the etcd watch delivered nothing up to revision %d (applied: %d); "
+                    "opening it again",
+                    suspect,
+                    self.applied,
+                )
+                self._watch_scope.cancel()
+                suspect = None
+            else:
+                suspect = latest
+
+    async def _follow(self) -> None:
         backoff = MIN_BACKOFF
         while True:
             opened = False
+            self._watch_scope = trio.CancelScope()
             try:
-                async with contextlib.aclosing(
-                    watch(
+                with self._watch_scope:
+                    opening = watch(
                         self.store.endpoints,
                         self.store.documents_prefix,
                         self.applied + 1,
                         tls=self._tls,
                     )
-                ) as batches:
-                    async for batch in batches:
-                        if batch.created:
-                            opened = True
-                            self.health.report("watch", None)
-                            backoff = MIN_BACKOFF
-                            if batch.revision < self.applied:
-                                log.warning(
-                                    "etcd is at revision %d, behind the %d applied here "
-                                    "(restored from a backup?): reading everything again",
-                                    batch.revision,
-                                    self.applied,
-                                )
-                                await self.reload()
-                                break
-                            continue
-                        await self._apply(batch)
+                    async with contextlib.aclosing(opening) as batches:
+                        async for batch in batches:
+                            if batch.created:
+                                opened = True
+                                self.health.report("watch", None)
+                                backoff = MIN_BACKOFF
+                                if batch.revision < self.applied:
+                                    log.warning(
+                                        "etcd is at revision %d, behind the %d applied here "
+                                        "(restored from a backup?): reading everything again",
+                                        batch.revision,
+                                        self.applied,
+                                    )
+                                    await self.reload()
+                                    break
+                                continue
+                            # The watchdog's cancel restarts the watch, never a batch half
+                            # applied (bounded: one build, then the workers' acknowledgement).
+                            with trio.CancelScope(shield=True):
+                                await self._apply(batch)
             except Compacted as exc:
                 log.info(
                     "etcd compacted revisions up to %d, past the %d applied here: reading "
