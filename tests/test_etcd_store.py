@@ -293,3 +293,50 @@ async def test_a_watch_whose_etcd_goes_away_ends_with_an_error(etcd: Etcd) -> No
             await trio.sleep(0.5)  # real time: the stream is open (nothing to wait on)
             await trio.to_thread.run_sync(etcd.stop)
     assert failure
+
+
+async def test_a_write_planned_on_a_view_behind_etcd_is_planned_again(etcd: Etcd) -> None:
+    """Two replicas that read the store before either wrote (two bootstraps at once): the
+    second one's creates meet the first one's documents in etcd (Stale), it reads again,
+    before its watch even runs, and finds them unchanged; a conditional write on what it
+    read is a conflict, decided by etcd."""
+    from gateway.api.convert import structure_document
+    from gateway.store.follow import Follower, Health
+    from gateway.store.plan import Action, Conflict
+    from gateway.store.state import State
+    from gateway.store.writes import WritePath
+
+    def service(name: str, **labels: str) -> dict[str, object]:
+        metadata = {"name": name, "namespace": "apps", "labels": labels}
+        return {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": {}}
+
+    documents = [structure_document(service(name)) for name in ("db", "web")]
+    paths = []
+    for _ in range(2):
+        store = EtcdStore([etcd.url])
+        writes = WritePath(State(), store)
+        Follower(store, writes, Health())
+        writes.load()
+        paths.append(writes)
+    first, second = paths
+    try:
+        created = await first.apply(documents)
+        assert {c.action for c in created.changes} == {Action.CREATED}
+        again = await second.apply(documents)
+        assert {c.action for c in again.changes} == {Action.UNCHANGED}
+        assert [c.document.metadata.uid for c in again.changes] == [
+            c.document.metadata.uid for c in created.changes
+        ]
+        # A change through the first; the second's view is behind until it catches up, so a
+        # write conditional on the version it holds is refused.
+        key = ObjectKey("Service", "apps", "db")
+        held = second.get(key).metadata.resource_version
+        assert held is not None
+        changed = service("db", v="2")
+        await first.apply([structure_document(changed)])
+        with pytest.raises(Conflict):
+            await second.apply([structure_document(changed)], expected_versions={key: held})
+    finally:
+        for writes in paths:
+            assert writes.store is not None
+            writes.store.close()

@@ -195,7 +195,7 @@ def prefix() -> str:
 class Replica:
     """`tlsgate serve --store etcd://...` in a real process, its listeners on `address`."""
 
-    def __init__(self, cluster: Cluster, prefix: str, name: str, address: str) -> None:
+    def __init__(self, cluster: Cluster, prefix: str, name: str, address: str, *extra: str) -> None:
         self.name, self.address = name, address
         self.admin_port = free_port()
         self.admin = f"http://127.0.0.1:{self.admin_port}"
@@ -214,6 +214,7 @@ class Replica:
             name,
             "--replica-lease",
             str(LEASE),
+            *extra,
             admin_url=self.admin,
             path="/readyz",
         )

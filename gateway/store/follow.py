@@ -94,6 +94,8 @@ class Follower:
         self._tls = store.tls.context() if store.tls is not None else None
         self._progress = trio.Event()
         self._watch_scope = trio.CancelScope()
+        #: Not yet while the replica starts: its bootstrap write may meet another's.
+        self.running = False
         writes.catch_up = self.catch_up
         writes.unavailable = health.problem
 
@@ -116,6 +118,14 @@ class Follower:
                     return False
             return True
 
+        if not self.running:
+            # At start (the bootstrap, before the watch runs): read everything again; the
+            # watch then starts from that read's revision.
+            try:
+                await self.reload()
+            except StoreUnavailable:
+                return False
+            return caught_up()
         with trio.move_on_after(CATCH_UP_TIMEOUT):
             while not caught_up():
                 await self._progress.wait()
@@ -123,6 +133,7 @@ class Follower:
         return False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.running = True
         task_status.started()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watchdog)
