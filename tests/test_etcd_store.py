@@ -340,3 +340,44 @@ async def test_a_write_planned_on_a_view_behind_etcd_is_planned_again(etcd: Etcd
         for writes in paths:
             assert writes.store is not None
             writes.store.close()
+
+
+async def test_values_written_into_etcd_by_hand_are_ignored_not_fatal(etcd: Etcd) -> None:
+    """etcd is shared: a value that is not JSON, not a valid document, or another object
+    than its key names is logged and left out, at start and on the watch, and never
+    crashes the replica."""
+    from gateway.store.follow import Follower, Health
+    from gateway.store.state import State
+    from gateway.store.writes import WritePath
+
+    def put(name: str, value: str) -> None:
+        key = base64.b64encode(f"/tlsgate/documents/{name}".encode()).decode()
+        data = base64.b64encode(value.encode()).decode()
+        httpx.post(etcd.url + "/v3/kv/put", json={"key": key, "value": data}).raise_for_status()
+
+    def service(name: str, namespace: str = "apps") -> str:
+        metadata = {"name": name, "namespace": namespace}
+        return json.dumps({"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": {}})
+
+    put("Service/apps/garbage", "not json")
+    put("Service/apps/elsewhere", service("zzz", "other"))
+    put("Service/apps/invalid", service("invalid").replace('"spec": {}', '"spec": 7'))
+    put("Service/apps/ok", service("ok"))
+    store = EtcdStore([etcd.url])
+    writes = WritePath(State(), store)
+    follower = Follower(store, writes, Health())
+    try:
+        writes.load()
+        assert [key.name for key in writes.documents] == ["ok"]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(follower.run)
+            await trio.to_thread.run_sync(put, "Service/apps/garbage2", "{")
+            await trio.to_thread.run_sync(put, "Service/apps/moved", service("zzz2", "other"))
+            await trio.to_thread.run_sync(put, "Service/apps/later", service("later"))
+            with trio.fail_after(10):
+                while ObjectKey("Service", "apps", "later") not in writes.documents:
+                    await writes.state.wait_changed(writes.state.generation)
+            nursery.cancel_scope.cancel()
+        assert sorted(key.name for key in writes.documents) == ["later", "ok"]
+    finally:
+        store.close()

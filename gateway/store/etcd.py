@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -37,6 +38,8 @@ import httpx
 
 from gateway.api.kinds import ObjectKey
 from gateway.store.sqlite import StoreError, StoreUnavailable
+
+log = logging.getLogger("gateway.store")
 
 #: Seconds one request to one etcd member may take before the next member is tried.
 REQUEST_TIMEOUT = 3.0
@@ -100,6 +103,19 @@ def stamped(value: bytes, mod_revision: int) -> dict[str, Any]:
     if isinstance(metadata, dict):
         metadata["resourceVersion"] = str(mod_revision)
     return raw
+
+
+def holds(key: ObjectKey, raw: object) -> bool:
+    """Is `raw` (wire JSON) the object its key names? A value written into etcd by hand
+    under another object's key would otherwise be in force under two names."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("metadata"), dict):
+        return False
+    metadata = raw["metadata"]
+    return (
+        raw.get("kind") == key.kind
+        and metadata.get("name") == key.name
+        and (metadata.get("namespace") or "") == key.namespace
+    )
 
 
 class EtcdStore:
@@ -184,9 +200,19 @@ class EtcdStore:
         self.revision = int(answer["header"]["revision"])
         found = []
         for kv in answer.get("kvs", []):
-            key = self.object_key(_unb64(kv["key"]).decode())
-            if key is not None:
-                found.append((key, stamped(_unb64(kv.get("value", "")), int(kv["mod_revision"]))))
+            name = _unb64(kv["key"]).decode(errors="replace")
+            key = self.object_key(name)
+            if key is None:
+                continue
+            try:
+                raw = stamped(_unb64(kv.get("value", "")), int(kv["mod_revision"]))
+            except (ValueError, AttributeError) as exc:
+                log.error("ignoring %s: not a document tlsgate can read (%s)", name, exc)
+                continue
+            if not holds(key, raw):
+                log.error("ignoring %s: it holds another object than its key names", name)
+                continue
+            found.append((key, raw))
         return found
 
     def commit(

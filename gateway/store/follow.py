@@ -25,8 +25,8 @@ from typing import Any
 import trio
 
 from gateway.api.convert import structure_document
-from gateway.api.kinds import Document, ObjectKey
-from gateway.store.etcd import EtcdStore, stamped
+from gateway.api.kinds import Document, ObjectKey, key_of
+from gateway.store.etcd import EtcdStore, holds, stamped
 from gateway.store.etcd_watch import Batch, Compacted, watch
 from gateway.store.sqlite import StoreUnavailable
 from gateway.store.writes import WritePath
@@ -247,7 +247,10 @@ class Follower:
 
     def _decode(self, key: ObjectKey, value: bytes, revision: int) -> Document | None:
         try:
-            return structure_document(stamped(value, revision))
+            raw = stamped(value, revision)
+            if not holds(key, raw):
+                raise ValueError("it holds another object than its key names")
+            return structure_document(raw)
         except Exception as exc:  # written into etcd by something other than tlsgate
             log.error(
                 "ignoring %s at revision %d: not a document tlsgate can read (%s)",
@@ -259,7 +262,10 @@ class Follower:
 
     def _structure(self, key: ObjectKey, raw: dict[str, Any]) -> Document | None:
         try:
-            return structure_document(raw)
+            doc = structure_document(raw)
+            if key_of(doc) != key:  # namespace defaulting: what load_keyed let through
+                raise ValueError("it holds another object than its key names")
+            return doc
         except Exception as exc:  # written into etcd by something other than tlsgate
             log.error("ignoring %s: not a document tlsgate can read (%s)", key, exc)
             return None

@@ -17,6 +17,7 @@ by etcd, and its documents' resourceVersion is the transaction's revision.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -25,13 +26,20 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from gateway.api.convert import encode_json, structure_document, unstructure_document
+from gateway.api.convert import (
+    Invalid,
+    encode_json,
+    structure_document,
+    unstructure_document,
+)
 from gateway.api.kinds import Document, ObjectKey, key_of
 from gateway.routing.snapshot import Snapshot
 from gateway.store.etcd import Stale
 from gateway.store.plan import Action, Change, Conflict, merge_patch, plan
 from gateway.store.sqlite import StoreUnavailable
 from gateway.store.state import State, utc_now
+
+log = logging.getLogger("gateway.store")
 
 
 class DocumentStore(Protocol):
@@ -127,7 +135,14 @@ class WritePath:
         """Bring the stored documents into force (at start)."""
         if self.store is None:
             return 0
-        documents = [structure_document(raw) for raw in self.store.load()]
+        documents = []
+        for raw in self.store.load():
+            try:
+                documents.append(structure_document(raw))
+            except Invalid as exc:
+                # Written by something else (etcd is shared) or by an older tlsgate whose
+                # rules were looser: kept in the store, not in force, said at every start.
+                log.error("ignoring a stored document that is not valid: %s", exc.message)
         self.applied = self.store.revision
         # Stored documents keep the metadata they were written with.
         self.state.replace_documents(documents)
