@@ -336,7 +336,6 @@ class Views:
     async def _delete(self, key: ObjectKey) -> Response:
         wait = replica_wait()
         options = delete_options(await read_body())
-        self._get(key)
         outcome = await run_write(
             self.writes.delete(
                 key,
@@ -356,7 +355,6 @@ class Views:
         patch = await parse_body(json_body, await read_body())
         if not isinstance(patch, dict):
             raise ApiError(400, "a merge patch must be a JSON object")
-        self._get(key)
         outcome = await run_write(self.writes.patch(key, patch, dry_run=dry_run))
         await self._wait_replicas(outcome, wait)
         return _first_change(outcome, 200)

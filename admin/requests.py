@@ -299,7 +299,7 @@ async def run_write(operation: Any) -> Outcome:
     except Conflict as exc:
         raise ApiError(409, str(exc), reason=exc.reason) from None
     except NotFound as exc:
-        raise ApiError(404, str(exc)) from None
+        raise ApiError(404, str(exc), kind=exc.key.kind, name=exc.key.name) from None
     except BadRequest as exc:
         raise ApiError(400, str(exc)) from None
     except StoreLimit as exc:

@@ -304,7 +304,7 @@ async def test_a_write_planned_on_a_view_behind_etcd_is_planned_again(etcd: Etcd
     from gateway.store.follow import Follower, Health
     from gateway.store.plan import Action, Conflict
     from gateway.store.state import State
-    from gateway.store.writes import WritePath
+    from gateway.store.writes import NotFound, WritePath
 
     def service(name: str, **labels: str) -> dict[str, object]:
         metadata = {"name": name, "namespace": "apps", "labels": labels}
@@ -336,6 +336,17 @@ async def test_a_write_planned_on_a_view_behind_etcd_is_planned_again(etcd: Etcd
         await first.apply([structure_document(changed)])
         with pytest.raises(Conflict):
             await second.apply([structure_document(changed)], expected_versions={key: held})
+        # Created through the first: the second's view does not have it, etcd does. A patch
+        # and a delete through the second find it (existence is etcd's to say).
+        await first.apply([structure_document(service("cache"))])
+        cache = ObjectKey("Service", "apps", "cache")
+        assert cache not in second.documents
+        patched = await second.patch(cache, {"metadata": {"labels": {"v": "3"}}})
+        assert patched.changes[0].document.metadata.labels == {"v": "3"}
+        deleted = await second.delete(cache)
+        assert deleted.changes[0].action is Action.DELETED
+        with pytest.raises(NotFound):
+            await first.delete(ObjectKey("Service", "apps", "never"))
     finally:
         for writes in paths:
             assert writes.store is not None

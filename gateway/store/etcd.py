@@ -187,6 +187,12 @@ class EtcdStore:
         kvs = answer.get("kvs", [])
         return int(kvs[0]["mod_revision"]) if kvs else 0
 
+    def revision_of(self, key: ObjectKey) -> int | None:
+        """The key's mod_revision in etcd now, or None if it does not exist."""
+        answer = self._call("/v3/kv/range", {"key": _b64(self.key(key)), "keys_only": True})
+        kvs = answer.get("kvs", [])
+        return int(kvs[0]["mod_revision"]) if kvs else None
+
     def load(self) -> list[dict[str, Any]]:
         """Every stored document, as wire JSON (in key order), read at one revision, which
         becomes `revision`."""

@@ -143,6 +143,10 @@ class Store:
         self.revision = revision
         return revision
 
+    def revision_of(self, key: ObjectKey) -> int | None:
+        """Unused: this store has one writer, whose view is the store's."""
+        return None
+
     def close(self) -> None:
         self._db.close()
 

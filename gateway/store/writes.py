@@ -49,6 +49,8 @@ class DocumentStore(Protocol):
 
     def load(self) -> list[dict[str, Any]]: ...
 
+    def revision_of(self, key: ObjectKey) -> int | None: ...
+
     def commit(
         self,
         puts: Sequence[tuple[ObjectKey, str]],
@@ -66,7 +68,9 @@ CATCH_UP_TIMEOUT = 5.0
 
 
 class NotFound(Exception):
-    pass
+    def __init__(self, key: ObjectKey) -> None:
+        super().__init__(f"{key} not found")
+        self.key = key
 
 
 class BadRequest(Exception):
@@ -164,7 +168,7 @@ class WritePath:
     def get(self, key: ObjectKey) -> Document:
         doc = self.state.documents.get(key)
         if doc is None:
-            raise NotFound(f"{key} not found")
+            raise NotFound(key)
         return doc
 
     @property
@@ -202,7 +206,16 @@ class WritePath:
                 try:
                     return await attempt()
                 except Stale as stale:
-                    current = stale.current
+                    current: Mapping[ObjectKey, int | None] = stale.current
+                except NotFound as missing:
+                    # Absent here may be present in etcd (created through another replica a
+                    # moment ago): existence is etcd's to say, as for every other compare.
+                    if self.catch_up is None or self.store is None:
+                        raise
+                    found = await trio.to_thread.run_sync(self.store.revision_of, missing.key)
+                    if found is None:
+                        raise
+                    current = {missing.key: found}
             assert self.catch_up is not None  # only a shared store says Stale
             if not await self.catch_up(current):
                 raise StoreUnavailable(
