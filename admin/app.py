@@ -49,6 +49,7 @@ from gateway.api.kinds import Document, KindInfo, ObjectKey, key_of
 from gateway.metrics import Metrics
 from gateway.routing.explain import explain, table_to_wire
 from gateway.store.plan import Action
+from gateway.store.sqlite import StoreUnavailable
 from gateway.store.writes import NotFound, Outcome, WritePath, list_of
 
 log = logging.getLogger("tlsgate.admin")
@@ -170,7 +171,10 @@ class Views:
         return json_response(ApiError(503, reason).body(), 503)
 
     async def replicas_view(self) -> Response:
-        items = await self.replicas.replicas() if self.replicas is not None else []
+        try:
+            items = await self.replicas.replicas() if self.replicas is not None else []
+        except StoreUnavailable as exc:
+            raise ApiError(503, str(exc)) from None
         body = {
             "apiVersion": "v1",
             "kind": "List",

@@ -283,8 +283,9 @@ class Follower:
             found = self.store.load_keyed()
             return found, self.store.revision
 
-        found, revision = await trio.to_thread.run_sync(load)
+        # The read under the lock too: a write committed after it must not be undone by it.
         async with self.writes.lock:
+            found, revision = await trio.to_thread.run_sync(load)
             documents = self.writes.state.documents
             fresh: dict[ObjectKey, Document] = {}
             for key, raw in found:
