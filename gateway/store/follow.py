@@ -26,7 +26,7 @@ import trio
 
 from gateway.api.convert import structure_document
 from gateway.api.kinds import Document, ObjectKey, key_of
-from gateway.store.etcd import EtcdStore, holds, stamped
+from gateway.store.etcd import EtcdStore, stamped
 from gateway.store.etcd_watch import Batch, Compacted, watch
 from gateway.store.sqlite import StoreUnavailable
 from gateway.store.writes import WritePath
@@ -248,27 +248,25 @@ class Follower:
     def _decode(self, key: ObjectKey, value: bytes, revision: int) -> Document | None:
         try:
             raw = stamped(value, revision)
-            if not holds(key, raw):
-                raise ValueError("it holds another object than its key names")
-            return structure_document(raw)
-        except Exception as exc:  # written into etcd by something other than tlsgate
-            log.error(
-                "ignoring %s at revision %d: not a document tlsgate can read (%s)",
-                key,
-                revision,
-                exc,
-            )
-            return None
-
-    def _structure(self, key: ObjectKey, raw: dict[str, Any]) -> Document | None:
-        try:
-            doc = structure_document(raw)
-            if key_of(doc) != key:  # namespace defaulting: what load_keyed let through
-                raise ValueError("it holds another object than its key names")
-            return doc
-        except Exception as exc:  # written into etcd by something other than tlsgate
+        except (ValueError, AttributeError) as exc:
             log.error("ignoring %s: not a document tlsgate can read (%s)", key, exc)
             return None
+        return self._document(key, raw)
+
+    def _document(self, key: ObjectKey, raw: dict[str, Any]) -> Document | None:
+        """The document `raw` is, if it is valid and the object its key names; else None,
+        logged (written into etcd by something other than tlsgate)."""
+        try:
+            doc = structure_document(raw)
+        except Exception as exc:
+            log.error("ignoring %s: not a document tlsgate can read (%s)", key, exc)
+            return None
+        if key_of(doc) != key:
+            log.error(
+                "ignoring %s: it holds %s, another object than its key names", key, key_of(doc)
+            )
+            return None
+        return doc
 
     def _advance(self, revision: int) -> None:
         self.writes.applied = max(self.writes.applied, revision)
@@ -289,7 +287,7 @@ class Follower:
             documents = self.writes.state.documents
             fresh: dict[ObjectKey, Document] = {}
             for key, raw in found:
-                doc = self._structure(key, raw)
+                doc = self._document(key, raw)
                 if doc is not None:
                     fresh[key] = doc
             puts = [doc for key, doc in fresh.items() if documents.get(key) != doc]

@@ -202,20 +202,28 @@ class WritePath:
         """Run a write under the lock; while etcd says this replica's view was behind,
         catch up (lock released) and plan it again."""
         for _ in range(STALE_ATTEMPTS):
+            absent: NotFound | None = None
+            current: Mapping[ObjectKey, int | None] = {}
             async with self.lock:
                 try:
                     return await attempt()
                 except Stale as stale:
-                    current: Mapping[ObjectKey, int | None] = stale.current
+                    current = stale.current
                 except NotFound as missing:
-                    # Absent here may be present in etcd (created through another replica a
-                    # moment ago): existence is etcd's to say, as for every other compare.
                     if self.catch_up is None or self.store is None:
                         raise
-                    found = await trio.to_thread.run_sync(self.store.revision_of, missing.key)
-                    if found is None:
-                        raise
-                    current = {missing.key: found}
+                    absent = missing
+            if absent is not None:
+                # Absent here may be present in etcd (created through another replica a
+                # moment ago): existence is etcd's to say, as for every other compare. Asked
+                # with the lock let go, like the catching up.
+                if (problem := self.unavailable()) is not None:
+                    raise StoreUnavailable(f"{problem}; nothing was changed")
+                assert self.store is not None
+                found = await trio.to_thread.run_sync(self.store.revision_of, absent.key)
+                if found is None:
+                    raise absent
+                current = {absent.key: found}
             assert self.catch_up is not None  # only a shared store says Stale
             if not await self.catch_up(current):
                 raise StoreUnavailable(
