@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.server
 import json
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -115,13 +118,18 @@ def test_a_commit_is_one_revision_under_the_documented_keys(etcd: Etcd) -> None:
         second = store.commit([_service("web")], [ObjectKey("Service", "apps", "cache")])
         assert second == first + 1  # one transaction, one revision, whatever its size
         assert sorted(doc["metadata"]["name"] for doc in store.load()) == ["db", "web"]
+        # The deletion left its revision on the marker: the newest revision under the
+        # documents is the delete's, so a watch that missed it is found out.
+        assert store.latest_revision() == second
     finally:
         store.close()
     held = etcd.keys("/tlsgate/")
     assert sorted(held) == [
+        "/tlsgate/documents/.deleted",
         "/tlsgate/documents/Service/apps/db",
         "/tlsgate/documents/Service/apps/web",
     ]
+    assert held["/tlsgate/documents/.deleted"] == b"/tlsgate/documents/Service/apps/cache"
     assert json.loads(held["/tlsgate/documents/Service/apps/db"])["metadata"]["name"] == "db"
     # A second store on the same etcd (another replica, a restart) reads the same.
     again = EtcdStore([etcd.url])
@@ -190,6 +198,61 @@ def test_no_reachable_etcd_at_start_is_a_start_error() -> None:
         EtcdStore([f"http://127.0.0.1:{free_port()}"])
 
 
+def test_a_resource_version_that_is_not_a_revision_is_refused_not_compared_as_absent(
+    etcd: Etcd,
+) -> None:
+    store = EtcdStore([etcd.url])
+    try:
+        key, body = _service("db")
+        store.commit([(key, body)])
+        with pytest.raises(StoreError, match="not an etcd revision"):
+            store.commit([(key, body)], expect={key: "12abc"})
+    finally:
+        store.close()
+
+
+class _NotEtcd(http.server.BaseHTTPRequestHandler):
+    """Something else on etcd's port (a proxy's error page, another service)."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = {"/v3/kv/range": b'{"header": {}}'}.get(self.path, b"<html>502</html>\n")
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def not_etcd() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotEtcd)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_answers_that_are_not_etcds_are_unavailable_not_a_crash(not_etcd: str) -> None:
+    with pytest.raises(StoreError, match="cannot read"):
+        EtcdStore([not_etcd])  # its range answer has no revision
+
+    async def follow() -> None:
+        with trio.fail_after(10):
+            async with contextlib.aclosing(watch([not_etcd], "/tlsgate/documents/", 1)) as batches:
+                async for _ in batches:
+                    pass
+
+    with pytest.raises(StoreUnavailable, match="cannot read"):
+        await follow()
+
+
 # --- the watch ----------------------------------------------------------------------------
 
 
@@ -224,7 +287,9 @@ async def test_a_watch_from_an_older_revision_replays_every_change_in_order(etcd
         ("cache", False, read_at + 1),
         ("db", False, read_at + 2),
         ("cache", True, read_at + 2),
+        (".deleted", False, read_at + 2),  # the deletion marker, in the same transaction
         ("db", True, read_at + 3),
+        (".deleted", False, read_at + 3),
     ]
     assert json.loads(got[1].value or b"")["metadata"]["name"] == "cache"
 
@@ -374,6 +439,7 @@ async def test_values_written_into_etcd_by_hand_are_ignored_not_fatal(etcd: Etcd
     put("Service/apps/elsewhere", service("zzz", "other"))
     put("Service/apps/invalid", service("invalid").replace('"spec": {}', '"spec": 7'))
     put("Service/apps/ok", service("ok"))
+    put("Service/apps/replaced", service("replaced"))
     # No namespace: once defaulted it is default/nameless, not the cluster-scoped key it sits at.
     put(
         "ConfigMap//nameless",
@@ -384,10 +450,12 @@ async def test_values_written_into_etcd_by_hand_are_ignored_not_fatal(etcd: Etcd
     follower = Follower(store, writes, Health())
     try:
         writes.load()
-        assert [key.name for key in writes.documents] == ["ok"]
+        assert sorted(key.name for key in writes.documents) == ["ok", "replaced"]
         async with trio.open_nursery() as nursery:
             await nursery.start(follower.run)
             await trio.to_thread.run_sync(put, "Service/apps/garbage2", "{")
+            # Over a document in force: it leaves force, as a replica starting now has it not.
+            await trio.to_thread.run_sync(put, "Service/apps/replaced", "[]")
             await trio.to_thread.run_sync(put, "Service/apps/moved", service("zzz2", "other"))
             await trio.to_thread.run_sync(put, "Service/apps/later", service("later"))
             with trio.fail_after(10):
@@ -397,3 +465,141 @@ async def test_values_written_into_etcd_by_hand_are_ignored_not_fatal(etcd: Etcd
         assert sorted(key.name for key in writes.documents) == ["later", "ok"]
     finally:
         store.close()
+
+
+def _paths(etcd: Etcd, count: int) -> list[Any]:
+    """`count` write paths on one etcd, each with a follower that is not running: its view
+    moves only when a write finds it behind (as at a replica's start), which makes "behind"
+    happen on demand."""
+    from gateway.store.follow import Follower, Health
+    from gateway.store.state import State
+    from gateway.store.writes import WritePath
+
+    paths = []
+    for _ in range(count):
+        store = EtcdStore([etcd.url])
+        writes = WritePath(State(), store)
+        Follower(store, writes, Health())
+        writes.load()
+        paths.append(writes)
+    return paths
+
+
+def _close(paths: list[Any]) -> None:
+    for writes in paths:
+        writes.store.close()
+
+
+def _document(name: str, **labels: str) -> Any:
+    from gateway.api.convert import structure_document
+
+    metadata = {"name": name, "namespace": "apps", "labels": labels}
+    return structure_document(
+        {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": {}}
+    )
+
+
+async def test_preconditions_are_etcds_to_decide_not_a_view_behind(etcd: Etcd) -> None:
+    """A resourceVersion read on one replica and sent to another whose view is behind, and
+    a create of an object another replica deleted a moment ago: both succeed, since etcd
+    holds what the client saw. A precondition etcd does not meet stays a 409."""
+    from gateway.store.plan import Action, Conflict
+
+    first, second = _paths(etcd, 2)
+    try:
+        await first.apply([_document("db"), _document("web")])
+        await second.apply([_document("db"), _document("web")])  # now both hold them
+        key = ObjectKey("Service", "apps", "db")
+        changed = await first.apply([_document("db", v="2")])
+        version = changed.changes[0].document.metadata.resource_version
+        assert version is not None
+        assert version != second.get(key).metadata.resource_version
+        again = await second.apply([_document("db", v="3")], expected_versions={key: version})
+        assert again.changes[0].action is Action.CONFIGURED
+        with pytest.raises(Conflict):  # the version etcd held before that write: stale
+            await first.apply([_document("db", v="4")], expected_versions={key: version})
+        web = ObjectKey("Service", "apps", "web")
+        await first.delete(web)
+        assert web in second.documents
+        created = await second.apply([_document("web")], must_not_exist=True)
+        assert created.changes[0].action is Action.CREATED
+        with pytest.raises(Conflict, match="already exists"):
+            await first.apply([_document("web")], must_not_exist=True)
+    finally:
+        _close([first, second])
+
+
+async def test_a_write_naming_more_objects_than_etcd_compares_compares_the_view(
+    etcd: Etcd,
+) -> None:
+    """`kubectl apply -f dir/` of more objects than one transaction may compare (8 in this
+    etcd), few of them changed: it commits, and "unchanged" is still etcd's answer: an
+    object changed through another replica is written again, not reported unchanged."""
+    from gateway.store.plan import Action
+
+    first, second = _paths(etcd, 2)
+    names = [f"s{i}" for i in range(MAX_TXN_OPS + 4)]
+    try:
+        for half in (names[: len(names) // 2], names[len(names) // 2 :]):
+            await first.apply([_document(name) for name in half])
+        bundle = [_document(name) for name in names]
+        unchanged = await first.apply(bundle)
+        assert {c.action for c in unchanged.changes} == {Action.UNCHANGED}
+        # The revision that holds them all, not etcd's newest (what ?wait=replicas awaits).
+        newest = max(int(c.document.metadata.resource_version or 0) for c in unchanged.changes)
+        assert unchanged.revision == newest
+        await second.apply([_document("s3", changed="yes")])
+        again = await first.apply([*bundle[:-1], _document(names[-1], v="2")])
+        actions = {c.key.name: c.action for c in again.changes}
+        assert actions["s3"] is Action.CONFIGURED
+        assert actions[names[-1]] is Action.CONFIGURED
+        assert [name for name, action in actions.items() if action is Action.UNCHANGED] == [
+            name for name in names if name not in ("s3", names[-1])
+        ]
+        held = json.loads(
+            etcd.keys("/tlsgate/documents/Service/apps/s3")["/tlsgate/documents/Service/apps/s3"]
+        )
+        assert held["metadata"].get("labels") in (None, {})
+    finally:
+        _close([first, second])
+
+
+async def test_a_value_tlsgate_cannot_read_is_replaced_by_a_write_of_its_object(
+    etcd: Etcd,
+) -> None:
+    """A key etcd holds that is not in force here (not JSON, put by hand) must not make its
+    object unwritable: a delete is a 404 at once, a create replaces the value."""
+    from gateway.store.plan import Action
+    from gateway.store.writes import NotFound
+
+    def put(name: str, value: str) -> None:
+        key = base64.b64encode(f"/tlsgate/documents/Service/apps/{name}".encode()).decode()
+        data = base64.b64encode(value.encode()).decode()
+        httpx.post(etcd.url + "/v3/kv/put", json={"key": key, "value": data}).raise_for_status()
+
+    put("garbage", "not json")
+    put(
+        "invalid",
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "spec": 7,
+                "metadata": {"name": "invalid", "namespace": "apps"},
+            }
+        ),
+    )
+    (writes,) = _paths(etcd, 1)
+    try:
+        for name in ("garbage", "invalid"):
+            with trio.fail_after(5), pytest.raises(NotFound):
+                await writes.delete(ObjectKey("Service", "apps", name))
+            created = await writes.apply([_document(name)])
+            assert created.changes[0].action is Action.CREATED
+        stored = etcd.keys("/tlsgate/documents/Service/apps/")
+        assert {json.loads(v)["metadata"]["name"] for v in stored.values()} == {
+            "garbage",
+            "invalid",
+        }
+    finally:
+        _close([writes])

@@ -8,6 +8,9 @@ Key layout, below the prefix (`/tlsgate` by default, written as given):
 - `{prefix}/documents/{kind}/{namespace}/{name}` holds the document's wire JSON, `namespace`
   empty for cluster-scoped kinds. Names and namespaces are DNS labels or subdomains and kinds
   are identifiers, so `/` never appears inside a part.
+- `{prefix}/documents/.deleted` is put by every transaction that deletes a document, with
+  the key deleted last: a deletion leaves no key whose `mod_revision` says it happened, the
+  marker's does (the view compare below and the follower's watchdog read it).
 - `{prefix}/replicas/{name}` holds a replica's registration (`gateway/store/replicas.py`),
   under that replica's lease.
 
@@ -17,21 +20,31 @@ written key's `mod_revision`, and so the written documents' `resourceVersion`). 
 transaction compares every key the write names with what the writer planned against (its
 `mod_revision`, or "absent" for a create): a replica whose view is behind gets Stale with the
 keys' current revisions, and plans again once it has caught up, so a conflict (409) holds
-across replicas. A load is one range read at one revision; each document's resourceVersion
-is its key's `mod_revision`. etcd's own limits bound a transaction: `--max-txn-ops`
-operations (128 by default: a write may name that many objects) and `--max-request-bytes`
-(1.5 MiB); a write over either is refused whole (StoreLimit naming the limit), and nothing
-changes.
+across replicas. A write that names more keys than a transaction may compare (`MAX_COMPARES`)
+compares the writer's whole view instead, in one compare: no key under the documents prefix
+(the deletion marker included) changed after the revision the view is at. A load is one
+range read at one revision; each document's resourceVersion is its key's `mod_revision`.
+
+etcd's own limits bound a transaction: `--max-txn-ops` operations (128 by default: a write
+may change that many objects) and `--max-request-bytes` (1.5 MiB); a write that changes
+more objects than that, or is larger, is refused whole (StoreLimit naming the limit), and
+nothing changes. Objects a write names unchanged cost no operation beyond the limit: they
+are compared with the view.
+
+Every answer is checked as it is read: one etcd (or a proxy in front of it) answers with
+something other than what its API says is StoreUnavailable, never an exception that ends
+the replica.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import ssl
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, ParamSpec, TypeVar
 
 import attrs
 import httpx
@@ -43,6 +56,31 @@ log = logging.getLogger("gateway.store")
 
 #: Seconds one request to one etcd member may take before the next member is tried.
 REQUEST_TIMEOUT = 3.0
+#: Keys one transaction compares one by one, at most (etcd's --max-txn-ops default): a
+#: write that names more compares the writer's view as a whole.
+MAX_COMPARES = 128
+#: Below the documents prefix, the key every deletion puts (not a document: one part).
+DELETION_MARKER = ".deleted"
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _answer_checked(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """An answer without the fields etcd's API promises (a proxy's page, another server on
+    the port, a truncated body) is the store being unavailable, not a crash."""
+
+    @functools.wraps(method)
+    def checked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StoreUnavailable(
+                f"etcd answered something tlsgate cannot read ({type(exc).__name__}: {exc}); "
+                "nothing was changed"
+            ) from None
+
+    return checked
 
 
 class StoreLimit(StoreUnavailable):
@@ -51,11 +89,13 @@ class StoreLimit(StoreUnavailable):
 
 class Stale(Exception):
     """The transaction's compares failed: a key the write names changed since the writer's
-    view. `current` is each compared key's mod_revision in etcd now (None: absent)."""
+    view. `current` is each compared key's mod_revision in etcd now (None: absent); when
+    the whole view was compared, `revision` is the newest document revision instead."""
 
-    def __init__(self, current: Mapping[ObjectKey, int | None]) -> None:
-        super().__init__(f"{len(current)} keys changed under the write")
+    def __init__(self, current: Mapping[ObjectKey, int | None], revision: int = 0) -> None:
+        super().__init__(f"{len(current) or 'some'} keys changed under the write")
         self.current = dict(current)
+        self.revision = revision
 
 
 @attrs.frozen
@@ -105,18 +145,26 @@ def stamped(value: bytes, mod_revision: int) -> dict[str, Any]:
     return raw
 
 
-def holds(key: ObjectKey, raw: object) -> bool:
-    """Is `raw` (wire JSON) the object its key names? A value written into etcd by hand
-    under another object's key would otherwise be in force under two names."""
+def key_in(raw: object) -> ObjectKey | None:
+    """The key of the object `raw` (wire JSON) says it is, or None if it names none."""
     if not isinstance(raw, dict) or not isinstance(raw.get("metadata"), dict):
-        return False
+        return None
     metadata, info = raw["metadata"], BY_KIND.get(str(raw.get("kind")))
     if info is None:
-        return False
+        return None
     # The namespace the document gets once defaulted (convert.py): "default" when a
     # namespaced kind names none, none for a cluster-scoped kind.
     namespace = (metadata.get("namespace") or "default") if info.namespaced else ""
-    return info.kind == key.kind and metadata.get("name") == key.name and namespace == key.namespace
+    name = metadata.get("name")
+    if not isinstance(name, str) or not isinstance(namespace, str):
+        return None
+    return ObjectKey(info.kind, namespace, name)
+
+
+def holds(key: ObjectKey, raw: object) -> bool:
+    """Is `raw` (wire JSON) the object its key names? A value written into etcd by hand
+    under another object's key would otherwise be in force under two names."""
+    return key_in(raw) == key
 
 
 class EtcdStore:
@@ -136,6 +184,11 @@ class EtcdStore:
         self.prefix = prefix.rstrip("/")
         self.tls = tls
         self.documents_prefix = f"{self.prefix}/documents/"
+        self.marker = self.documents_prefix + DELETION_MARKER
+        #: The keys of the last load that hold no document tlsgate can read (not JSON,
+        #: another object than the key names), with their mod_revision: present in etcd,
+        #: not in force, and replaced by a write of their object.
+        self.unreadable: dict[ObjectKey, int] = {}
         self.replicas_prefix = f"{self.prefix}/replicas/"
         try:
             verify: ssl.SSLContext | bool = tls.context() if tls is not None else True
@@ -163,6 +216,7 @@ class EtcdStore:
             return None
         return ObjectKey(*parts)
 
+    @_answer_checked
     def current_revision(self) -> int:
         """etcd's revision now (a linearizable read)."""
         answer = self._call(
@@ -170,6 +224,7 @@ class EtcdStore:
         )
         return int(answer["header"]["revision"])
 
+    @_answer_checked
     def latest_revision(self) -> int:
         """The highest mod_revision of any document now (0 with none): what a replica's watch
         must have delivered by now (`follow.py`'s watchdog)."""
@@ -188,6 +243,7 @@ class EtcdStore:
         kvs = answer.get("kvs", [])
         return int(kvs[0]["mod_revision"]) if kvs else 0
 
+    @_answer_checked
     def revision_of(self, key: ObjectKey) -> int | None:
         """The key's mod_revision in etcd now, or None if it does not exist."""
         answer = self._call("/v3/kv/range", {"key": _b64(self.key(key)), "keys_only": True})
@@ -199,13 +255,14 @@ class EtcdStore:
         becomes `revision`."""
         return [raw for _, raw in self.load_keyed()]
 
+    @_answer_checked
     def load_keyed(self) -> list[tuple[ObjectKey, dict[str, Any]]]:
         start = self.documents_prefix.encode()
         answer = self._call(
             "/v3/kv/range", {"key": _b64(start), "range_end": _b64(prefix_end(start))}
         )
-        self.revision = int(answer["header"]["revision"])
-        found = []
+        revision = int(answer["header"]["revision"])
+        found, unreadable = [], {}
         for kv in answer.get("kvs", []):
             name = _unb64(kv["key"]).decode(errors="replace")
             key = self.object_key(name)
@@ -215,52 +272,102 @@ class EtcdStore:
                 raw = stamped(_unb64(kv.get("value", "")), int(kv["mod_revision"]))
             except (ValueError, AttributeError) as exc:
                 log.error("ignoring %s: not a document tlsgate can read (%s)", name, exc)
+                unreadable[key] = int(kv["mod_revision"])
                 continue
             if not holds(key, raw):
                 log.error("ignoring %s: it holds another object than its key names", name)
+                unreadable[key] = int(kv["mod_revision"])
                 continue
             found.append((key, raw))
+        self.revision, self.unreadable = revision, unreadable
         return found
 
+    @_answer_checked
     def commit(
         self,
         puts: Iterable[tuple[ObjectKey, str]],
         deletes: Iterable[ObjectKey] = (),
         expect: Mapping[ObjectKey, str | None] | None = None,
+        view: int | None = None,
     ) -> int:
         """Write everything in one etcd transaction; the new revision. A body is the
         document's JSON text (`convert.encode_json` of its wire form). `expect` is what
         each key must be at for the write to happen: a resourceVersion (its mod_revision)
-        or None for absent; else Stale, and nothing changed."""
+        or None for absent; else Stale, and nothing changed. `view` is the revision the
+        writer's documents are at: with more keys than `MAX_COMPARES` to compare, the
+        transaction compares that nothing changed after it instead.
+
+        A write that changes nothing (every key named is as expected) returns the newest
+        revision among them: what a replica must have applied to hold all of them."""
+        deleted = list(deletes)
         operations: list[dict[str, Any]] = [
             {"request_put": {"key": _b64(self.key(key)), "value": _b64(body)}} for key, body in puts
         ]
-        operations += [{"request_delete_range": {"key": _b64(self.key(key))}} for key in deletes]
+        operations += [{"request_delete_range": {"key": _b64(self.key(key))}} for key in deleted]
+        if deleted:
+            marked = {"key": _b64(self.marker), "value": _b64(self.key(deleted[-1]))}
+            operations.append({"request_put": marked})
         compared = list((expect or {}).items())
-        compares = [_compare(self.key(key), version) for key, version in compared]
-        # When a compare fails, the same transaction reads the keys: the writer learns what
-        # it must catch up to without a second request.
-        reads = [{"request_range": {"key": _b64(self.key(key))}} for key, _ in compared]
-        answer = self._call(
-            "/v3/kv/txn", {"compare": compares, "success": operations, "failure": reads}
-        )
+        whole_view = view is not None and len(compared) > MAX_COMPARES
+        try:
+            answer = self._txn(operations, compared, None if not whole_view else view)
+        except StoreLimit:
+            # An etcd whose --max-txn-ops is below MAX_COMPARES: the compares were over it,
+            # not the changes; the view as a whole is one compare.
+            if whole_view or view is None or len(compared) <= len(operations):
+                raise
+            whole_view = True
+            answer = self._txn(operations, compared, view)
         if not answer.get("succeeded", False):
+            kvs = [
+                kv
+                for response in answer.get("responses", [])
+                for kv in response.get("response_range", {}).get("kvs", [])
+            ]
+            if whole_view:
+                raise Stale({}, max((int(kv["mod_revision"]) for kv in kvs), default=0))
             current: dict[ObjectKey, int | None] = {key: None for key, _ in compared}
-            for response in answer.get("responses", []):
-                for kv in response.get("response_range", {}).get("kvs", []):
-                    found = self.object_key(_unb64(kv["key"]).decode())
-                    if found is not None:
-                        current[found] = int(kv["mod_revision"])
+            for kv in kvs:
+                found = self.object_key(_unb64(kv["key"]).decode())
+                if found is not None:
+                    current[found] = int(kv["mod_revision"])
             raise Stale(current)
+        if not operations:
+            return max((int(version) for _, version in compared if version), default=0)
         self.revision = int(answer["header"]["revision"])
         return self.revision
 
+    def _txn(
+        self,
+        operations: list[dict[str, Any]],
+        compared: list[tuple[ObjectKey, str | None]],
+        view: int | None,
+    ) -> dict[str, Any]:
+        """One transaction: `operations` if every key is as compared, or, given `view`, if
+        nothing under the documents prefix changed after it."""
+        if view is not None:
+            start = self.documents_prefix.encode()
+            within = {"key": _b64(start), "range_end": _b64(prefix_end(start))}
+            compares = [{**within, "target": "MOD", "result": "LESS", "mod_revision": view + 1}]
+            newest = {**within, "limit": 1, "sort_order": "DESCEND", "sort_target": "MOD"}
+            reads = [{"request_range": {**newest, "keys_only": True}}]
+        else:
+            compares = [_compare(self.key(key), version) for key, version in compared]
+            # When a compare fails, the same transaction reads the keys: the writer learns
+            # what it must catch up to without a second request.
+            reads = [{"request_range": {"key": _b64(self.key(key))}} for key, _ in compared]
+        return self._call(
+            "/v3/kv/txn", {"compare": compares, "success": operations, "failure": reads}
+        )
+
     # --- leases and registrations (gateway/store/replicas.py) -----------------------------------
 
+    @_answer_checked
     def grant(self, ttl: int) -> int:
         """A new lease of `ttl` seconds; its ID."""
         return int(self._call("/v3/lease/grant", {"TTL": ttl})["ID"])
 
+    @_answer_checked
     def keep_alive(self, lease: int) -> bool:
         """Renew the lease; False once it has expired (etcd answers without a TTL)."""
         answer = self._call("/v3/lease/keepalive", {"ID": str(lease)})
@@ -272,6 +379,7 @@ class EtcdStore:
     def put_leased(self, key: str, value: str, lease: int) -> None:
         self._call("/v3/kv/put", {"key": _b64(key), "value": _b64(value), "lease": str(lease)})
 
+    @_answer_checked
     def range_prefix(self, prefix: str) -> dict[str, bytes]:
         start = prefix.encode()
         answer = self._call(
@@ -307,7 +415,9 @@ class EtcdStore:
                     failures.append(f"{endpoint}: {message}")
                     continue
                 raise StoreUnavailable(f"etcd refused the request ({message}); nothing was changed")
-            answer: dict[str, Any] = response.json()
+            answer = response.json()
+            if not isinstance(answer, dict):
+                raise ValueError(f"a JSON {type(answer).__name__}, not an object")
             if index:
                 # The members that failed go last: a member that accepts but never answers
                 # (frozen) would cost every later request its timeout. One assignment, so a
@@ -320,9 +430,13 @@ class EtcdStore:
 
 
 def _compare(key: str, version: str | None) -> dict[str, Any]:
-    if version is None or not version.isdigit():
+    if version is None:
         # Absent: a key that does not exist has version 0 (etcd's Compare, "version").
         return {"key": _b64(key), "target": "VERSION", "result": "EQUAL", "version": "0"}
+    if not version.isdigit():
+        # Every document this replica holds was numbered by etcd: anything else is a bug,
+        # and comparing it as "absent" would overwrite what etcd holds.
+        raise StoreError(f"{key}: resourceVersion {version!r} is not an etcd revision")
     return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": version}
 
 

@@ -98,7 +98,7 @@ async def watch(
             try:
                 async with contextlib.aclosing(_lines(stream.receive)) as lines:
                     async for line in lines:
-                        yield _batch(json.loads(line))
+                        yield _read(line)
             except (OSError, h11.ProtocolError, trio.BrokenResourceError) as exc:
                 failures.append(f"{endpoint}: {exc or type(exc).__name__}")
             else:
@@ -189,6 +189,20 @@ async def _lines(receive: Callable[[], Awaitable[bytes]]) -> AsyncGenerator[str,
         for line in complete:
             if line.strip():
                 yield line.decode()
+
+
+def _read(line: str) -> Batch:
+    """One line of the stream as a Batch; a line that is not what etcd's API sends (a
+    proxy, a truncated stream) breaks the watch like a closed connection, never the replica."""
+    try:
+        message = json.loads(line)
+        if not isinstance(message, dict):
+            raise TypeError(f"a JSON {type(message).__name__}, not an object")
+        return _batch(message)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise StoreUnavailable(
+            f"etcd watch: a response tlsgate cannot read ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _batch(message: dict[str, object]) -> Batch:

@@ -103,18 +103,20 @@ class Follower:
     def applied(self) -> int:
         return self.writes.applied
 
-    async def catch_up(self, current: Mapping[ObjectKey, int | None]) -> bool:
-        """Until this replica's documents are at the revisions etcd reported (None: the key
-        is gone), or later; False if that takes longer than the write path waits."""
+    async def catch_up(self, current: Mapping[ObjectKey, int | None], revision: int = 0) -> bool:
+        """Until this replica holds each key at the revision etcd reported (None: the key is
+        gone), or later, and has applied `revision`; False if that takes longer than the
+        write path waits."""
         from gateway.store.writes import CATCH_UP_TIMEOUT
 
         def caught_up() -> bool:
-            documents = self.writes.state.documents
-            for key, revision in current.items():
-                held = documents.get(key)
-                if revision is None and held is not None:
+            if self.applied < revision:
+                return False
+            for key, reported in current.items():
+                held = self.writes.held_revision(key)
+                if reported is None and held is not None:
                     return False
-                if revision is not None and _revision(held) < revision:
+                if reported is not None and (held is None or held < reported):
                     return False
             return True
 
@@ -180,8 +182,7 @@ class Follower:
                             if batch.created:
                                 opened = True
                                 self.health.report("watch", None)
-                                backoff = MIN_BACKOFF
-                                if batch.revision < self.applied:
+                                if batch.revision < self.applied and await self._restored():
                                     log.warning(
                                         "etcd is at revision %d, behind the %d applied here "
                                         "(restored from a backup?): reading everything again",
@@ -190,11 +191,14 @@ class Follower:
                                     )
                                     await self.reload()
                                     break
+                                # Else a member that lags the others: its watch delivers
+                                # from the revision asked as it catches up.
                                 continue
                             # The watchdog's cancel restarts the watch, never a batch half
                             # applied (bounded: one build, then the workers' acknowledgement).
                             with trio.CancelScope(shield=True):
                                 await self._apply(batch)
+                            backoff = MIN_BACKOFF
             except Compacted as exc:
                 log.info(
                     "etcd compacted revisions up to %d, past the %d applied here: reading "
@@ -205,21 +209,33 @@ class Follower:
                 with contextlib.suppress(StoreUnavailable):
                     await self.reload()
             except StoreUnavailable as exc:
-                if opened:
+                if opened and backoff == MIN_BACKOFF:
                     # It was open and broke (a member stopped): watch again at once, on
-                    # whichever member answers; the store is down only if none does.
+                    # whichever member answers; the store is down only if none does. A
+                    # watch that breaks again before delivering (a member that answers
+                    # with garbage) waits as a closed one does: never a busy loop.
                     log.info(
                         "etcd watch broke, resuming from revision %d: %s", self.applied + 1, exc
                     )
-                    await trio.sleep(MIN_BACKOFF / 10)  # never a busy loop
+                    backoff = MIN_BACKOFF * 2
+                    await trio.sleep(MIN_BACKOFF / 10)
                     continue
                 self.health.report("watch", str(exc))
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
 
+    async def _restored(self) -> bool:
+        """Is etcd's revision (a linearizable read, answered by the leader) behind the one
+        applied here? Only then was it restored; a watch's own member may merely lag."""
+        try:
+            now = await trio.to_thread.run_sync(self.store.current_revision)
+        except StoreUnavailable:
+            return False  # the watch finds out by itself
+        return now < self.applied
+
     async def _apply(self, batch: Batch) -> None:
         async with self.writes.lock:
-            documents = self.writes.state.documents
+            documents, unreadable = self.writes.state.documents, self.writes.unreadable
             pending: dict[ObjectKey, Document | None] = {}
             for change in batch.changes:
                 key = self.store.object_key(change.key)
@@ -227,13 +243,21 @@ class Follower:
                     continue
                 held = pending[key] if key in pending else documents.get(key)
                 if change.value is None:
+                    unreadable.pop(key, None)
                     if held is not None and _revision(held) < change.revision:
                         pending[key] = None
                     continue
                 if _revision(held) >= change.revision:
                     continue  # this replica's own write, swapped when it was committed
                 doc = self._decode(key, change.value, change.revision)
-                if doc is not None:
+                if doc is None:
+                    # Not in force, but there: a write of this object replaces it. What it
+                    # replaced leaves force too, as a replica starting now would not have it.
+                    unreadable[key] = change.revision
+                    if held is not None:
+                        pending[key] = None
+                else:
+                    unreadable.pop(key, None)
                     pending[key] = doc
             # A batch without changes is progress: nothing at or below its revision is to come.
             latest = max((change.revision for change in batch.changes), default=batch.revision)
@@ -277,19 +301,22 @@ class Follower:
     async def reload(self) -> None:
         """Read every document again and bring in what differs (nothing swapped if none)."""
 
-        def load() -> tuple[list[tuple[ObjectKey, dict[str, Any]]], int]:
+        def load() -> tuple[list[tuple[ObjectKey, dict[str, Any]]], int, dict[ObjectKey, int]]:
             found = self.store.load_keyed()
-            return found, self.store.revision
+            return found, self.store.revision, dict(self.store.unreadable)
 
         # The read under the lock too: a write committed after it must not be undone by it.
         async with self.writes.lock:
-            found, revision = await trio.to_thread.run_sync(load)
+            found, revision, unreadable = await trio.to_thread.run_sync(load)
             documents = self.writes.state.documents
             fresh: dict[ObjectKey, Document] = {}
             for key, raw in found:
                 doc = self._document(key, raw)
                 if doc is not None:
                     fresh[key] = doc
+                else:
+                    unreadable[key] = int(raw["metadata"]["resourceVersion"])
+            self.writes.unreadable = unreadable
             puts = [doc for key, doc in fresh.items() if documents.get(key) != doc]
             deleted = [key for key in documents if key not in fresh]
             if puts or deleted:

@@ -38,10 +38,13 @@ class Change:
 
 
 class Conflict(Exception):
-    """A stale resourceVersion or an existing object on create (409)."""
+    """A stale resourceVersion or an existing object on create (409). `key` is the object
+    whose state decided it, if one did (a shared store confirms that state before the
+    answer stands, `writes.py`)."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, key: ObjectKey | None = None) -> None:
         self.reason = reason
+        self.key = key
         super().__init__(message)
 
 
@@ -105,6 +108,7 @@ def plan(
                 f"resourceVersion "
                 f"{previous.metadata.resource_version if previous else 'none'}, "
                 f"not {expected}; read it again and retry",
+                key,
             )
         if doc is previous:  # sent again exactly as before (admin/known.py)
             changes[key] = Change(key, Action.UNCHANGED, previous)

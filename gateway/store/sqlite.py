@@ -53,6 +53,9 @@ class Store:
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
         self.directory = Path(state_dir)
         self.path = self.directory / "tlsgate.db"
+        #: Keys whose stored value cannot be read as a document: none here, where tlsgate is
+        #: the only writer (etcd's, `etcd.EtcdStore.unreadable`, is shared).
+        self.unreadable: dict[ObjectKey, int] = {}
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(self.directory, 0o700)  # it holds private keys
@@ -96,11 +99,12 @@ class Store:
         puts: Iterable[tuple[ObjectKey, str]],
         deletes: Iterable[ObjectKey] = (),
         expect: Mapping[ObjectKey, str | None] | None = None,
+        view: int | None = None,
     ) -> int:
         """Write everything in one transaction, synced before returning; the new revision.
         A body is the document's JSON text (`convert.encode_json` of its wire form).
-        `expect` is for stores shared by several writers: this one has one writer, whose
-        view is the store's, so it has nothing to compare."""
+        `expect` and `view` are for stores shared by several writers: this one has one
+        writer, whose view is the store's, so it has nothing to compare."""
         revision = self.revision + 1
         db = self._db
         db.execute("BEGIN IMMEDIATE")

@@ -9,9 +9,12 @@ once). A failed commit changes nothing in memory.
 With etcd (several replicas, API.md "Store and replicas") the plan is made against this
 replica's view, and the commit compares every key the write names with that view inside the
 transaction: a view that is behind gets `Stale`, the lock is let go while the follower
-catches up (`gateway/store/follow.py`), and the write is planned again. So what a write
-depends on (existence, resourceVersion) is etcd's, never a cached guess; a write is numbered
-by etcd, and its documents' resourceVersion is the transaction's revision.
+catches up (`gateway/store/follow.py`), and the write is planned again. An answer that
+commits nothing (404, a failed precondition, AlreadyExists) rests on the view of one object:
+etcd is asked for that object's revision, and the answer stands only if etcd agrees; else
+this replica catches up and plans again. So what a write depends on (existence,
+resourceVersion) is etcd's, never a cached guess; a write is numbered by etcd, and its
+documents' resourceVersion is the transaction's revision.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from gateway.api.convert import (
 )
 from gateway.api.kinds import Document, ObjectKey, key_of
 from gateway.routing.snapshot import Snapshot
-from gateway.store.etcd import Stale
+from gateway.store.etcd import Stale, key_in
 from gateway.store.plan import Action, Change, Conflict, merge_patch, plan
 from gateway.store.sqlite import StoreUnavailable
 from gateway.store.state import State, utc_now
@@ -47,6 +50,9 @@ class DocumentStore(Protocol):
 
     revision: int
 
+    @property
+    def unreadable(self) -> Mapping[ObjectKey, int]: ...
+
     def load(self) -> list[dict[str, Any]]: ...
 
     def revision_of(self, key: ObjectKey) -> int | None: ...
@@ -56,6 +62,7 @@ class DocumentStore(Protocol):
         puts: Sequence[tuple[ObjectKey, str]],
         deletes: Sequence[ObjectKey] = (),
         expect: Mapping[ObjectKey, str | None] | None = None,
+        view: int | None = None,
     ) -> int: ...
 
     def close(self) -> None: ...
@@ -131,22 +138,34 @@ class WritePath:
         #: answered 503 at once rather than waiting for a timeout.
         self.unavailable: Callable[[], str | None] = lambda: None
         #: With a store shared by replicas (etcd), set by the follower: wait until this
-        #: replica's documents are at least at the revisions given (None: gone), True if so.
-        #: Then this replica's own commits leave `applied` to the follower.
-        self.catch_up: Callable[[Mapping[ObjectKey, int | None]], Awaitable[bool]] | None = None
+        #: replica's documents are at least at the revisions given (None: gone) and it has
+        #: applied the revision given, True if so. Then this replica's own commits leave
+        #: `applied` to the follower.
+        self.catch_up: Callable[[Mapping[ObjectKey, int | None], int], Awaitable[bool]] | None = (
+            None
+        )
+        #: Keys the store holds a value at that is not in force here (not a document, or not
+        #: a valid one: written by something else), with that value's revision. A write of
+        #: the object replaces it; the follower keeps this current.
+        self.unreadable: dict[ObjectKey, int] = {}
 
     def load(self) -> int:
         """Bring the stored documents into force (at start)."""
         if self.store is None:
             return 0
         documents = []
-        for raw in self.store.load():
+        raws = self.store.load()
+        unreadable = dict(self.store.unreadable)
+        for raw in raws:
             try:
                 documents.append(structure_document(raw))
             except Invalid as exc:
                 # Written by something else (etcd is shared) or by an older tlsgate whose
                 # rules were looser: kept in the store, not in force, said at every start.
                 log.error("ignoring a stored document that is not valid: %s", exc.message)
+                if (key := key_in(raw)) is not None:
+                    unreadable[key] = _number(raw["metadata"].get("resourceVersion")) or 0
+        self.unreadable = unreadable
         self.applied = self.store.revision
         # Stored documents keep the metadata they were written with.
         self.state.replace_documents(documents)
@@ -164,6 +183,17 @@ class WritePath:
         """The revision this replica applied (the generation without a store): lists'
         resourceVersion."""
         return str(self.applied if self.store else self.state.generation)
+
+    def held_revision(self, key: ObjectKey) -> int | None:
+        """The store revision of what this replica holds at `key`: its document's, or that
+        of a value it could not read (newer, or alone); None for nothing."""
+        doc = self.state.documents.get(key)
+        held = [
+            revision
+            for revision in (_number(_version(doc)), self.unreadable.get(key))
+            if revision is not None
+        ]
+        return max(held, default=None)
 
     def get(self, key: ObjectKey) -> Document:
         doc = self.state.documents.get(key)
@@ -191,7 +221,9 @@ class WritePath:
             if must_not_exist:
                 for doc in documents:
                     if key_of(doc) in current:
-                        raise Conflict("AlreadyExists", f"{key_of(doc)} already exists")
+                        raise Conflict(
+                            "AlreadyExists", f"{key_of(doc)} already exists", key_of(doc)
+                        )
             return await self._write(
                 documents, dry_run=dry_run, expected_versions=expected_versions
             )
@@ -202,30 +234,26 @@ class WritePath:
         """Run a write under the lock; while etcd says this replica's view was behind,
         catch up (lock released) and plan it again."""
         for _ in range(STALE_ATTEMPTS):
-            absent: NotFound | None = None
+            doubted: NotFound | Conflict | None = None
+            seen: int | None = None
             current: Mapping[ObjectKey, int | None] = {}
+            revision = 0
             async with self.lock:
                 try:
                     return await attempt()
                 except Stale as stale:
-                    current = stale.current
-                except NotFound as missing:
-                    if self.catch_up is None or self.store is None:
+                    current, revision = stale.current, stale.revision
+                except (NotFound, Conflict) as answer:
+                    if self.catch_up is None or answer.key is None:
                         raise
-                    absent = missing
-            if absent is not None:
-                # Absent here may be present in etcd (created through another replica a
-                # moment ago): existence is etcd's to say, as for every other compare. Asked
-                # with the lock let go, like the catching up.
-                if (problem := self.unavailable()) is not None:
-                    raise StoreUnavailable(f"{problem}; nothing was changed")
-                assert self.store is not None
-                found = await trio.to_thread.run_sync(self.store.revision_of, absent.key)
-                if found is None:
-                    raise absent
-                current = {absent.key: found}
+                    doubted, seen = answer, self.held_revision(answer.key)
+            if doubted is not None:
+                assert doubted.key is not None
+                current = {doubted.key: await self._revision_in_store(doubted.key)}
+                if current[doubted.key] == seen:
+                    raise doubted  # etcd holds what the answer was made from: it stands
             assert self.catch_up is not None  # only a shared store says Stale
-            if not await self.catch_up(current):
+            if not await self.catch_up(current, revision):
                 raise StoreUnavailable(
                     "this replica cannot catch up with etcd (its watch is behind); "
                     "nothing was changed"
@@ -234,6 +262,14 @@ class WritePath:
             "Conflict",
             f"the objects kept changing under this write ({STALE_ATTEMPTS} attempts); retry",
         )
+
+    async def _revision_in_store(self, key: ObjectKey) -> int | None:
+        """The key's revision in the shared store now; asked with the lock let go, like the
+        catching up (another replica may have written it a moment ago)."""
+        if (problem := self.unavailable()) is not None:
+            raise StoreUnavailable(f"{problem}; nothing was changed")
+        assert self.store is not None
+        return await trio.to_thread.run_sync(self.store.revision_of, key)
 
     async def patch(self, key: ObjectKey, patch: Any, *, dry_run: bool = False) -> Outcome:
         async def attempt() -> Outcome:
@@ -284,7 +320,7 @@ class WritePath:
         if dry_run:
             return Outcome(changes, await self.preview(written, [], now=now))
         # Every key named is compared, the unchanged too: "unchanged" must be etcd's answer.
-        expect = {c.key: _version(current.get(c.key)) for c in changes} if self.catch_up else None
+        expect = self._expected([c.key for c in changes])
         if not written and not expect:
             return Outcome(changes, self.state.snapshot, revision=self.applied)
         texts, committed = await self._commit(written, [], expect)
@@ -320,18 +356,26 @@ class WritePath:
                     raise Conflict(
                         "Conflict",
                         f"precondition failed: {key} has {what} {actual}, not {expected}",
+                        key,
                     )
             changes = [Change(key, Action.DELETED, doc)]
             now = utc_now()
             if dry_run:
                 return Outcome(changes, await self.preview([], [key], now=now))
-            expect = {key: doc.metadata.resource_version} if self.catch_up else None
-            _, committed = await self._commit([], [key], expect)
+            _, committed = await self._commit([], [key], self._expected([key]))
             snapshot = await self.state.put_off_loop([], deleted=[key], now=now)
             await self._wait_in_force(snapshot)
             return Outcome(changes, snapshot, revision=committed)
 
         return await self._attempts(attempt)
+
+    def _expected(self, keys: Sequence[ObjectKey]) -> dict[ObjectKey, str | None] | None:
+        """What a shared store must hold at each key for a write planned on this view (a
+        value this replica could not read included: the write replaces it)."""
+        if self.catch_up is None:
+            return None
+        held = {key: self.held_revision(key) for key in keys}
+        return {key: None if revision is None else str(revision) for key, revision in held.items()}
 
     async def _wait_in_force(self, snapshot: Snapshot) -> None:
         if self.in_force is not None:
@@ -363,14 +407,14 @@ class WritePath:
             return {}, self.state.generation + 1
         if (problem := self.unavailable()) is not None:
             raise StoreUnavailable(f"{problem}; nothing was changed")
-        store = self.store
+        store, view = self.store, self.applied
 
         def commit() -> tuple[dict[ObjectKey, str], int]:
             # Made here, on the thread: 30,000 documents take ~0.4 s.
             texts = {
                 c.key: encode_json(unstructure_document(c.document, redact=False)) for c in written
             }
-            return texts, store.commit(list(texts.items()), list(deleted), expect)
+            return texts, store.commit(list(texts.items()), list(deleted), expect, view)
 
         # A limiter of its own: commits never queue behind other threads (DNS lookups of FQDN
         # endpoints share trio's default one, and a slow resolver must not stall writes).
@@ -382,6 +426,10 @@ class WritePath:
 
 def _version(doc: Document | None) -> str | None:
     return doc.metadata.resource_version if doc is not None else None
+
+
+def _number(version: object) -> int | None:
+    return int(version) if isinstance(version, str) and version.isdigit() else None
 
 
 def _numbered(change: Change, revision: int) -> Change:
