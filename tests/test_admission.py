@@ -648,6 +648,30 @@ CASES: list[tuple[str, str, list[tuple[str, Any]], tuple[str, str] | None]] = [
         [("data", {"tls crt": "aGVsbG8="})],
         ("data[tls crt]", "FieldValueInvalid"),
     ),
+    (
+        "alpn option on a Terminate listener",
+        GATEWAY,
+        [("spec.listeners[1].tls.options", {"gateway.tlsgate.dev/alpn": "postgresql, h2"})],
+        None,
+    ),
+    (
+        "alpn option on a Passthrough listener negotiates nothing",
+        GATEWAY,
+        [("spec.listeners[0].tls.options", {"gateway.tlsgate.dev/alpn": "postgresql"})],
+        ("spec.listeners[0].tls.options[gateway.tlsgate.dev/alpn]", "FieldValueInvalid"),
+    ),
+    (
+        "alpn option with an empty protocol",
+        GATEWAY,
+        [("spec.listeners[1].tls.options", {"gateway.tlsgate.dev/alpn": "postgresql,,h2"})],
+        ("spec.listeners[1].tls.options[gateway.tlsgate.dev/alpn]", "FieldValueInvalid"),
+    ),
+    (
+        "alpn option with a space inside a protocol",
+        GATEWAY,
+        [("spec.listeners[1].tls.options", {"gateway.tlsgate.dev/alpn": "post gres"})],
+        ("spec.listeners[1].tls.options[gateway.tlsgate.dev/alpn]", "FieldValueInvalid"),
+    ),
     ("namespace valid", NAMESPACE, [], None),
     (
         "namespace name is a label",

@@ -22,10 +22,12 @@ from gateway.api.admission_checks import (
     show_value,
 )
 from gateway.api.names import (
+    ALPN_OPTION,
     FromNamespaces,
     FrontendValidationMode,
     ProtocolType,
     TLSMode,
+    alpn_problem,
     ip_version,
 )
 
@@ -98,6 +100,13 @@ def _listener(c: Checker, field: str, listener: model.Listener) -> None:
         for i, ref in enumerate(tls.certificate_refs or ()):
             secret_ref(c, f"{field}.tls.certificateRefs[{i}]", ref)
         c.string_map(f"{field}.tls.options", tls.options, 16, 4096)
+        alpn = (tls.options or {}).get(ALPN_OPTION)
+        if alpn is not None:
+            option = f"{field}.tls.options[{ALPN_OPTION}]"
+            if tls.mode != TLSMode.TERMINATE:
+                c.invalid(option, alpn, "ALPN is negotiated by Terminate listeners only")
+            elif (problem := alpn_problem(alpn)) is not None:
+                c.invalid(option, alpn, problem)
     allowed = listener.allowed_routes
     c.enum(
         f"{field}.allowedRoutes.namespaces.from",

@@ -88,3 +88,29 @@ def ip_version(address: str) -> int | None:
         return ipaddress.ip_address(address).version
     except ValueError:
         return None
+
+
+#: The Terminate listener option that lists the ALPN protocols tlsgate negotiates, comma
+#: separated, in its order of preference (API.md "PostgreSQL": `postgresql` for PostgreSQL
+#: 17's direct TLS). None by default: no protocol is selected.
+ALPN_OPTION: Final = "gateway.tlsgate.dev/alpn"
+
+
+def alpn_protocols(options: dict[str, str] | None) -> tuple[str, ...]:
+    """The ALPN protocols a listener's `tls.options` name (admission checked them)."""
+    text = (options or {}).get(ALPN_OPTION, "")
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def alpn_problem(text: str) -> str | None:
+    """Why `text` is not a list of ALPN protocol names (RFC 7301 §3.1: 1 to 255 bytes), or
+    None. Printable ASCII only: every registered protocol name is."""
+    parts = [part.strip() for part in text.split(",")]
+    if not any(parts):
+        return "must name at least one protocol"
+    for part in parts:
+        if not part:
+            return "an empty protocol name"
+        if len(part) > 255 or not all("!" <= ch <= "~" for ch in part):
+            return f"{part!r} is not a protocol name (1 to 255 printable ASCII characters)"
+    return None

@@ -65,6 +65,8 @@ class AccessRecord:
     detail: str = ""
     transfer: Transfer | None = None
     worker: int | None = None
+    #: What the client sent before its ClientHello (`sslrequest`: PostgreSQL's), if anything.
+    prelude: str | None = None
 
     def fields(self) -> dict[str, object]:
         """The access-log fields, in order (ARCHITECTURE.md "Logging"; never key material)."""
@@ -84,6 +86,8 @@ class AccessRecord:
         }
         if self.worker is not None:
             out["worker"] = self.worker
+        if self.prelude is not None:
+            out["prelude"] = self.prelude
         if self.detail:
             out["detail"] = self.detail
         return out

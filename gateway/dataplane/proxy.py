@@ -8,19 +8,22 @@ moves its bytes: as they are in passthrough (`relay`), through the TLS engines i
 (`terminated`):
 
 1. Read the ClientHello with a resumable sans-IO parser (`clienthello`) under the hello
-   timeout, keeping the bytes. Nothing is decided before the hello is complete.
+   timeout, keeping the bytes. Nothing is decided before the hello is complete. A PostgreSQL
+   client's SSLRequest before it is answered `S` (a GSSENCRequest `N`), `postgres.py`.
 2. Read the snapshot once and look up (address, port, SNI) in it (SPEC.md §10.1-§10.2). The
    connection keeps that snapshot for its life: a configuration change never moves it.
 3. A rejection (no SNI, no listener, a listener not programmed, no route, a share of an invalid
    backend) closes the socket without an alert or a handshake (SPEC.md §10.3, §10.4).
 4. Passthrough: start connecting a backend endpoint (`dial`) and hand both sockets to the
    relay loop, which waits for the connect (a failed one moves on to the next endpoint),
-   replays the hello bytes verbatim (the backend sees the client's own SNI), then splices
+   replays the hello bytes verbatim (the backend sees the client's own SNI; after an
+   SSLRequest of its own that the backend must answer `S`, if the client sent one), then splices
    both ways until both ends are done: half-close propagates, the idle timeout covers both
    directions at once.
 5. Terminate: feed the hello into a TLS engine with the best certificate for the SNI
    (`tlsstream`), finish the handshake under the hello timeout, connect the backend (plain,
-   or TLS as its BackendTLSPolicy says, §10.7) and `relay_terminated` the plaintext. TLS has
+   or TLS as its BackendTLSPolicy says, §10.7, after an SSLRequest if the client sent one)
+   and `relay_terminated` the plaintext. TLS has
    no half-close: when the backend ends, the client's TLS is closed.
 6. Always: close the socket, write one access-log line (`access`), count it in the metrics.
    A failure the network explains (a reset, a TLS alert) is an outcome, not a traceback; a
@@ -44,6 +47,7 @@ from gateway.api.names import TLSMode
 from gateway.dataplane.access import AccessRecord, Outcome
 from gateway.dataplane.clienthello import MAX_HELLO_BYTES, ClientHelloError, ClientHelloParser
 from gateway.dataplane.dial import Dialer, start_connect
+from gateway.dataplane.postgres import ACCEPT, LENGTH, REFUSE, SSL_REQUEST, Prelude, prelude
 from gateway.dataplane.relay import SPLICE_AVAILABLE, ConnectError, PipePool, RelayLoop, Transfer
 from gateway.dataplane.terminated import relay_terminated
 from gateway.dataplane.tls import (
@@ -213,6 +217,8 @@ class Proxy:
             # The transfer holds it, and lets go of it once sent (up to 64 KiB).
             transfer = Transfer(idle_timeout=self.config.idle_timeout, first=hello_bytes)
             del hello_bytes
+            if conn.prelude is not None:
+                return self._passthrough_postgres(client, backend, transfer, conn)
             return self._passthrough(client, backend, transfer, conn)
         return self._terminate(client, hello_bytes, conn, snapshot, listener, backend)
 
@@ -257,6 +263,44 @@ class Proxy:
                 break  # the deadline passed: the next endpoint
             self.dialer.failed(backend, endpoint, reason, errors)
         self.dialer.give_up(conn, errors)
+
+    async def _passthrough_postgres(
+        self, client: socket.socket, backend: Backend, transfer: Transfer, conn: AccessRecord
+    ) -> None:
+        """Passthrough of a PostgreSQL client (API.md "PostgreSQL"): the backend gets the
+        SSLRequest the client sent, must answer `S` as the client was told, and only then the
+        ClientHello. Connected first, so the exchange can wait for its answer."""
+        upstream = await self.dialer.connect(backend, conn)
+        if upstream is None:
+            return
+        with upstream:
+            if not await self._request_ssl(upstream, conn):
+                return
+            conn.transfer = transfer
+            await self.relays.relay(client, upstream, transfer)
+            if transfer.scope.cancelled_caught:
+                conn.outcome = Outcome.IDLE_TIMEOUT
+
+    async def _request_ssl(self, upstream: socket.socket, conn: AccessRecord) -> bool:
+        """Send PostgreSQL's SSLRequest and read its one-byte answer (never more: what
+        follows an `S` is TLS, the client's or ours); True if it is `S`."""
+        answer = b""
+        with trio.move_on_after(self.config.connect_timeout):
+            upstream.send(SSL_REQUEST)  # 8 bytes on a fresh connection: the buffer takes them
+            while True:
+                try:
+                    answer = upstream.recv(1)
+                    break
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(upstream)
+        if answer == ACCEPT:
+            return True
+        conn.outcome = Outcome.BACKEND_TLS_FAILED
+        if not answer:
+            conn.detail = "the backend did not answer the SSLRequest with S"
+        else:
+            conn.detail = f"the backend answered the SSLRequest with {answer!r}, not S"
+        return False
 
     async def _terminate(
         self,
@@ -317,7 +361,10 @@ class Proxy:
         listener: ListenerTable,
         conn: AccessRecord,
     ) -> TlsConnection | None:
-        """TLS to the backend as its BackendTLSPolicy says (SPEC.md §10.7)."""
+        """TLS to the backend as its BackendTLSPolicy says (SPEC.md §10.7); a PostgreSQL
+        backend is asked with an SSLRequest first, as its client asked tlsgate."""
+        if conn.prelude is not None and not await self._request_ssl(upstream, conn):
+            return None
         try:
             context = self.contexts.backend_context(policy, listener.backend_client_certificate)
         except (ssl.SSLError, ValueError) as exc:
@@ -349,6 +396,8 @@ class Proxy:
         # the chunk that completes the hello).
         parser = ClientHelloParser(self.config.max_hello_bytes)
         buffer = bytearray()
+        # What may come before the hello: PostgreSQL's requests, in this order (postgres.py).
+        expecting: tuple[Prelude, ...] = (Prelude.GSSENC_REQUEST, Prelude.SSL_REQUEST)
         # The listener hands over connections whose hello is queued (TCP_DEFER_ACCEPT), so
         # most are read without a wait: the deadline costs a cancel scope only per wait.
         deadline = trio.current_time() + self.config.hello_timeout
@@ -367,6 +416,14 @@ class Proxy:
                     conn.outcome = Outcome.CLIENT_CLOSED
                     return None
                 buffer += chunk
+                if expecting:
+                    expecting = _answer_requests(client, buffer, expecting, conn)
+                    if expecting:
+                        continue  # a request's first bytes: the rest is to come
+                    # Every byte left is the hello's, none fed yet: at once.
+                    chunk = bytes(buffer)
+                    if not chunk:
+                        continue
                 try:
                     hello = parser.feed(chunk)
                 except ClientHelloError as exc:
@@ -379,3 +436,24 @@ class Proxy:
         finally:
             self.hello_work.fed += parser.fed
             self.hello_work.scanned += parser.scanned
+
+
+def _answer_requests(
+    client: socket.socket, buffer: bytearray, expecting: tuple[Prelude, ...], conn: AccessRecord
+) -> tuple[Prelude, ...]:
+    """Answer the PostgreSQL requests at the start of `buffer` and take them out of it; what
+    may still come (empty: the rest is the hello's, or not TLS, for the parser to say). A
+    GSSENCRequest is refused (`N`): the client falls back to an SSLRequest, answered `S`."""
+    while expecting:
+        kind = prelude(buffer)
+        if kind is Prelude.MORE:
+            return expecting
+        if kind not in expecting:
+            return ()
+        client.send(REFUSE if kind is Prelude.GSSENC_REQUEST else ACCEPT)
+        del buffer[:LENGTH]
+        if kind is Prelude.SSL_REQUEST:
+            conn.prelude = kind.value
+            return ()
+        expecting = (Prelude.SSL_REQUEST,)
+    return ()

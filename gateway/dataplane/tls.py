@@ -187,7 +187,7 @@ class ContextRegistry:
             try:
                 digest = hashlib.sha256(certificate.chain + b"\0" + certificate.key).digest()
                 context = self._server_context(
-                    digest, certificate.chain, certificate.key, bundle, mode
+                    digest, certificate.chain, certificate.key, bundle, mode, listener.alpn
                 )
                 names = self._names.get(digest)
                 if names is None:
@@ -198,12 +198,22 @@ class ContextRegistry:
         return served
 
     def _server_context(
-        self, digest: bytes, certificate: bytes, key: bytes, bundle: bytes, mode: str | None
+        self,
+        digest: bytes,
+        certificate: bytes,
+        key: bytes,
+        bundle: bytes,
+        mode: str | None,
+        alpn: tuple[str, ...] = (),
     ) -> ssl.SSLContext:
-        cache_key = ("server", digest, hashlib.sha256(bundle).digest(), mode)
+        cache_key = ("server", digest, hashlib.sha256(bundle).digest(), mode, alpn)
         context = self._contexts.get(cache_key)
         if context is None:
             context = server_context(certificate, key, self.session_tickets)
+            if alpn:
+                # A protocol that both sides name is selected; a client that offers none
+                # of them goes on without ALPN (CPython's callback answers "no ack").
+                context.set_alpn_protocols(list(alpn))
             if mode is not None:
                 # Client-certificate validation (SPEC.md §10.8). AllowInsecureFallback admits
                 # clients without a valid certificate: no certificate is asked for, since its

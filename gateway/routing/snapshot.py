@@ -131,6 +131,9 @@ class ListenerTable:
     #: The certificates this listener serves (Terminate), from its certificateRefs.
     certificates: tuple[Certificate, ...] = ()
     frontend: FrontendValidation | None = None
+    #: ALPN protocols a Terminate listener negotiates, preferred first (its
+    #: `tls.options["gateway.tlsgate.dev/alpn"]`, API.md "PostgreSQL").
+    alpn: tuple[str, ...] = ()
     #: The Gateway's spec.tls.backend.clientCertificateRef, presented when re-encrypting.
     backend_client_certificate: Certificate | None = None
     #: Set when the listener cannot serve: the connections it wins are closed, never handed to

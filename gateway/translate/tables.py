@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from gateway.api import model
-from gateway.api.names import NamespacedName, TLSMode
+from gateway.api.names import NamespacedName, TLSMode, alpn_protocols
 from gateway.api.status import Reason
 from gateway.routing.snapshot import Backend, Bind, ListenerTable, RouteTarget
 from gateway.translate.context import Build, GatewayState, ListenerKey, age, listener_problem
@@ -119,6 +119,7 @@ def _listener_table(
             if (certificate := certificate_of(build.resources, key)) is not None
         ),
         frontend=listener.frontend,
+        alpn=alpn_protocols(listener.spec.tls.options) if listener.spec.tls else (),
         backend_client_certificate=(
             certificate_of(build.resources, state.client_certificate_ref)
             if state.client_certificate_ref is not None
