@@ -398,16 +398,17 @@ def test_a_bundle_is_one_transaction_and_a_refused_one_changes_no_key(
         _cluster(tmp_path / "etcd", members=1, max_txn_ops=4) as cluster,
         replicas(cluster, prefix, count=1) as (a,),
     ):
-        bundle = _bundle(*(_service(f"s{i}") for i in range(4)))
+        # Three objects and the write marker: etcd's --max-txn-ops exactly.
+        bundle = _bundle(*(_service(f"s{i}") for i in range(3)))
         first = a.apply(bundle)
         assert first.status_code == 200, first.text
         before = cluster.keys(prefix + "/documents/")
         revisions = {
-            a.get(f"/v1/services/apps/s{i}").json()["metadata"]["resourceVersion"] for i in range(4)
+            a.get(f"/v1/services/apps/s{i}").json()["metadata"]["resourceVersion"] for i in range(3)
         }
-        assert len(revisions) == 1  # one transaction: one revision for all four
-        # Five objects: over etcd's --max-txn-ops. Refused whole, and said why.
-        bigger = _bundle(*(_service(f"s{i}", 80) for i in range(5)))
+        assert len(revisions) == 1  # one transaction: one revision for all three
+        # Four objects: over it. Refused whole, and said why.
+        bigger = _bundle(*(_service(f"s{i}", 80) for i in range(4)))
         refused = a.apply(bigger)
         assert refused.status_code == 413, refused.text
         assert "--max-txn-ops" in refused.json()["message"]

@@ -8,9 +8,10 @@ Key layout, below the prefix (`/tlsgate` by default, written as given):
 - `{prefix}/documents/{kind}/{namespace}/{name}` holds the document's wire JSON, `namespace`
   empty for cluster-scoped kinds. Names and namespaces are DNS labels or subdomains and kinds
   are identifiers, so `/` never appears inside a part.
-- `{prefix}/documents/.deleted` is put by every transaction that deletes a document, with
-  the key deleted last: a deletion leaves no key whose `mod_revision` says it happened, the
-  marker's does (the view compare below and the follower's watchdog read it).
+- `{prefix}/documents/.written` is put by every transaction that changes a document, with an
+  ID of the write: its `mod_revision` is the revision of tlsgate's last write, deletions
+  included (which leave no key of their own to say when they happened). The view compare
+  below, the follower's watchdog, and a write retried on another member read it.
 - `{prefix}/replicas/{name}` holds a replica's registration (`gateway/store/replicas.py`),
   under that replica's lease.
 
@@ -21,15 +22,19 @@ transaction compares every key the write names with what the writer planned agai
 `mod_revision`, or "absent" for a create): a replica whose view is behind gets Stale with the
 keys' current revisions, and plans again once it has caught up, so a conflict (409) holds
 across replicas. A write that names more keys than a transaction may compare (`MAX_COMPARES`)
-compares the writer's whole view instead, in one compare: no key under the documents prefix
-(the deletion marker included) changed after the revision the view is at. A load is one
-range read at one revision; each document's resourceVersion is its key's `mod_revision`.
+compares the writer's whole view instead, in one compare of one key: tlsgate wrote nothing
+after the revision the view is at (the write marker's `mod_revision`). A load is one range
+read at one revision; each document's resourceVersion is its key's `mod_revision`.
+
+A transaction that a member took but did not answer (it timed out, the member stopped) is
+sent to the next member, and may have been committed already: its compares then fail on its
+own changes. The write marker's ID says so, and the write is answered as committed.
 
 etcd's own limits bound a transaction: `--max-txn-ops` operations (128 by default: a write
-may change that many objects) and `--max-request-bytes` (1.5 MiB); a write that changes
-more objects than that, or is larger, is refused whole (StoreLimit naming the limit), and
-nothing changes. Objects a write names unchanged cost no operation beyond the limit: they
-are compared with the view.
+may change one object fewer, the marker being one) and `--max-request-bytes` (1.5 MiB); a
+write that changes more objects than that, or is larger, is refused whole (StoreLimit naming
+the limit), and nothing changes. Objects a write names unchanged cost no operation beyond the
+limit: they are compared with the view.
 
 Every answer is checked as it is read: one etcd (or a proxy in front of it) answers with
 something other than what its API says is StoreUnavailable, never an exception that ends
@@ -43,6 +48,7 @@ import functools
 import json
 import logging
 import ssl
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
@@ -59,8 +65,8 @@ REQUEST_TIMEOUT = 3.0
 #: Keys one transaction compares one by one, at most (etcd's --max-txn-ops default): a
 #: write that names more compares the writer's view as a whole.
 MAX_COMPARES = 128
-#: Below the documents prefix, the key every deletion puts (not a document: one part).
-DELETION_MARKER = ".deleted"
+#: Below the documents prefix, the key every write puts (not a document: one part).
+WRITE_MARKER = ".written"
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -184,7 +190,7 @@ class EtcdStore:
         self.prefix = prefix.rstrip("/")
         self.tls = tls
         self.documents_prefix = f"{self.prefix}/documents/"
-        self.marker = self.documents_prefix + DELETION_MARKER
+        self.marker = self.documents_prefix + WRITE_MARKER
         #: The keys of the last load that hold no document tlsgate can read (not JSON,
         #: another object than the key names), with their mod_revision: present in etcd,
         #: not in force, and replaced by a write of their object.
@@ -226,22 +232,23 @@ class EtcdStore:
 
     @_answer_checked
     def latest_revision(self) -> int:
-        """The highest mod_revision of any document now (0 with none): what a replica's watch
-        must have delivered by now (`follow.py`'s watchdog)."""
-        start = self.documents_prefix.encode()
-        answer = self._call(
-            "/v3/kv/range",
-            {
-                "key": _b64(start),
-                "range_end": _b64(prefix_end(start)),
-                "limit": 1,
-                "sort_order": "DESCEND",
-                "sort_target": "MOD",
-                "keys_only": True,
-            },
-        )
+        """The revision of tlsgate's last write (the write marker's; 0 before any): what a
+        replica's watch must have delivered by now (`follow.py`'s watchdog). One key read,
+        whatever the number of documents."""
+        return self._marker()[0]
+
+    def _marker(self) -> tuple[int, str]:
+        """The write marker's mod_revision and write ID (0 and "" before any write)."""
+        answer = self._call("/v3/kv/range", {"key": _b64(self.marker)})
         kvs = answer.get("kvs", [])
-        return int(kvs[0]["mod_revision"]) if kvs else 0
+        if not kvs:
+            return 0, ""
+        try:
+            written = json.loads(_unb64(kvs[0].get("value", "")))
+        except ValueError:
+            written = {}
+        identity = written.get("id") if isinstance(written, dict) else None
+        return int(kvs[0]["mod_revision"]), str(identity or "")
 
     @_answer_checked
     def revision_of(self, key: ObjectKey) -> int | None:
@@ -299,14 +306,18 @@ class EtcdStore:
 
         A write that changes nothing (every key named is as expected) returns the newest
         revision among them: what a replica must have applied to hold all of them."""
+        written = list(puts)
         deleted = list(deletes)
         operations: list[dict[str, Any]] = [
-            {"request_put": {"key": _b64(self.key(key)), "value": _b64(body)}} for key, body in puts
+            {"request_put": {"key": _b64(self.key(key)), "value": _b64(body)}}
+            for key, body in written
         ]
         operations += [{"request_delete_range": {"key": _b64(self.key(key))}} for key in deleted]
-        if deleted:
-            marked = {"key": _b64(self.marker), "value": _b64(self.key(deleted[-1]))}
-            operations.append({"request_put": marked})
+        identity = uuid.uuid4().hex
+        if operations:
+            last = deleted[-1] if deleted else written[-1][0]
+            marker = json.dumps({"id": identity, "last": self.key(last)})
+            operations.append({"request_put": {"key": _b64(self.marker), "value": _b64(marker)}})
         compared = list((expect or {}).items())
         whole_view = view is not None and len(compared) > MAX_COMPARES
         try:
@@ -318,6 +329,13 @@ class EtcdStore:
                 raise
             whole_view = True
             answer = self._txn(operations, compared, view)
+        if not answer.get("succeeded", False) and operations:
+            # Sent again to another member after one took it without answering? Then the
+            # compares failed on this very write: the marker holds its ID.
+            revision, last_identity = self._marker()
+            if last_identity == identity:
+                self.revision = revision
+                return revision
         if not answer.get("succeeded", False):
             kvs = [
                 kv
@@ -346,11 +364,11 @@ class EtcdStore:
         """One transaction: `operations` if every key is as compared, or, given `view`, if
         nothing under the documents prefix changed after it."""
         if view is not None:
-            start = self.documents_prefix.encode()
-            within = {"key": _b64(start), "range_end": _b64(prefix_end(start))}
-            compares = [{**within, "target": "MOD", "result": "LESS", "mod_revision": view + 1}]
-            newest = {**within, "limit": 1, "sort_order": "DESCEND", "sort_target": "MOD"}
-            reads = [{"request_range": {**newest, "keys_only": True}}]
+            # One key, whatever the number of documents: a range compare would make every
+            # member read every document (values included) on its apply path.
+            marker = {"key": _b64(self.marker)}
+            compares = [{**marker, "target": "MOD", "result": "LESS", "mod_revision": view + 1}]
+            reads = [{"request_range": {**marker, "keys_only": True}}]
         else:
             compares = [_compare(self.key(key), version) for key, version in compared]
             # When a compare fails, the same transaction reads the keys: the writer learns
@@ -407,9 +425,9 @@ class EtcdStore:
                 message = _etcd_error(response)
                 if "too many operations" in message or "too large" in message:
                     raise StoreLimit(
-                        f"etcd refuses the write as too large ({message}): a write may name "
-                        "at most etcd's --max-txn-ops objects (128 by default) in at most its "
-                        "--max-request-bytes (1.5 MiB by default); nothing was changed"
+                        f"etcd refuses the write as too large ({message}): a write may change "
+                        "one object fewer than etcd's --max-txn-ops (127 by default) in at "
+                        "most its --max-request-bytes (1.5 MiB by default); nothing was changed"
                     )
                 if _unavailable(message):
                     failures.append(f"{endpoint}: {message}")

@@ -35,6 +35,9 @@ log = logging.getLogger("gateway.store")
 
 MIN_BACKOFF = 0.1
 MAX_BACKOFF = 2.0
+#: Seconds a watch must have stayed open for its break to be resumed at once: one that
+#: keeps breaking sooner (a member that cancels it, a stream that ends) backs off instead.
+STEADY = 1.0
 #: How often the watchdog compares the newest document revision in etcd with the one
 #: applied (seconds). A watch still behind at the next look is opened again: a member that
 #: froze with the stream open sends nothing and closes nothing (Traefik went silently stale
@@ -109,14 +112,21 @@ class Follower:
         write path waits."""
         from gateway.store.writes import CATCH_UP_TIMEOUT
 
+        # What the write was planned on: a key whose held revision moved since then has
+        # been through the watch, whatever came after what etcd reported (a delete after
+        # the put reported, a create after the delete): planning again compares anew.
+        planned = {key: self.writes.held_revision(key) for key in current}
+
         def caught_up() -> bool:
             if self.applied < revision:
                 return False
             for key, reported in current.items():
                 held = self.writes.held_revision(key)
+                if held != planned[key]:
+                    continue
                 if reported is None and held is not None:
                     return False
-                if reported is not None and (held is None or held < reported):
+                if reported is not None and self.applied < reported and (held or 0) < reported:
                     return False
             return True
 
@@ -166,6 +176,7 @@ class Follower:
 
     async def _follow(self) -> None:
         backoff = MIN_BACKOFF
+        opened_at = 0.0
         while True:
             opened = False
             self._watch_scope = trio.CancelScope()
@@ -180,7 +191,7 @@ class Follower:
                     async with contextlib.aclosing(opening) as batches:
                         async for batch in batches:
                             if batch.created:
-                                opened = True
+                                opened, opened_at = True, trio.current_time()
                                 self.health.report("watch", None)
                                 if batch.revision < self.applied and await self._restored():
                                     log.warning(
@@ -198,7 +209,6 @@ class Follower:
                             # applied (bounded: one build, then the workers' acknowledgement).
                             with trio.CancelScope(shield=True):
                                 await self._apply(batch)
-                            backoff = MIN_BACKOFF
             except Compacted as exc:
                 log.info(
                     "etcd compacted revisions up to %d, past the %d applied here: reading "
@@ -209,16 +219,20 @@ class Follower:
                 with contextlib.suppress(StoreUnavailable):
                     await self.reload()
             except StoreUnavailable as exc:
-                if opened and backoff == MIN_BACKOFF:
-                    # It was open and broke (a member stopped): watch again at once, on
-                    # whichever member answers; the store is down only if none does. A
-                    # watch that breaks again before delivering (a member that answers
-                    # with garbage) waits as a closed one does: never a busy loop.
+                if opened:
+                    # It was open and broke (a member stopped): watch again on whichever
+                    # member answers; the store is down only if none does. At once if it
+                    # had been open a while; else (it breaks as soon as it opens) after a
+                    # growing pause: never a busy loop.
                     log.info(
                         "etcd watch broke, resuming from revision %d: %s", self.applied + 1, exc
                     )
-                    backoff = MIN_BACKOFF * 2
-                    await trio.sleep(MIN_BACKOFF / 10)
+                    if trio.current_time() - opened_at >= STEADY:
+                        backoff = MIN_BACKOFF
+                        await trio.sleep(MIN_BACKOFF / 10)
+                    else:
+                        await trio.sleep(backoff)
+                        backoff = min(backoff * 2, MAX_BACKOFF)
                     continue
                 self.health.report("watch", str(exc))
                 await trio.sleep(backoff)

@@ -84,6 +84,16 @@ class BadRequest(Exception):
     """A request that names one object and carries another (400)."""
 
 
+class _OnView(Exception):
+    """An answer made from this replica's view of one object (a patch that makes it
+    invalid): with a shared store, it stands once etcd confirms that view."""
+
+    def __init__(self, key: ObjectKey, answer: Exception) -> None:
+        super().__init__(str(answer))
+        self.key = key
+        self.answer = answer
+
+
 @attrs.frozen
 class Outcome:
     changes: list[Change]
@@ -234,7 +244,7 @@ class WritePath:
         """Run a write under the lock; while etcd says this replica's view was behind,
         catch up (lock released) and plan it again."""
         for _ in range(STALE_ATTEMPTS):
-            doubted: NotFound | Conflict | None = None
+            doubted: NotFound | Conflict | _OnView | None = None
             seen: int | None = None
             current: Mapping[ObjectKey, int | None] = {}
             revision = 0
@@ -243,6 +253,10 @@ class WritePath:
                     return await attempt()
                 except Stale as stale:
                     current, revision = stale.current, stale.revision
+                except _OnView as answer:
+                    if self.catch_up is None:
+                        raise answer.answer from None
+                    doubted, seen = answer, self.held_revision(answer.key)
                 except (NotFound, Conflict) as answer:
                     if self.catch_up is None or answer.key is None:
                         raise
@@ -251,7 +265,10 @@ class WritePath:
                 assert doubted.key is not None
                 current = {doubted.key: await self._revision_in_store(doubted.key)}
                 if current[doubted.key] == seen:
-                    raise doubted  # etcd holds what the answer was made from: it stands
+                    # etcd holds what the answer was made from: it stands.
+                    if isinstance(doubted, _OnView):
+                        raise doubted.answer from None
+                    raise doubted
             assert self.catch_up is not None  # only a shared store says Stale
             if not await self.catch_up(current, revision):
                 raise StoreUnavailable(
@@ -283,7 +300,11 @@ class WritePath:
             # member) or "" makes it unconditional, as in Kubernetes.
             if version not in (None, ""):
                 expected = {key: str(version)}
-            doc = structure_document(merged)
+            try:
+                doc = structure_document(merged)
+            except Invalid as invalid:
+                # Invalid as merged into this view of the object; etcd's may differ.
+                raise _OnView(key, invalid) from None
             if key_of(doc) != key:
                 raise BadRequest(f"a patch cannot change the name or namespace of {key}")
             return await self._write([doc], expected_versions=expected, dry_run=dry_run)
@@ -419,6 +440,11 @@ class WritePath:
         # A limiter of its own: commits never queue behind other threads (DNS lookups of FQDN
         # endpoints share trio's default one, and a slow resolver must not stall writes).
         texts, revision = await trio.to_thread.run_sync(commit, limiter=self._commits)
+        for change in written:
+            # This replica's own write replaced what it could not read; the watch skips it.
+            self.unreadable.pop(change.key, None)
+        for key in deleted:
+            self.unreadable.pop(key, None)
         if self.catch_up is None:
             self.applied = revision
         return texts, revision
