@@ -2,3 +2,5 @@
 
 CONTROLLER_NAME = "tlsgate.dev/gateway-controller"
 GATEWAY_GROUP = "gateway.networking.k8s.io"
+#: The group of tlsgate's own kinds (API.md "Traffic policies").
+POLICY_GROUP = "gateway.tlsgate.dev"

@@ -24,6 +24,8 @@ from gateway.api.admission_gateway import (
     admit_reference_grant,
     admit_tls_route,
 )
+from gateway.api.admission_traffic import admit_client_traffic_policy
+from gateway.api.traffic import ClientTrafficPolicy
 
 __all__ = ["Cause", "admit", "show_value"]
 
@@ -45,6 +47,8 @@ def admit(doc: object) -> list[Cause]:
             admit_reference_grant(c, doc)
         case model.BackendTLSPolicy():
             admit_backend_tls_policy(c, doc)
+        case ClientTrafficPolicy():
+            admit_client_traffic_policy(c, doc)
         case corev1.Service():
             admit_service(c, doc)
         case corev1.EndpointSlice():

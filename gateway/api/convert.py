@@ -56,7 +56,11 @@ class Invalid(Exception):
 
 
 #: Wire names that plain camelCase would spell differently (an acronym in the spec's name).
-_WIRE_EXCEPTIONS: Final = {"well_known_ca_certificates": "wellKnownCACertificates"}
+_WIRE_EXCEPTIONS: Final = {
+    "well_known_ca_certificates": "wellKnownCACertificates",
+    "trusted_cidrs": "trustedCIDRs",
+    "client_ips": "clientIPs",
+}
 
 
 def wire_name(attribute: str) -> str:

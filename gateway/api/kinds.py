@@ -9,7 +9,7 @@ from typing import Final, NamedTuple
 
 from attrs import frozen
 
-from gateway import GATEWAY_GROUP
+from gateway import GATEWAY_GROUP, POLICY_GROUP
 from gateway.api.corev1 import ConfigMap, EndpointSlice, Namespace, Secret, Service
 from gateway.api.model import (
     BackendTLSPolicy,
@@ -18,6 +18,7 @@ from gateway.api.model import (
     ReferenceGrant,
     TLSRoute,
 )
+from gateway.api.traffic import ClientTrafficPolicy
 
 Document = (
     GatewayClass
@@ -25,6 +26,7 @@ Document = (
     | TLSRoute
     | ReferenceGrant
     | BackendTLSPolicy
+    | ClientTrafficPolicy
     | Service
     | EndpointSlice
     | Secret
@@ -82,6 +84,14 @@ KINDS: Final[tuple[KindInfo, ...]] = (
         (_gw("v1"),),
         True,
         BackendTLSPolicy,
+    ),
+    KindInfo(
+        "ClientTrafficPolicy",
+        "clienttrafficpolicies",
+        POLICY_GROUP,
+        (f"{POLICY_GROUP}/v1alpha1",),
+        True,
+        ClientTrafficPolicy,
     ),
     KindInfo("Service", "services", "", ("v1",), True, Service),
     KindInfo(

@@ -58,6 +58,8 @@ class Reason(StrEnum):
     BACKEND_NOT_FOUND = "BackendNotFound"
     # BackendTLSPolicy (SPEC.md §7)
     CONFLICTED = "Conflicted"
+    # ClientTrafficPolicy (API.md "Traffic policies", GEP-713)
+    TARGET_NOT_FOUND = "TargetNotFound"
 
 
 @frozen(kw_only=True)

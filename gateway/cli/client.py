@@ -31,6 +31,7 @@ SHORT_NAMES = {
     "cm": "ConfigMap",
     "eps": "EndpointSlice",
     "btlspolicy": "BackendTLSPolicy",
+    "ctp": "ClientTrafficPolicy",
 }
 
 

@@ -9,6 +9,7 @@ longest, then the hostname-less entry; no scan over listeners or routes.
 from __future__ import annotations
 
 import bisect
+import ipaddress
 import itertools
 from collections.abc import Mapping
 from enum import StrEnum
@@ -121,6 +122,47 @@ class FrontendValidation:
     ca_bundle: str = ""
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def in_networks(address: str, networks: tuple[Network, ...]) -> bool:
+    """Is `address` (an IP, IPv4-mapped IPv6 read as IPv4) inside one of `networks`?"""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)
+
+
+@frozen(kw_only=True)
+class ClientPolicy:
+    """What the accepted ClientTrafficPolicies say for one listener, the listener's own
+    fields over the Gateway's (API.md "Traffic policies", GEP-713: the more specific
+    target wins)."""
+
+    #: `namespace/name` of the policies in force here, as logs and explain name them.
+    policies: tuple[str, ...]
+    #: PROXY protocol expected from peers in these networks; None: not expected.
+    proxy_trusted: tuple[Network, ...] | None = None
+    proxy_optional: bool = False
+    #: Client addresses admitted (None: any) and refused; deny wins.
+    allow: tuple[Network, ...] | None = None
+    deny: tuple[Network, ...] = ()
+
+    def refuses(self, client: str) -> str | None:
+        """Why the client address is refused by `clientIPs`, or None."""
+        if self.deny and in_networks(client, self.deny):
+            return f"{client} is in clientIPs.deny"
+        if self.allow is not None and not in_networks(client, self.allow):
+            return f"{client} is not in clientIPs.allow"
+        return None
+
+    def trusts(self, peer: str) -> bool:
+        return self.proxy_trusted is not None and in_networks(peer, self.proxy_trusted)
+
+
 @frozen(kw_only=True)
 class ListenerTable:
     gateway: str
@@ -131,6 +173,8 @@ class ListenerTable:
     #: The certificates this listener serves (Terminate), from its certificateRefs.
     certificates: tuple[Certificate, ...] = ()
     frontend: FrontendValidation | None = None
+    #: Its ClientTrafficPolicies, merged; None without any.
+    client: ClientPolicy | None = None
     #: ALPN protocols a Terminate listener negotiates, preferred first (its
     #: `tls.options["gateway.tlsgate.dev/alpn"]`, API.md "PostgreSQL").
     alpn: tuple[str, ...] = ()

@@ -12,7 +12,8 @@ of the spec it implements. The Gateway side fills one `Build` context (`context.
 2. `conflicts`: across Gateways, who serves each (address, port); compatible Gateways share
    it, the older Gateway keeps what conflicts, a failed bind is reported (§9.2).
 3. `policies`: BackendTLSPolicies, before routes, since a route's backends carry the policy
-   that re-encrypts to them (§7).
+   that re-encrypts to them (§7); `traffic`: ClientTrafficPolicies, on Gateways and
+   listeners (API.md "Traffic policies").
 
 Then the route side (`routes.py`), per TLSRoute:
 
@@ -48,6 +49,7 @@ from gateway.translate.policies import evaluate_policies
 from gateway.translate.resources import Resources
 from gateway.translate.statuses import finish_gateways, finish_policies
 from gateway.translate.tables import build_binds
+from gateway.translate.traffic import client_policy_statuses, evaluate_client_policies
 
 #: What the Gateway side reads of the resources; a change elsewhere keeps it.
 _GATEWAY_SIDE = (
@@ -55,6 +57,7 @@ _GATEWAY_SIDE = (
     "gateways",
     "reference_grants",
     "backend_tls_policies",
+    "client_traffic_policies",
     "secrets",
     "config_maps",
     "namespaces",
@@ -97,6 +100,7 @@ def translate(
     others = dict(build.statuses)
     others.update(finish_gateways(build, route_side.attached))
     others.update(finish_policies(build, route_side.results, route_side.users))
+    others.update(client_policy_statuses(build, build.client_policy_results))
     statuses = dict(route_side.statuses)
     statuses.update(others)
     accepted, rejected = accepted_counts(others)
@@ -112,6 +116,7 @@ def gateway_side(resources: Resources, facts: Facts) -> Build:
     process_gateways(build)
     process_conflicts(build)
     build.policies, build.policy_results = evaluate_policies(resources, facts)
+    build.client_policies, build.client_policy_results = evaluate_client_policies(build)
     return build
 
 

@@ -9,17 +9,22 @@ it stays valid as long as the listeners it names are the same (`routes.py`).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from attrs import define, field, frozen
 
 from gateway.api import model
 from gateway.api.kinds import ObjectKey
 from gateway.api.names import NamespacedName
 from gateway.api.status import Draft, Status
-from gateway.routing.snapshot import Backend, BackendTLS
+from gateway.routing.snapshot import Backend, BackendTLS, ClientPolicy
 from gateway.translate.facts import Facts
 from gateway.translate.listeners import ListenerState
 from gateway.translate.policies import PolicyResult, Target
 from gateway.translate.resources import Resources
+
+if TYPE_CHECKING:
+    from gateway.translate.traffic import ClientPolicyResult
 
 
 @define
@@ -116,6 +121,9 @@ class Build:
     holders: dict[tuple[str, int], list[GatewayState]] = field(factory=dict)
     policies: dict[Target, BackendTLS] = field(factory=dict)
     policy_results: dict[NamespacedName, PolicyResult] = field(factory=dict)
+    #: ClientTrafficPolicies: each listener's merged policy, and each policy's result.
+    client_policies: dict[ListenerKey, ClientPolicy] = field(factory=dict)
+    client_policy_results: dict[NamespacedName, ClientPolicyResult] = field(factory=dict)
 
     def previous(self, key: ObjectKey) -> Status | None:
         return self.facts.previous.get(key)

@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 from attrs import field, frozen
 
-from gateway.api import corev1, model
+from gateway.api import corev1, model, traffic
 from gateway.api.convert import NAMESPACE_NAME_LABEL
 from gateway.api.kinds import Document, ObjectKey, key_of
 from gateway.api.names import NamespacedName, new_tuple
@@ -34,6 +34,7 @@ class Resources:
     tls_routes: Mapping[NamespacedName, model.TLSRoute]
     reference_grants: Mapping[NamespacedName, model.ReferenceGrant]
     backend_tls_policies: Mapping[NamespacedName, model.BackendTLSPolicy]
+    client_traffic_policies: Mapping[NamespacedName, traffic.ClientTrafficPolicy]
     services: Mapping[NamespacedName, corev1.Service]
     endpoint_slices: Mapping[NamespacedName, corev1.EndpointSlice]
     secrets: Mapping[NamespacedName, corev1.Secret]
@@ -79,6 +80,7 @@ class Resources:
             tls_routes=maps["tls_routes"],
             reference_grants=maps["reference_grants"],
             backend_tls_policies=maps["backend_tls_policies"],
+            client_traffic_policies=maps["client_traffic_policies"],
             services=maps["services"],
             endpoint_slices=maps["endpoint_slices"],
             secrets=maps["secrets"],
@@ -148,6 +150,7 @@ _ATTRIBUTE = {
     "TLSRoute": "tls_routes",
     "ReferenceGrant": "reference_grants",
     "BackendTLSPolicy": "backend_tls_policies",
+    "ClientTrafficPolicy": "client_traffic_policies",
     "Service": "services",
     "EndpointSlice": "endpoint_slices",
     "Secret": "secrets",

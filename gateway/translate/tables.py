@@ -119,6 +119,7 @@ def _listener_table(
             if (certificate := certificate_of(build.resources, key)) is not None
         ),
         frontend=listener.frontend,
+        client=build.client_policies.get((state.key, listener.spec.name)),
         alpn=alpn_protocols(listener.spec.tls.options) if listener.spec.tls else (),
         backend_client_certificate=(
             certificate_of(build.resources, state.client_certificate_ref)

@@ -1,0 +1,59 @@
+"""Admission of tlsgate's own policy kinds (API.md "Traffic policies"): the schema rules a
+CRD would carry, checked before a document is stored.
+
+Pure. Which objects a policy targets, and whether they exist, is the policy's status
+(`translate/traffic.py`), as for Gateway API policies; admission checks only what a document
+says by itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+from gateway.api.admission_checks import Checker
+from gateway.api.traffic import ClientTrafficPolicy
+
+#: Fields of the contract this version does not enforce yet: refused rather than stored and
+#: silently ignored (a policy that says more than it does would make its status a lie).
+_NOT_YET = "Forbidden: not supported by this version of tlsgate (it would not be enforced)"
+
+
+def cidr_problem(text: str) -> str | None:
+    """Why `text` is not an IP network in CIDR notation with no host bits set, or None."""
+    if "/" not in text:
+        return "must be a network in CIDR notation, with its prefix length (10.0.0.0/8)"
+    try:
+        ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        if "host bits set" in str(exc):
+            network = ipaddress.ip_network(text, strict=False)
+            return f"has host bits set: the network is {network.with_prefixlen}"
+        return "must be an IPv4 or IPv6 network in CIDR notation (10.0.0.0/8, 2001:db8::/32)"
+    return None
+
+
+def _cidrs(c: Checker, field: str, values: Sequence[str] | None, low: int, high: int) -> None:
+    c.items(field, values, low, high)
+    for i, text in enumerate(values or ()):
+        if (problem := cidr_problem(text)) is not None:
+            c.invalid(f"{field}[{i}]", text, problem)
+
+
+def admit_client_traffic_policy(c: Checker, doc: ClientTrafficPolicy) -> None:
+    spec = doc.spec
+    c.items("spec.targetRefs", spec.target_refs, 1, 16)
+    for i, ref in enumerate(spec.target_refs):
+        c.group(f"spec.targetRefs[{i}].group", ref.group)
+        c.kind(f"spec.targetRefs[{i}].kind", ref.kind)
+        c.object_name(f"spec.targetRefs[{i}].name", ref.name)
+        c.section_name(f"spec.targetRefs[{i}].sectionName", ref.section_name)
+    if spec.proxy_protocol is not None:
+        _cidrs(c, "spec.proxyProtocol.trustedCIDRs", spec.proxy_protocol.trusted_cidrs, 1, 64)
+    if spec.client_ips is not None:
+        _cidrs(c, "spec.clientIPs.allow", spec.client_ips.allow, 0, 256)
+        _cidrs(c, "spec.clientIPs.deny", spec.client_ips.deny, 0, 256)
+    if spec.timeout is not None:
+        c.add("spec.timeout", "FieldValueForbidden", _NOT_YET)
+    if spec.connection is not None:
+        c.add("spec.connection", "FieldValueForbidden", _NOT_YET)

@@ -1,0 +1,229 @@
+"""ClientTrafficPolicy: which Gateways and listeners it reaches, its status, and what each
+listener enforces (API.md "Traffic policies"; GEP-713 policy attachment).
+
+Pure. A policy targets Gateways of its own namespace, optionally one listener by
+`sectionName`. Its conditions, per ancestor (the targeted Gateway):
+- `Accepted=False/Invalid`: a target that is not a Gateway;
+- `Accepted=False/TargetNotFound`: no such Gateway, or no such listener on it;
+- `Accepted=False/Conflicted`: an older policy (creationTimestamp, then namespace/name) on the
+  same target already sets one of its fields. A conflicted policy applies nothing, so what is
+  in force is always whole policies, each named in the access log and explain;
+- else `Accepted=True/Accepted`.
+
+Fields are compared leaf by leaf: `proxyProtocol` (one field: its CIDRs and `optional`
+mean nothing apart), `clientIPs.allow`, `clientIPs.deny`. A policy on a listener and one on
+its whole Gateway never conflict: the listener's fields win there (the more specific target),
+and the Gateway's apply to every other listener.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+
+from attrs import frozen
+
+from gateway import CONTROLLER_NAME, GATEWAY_GROUP
+from gateway.api import model
+from gateway.api.kinds import ObjectKey
+from gateway.api.names import NamespacedName
+from gateway.api.status import (
+    ConditionType,
+    Draft,
+    PolicyAncestorStatus,
+    PolicyStatus,
+    Reason,
+    Status,
+    stamp,
+)
+from gateway.api.traffic import ClientTrafficPolicy
+from gateway.routing.snapshot import ClientPolicy, Network
+from gateway.translate.context import Build, ListenerKey, age
+
+#: A policy's target: the Gateway and the listener (None: the whole Gateway).
+Target = tuple[NamespacedName, str | None]
+
+
+@frozen
+class ClientPolicyResult:
+    accepted: Draft
+    #: What it names, as status.ancestors reports them: Gateways of ours or missing (with
+    #: the section when one is named), and targets that are not Gateways at all.
+    ancestors: tuple[model.ParentReference, ...]
+
+
+def leaves(policy: ClientTrafficPolicy) -> tuple[str, ...]:
+    """The fields a policy sets, as conflicts compare them."""
+    spec = policy.spec
+    found = []
+    if spec.proxy_protocol is not None:
+        found.append("proxyProtocol")
+    if spec.client_ips is not None:
+        if spec.client_ips.allow is not None:
+            found.append("clientIPs.allow")
+        if spec.client_ips.deny is not None:
+            found.append("clientIPs.deny")
+    return tuple(found)
+
+
+def evaluate_client_policies(
+    build: Build,
+) -> tuple[dict[ListenerKey, ClientPolicy], dict[NamespacedName, ClientPolicyResult]]:
+    """Every policy's result, and the merged policy of each listener that has one."""
+    policies = build.resources.client_traffic_policies
+    results: dict[NamespacedName, ClientPolicyResult] = {}
+    #: (target, leaf) -> the policy that set it first.
+    claimed: dict[tuple[Target, str], NamespacedName] = {}
+    in_force: dict[Target, list[NamespacedName]] = {}
+    for key in sorted(policies, key=lambda k: age(policies[k].metadata)):
+        policy = policies[key]
+        result, targets = _evaluate(build, key, policy)
+        if result is None:
+            continue  # targets only Gateways that are not ours: not ours to report on
+        if targets:
+            fields = leaves(policy)
+            older = sorted({claimed[(t, f)] for t in targets for f in fields if (t, f) in claimed})
+            if older:
+                result = ClientPolicyResult(
+                    Draft(
+                        ConditionType.ACCEPTED,
+                        False,
+                        Reason.CONFLICTED,
+                        f"the older ClientTrafficPolicy {older[0]} already sets "
+                        + ", ".join(
+                            sorted({f for t in targets for f in fields if (t, f) in claimed})
+                        )
+                        + " on the same target; this policy applies nothing",
+                    ),
+                    result.ancestors,
+                )
+            else:
+                for target in targets:
+                    for field in fields:
+                        claimed[(target, field)] = key
+                    in_force.setdefault(target, []).append(key)
+        results[key] = result
+    return _merged(build, in_force), results
+
+
+def _evaluate(
+    build: Build, key: NamespacedName, policy: ClientTrafficPolicy
+) -> tuple[ClientPolicyResult | None, tuple[Target, ...]]:
+    ancestors: list[model.ParentReference] = []
+    targets: list[Target] = []
+    invalid: list[str] = []
+    missing: list[str] = []
+    for i, ref in enumerate(policy.spec.target_refs):
+        named = model.ParentReference(
+            group=ref.group,
+            kind=ref.kind,
+            namespace=key.namespace,
+            name=ref.name,
+            section_name=ref.section_name,
+        )
+        if (ref.group, ref.kind) != (GATEWAY_GROUP, "Gateway"):
+            # Reported under what it names: there is no Gateway to report it under.
+            ancestors.append(named)
+            invalid.append(f"targetRefs[{i}]: {ref.group or 'core'}/{ref.kind}")
+            continue
+        gateway = NamespacedName(key.namespace, ref.name)
+        if gateway not in build.resources.gateways:
+            ancestors.append(named)
+            missing.append(f"Gateway {gateway}")
+            continue
+        state = build.gateways.get(gateway)
+        if state is None:
+            continue  # another controller's Gateway
+        ancestors.append(named)
+        if ref.section_name is not None and ref.section_name not in {
+            listener.spec.name for listener in state.listeners
+        }:
+            missing.append(f"listener {ref.section_name} of Gateway {gateway}")
+            continue
+        targets.append((gateway, ref.section_name))
+    if not ancestors:
+        return None, ()
+    if invalid:
+        accepted = Draft(
+            ConditionType.ACCEPTED,
+            False,
+            Reason.INVALID,
+            "only Gateways (gateway.networking.k8s.io) can be targeted: " + ", ".join(invalid),
+        )
+        return ClientPolicyResult(accepted, tuple(ancestors)), ()
+    if missing:
+        accepted = Draft(
+            ConditionType.ACCEPTED,
+            False,
+            Reason.TARGET_NOT_FOUND,
+            "no " + ", no ".join(missing) + "; this policy applies nothing until it exists",
+        )
+        return ClientPolicyResult(accepted, tuple(ancestors)), ()
+    accepted = Draft(ConditionType.ACCEPTED, True, Reason.ACCEPTED, "Policy is accepted")
+    return ClientPolicyResult(accepted, tuple(ancestors)), tuple(targets)
+
+
+def _networks(texts: Iterable[str]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(text, strict=False) for text in texts)
+
+
+def _merged(
+    build: Build, in_force: Mapping[Target, list[NamespacedName]]
+) -> dict[ListenerKey, ClientPolicy]:
+    """Per listener: the Gateway's policies, then the listener's own over them."""
+    policies = build.resources.client_traffic_policies
+    merged: dict[ListenerKey, ClientPolicy] = {}
+    for gateway, state in build.gateways.items():
+        for listener in state.listeners:
+            own = in_force.get((gateway, listener.spec.name), ())
+            names = [*in_force.get((gateway, None), ()), *own]
+            if not names:
+                continue
+            fields: dict[str, object] = {}
+            for name in names:  # the listener's come last: they win
+                spec = policies[name].spec
+                if spec.proxy_protocol is not None:
+                    fields["proxy_trusted"] = _networks(spec.proxy_protocol.trusted_cidrs)
+                    fields["proxy_optional"] = bool(spec.proxy_protocol.optional)
+                if spec.client_ips is not None and spec.client_ips.allow is not None:
+                    fields["allow"] = _networks(spec.client_ips.allow)
+                if spec.client_ips is not None and spec.client_ips.deny is not None:
+                    fields["deny"] = _networks(spec.client_ips.deny)
+            merged[(gateway, listener.spec.name)] = ClientPolicy(
+                policies=tuple(str(name) for name in names),
+                **fields,  # type: ignore[arg-type]
+            )
+    return merged
+
+
+def client_policy_statuses(
+    build: Build, results: Mapping[NamespacedName, ClientPolicyResult]
+) -> dict[ObjectKey, Status]:
+    """`status.ancestors` of every ClientTrafficPolicy of ours: one entry per targeted
+    Gateway (and section), with the policy's generation."""
+    statuses: dict[ObjectKey, Status] = {}
+    policies = build.resources.client_traffic_policies
+    for key, result in results.items():
+        status_key = ObjectKey("ClientTrafficPolicy", *key)
+        old = build.previous(status_key)
+        generation = policies[key].metadata.generation or 1
+        entries = []
+        ordered = sorted(
+            set(result.ancestors),
+            key=lambda a: (a.group, a.kind, a.name, a.section_name or ""),
+        )
+        for ancestor in ordered:
+            previous = (
+                next((a.conditions for a in old.ancestors if a.ancestor_ref == ancestor), ())
+                if isinstance(old, PolicyStatus)
+                else ()
+            )
+            entries.append(
+                PolicyAncestorStatus(
+                    ancestor_ref=ancestor,
+                    controller_name=CONTROLLER_NAME,
+                    conditions=stamp([result.accepted], generation, build.facts.now, previous),
+                )
+            )
+        statuses[status_key] = PolicyStatus(ancestors=tuple(entries))
+    return statuses

@@ -1,0 +1,218 @@
+"""ClientTrafficPolicy (API.md "Traffic policies"): admission, status.ancestors for each
+reason, and what each listener enforces once policies on a Gateway and a listener merge."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import pytest
+
+from gateway.api.convert import Invalid, structure_document
+from gateway.api.kinds import ObjectKey
+from gateway.api.status import PolicyStatus
+
+from .helpers import GATEWAY_CLASS, World, with_changes
+
+GATEWAY = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: infra}
+spec:
+  gatewayClassName: tlsgate
+  listeners:
+  - {name: pg, port: 5432, protocol: TLS, hostname: "*.db.example.com",
+     tls: {mode: Passthrough}, allowedRoutes: {namespaces: {from: All}}}
+  - {name: web, port: 5432, protocol: TLS, hostname: "*.web.example.com",
+     tls: {mode: Passthrough}, allowedRoutes: {namespaces: {from: All}}}
+"""
+
+
+def policy(name: str, spec: str, namespace: str = "infra") -> str:
+    return f"""
+---
+apiVersion: gateway.tlsgate.dev/v1alpha1
+kind: ClientTrafficPolicy
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+{spec}
+"""
+
+
+ON_GATEWAY = """
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: edge}]
+  proxyProtocol: {trustedCIDRs: [10.0.0.0/8]}
+  clientIPs: {deny: [192.0.2.0/24]}
+"""
+
+
+def _ancestors(world: World, name: str, namespace: str = "infra") -> list[tuple[Any, ...]]:
+    assert world.snapshot is not None
+    status = world.snapshot.statuses[ObjectKey("ClientTrafficPolicy", namespace, name)]
+    assert isinstance(status, PolicyStatus)
+    return [
+        (
+            a.ancestor_ref.name,
+            a.ancestor_ref.section_name,
+            a.controller_name,
+            [(c.type, c.status, c.reason) for c in a.conditions],
+        )
+        for a in status.ancestors
+    ]
+
+
+def _listener(world: World, name: str) -> Any:
+    assert world.snapshot is not None
+    bind = world.snapshot.binds[("0.0.0.0", 5432)]
+    return next(lst for lst in bind.listeners if lst.name == name)
+
+
+def test_a_policy_on_a_gateway_is_accepted_and_reaches_every_listener() -> None:
+    world = World()
+    world.apply(GATEWAY_CLASS + "\n---\n" + GATEWAY + policy("edge", ON_GATEWAY))
+    assert _ancestors(world, "edge") == [
+        ("edge", None, "tlsgate.dev/gateway-controller", [("Accepted", "True", "Accepted")])
+    ]
+    for name in ("pg", "web"):
+        client = _listener(world, name).client
+        assert client.policies == ("infra/edge",)
+        assert client.trusts("10.1.2.3")
+        assert not client.trusts("11.0.0.1")
+        assert client.refuses("192.0.2.9") == "192.0.2.9 is in clientIPs.deny"
+        assert client.refuses("198.51.100.1") is None
+
+
+def test_a_listeners_own_policy_wins_over_its_gateways_and_conflicts_with_none() -> None:
+    world = World()
+    own = """
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: edge, sectionName: pg}]
+  clientIPs: {allow: [198.51.100.0/24], deny: []}
+"""
+    world.apply(
+        GATEWAY_CLASS + "\n---\n" + GATEWAY + policy("edge", ON_GATEWAY) + policy("pg", own)
+    )
+    assert _ancestors(world, "pg") == [
+        ("edge", "pg", "tlsgate.dev/gateway-controller", [("Accepted", "True", "Accepted")])
+    ]
+    pg, web = _listener(world, "pg").client, _listener(world, "web").client
+    assert pg.policies == ("infra/edge", "infra/pg")
+    assert pg.refuses("192.0.2.9") == "192.0.2.9 is not in clientIPs.allow"
+    assert pg.refuses("198.51.100.7") is None  # its own deny list is empty: the Gateway's is not
+    assert pg.refuses("203.0.113.1") == "203.0.113.1 is not in clientIPs.allow"
+    assert pg.trusts("10.0.0.1")  # proxyProtocol from the Gateway's policy
+    assert web.refuses("192.0.2.9") == "192.0.2.9 is in clientIPs.deny"
+
+
+def test_the_younger_of_two_policies_setting_one_field_is_conflicted_and_applies_nothing() -> None:
+    world = World()
+    world.apply(GATEWAY_CLASS + "\n---\n" + GATEWAY + policy("first", ON_GATEWAY))
+    second = """
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: edge}]
+  clientIPs: {deny: [203.0.113.0/24]}
+  proxyProtocol: {trustedCIDRs: [172.16.0.0/12]}
+"""
+    world.apply(policy("second", second))
+    [(_, _, _, conditions)] = _ancestors(world, "second")
+    assert conditions == [("Accepted", "False", "Conflicted")]
+    client = _listener(world, "pg").client
+    assert client.policies == ("infra/first",)
+    assert client.refuses("203.0.113.1") is None
+    assert not client.trusts("172.16.0.1")
+    # Fields apart: both apply.
+    other = """
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: edge}]
+  clientIPs: {allow: [0.0.0.0/0]}
+"""
+    world.apply(policy("third", other))
+    assert _ancestors(world, "third")[0][3] == [("Accepted", "True", "Accepted")]
+    assert _listener(world, "pg").client.policies == ("infra/first", "infra/third")
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        ("{group: gateway.networking.k8s.io, kind: Gateway, name: nowhere}", "TargetNotFound"),
+        (
+            "{group: gateway.networking.k8s.io, kind: Gateway, name: edge, sectionName: nope}",
+            "TargetNotFound",
+        ),
+        ("{group: '', kind: Service, name: edge}", "Invalid"),
+    ],
+)
+def test_a_policy_whose_target_is_missing_or_not_a_gateway_is_not_accepted(
+    target: str, reason: str
+) -> None:
+    world = World()
+    world.apply(
+        GATEWAY_CLASS
+        + "\n---\n"
+        + GATEWAY
+        + policy("p", f"  targetRefs: [{target}]\n  clientIPs: {{deny: [192.0.2.0/24]}}")
+    )
+    status = world.snapshot.statuses[ObjectKey("ClientTrafficPolicy", "infra", "p")]  # type: ignore[union-attr]
+    assert isinstance(status, PolicyStatus)
+    assert [(c.type, c.status, c.reason) for a in status.ancestors for c in a.conditions] == [
+        ("Accepted", "False", reason)
+    ]
+    assert _listener(world, "pg").client is None
+
+
+def test_a_policy_on_a_gateway_of_another_controller_gets_no_status() -> None:
+    world = World()
+    other = GATEWAY.replace("gatewayClassName: tlsgate", "gatewayClassName: someone-else")
+    world.apply(GATEWAY_CLASS + "\n---\n" + other + policy("p", ON_GATEWAY))
+    assert world.snapshot is not None
+    assert ObjectKey("ClientTrafficPolicy", "infra", "p") not in world.snapshot.statuses
+
+
+BASE: dict[str, Any] = {
+    "apiVersion": "gateway.tlsgate.dev/v1alpha1",
+    "kind": "ClientTrafficPolicy",
+    "metadata": {"name": "p", "namespace": "infra"},
+    "spec": {
+        "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "edge"}],
+        "proxyProtocol": {"trustedCIDRs": ["10.0.0.0/8", "2001:db8::/32"], "optional": True},
+        "clientIPs": {"allow": ["0.0.0.0/0"], "deny": ["192.0.2.0/24"]},
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        (
+            [("spec.proxyProtocol.trustedCIDRs", ["10.0.0.1/8"])],
+            "spec.proxyProtocol.trustedCIDRs[0]",
+        ),
+        ([("spec.proxyProtocol.trustedCIDRs", ["10.0.0.0"])], "spec.proxyProtocol.trustedCIDRs[0]"),
+        ([("spec.proxyProtocol.trustedCIDRs", [])], "spec.proxyProtocol.trustedCIDRs"),
+        ([("spec.clientIPs.deny", ["not-an-ip/8"])], "spec.clientIPs.deny[0]"),
+        ([("spec.clientIPs.allow", ["10.0.0.0/33"])], "spec.clientIPs.allow[0]"),
+        ([("spec.targetRefs", [])], "spec.targetRefs"),
+        ([("spec.timeout", {"tls": {"helloTimeout": "5s"}})], "spec.timeout"),
+        ([("spec.connection", {"connectionLimit": {"value": 10}})], "spec.connection"),
+        ([("spec.proxyProtocol.trustedCidrs", ["10.0.0.0/8"])], "spec.proxyProtocol"),
+    ],
+)
+def test_admission_names_the_bad_field(changes: list[tuple[str, Any]], field: str) -> None:
+    structure_document(BASE)  # the base is valid
+    with pytest.raises(Invalid) as caught:
+        structure_document(with_changes_dict(BASE, changes))
+    fields = [c.field for c in caught.value.causes]
+    assert any(f == field or f.startswith(field) for f in fields), caught.value.causes
+
+
+def with_changes_dict(base: dict[str, Any], changes: list[tuple[str, Any]]) -> dict[str, Any]:
+    import json
+
+    import yaml
+
+    return with_changes(yaml.safe_dump(json.loads(json.dumps(base))), changes)
+
+
+def test_networks_match_ipv4_mapped_clients() -> None:
+    from gateway.routing.snapshot import in_networks
+
+    networks = (ipaddress.ip_network("10.0.0.0/8"),)
+    assert in_networks("::ffff:10.1.2.3", networks)
+    assert not in_networks("not an address", networks)
