@@ -105,6 +105,13 @@ class Metrics:
             ["gateway", "listener", "route", "outcome"],
             registry,
         )
+        self.connections_refused = Tally(
+            "tlsgate_connections_refused_total",
+            "Connections closed by a ClientTrafficPolicy before any handshake byte, by reason "
+            "(client-ip, proxy-protocol)",
+            ["reason"],
+            registry,
+        )
         self.connections_active = Gauge(
             "tlsgate_connections_active", "Connections open now", registry=registry
         )

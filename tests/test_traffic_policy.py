@@ -216,3 +216,17 @@ def test_networks_match_ipv4_mapped_clients() -> None:
     networks = (ipaddress.ip_network("10.0.0.0/8"),)
     assert in_networks("::ffff:10.1.2.3", networks)
     assert not in_networks("not an address", networks)
+
+
+def test_the_routing_table_shows_each_listeners_policy() -> None:
+    from gateway.routing.explain import table_to_wire
+
+    world = World()
+    world.apply(GATEWAY_CLASS + "\n---\n" + GATEWAY + policy("edge", ON_GATEWAY))
+    assert world.snapshot is not None
+    [bind] = table_to_wire(world.snapshot)["binds"]
+    assert bind["listeners"][0]["clientTrafficPolicy"] == {
+        "policies": ["infra/edge"],
+        "proxyProtocol": {"trustedCIDRs": ["10.0.0.0/8"], "optional": False},
+        "clientIPs": {"deny": ["192.0.2.0/24"]},
+    }

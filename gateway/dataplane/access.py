@@ -38,6 +38,9 @@ class Outcome(StrEnum):
     REJECTED_NO_ROUTE = "rejected-no-route"
     REJECTED_NO_BACKEND = "rejected-no-backend"
     REJECTED_INVALID_BACKEND = "rejected-invalid-backend"
+    #: Closed by a ClientTrafficPolicy before any handshake byte (API.md "Traffic policies").
+    REFUSED_CLIENT_IP = "refused-client-ip"
+    REFUSED_PROXY_PROTOCOL = "refused-proxy-protocol"
     ERROR = "error"
     INTERNAL_ERROR = "internal-error"
     SHUTDOWN = "shutdown"
@@ -67,6 +70,10 @@ class AccessRecord:
     worker: int | None = None
     #: What the client sent before its ClientHello (`sslrequest`: PostgreSQL's), if anything.
     prelude: str | None = None
+    #: The socket's own peer when a PROXY header carried the client's address (`peer`).
+    via: tuple[str, int] | None = None
+    #: A PROXY header came first (with addresses, or LOCAL / UNKNOWN without).
+    proxied: bool = False
 
     def fields(self) -> dict[str, object]:
         """The access-log fields, in order (ARCHITECTURE.md "Logging"; never key material)."""
@@ -84,6 +91,9 @@ class AccessRecord:
             "duration": round(time.monotonic() - self.started, 3),
             "outcome": self.outcome,
         }
+        if self.via is not None:
+            host, port = self.via[:2]
+            out["peer"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if self.worker is not None:
             out["worker"] = self.worker
         if self.prelude is not None:

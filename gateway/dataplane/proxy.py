@@ -7,13 +7,19 @@ connections nursery). Once routed and connected it sleeps, once, and the process
 moves its bytes: as they are in passthrough (`relay`), through the TLS engines in Terminate
 (`terminated`):
 
+0. A ClientTrafficPolicy's clientIPs close a connection at accept, before a byte is read,
+   when no listener of its socket would serve that address (and none takes a PROXY header
+   from it, whose carried address decides instead).
 1. Read the ClientHello with a resumable sans-IO parser (`clienthello`) under the hello
-   timeout, keeping the bytes. Nothing is decided before the hello is complete. A PostgreSQL
-   client's SSLRequest before it is answered `S` (a GSSENCRequest `N`), `postgres.py`.
+   timeout, keeping the bytes. Nothing is decided before the hello is complete. First, on a
+   socket whose listeners read PROXY headers, a header from a trusted peer
+   (`proxy_protocol.py`): its address is the client's from then on; then a PostgreSQL
+   client's SSLRequest, answered `S` (a GSSENCRequest `N`), `postgres.py`.
 2. Read the snapshot once and look up (address, port, SNI) in it (SPEC.md §10.1-§10.2). The
    connection keeps that snapshot for its life: a configuration change never moves it.
 3. A rejection (no SNI, no listener, a listener not programmed, no route, a share of an invalid
-   backend) closes the socket without an alert or a handshake (SPEC.md §10.3, §10.4).
+   backend) closes the socket without an alert or a handshake (SPEC.md §10.3, §10.4); so does
+   the listener's ClientTrafficPolicy (a PROXY header it does not take or lacks, clientIPs).
 4. Passthrough: start connecting a backend endpoint (`dial`) and hand both sockets to the
    relay loop, which waits for the connect (a failed one moves on to the next endpoint),
    replays the hello bytes verbatim (the backend sees the client's own SNI; after an
@@ -48,6 +54,7 @@ from gateway.dataplane.access import AccessRecord, Outcome
 from gateway.dataplane.clienthello import MAX_HELLO_BYTES, ClientHelloError, ClientHelloParser
 from gateway.dataplane.dial import Dialer, start_connect
 from gateway.dataplane.postgres import ACCEPT, LENGTH, REFUSE, SSL_REQUEST, Prelude, prelude
+from gateway.dataplane.proxy_protocol import NeedMore, ProxyHeaderError, could_be_header, parse
 from gateway.dataplane.relay import SPLICE_AVAILABLE, ConnectError, PipePool, RelayLoop, Transfer
 from gateway.dataplane.terminated import relay_terminated
 from gateway.dataplane.tls import (
@@ -191,7 +198,16 @@ class Proxy:
     ) -> Coroutine[Any, Any, None] | None:
         """Read the hello and decide; the mode's work to await, or None when the connection
         is done (rejected, or the hello never came)."""
-        hello_bytes = await self._read_hello(client, conn)
+        # At accept, the table in force now screens the peer (step 0) and says whether a
+        # PROXY header may come; routing reads it again once the hello is in.
+        bound = self._snapshot().binds.get(conn.bind)
+        if bound is not None:
+            refused = bound.refusal_at_accept(conn.peer[0])
+            if refused is not None:
+                self._refuse(conn, Outcome.REFUSED_CLIENT_IP, refused)
+                return None
+        headers = bound is not None and bound.expects_proxy_headers()
+        hello_bytes = await self._read_hello(client, conn, headers=headers)
         if hello_bytes is None:
             return None
         # One read of the table for the connection's life: it holds all the connection needs.
@@ -204,6 +220,28 @@ class Proxy:
             return None
         listener = decision.listener
         conn.gateway, conn.listener = listener.gateway, listener.name
+        peer = conn.via or conn.peer
+        if listener.client is not None:
+            refusal = listener.client.refusal(peer[0], conn.peer[0], conn.proxied)
+            if refusal is not None:
+                reason, message = refusal
+                if not listener.client.trusts(peer[0]):
+                    conn.peer, conn.via = peer, None  # an untrusted header's claim is no fact
+                outcome = (
+                    Outcome.REFUSED_CLIENT_IP
+                    if reason == "client-ip"
+                    else Outcome.REFUSED_PROXY_PROTOCOL
+                )
+                self._refuse(conn, outcome, message)
+                return None
+        elif conn.proxied:
+            conn.peer, conn.via = peer, None
+            self._refuse(
+                conn,
+                Outcome.REFUSED_PROXY_PROTOCOL,
+                f"a PROXY header on listener {listener.gateway}/{listener.name}, which takes none",
+            )
+            return None
         conn.route = decision.target.route
         backend = decision.target.choose(self._rng.randrange(decision.target.total_weight))
         conn.backend = backend.name
@@ -263,6 +301,11 @@ class Proxy:
                 break  # the deadline passed: the next endpoint
             self.dialer.failed(backend, endpoint, reason, errors)
         self.dialer.give_up(conn, errors)
+
+    def _refuse(self, conn: AccessRecord, outcome: Outcome, detail: str) -> None:
+        """Closed by a ClientTrafficPolicy: nothing sent back, no backend contacted."""
+        conn.outcome, conn.detail = outcome, detail
+        self.metrics.connections_refused.add((outcome.value.removeprefix("refused-"),))
 
     async def _passthrough_postgres(
         self, client: socket.socket, backend: Backend, transfer: Transfer, conn: AccessRecord
@@ -389,15 +432,16 @@ class Proxy:
             return None
         return tls
 
-    async def _read_hello(self, client: socket.socket, conn: AccessRecord) -> bytes | None:
+    async def _read_hello(
+        self, client: socket.socket, conn: AccessRecord, *, headers: bool = False
+    ) -> bytes | None:
         # The parser keeps its reassembly state: each byte is examined a bounded number of times
         # however finely the client fragments the hello, and it bounds what is buffered (at most
         # max_hello_bytes of handshake plus 5 bytes per record, MAX_HELLO_RECORDS records, before
         # the chunk that completes the hello).
         parser = ClientHelloParser(self.config.max_hello_bytes)
         buffer = bytearray()
-        # What may come before the hello: PostgreSQL's requests, in this order (postgres.py).
-        expecting: tuple[Prelude, ...] = (Prelude.GSSENC_REQUEST, Prelude.SSL_REQUEST)
+        opening = _Opening(1 if headers else 0)
         # The listener hands over connections whose hello is queued (TCP_DEFER_ACCEPT), so
         # most are read without a wait: the deadline costs a cancel scope only per wait.
         deadline = trio.current_time() + self.config.hello_timeout
@@ -416,10 +460,13 @@ class Proxy:
                     conn.outcome = Outcome.CLIENT_CLOSED
                     return None
                 buffer += chunk
-                if expecting:
-                    expecting = _answer_requests(client, buffer, expecting, conn)
-                    if expecting:
-                        continue  # a request's first bytes: the rest is to come
+                if not opening.done:
+                    try:
+                        if not opening.take(client, buffer, conn):
+                            continue  # the rest of a header or a request is to come
+                    except ProxyHeaderError as exc:
+                        self._refuse(conn, Outcome.REFUSED_PROXY_PROTOCOL, str(exc))
+                        return None
                     # Every byte left is the hello's, none fed yet: at once.
                     chunk = bytes(buffer)
                     if not chunk:
@@ -457,3 +504,48 @@ def _answer_requests(
             return ()
         expecting = (Prelude.SSL_REQUEST,)
     return ()
+
+
+@attrs.define
+class _Opening:
+    """What may come before a ClientHello, in this order: a PROXY header where a listener
+    of the socket reads them (`header_need`: the bytes needed before looking again), then
+    PostgreSQL's requests (`expecting`)."""
+
+    header_need: int
+    expecting: tuple[Prelude, ...] = (Prelude.GSSENC_REQUEST, Prelude.SSL_REQUEST)
+
+    @property
+    def done(self) -> bool:
+        return not self.header_need and not self.expecting
+
+    def take(self, client: socket.socket, buffer: bytearray, conn: AccessRecord) -> bool:
+        """Take what precedes the hello off `buffer` (answering requests); True once the
+        rest of `buffer` is the hello's. ProxyHeaderError for a malformed header."""
+        if self.header_need:
+            if len(buffer) < self.header_need:
+                return False
+            self.header_need = _take_header(buffer, conn)
+            if self.header_need:
+                return False
+        if self.expecting:
+            self.expecting = _answer_requests(client, buffer, self.expecting, conn)
+        return not self.expecting
+
+
+def _take_header(buffer: bytearray, conn: AccessRecord) -> int:
+    """Take a PROXY header off the start of `buffer`, if it begins with one: 0 once done
+    (the carried addresses now the connection's, `conn.via` the socket's peer), else the
+    bytes needed before trying again. Whether this peer may send one is the listener's to
+    say, once the hello names it."""
+    if not could_be_header(buffer):
+        return 0  # a ClientHello (0x16) or an SSLRequest (0x00): no header
+    found = parse(buffer)
+    if isinstance(found, NeedMore):
+        return found.total
+    del buffer[: found.length]
+    conn.proxied = True
+    if found.source is not None and found.destination is not None:
+        # LOCAL (a load balancer's own check) and UNKNOWN carry none: the socket's stand.
+        conn.via, conn.peer = conn.peer, found.source
+    return 0

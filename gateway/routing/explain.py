@@ -38,6 +38,22 @@ def _listener_wire(listener: ListenerTable) -> dict[str, Any]:
             "mode": listener.frontend.mode,
             "caCertificateRefs": [str(key) for key in listener.frontend.ca_config_maps],
         }
+    if listener.alpn:
+        out["alpn"] = list(listener.alpn)
+    if listener.client is not None:
+        client = listener.client
+        policy: dict[str, Any] = {"policies": list(client.policies)}
+        if client.proxy_trusted is not None:
+            policy["proxyProtocol"] = {
+                "trustedCIDRs": [str(n) for n in client.proxy_trusted],
+                "optional": client.proxy_optional,
+            }
+        if client.allow is not None or client.deny:
+            policy["clientIPs"] = {
+                **({"allow": [str(n) for n in client.allow]} if client.allow is not None else {}),
+                "deny": [str(n) for n in client.deny],
+            }
+        out["clientTrafficPolicy"] = policy
     if listener.reject is not None:
         out["reject"] = listener.reject
     routes = []

@@ -162,6 +162,20 @@ class ClientPolicy:
     def trusts(self, peer: str) -> bool:
         return self.proxy_trusted is not None and in_networks(peer, self.proxy_trusted)
 
+    def refusal(self, peer: str, client: str, proxied: bool) -> tuple[str, str] | None:
+        """Why this listener closes a connection from socket peer `peer`, whose client
+        address is `client` (carried by a PROXY header if `proxied`), as (reason, message);
+        None to serve it."""
+        if proxied and not self.trusts(peer):
+            return (
+                "proxy-protocol",
+                f"{peer} sent a PROXY header but is not in proxyProtocol.trustedCIDRs",
+            )
+        if not proxied and self.trusts(peer) and not self.proxy_optional:
+            return ("proxy-protocol", f"{peer} is in proxyProtocol.trustedCIDRs but sent no header")
+        why = self.refuses(client)
+        return ("client-ip", why) if why is not None else None
+
 
 @frozen(kw_only=True)
 class ListenerTable:
@@ -215,8 +229,44 @@ class Bind:
     error: str | None = None
     _by_hostname: Mapping[str | None, ListenerTable] = field(init=False)
 
+    _screened: bool = field(init=False)
+    _headers: bool = field(init=False)
+
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "_by_hostname", {lst.hostname: lst for lst in self.listeners})
+        # Decided once per table, not per connection: most sockets have no policy at all.
+        policies = [lst.client for lst in self.listeners]
+        object.__setattr__(self, "_screened", any(p is not None for p in policies))
+        object.__setattr__(
+            self,
+            "_headers",
+            any(p is not None and p.proxy_trusted is not None for p in policies),
+        )
+
+    def expects_proxy_headers(self) -> bool:
+        """Does a listener here read PROXY headers (so a connection's first bytes are checked
+        for one)?"""
+        return any(
+            lst.client is not None and lst.client.proxy_trusted is not None
+            for lst in self.listeners
+        )
+
+    def refusal_at_accept(self, peer: str) -> str | None:
+        """Why a connection from `peer` is closed at once, before a byte is read, or None:
+        when no listener here would serve that address (clientIPs), and no listener takes a
+        PROXY header from it (whose address would decide instead)."""
+        if not self._screened:
+            return None
+        reasons = []
+        for lst in self.listeners:
+            client = lst.client
+            if client is None or client.trusts(peer):
+                return None
+            why = client.refuses(peer)
+            if why is None:
+                return None
+            reasons.append(why)
+        return reasons[0] if reasons else None
 
     def listener_for(self, sni: str) -> ListenerTable | None:
         """Exact hostname, then longest wildcard suffix, then no hostname (SPEC.md §10.1)."""
