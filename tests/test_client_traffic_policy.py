@@ -30,7 +30,10 @@ from .harness import (
     passthrough_listener,
     route_yaml,
     running_gateway,
+    secret_yaml,
     service_yaml,
+    terminate_listener,
+    wait_until,
 )
 
 HOST = "db.example.com"
@@ -98,6 +101,13 @@ async def _served(port: int, context: ssl.SSLContext, **options: object) -> bool
 
 def _access(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "tlsgate.access"]
+
+
+async def _settled(access: pytest.LogCaptureFixture, count: int) -> list[str]:
+    """The access lines once `count` connections have ended: a connection's line is written
+    when tlsgate sees it end, a moment after the client let go."""
+    await wait_until(lambda: len(_access(access)) >= count, 10, f"{count} access lines")
+    return _access(access)
 
 
 @pytest.fixture
@@ -175,9 +185,9 @@ async def test_haproxy_v1_and_v2_headers_carry_the_client_address(
             for front in (proxy.v1, proxy.v2):
                 assert await _served(front, context, source="127.0.0.2")
                 assert not await _served(front, context, source="127.0.0.3")
+            lines = await _settled(access, 4)
     finally:
         proxy.stop()
-    lines = _access(access)
     served = [line for line in lines if "outcome=closed" in line]
     refused = [line for line in lines if "outcome=refused-client-ip" in line]
     assert len(served) == 2
@@ -207,10 +217,10 @@ async def test_a_header_from_an_untrusted_peer_or_none_from_a_trusted_one_is_ref
         assert await _served(port, context, source="127.0.0.1", first=local)
         # ...and a malformed one is refused.
         assert not await _served(port, context, source="127.0.0.1", first=b"PROXY TCP4 x\r\n")
+        lines = await _settled(access, 7)
         refused = server.metrics.connections_refused.value("proxy-protocol")
     # A served connection's line is written when it ends, which may be after the next
     # one's: compared as a set of lines, each found by what it must say.
-    lines = _access(access)
     outcomes = sorted(line.split("outcome=")[1].split()[0] for line in lines)
     assert outcomes == ["closed"] * 4 + ["refused-proxy-protocol"] * 3
     assert refused == 3
@@ -226,9 +236,9 @@ async def test_a_header_from_an_untrusted_peer_or_none_from_a_trusted_one_is_ref
     assert "outcome=closed" in line("client=203.0.113.7:51812", "peer=127.0.0.1:")
     assert "outcome=closed" in line("client=[2001:db8::7]:1", "peer=127.0.0.1:")
     assert "outcome=refused-proxy-protocol" in line("a v1 header needs")
-    local = [x for x in lines if "client=127.0.0.1:" in x and "outcome=closed" in x]
-    assert len(local) == 1  # the LOCAL header: the socket's own address, no peer field
-    assert "peer=" not in local[0]
+    own = [x for x in lines if "client=127.0.0.1:" in x and "outcome=closed" in x]
+    assert len(own) == 1  # the LOCAL header: the socket's own address, no peer field
+    assert "peer=" not in own[0]
 
 
 async def test_a_denied_address_is_closed_at_accept_before_a_byte_is_read(
@@ -286,7 +296,60 @@ async def test_a_listeners_own_policy_decides_once_the_hello_names_it(
         assert not await _served(
             port, context, source="127.0.0.9", first=header, sni="other.example.com"
         )
-    lines = _access(access)
+        lines = await _settled(access, 4)
     assert sum("127.0.0.5 is not in clientIPs.allow" in x for x in lines) == 1
     assert sum("which takes none" in x and "client=127.0.0.9:" in x for x in lines) == 1
     assert sum("outcome=closed" in x for x in lines) == 2
+
+
+async def test_a_policys_timeouts_override_the_serve_flags(
+    pki_backend: tuple[Pki, int], access: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """The serve flags give a minute to everything here; the policy 300 ms. A silent client,
+    an idle relayed connection and an unfinished handshake are each closed within seconds:
+    without the policy each would wait its minute (and fail this test's 10 s bound)."""
+    pki, backend_port = pki_backend
+    port, term_port = free_port(), free_port()
+    listeners = passthrough_listener("tls", port, None) + terminate_listener(
+        "term", term_port, HOST, "cert"
+    )
+    policy = """
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]
+  timeout: {tcp: {idleTimeout: 300ms}, tls: {helloTimeout: 300ms, handshakeTimeout: 300ms}}
+"""
+    manifests = (
+        gateway_yaml(port, listeners)
+        + secret_yaml("cert", pki.ca.issue_cert(HOST))
+        + service_yaml("db", backend_port)
+        + route_yaml("db", [HOST], [("db", 1)], section="tls")
+        + route_yaml("term", [HOST], [("db", 1)], section="term")
+        + _policy(policy)
+    )
+    context = pki.client_context()
+    minute = {"hello_timeout": 60.0, "idle_timeout": 60.0}
+    async with running_gateway(manifests, **minute):
+        with trio.fail_after(10):
+            # Silent: nothing sent at all.
+            silent = await trio.open_tcp_stream("127.0.0.1", port)
+            assert await silent.receive_some(1) == b""
+            await silent.aclose()
+            # Idle: relayed, then nothing either way.
+            async with _client(port, context, source="127.0.0.1") as client:
+                assert await client.call("PING") == "PONG"
+                # Closed under TLS without close_notify (passthrough: tlsgate has no TLS
+                # of its own to close): an unclean EOF.
+                with contextlib.suppress(trio.BrokenResourceError):
+                    assert await client.stream.receive_some(1) == b""
+            # Terminate: a ClientHello, the server's flight read, and nothing more.
+            outgoing = ssl.MemoryBIO()
+            engine = context.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname=HOST)
+            with contextlib.suppress(ssl.SSLWantReadError):
+                engine.do_handshake()
+            stream = await trio.open_tcp_stream("127.0.0.1", term_port)
+            await stream.send_all(outgoing.read())
+            while await stream.receive_some(65536):
+                pass  # until tlsgate closes
+            await stream.aclose()
+        lines = await _settled(access, 3)
+    outcomes = sorted(line.split("outcome=")[1].split()[0] for line in lines)
+    assert outcomes == ["handshake-timeout", "hello-timeout", "idle-timeout"]

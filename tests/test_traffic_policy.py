@@ -189,7 +189,10 @@ BASE: dict[str, Any] = {
         ([("spec.clientIPs.deny", ["not-an-ip/8"])], "spec.clientIPs.deny[0]"),
         ([("spec.clientIPs.allow", ["10.0.0.0/33"])], "spec.clientIPs.allow[0]"),
         ([("spec.targetRefs", [])], "spec.targetRefs"),
-        ([("spec.timeout", {"tls": {"helloTimeout": "5s"}})], "spec.timeout"),
+        ([("spec.timeout", {"tls": {"helloTimeout": "5 s"}})], "spec.timeout.tls.helloTimeout"),
+        ([("spec.timeout", {"tcp": {"idleTimeout": "0s"}})], "spec.timeout.tcp.idleTimeout"),
+        ([("spec.timeout", {"tls": {"handshakeTimeout": "1d"}})], "spec.timeout.tls"),
+        ([("spec.timeout", {"tls": {"hello": "1s"}})], "spec.timeout.tls"),
         ([("spec.connection", {"connectionLimit": {"value": 10}})], "spec.connection"),
         ([("spec.proxyProtocol.trustedCidrs", ["10.0.0.0/8"])], "spec.proxyProtocol"),
     ],
@@ -230,3 +233,50 @@ def test_the_routing_table_shows_each_listeners_policy() -> None:
         "proxyProtocol": {"trustedCIDRs": ["10.0.0.0/8"], "optional": False},
         "clientIPs": {"deny": ["192.0.2.0/24"]},
     }
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("10s", 10.0), ("1m30s", 90.0), ("500ms", 0.5), ("1h", 3600.0), ("2h1m1s5ms", 7261.005)],
+)
+def test_gateway_api_durations(text: str, seconds: float) -> None:
+    from gateway.api.names import parse_duration
+
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "10", "1.5s", "-1s", "1d", "123456s", "1h1m1s1ms1s", "s"])
+def test_not_gateway_api_durations(text: str) -> None:
+    from gateway.api.names import parse_duration
+
+    assert parse_duration(text) is None
+
+
+def test_timeouts_merge_per_field_and_the_socket_waits_for_the_longest_hello() -> None:
+    world = World()
+    on_gateway = """
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: edge}]
+  timeout: {tls: {helloTimeout: 2s}, tcp: {idleTimeout: 10m}}
+"""
+    on_pg = """
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: edge, sectionName: pg}]
+  timeout: {tls: {helloTimeout: 30s, handshakeTimeout: 500ms}}
+"""
+    world.apply(
+        GATEWAY_CLASS + "\n---\n" + GATEWAY + policy("edge", on_gateway) + policy("pg", on_pg)
+    )
+    pg, web = _listener(world, "pg").client, _listener(world, "web").client
+    assert (pg.hello_timeout, pg.handshake_timeout, pg.idle_timeout) == (30.0, 0.5, 600.0)
+    assert (web.hello_timeout, web.handshake_timeout, web.idle_timeout) == (2.0, None, 600.0)
+    assert world.snapshot is not None
+    assert world.snapshot.binds[("0.0.0.0", 5432)].hello_timeout(10.0) == 30.0
+    # Two helloTimeouts on one target conflict; a helloTimeout and an idleTimeout do not.
+    world.apply(policy("hello-again", on_gateway.replace("tcp: {idleTimeout: 10m}", "")))
+    assert _ancestors(world, "hello-again")[0][3] == [("Accepted", "False", "Conflicted")]
+    idle = """
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: edge, sectionName: pg}]
+  timeout: {tcp: {idleTimeout: 1h}}
+"""
+    world.apply(policy("pg-idle", idle))
+    assert _ancestors(world, "pg-idle")[0][3] == [("Accepted", "True", "Accepted")]
+    assert _listener(world, "pg").client.idle_timeout == 3600.0

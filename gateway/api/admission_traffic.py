@@ -12,6 +12,7 @@ import ipaddress
 from collections.abc import Sequence
 
 from gateway.api.admission_checks import Checker
+from gateway.api.names import parse_duration
 from gateway.api.traffic import ClientTrafficPolicy
 
 #: Fields of the contract this version does not enforce yet: refused rather than stored and
@@ -53,7 +54,22 @@ def admit_client_traffic_policy(c: Checker, doc: ClientTrafficPolicy) -> None:
     if spec.client_ips is not None:
         _cidrs(c, "spec.clientIPs.allow", spec.client_ips.allow, 0, 256)
         _cidrs(c, "spec.clientIPs.deny", spec.client_ips.deny, 0, 256)
-    if spec.timeout is not None:
-        c.add("spec.timeout", "FieldValueForbidden", _NOT_YET)
+    timeout = spec.timeout
+    if timeout is not None:
+        for field, value in (
+            ("spec.timeout.tcp.idleTimeout", timeout.tcp.idle_timeout if timeout.tcp else None),
+            ("spec.timeout.tls.helloTimeout", timeout.tls.hello_timeout if timeout.tls else None),
+            (
+                "spec.timeout.tls.handshakeTimeout",
+                timeout.tls.handshake_timeout if timeout.tls else None,
+            ),
+        ):
+            if value is None:
+                continue
+            seconds = parse_duration(value)
+            if seconds is None:
+                c.invalid(field, value, "must be a duration such as 10s, 1m30s, 500ms or 1h")
+            elif seconds <= 0:
+                c.invalid(field, value, "must be longer than 0s")
     if spec.connection is not None:
         c.add("spec.connection", "FieldValueForbidden", _NOT_YET)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 from enum import StrEnum
 from typing import Final, NamedTuple
 
@@ -114,3 +115,17 @@ def alpn_problem(text: str) -> str | None:
         if len(part) > 255 or not all("!" <= ch <= "~" for ch in part):
             return f"{part!r} is not a protocol name (1 to 255 printable ASCII characters)"
     return None
+
+
+#: GEP-2257 Duration: 1 to 4 pairs of a number (1 to 5 digits) and a unit (`1h`, `10s`,
+#: `1m30s`, `500ms`).
+_DURATION = re.compile(r"^(?:[0-9]{1,5}(?:h|m|s|ms)){1,4}$")
+_DURATION_PART = re.compile(r"([0-9]{1,5})(h|ms|m|s)")
+_UNIT_SECONDS: Final = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def parse_duration(text: str) -> float | None:
+    """A Gateway API duration in seconds, or None if `text` is not one (GEP-2257)."""
+    if not _DURATION.match(text):
+        return None
+    return sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))

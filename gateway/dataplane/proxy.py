@@ -207,7 +207,14 @@ class Proxy:
                 self._refuse(conn, Outcome.REFUSED_CLIENT_IP, refused)
                 return None
         headers = bound is not None and bound.expects_proxy_headers()
-        hello_bytes = await self._read_hello(client, conn, headers=headers)
+        hello_timeout = (
+            bound.hello_timeout(self.config.hello_timeout)
+            if bound is not None
+            else self.config.hello_timeout
+        )
+        hello_bytes = await self._read_hello(
+            client, conn, headers=headers, hello_by=trio.current_time() + hello_timeout
+        )
         if hello_bytes is None:
             return None
         # One read of the table for the connection's life: it holds all the connection needs.
@@ -253,7 +260,7 @@ class Proxy:
         if listener.mode == TLSMode.PASSTHROUGH:
             # The buffered hello goes first, verbatim: the backend sees the client's own SNI.
             # The transfer holds it, and lets go of it once sent (up to 64 KiB).
-            transfer = Transfer(idle_timeout=self.config.idle_timeout, first=hello_bytes)
+            transfer = Transfer(idle_timeout=self._idle_timeout(listener), first=hello_bytes)
             del hello_bytes
             if conn.prelude is not None:
                 return self._passthrough_postgres(client, backend, transfer, conn)
@@ -301,6 +308,12 @@ class Proxy:
                 break  # the deadline passed: the next endpoint
             self.dialer.failed(backend, endpoint, reason, errors)
         self.dialer.give_up(conn, errors)
+
+    def _idle_timeout(self, listener: ListenerTable) -> float:
+        client = listener.client
+        if client is not None and client.idle_timeout is not None:
+            return client.idle_timeout
+        return self.config.idle_timeout
 
     def _refuse(self, conn: AccessRecord, outcome: Outcome, detail: str) -> None:
         """Closed by a ClientTrafficPolicy: nothing sent back, no backend contacted."""
@@ -372,7 +385,13 @@ class Proxy:
         # leftovers (the hello bytes, the timeout's cancel scope).
         del hello_bytes, certificates
         started = time.monotonic()
-        with trio.move_on_after(self.config.hello_timeout) as timeout:
+        policy = listener.client
+        handshake_timeout = (
+            policy.handshake_timeout
+            if policy is not None and policy.handshake_timeout is not None
+            else self.config.hello_timeout
+        )
+        with trio.move_on_after(handshake_timeout) as timeout:
             try:
                 await tls.handshake()
             except TlsError as exc:
@@ -392,7 +411,7 @@ class Proxy:
                 backend_tls = await self._reencrypt(upstream, backend.tls, listener, conn)
                 if backend_tls is None:
                     return
-            conn.transfer = Transfer(idle_timeout=self.config.idle_timeout)
+            conn.transfer = Transfer(idle_timeout=self._idle_timeout(listener))
             await relay_terminated(self.relays, tls, upstream, backend_tls, conn.transfer)
             if conn.transfer.scope.cancelled_caught:
                 conn.outcome = Outcome.IDLE_TIMEOUT
@@ -433,7 +452,12 @@ class Proxy:
         return tls
 
     async def _read_hello(
-        self, client: socket.socket, conn: AccessRecord, *, headers: bool = False
+        self,
+        client: socket.socket,
+        conn: AccessRecord,
+        *,
+        headers: bool = False,
+        hello_by: float | None = None,
     ) -> bytes | None:
         # The parser keeps its reassembly state: each byte is examined a bounded number of times
         # however finely the client fragments the hello, and it bounds what is buffered (at most
@@ -444,7 +468,7 @@ class Proxy:
         opening = _Opening(1 if headers else 0)
         # The listener hands over connections whose hello is queued (TCP_DEFER_ACCEPT), so
         # most are read without a wait: the deadline costs a cancel scope only per wait.
-        deadline = trio.current_time() + self.config.hello_timeout
+        deadline = trio.current_time() + self.config.hello_timeout if hello_by is None else hello_by
         try:
             while True:
                 try:

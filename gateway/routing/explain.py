@@ -53,6 +53,17 @@ def _listener_wire(listener: ListenerTable) -> dict[str, Any]:
                 **({"allow": [str(n) for n in client.allow]} if client.allow is not None else {}),
                 "deny": [str(n) for n in client.deny],
             }
+        timeouts = {
+            name: seconds
+            for name, seconds in (
+                ("idleTimeoutSeconds", client.idle_timeout),
+                ("helloTimeoutSeconds", client.hello_timeout),
+                ("handshakeTimeoutSeconds", client.handshake_timeout),
+            )
+            if seconds is not None
+        }
+        if timeouts:
+            policy["timeouts"] = timeouts
         out["clientTrafficPolicy"] = policy
     if listener.reject is not None:
         out["reject"] = listener.reject

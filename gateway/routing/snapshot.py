@@ -150,6 +150,11 @@ class ClientPolicy:
     #: Client addresses admitted (None: any) and refused; deny wins.
     allow: tuple[Network, ...] | None = None
     deny: tuple[Network, ...] = ()
+    #: Seconds, over the serve flags (None: the flag's): idle either way; for the
+    #: ClientHello (and what precedes it); for a Terminate listener's handshake.
+    idle_timeout: float | None = None
+    hello_timeout: float | None = None
+    handshake_timeout: float | None = None
 
     def refuses(self, client: str) -> str | None:
         """Why the client address is refused by `clientIPs`, or None."""
@@ -248,6 +253,21 @@ class Bind:
         for one)?"""
         return any(
             lst.client is not None and lst.client.proxy_trusted is not None
+            for lst in self.listeners
+        )
+
+    def hello_timeout(self, default: float) -> float:
+        """How long a connection here may take to send its ClientHello. The listener is not
+        known before it: the longest of the listeners' (each the flag's, `default`, unless
+        a policy sets one), so no listener's clients get less than its policy gives."""
+        if not self._screened:
+            return default
+        return max(
+            (
+                lst.client.hello_timeout
+                if lst.client is not None and lst.client.hello_timeout is not None
+                else default
+            )
             for lst in self.listeners
         )
 

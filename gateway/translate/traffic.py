@@ -11,22 +11,23 @@ Pure. A policy targets Gateways of its own namespace, optionally one listener by
 - else `Accepted=True/Accepted`.
 
 Fields are compared leaf by leaf: `proxyProtocol` (one field: its CIDRs and `optional`
-mean nothing apart), `clientIPs.allow`, `clientIPs.deny`. A policy on a listener and one on
-its whole Gateway never conflict: the listener's fields win there (the more specific target),
-and the Gateway's apply to every other listener.
+mean nothing apart), `clientIPs.allow`, `clientIPs.deny`, and each timeout. A policy on a
+listener and one on its whole Gateway never conflict: the listener's fields win there (the
+more specific target), and the Gateway's apply to every other listener.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
+from typing import Final
 
 from attrs import frozen
 
 from gateway import CONTROLLER_NAME, GATEWAY_GROUP
 from gateway.api import model
 from gateway.api.kinds import ObjectKey
-from gateway.api.names import NamespacedName
+from gateway.api.names import NamespacedName, parse_duration
 from gateway.api.status import (
     ConditionType,
     Draft,
@@ -63,7 +64,32 @@ def leaves(policy: ClientTrafficPolicy) -> tuple[str, ...]:
             found.append("clientIPs.allow")
         if spec.client_ips.deny is not None:
             found.append("clientIPs.deny")
+    found += [leaf for leaf, _ in _timeouts(policy)]
     return tuple(found)
+
+
+def _timeouts(policy: ClientTrafficPolicy) -> list[tuple[str, float]]:
+    """The timeouts a policy sets, as (leaf, seconds); admission checked the durations."""
+    timeout = policy.spec.timeout
+    if timeout is None:
+        return []
+    texts = [
+        ("timeout.tcp.idleTimeout", timeout.tcp.idle_timeout if timeout.tcp else None),
+        ("timeout.tls.helloTimeout", timeout.tls.hello_timeout if timeout.tls else None),
+        ("timeout.tls.handshakeTimeout", timeout.tls.handshake_timeout if timeout.tls else None),
+    ]
+    return [
+        (leaf, seconds)
+        for leaf, text in texts
+        if text is not None and (seconds := parse_duration(text)) is not None
+    ]
+
+
+_TIMEOUT_FIELDS: Final = {
+    "timeout.tcp.idleTimeout": "idle_timeout",
+    "timeout.tls.helloTimeout": "hello_timeout",
+    "timeout.tls.handshakeTimeout": "handshake_timeout",
+}
 
 
 def evaluate_client_policies(
@@ -189,6 +215,8 @@ def _merged(
                     fields["allow"] = _networks(spec.client_ips.allow)
                 if spec.client_ips is not None and spec.client_ips.deny is not None:
                     fields["deny"] = _networks(spec.client_ips.deny)
+                for leaf, seconds in _timeouts(policies[name]):
+                    fields[_TIMEOUT_FIELDS[leaf]] = seconds
             merged[(gateway, listener.spec.name)] = ClientPolicy(
                 policies=tuple(str(name) for name in names),
                 **fields,  # type: ignore[arg-type]
