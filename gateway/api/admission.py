@@ -24,8 +24,11 @@ from gateway.api.admission_gateway import (
     admit_reference_grant,
     admit_tls_route,
 )
-from gateway.api.admission_traffic import admit_client_traffic_policy
-from gateway.api.traffic import ClientTrafficPolicy
+from gateway.api.admission_traffic import (
+    admit_backend_traffic_policy,
+    admit_client_traffic_policy,
+)
+from gateway.api.traffic import BackendTrafficPolicy, ClientTrafficPolicy
 
 __all__ = ["Cause", "admit", "show_value"]
 
@@ -49,6 +52,8 @@ def admit(doc: object) -> list[Cause]:
             admit_backend_tls_policy(c, doc)
         case ClientTrafficPolicy():
             admit_client_traffic_policy(c, doc)
+        case BackendTrafficPolicy():
+            admit_backend_traffic_policy(c, doc)
         case corev1.Service():
             admit_service(c, doc)
         case corev1.EndpointSlice():

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from gateway.api.admission_checks import Checker
 from gateway.api.names import parse_duration
-from gateway.api.traffic import ClientTrafficPolicy
+from gateway.api.traffic import BackendTrafficPolicy, ClientTrafficPolicy
 
 #: Fields of the contract this version does not enforce yet: refused rather than stored and
 #: silently ignored (a policy that says more than it does would make its status a lie).
@@ -73,3 +73,23 @@ def admit_client_traffic_policy(c: Checker, doc: ClientTrafficPolicy) -> None:
                 c.invalid(field, value, "must be longer than 0s")
     if spec.connection is not None:
         c.add("spec.connection", "FieldValueForbidden", _NOT_YET)
+
+
+def admit_backend_traffic_policy(c: Checker, doc: BackendTrafficPolicy) -> None:
+    spec = doc.spec
+    c.items("spec.targetRefs", spec.target_refs, 1, 16)
+    for i, ref in enumerate(spec.target_refs):
+        c.group(f"spec.targetRefs[{i}].group", ref.group)
+        c.kind(f"spec.targetRefs[{i}].kind", ref.kind)
+        c.object_name(f"spec.targetRefs[{i}].name", ref.name)
+        c.section_name(f"spec.targetRefs[{i}].sectionName", ref.section_name)
+    if spec.proxy_protocol is not None:
+        c.enum("spec.proxyProtocol.version", spec.proxy_protocol.version, ("V1", "V2"))
+    for field, value in (
+        ("spec.healthCheck", spec.health_check),
+        ("spec.timeout", spec.timeout),
+        ("spec.retry", spec.retry),
+        ("spec.loadBalancer", spec.load_balancer),
+    ):
+        if value is not None:
+            c.add(field, "FieldValueForbidden", _NOT_YET)

@@ -18,7 +18,7 @@ from gateway.api.model import (
     ReferenceGrant,
     TLSRoute,
 )
-from gateway.api.traffic import ClientTrafficPolicy
+from gateway.api.traffic import BackendTrafficPolicy, ClientTrafficPolicy
 
 Document = (
     GatewayClass
@@ -27,6 +27,7 @@ Document = (
     | ReferenceGrant
     | BackendTLSPolicy
     | ClientTrafficPolicy
+    | BackendTrafficPolicy
     | Service
     | EndpointSlice
     | Secret
@@ -92,6 +93,14 @@ KINDS: Final[tuple[KindInfo, ...]] = (
         (f"{POLICY_GROUP}/v1alpha1",),
         True,
         ClientTrafficPolicy,
+    ),
+    KindInfo(
+        "BackendTrafficPolicy",
+        "backendtrafficpolicies",
+        POLICY_GROUP,
+        (f"{POLICY_GROUP}/v1alpha1",),
+        True,
+        BackendTrafficPolicy,
     ),
     KindInfo("Service", "services", "", ("v1",), True, Service),
     KindInfo(

@@ -1,5 +1,6 @@
 """tlsgate's own policy kinds, `gateway.tlsgate.dev/v1alpha1` (API.md "Traffic policies"):
-ClientTrafficPolicy, attached to Gateways and listeners by policy attachment (GEP-713).
+ClientTrafficPolicy, attached to Gateways and listeners, and BackendTrafficPolicy, attached
+to Services, by policy attachment (GEP-713).
 
 Pure: the model only. Field names follow Envoy Gateway's policies of the same name where
 they overlap; durations are Gateway API durations (GEP-2257: `1h`, `10s`, `500ms`).
@@ -76,3 +77,78 @@ class ClientTrafficPolicy:
     kind: str = "ClientTrafficPolicy"
     metadata: ObjectMeta
     spec: ClientTrafficPolicySpec
+
+
+# --- BackendTrafficPolicy: how tlsgate reaches a Service's endpoints ------------------------
+
+
+@frozen(kw_only=True)
+class BackendProxyProtocol:
+    #: `V1` (text) or `V2` (binary, with the SNI and ALPN as TLVs).
+    version: str
+
+
+@frozen(kw_only=True)
+class PassiveHealthCheck:
+    consecutive_connect_failures: int | None = None
+    base_ejection_time: str | None = None
+    max_ejection_percent: int | None = None
+
+
+@frozen(kw_only=True)
+class ActiveHealthCheck:
+    type: str
+    interval: str | None = None
+    timeout: str | None = None
+    healthy_threshold: int | None = None
+    unhealthy_threshold: int | None = None
+
+
+@frozen(kw_only=True)
+class HealthCheck:
+    passive: PassiveHealthCheck | None = None
+    active: ActiveHealthCheck | None = None
+
+
+@frozen(kw_only=True)
+class BackendTCPTimeout:
+    connect_timeout: str | None = None
+
+
+@frozen(kw_only=True)
+class BackendTimeout:
+    tcp: BackendTCPTimeout | None = None
+
+
+@frozen(kw_only=True)
+class Retry:
+    num_attempts: int | None = None
+
+
+@frozen(kw_only=True)
+class ConsistentHash:
+    type: str
+
+
+@frozen(kw_only=True)
+class LoadBalancer:
+    type: str
+    consistent_hash: ConsistentHash | None = None
+
+
+@frozen(kw_only=True)
+class BackendTrafficPolicySpec:
+    target_refs: tuple[LocalPolicyTargetReferenceWithSectionName, ...]
+    proxy_protocol: BackendProxyProtocol | None = None
+    health_check: HealthCheck | None = None
+    timeout: BackendTimeout | None = None
+    retry: Retry | None = None
+    load_balancer: LoadBalancer | None = None
+
+
+@frozen(kw_only=True)
+class BackendTrafficPolicy:
+    api_version: str
+    kind: str = "BackendTrafficPolicy"
+    metadata: ObjectMeta
+    spec: BackendTrafficPolicySpec

@@ -32,6 +32,7 @@ SHORT_NAMES = {
     "eps": "EndpointSlice",
     "btlspolicy": "BackendTLSPolicy",
     "ctp": "ClientTrafficPolicy",
+    "btp": "BackendTrafficPolicy",
 }
 
 

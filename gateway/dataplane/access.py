@@ -74,6 +74,10 @@ class AccessRecord:
     via: tuple[str, int] | None = None
     #: A PROXY header came first (with addresses, or LOCAL / UNKNOWN without).
     proxied: bool = False
+    #: The address and port the client connected to, as a PROXY header carried it.
+    destination: tuple[str, int] | None = None
+    #: The first ALPN protocol the ClientHello offers (a PROXY v2 header passes it on).
+    alpn: str | None = None
 
     def fields(self) -> dict[str, object]:
         """The access-log fields, in order (ARCHITECTURE.md "Logging"; never key material)."""

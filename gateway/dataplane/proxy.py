@@ -54,7 +54,16 @@ from gateway.dataplane.access import AccessRecord, Outcome
 from gateway.dataplane.clienthello import MAX_HELLO_BYTES, ClientHelloError, ClientHelloParser
 from gateway.dataplane.dial import Dialer, start_connect
 from gateway.dataplane.postgres import ACCEPT, LENGTH, REFUSE, SSL_REQUEST, Prelude, prelude
-from gateway.dataplane.proxy_protocol import NeedMore, ProxyHeaderError, could_be_header, parse
+from gateway.dataplane.proxy_protocol import (
+    PP2_TYPE_ALPN,
+    PP2_TYPE_AUTHORITY,
+    NeedMore,
+    ProxyHeaderError,
+    could_be_header,
+    parse,
+    v1_header,
+    v2_header,
+)
 from gateway.dataplane.relay import SPLICE_AVAILABLE, ConnectError, PipePool, RelayLoop, Transfer
 from gateway.dataplane.terminated import relay_terminated
 from gateway.dataplane.tls import (
@@ -260,10 +269,16 @@ class Proxy:
         if listener.mode == TLSMode.PASSTHROUGH:
             # The buffered hello goes first, verbatim: the backend sees the client's own SNI.
             # The transfer holds it, and lets go of it once sent (up to 64 KiB).
-            transfer = Transfer(idle_timeout=self._idle_timeout(listener), first=hello_bytes)
-            del hello_bytes
+            header = _proxy_header(client, backend, conn, conn.alpn)
             if conn.prelude is not None:
-                return self._passthrough_postgres(client, backend, transfer, conn)
+                # The header goes before the SSLRequest, the hello after the backend's S.
+                transfer = Transfer(idle_timeout=self._idle_timeout(listener), first=hello_bytes)
+                del hello_bytes
+                return self._passthrough_postgres(client, backend, transfer, conn, header)
+            transfer = Transfer(
+                idle_timeout=self._idle_timeout(listener), first=header + hello_bytes
+            )
+            del hello_bytes
             return self._passthrough(client, backend, transfer, conn)
         return self._terminate(client, hello_bytes, conn, snapshot, listener, backend)
 
@@ -321,7 +336,12 @@ class Proxy:
         self.metrics.connections_refused.add((outcome.value.removeprefix("refused-"),))
 
     async def _passthrough_postgres(
-        self, client: socket.socket, backend: Backend, transfer: Transfer, conn: AccessRecord
+        self,
+        client: socket.socket,
+        backend: Backend,
+        transfer: Transfer,
+        conn: AccessRecord,
+        header: bytes = b"",
     ) -> None:
         """Passthrough of a PostgreSQL client (API.md "PostgreSQL"): the backend gets the
         SSLRequest the client sent, must answer `S` as the client was told, and only then the
@@ -330,19 +350,23 @@ class Proxy:
         if upstream is None:
             return
         with upstream:
-            if not await self._request_ssl(upstream, conn):
+            if not await self._request_ssl(upstream, conn, header):
                 return
             conn.transfer = transfer
             await self.relays.relay(client, upstream, transfer)
             if transfer.scope.cancelled_caught:
                 conn.outcome = Outcome.IDLE_TIMEOUT
 
-    async def _request_ssl(self, upstream: socket.socket, conn: AccessRecord) -> bool:
-        """Send PostgreSQL's SSLRequest and read its one-byte answer (never more: what
-        follows an `S` is TLS, the client's or ours); True if it is `S`."""
+    async def _request_ssl(
+        self, upstream: socket.socket, conn: AccessRecord, header: bytes = b""
+    ) -> bool:
+        """Send PostgreSQL's SSLRequest (after a PROXY header, if one is due) and read its
+        one-byte answer (never more: what follows an `S` is TLS, the client's or ours);
+        True if it is `S`."""
         answer = b""
         with trio.move_on_after(self.config.connect_timeout):
-            upstream.send(SSL_REQUEST)  # 8 bytes on a fresh connection: the buffer takes them
+            # A few bytes on a fresh connection: the socket buffer takes them whole.
+            upstream.send(header + SSL_REQUEST)
             while True:
                 try:
                     answer = upstream.recv(1)
@@ -406,6 +430,9 @@ class Proxy:
         if upstream is None:
             return
         with upstream:
+            header = _proxy_header(client, backend, conn, tls.tls.selected_alpn_protocol())
+            if header:
+                upstream.send(header)  # a fresh connection's buffer takes it whole
             backend_tls = None
             if backend.tls is not None:
                 backend_tls = await self._reencrypt(upstream, backend.tls, listener, conn)
@@ -502,6 +529,8 @@ class Proxy:
                     return None
                 if hello is not None:
                     conn.sni = hello.server_name
+                    if hello.alpn:
+                        conn.alpn = hello.alpn[0].decode("ascii", "replace")
                     self.metrics.client_hello_duration.observe(time.monotonic() - conn.started)
                     return bytes(buffer)
         finally:
@@ -572,4 +601,27 @@ def _take_header(buffer: bytearray, conn: AccessRecord) -> int:
     if found.source is not None and found.destination is not None:
         # LOCAL (a load balancer's own check) and UNKNOWN carry none: the socket's stand.
         conn.via, conn.peer = conn.peer, found.source
+        conn.destination = found.destination
     return 0
+
+
+def _proxy_header(
+    client: socket.socket, backend: Backend, conn: AccessRecord, alpn: str | None
+) -> bytes:
+    """The PROXY header a BackendTrafficPolicy asks for (b"" without one): the client's
+    address and port (as a trusted incoming header carried them), and the address and port
+    it connected to; v2 adds the SNI (PP2_TYPE_AUTHORITY) and the ALPN protocol
+    (PP2_TYPE_ALPN: negotiated in Terminate, the first offered in Passthrough)."""
+    traffic = backend.traffic
+    if traffic is None or traffic.proxy_version is None:
+        return b""
+    destination = conn.destination or client.getsockname()[:2]
+    source = (conn.peer[0], conn.peer[1])
+    if traffic.proxy_version == 1:
+        return v1_header(source, destination)
+    tlvs = []
+    if conn.sni:
+        tlvs.append((PP2_TYPE_AUTHORITY, conn.sni.encode("ascii", "replace")))
+    if alpn:
+        tlvs.append((PP2_TYPE_ALPN, alpn.encode("ascii", "replace")))
+    return v2_header(source, destination, tlvs)

@@ -21,6 +21,11 @@ def _backend_wire(backend: Backend) -> dict[str, Any]:
         out["reject"] = backend.reject
     if backend.tls is not None:
         out["tls"] = {"policy": backend.tls.policy, "hostname": backend.tls.hostname}
+    if backend.traffic is not None:
+        traffic: dict[str, Any] = {"policy": backend.traffic.policy}
+        if backend.traffic.proxy_version is not None:
+            traffic["proxyProtocol"] = f"V{backend.traffic.proxy_version}"
+        out["traffic"] = traffic
     return out
 
 

@@ -72,6 +72,16 @@ class BackendTLS:
 
 
 @frozen(kw_only=True)
+class BackendTraffic:
+    """What the accepted BackendTrafficPolicy of a Service says (API.md "Traffic
+    policies"): how tlsgate reaches its endpoints, from every route."""
+
+    policy: str
+    #: Send a PROXY protocol header of this version (1 or 2) before any other byte.
+    proxy_version: int | None = None
+
+
+@frozen(kw_only=True)
 class Backend:
     """One weighted backendRef. `reject` says why connections drawn to it are closed
     (an invalid reference, or no ready endpoint): its weight still counts (SPEC.md §10.4)."""
@@ -81,6 +91,7 @@ class Backend:
     endpoints: tuple[Endpoint, ...] = ()
     reject: str | None = None
     tls: BackendTLS | None = None
+    traffic: BackendTraffic | None = None
 
 
 @frozen(kw_only=True)

@@ -28,7 +28,9 @@ from gateway.translate.listeners import TLS_ROUTE_KIND, ListenerState
 
 def route_result(build: Build, key: NamespacedName, route: model.TLSRoute) -> RouteResult:
     """Everything one route contributes, from the route and the Gateway side of the build."""
-    resolved, backends, services = resolve_backends(key, route, build.resources, build.policies)
+    resolved, backends, services = resolve_backends(
+        key, route, build.resources, build.policies, build.backend_traffic
+    )
     parents = []
     gateways = []
     for ref in route.spec.parent_refs or ():

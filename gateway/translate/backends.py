@@ -15,7 +15,7 @@ from gateway import GATEWAY_GROUP
 from gateway.api import corev1, model
 from gateway.api.names import NamespacedName, new_tuple
 from gateway.api.status import Draft, Reason, resolved_refs
-from gateway.routing.snapshot import Backend, BackendTLS, Endpoint
+from gateway.routing.snapshot import Backend, BackendTLS, BackendTraffic, Endpoint
 from gateway.translate.policies import Target, policy_for
 from gateway.translate.references import grant_allows
 from gateway.translate.resources import Resources
@@ -29,6 +29,7 @@ def resolve_backends(
     route: model.TLSRoute,
     resources: Resources,
     policies: Mapping[Target, BackendTLS] | None = None,
+    traffic: Mapping[tuple[str, str], BackendTraffic] | None = None,
 ) -> tuple[Draft, tuple[Backend, ...], list[NamespacedName]]:
     """ResolvedRefs for the route (one reason: the first failure; every bad ref in the
     message), the backend pool of its single rule, and the Services its refs name."""
@@ -72,7 +73,14 @@ def resolve_backends(
             if tls is not None and tls.error is not None:
                 reject = f"BackendTLSPolicy {tls.policy} is not accepted: {tls.error}"
             pool.append(
-                Backend(name=name, weight=ref.weight, endpoints=endpoints, reject=reject, tls=tls)
+                Backend(
+                    name=name,
+                    weight=ref.weight,
+                    endpoints=endpoints,
+                    reject=reject,
+                    tls=tls,
+                    traffic=traffic.get((namespace, ref.name)) if traffic else None,
+                )
             )
     return (resolved_refs(failures) if failures else _RESOLVED), tuple(pool), services
 

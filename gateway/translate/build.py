@@ -49,7 +49,12 @@ from gateway.translate.policies import evaluate_policies
 from gateway.translate.resources import Resources
 from gateway.translate.statuses import finish_gateways, finish_policies
 from gateway.translate.tables import build_binds
-from gateway.translate.traffic import client_policy_statuses, evaluate_client_policies
+from gateway.translate.traffic import (
+    backend_policy_statuses,
+    client_policy_statuses,
+    evaluate_backend_policies,
+    evaluate_client_policies,
+)
 
 #: What the Gateway side reads of the resources; a change elsewhere keeps it.
 _GATEWAY_SIDE = (
@@ -58,6 +63,7 @@ _GATEWAY_SIDE = (
     "reference_grants",
     "backend_tls_policies",
     "client_traffic_policies",
+    "backend_traffic_policies",
     "secrets",
     "config_maps",
     "namespaces",
@@ -101,6 +107,11 @@ def translate(
     others.update(finish_gateways(build, route_side.attached))
     others.update(finish_policies(build, route_side.results, route_side.users))
     others.update(client_policy_statuses(build, build.client_policy_results))
+    others.update(
+        backend_policy_statuses(
+            build, build.backend_traffic_results, route_side.results, route_side.users
+        )
+    )
     statuses = dict(route_side.statuses)
     statuses.update(others)
     accepted, rejected = accepted_counts(others)
@@ -117,6 +128,7 @@ def gateway_side(resources: Resources, facts: Facts) -> Build:
     process_conflicts(build)
     build.policies, build.policy_results = evaluate_policies(resources, facts)
     build.client_policies, build.client_policy_results = evaluate_client_policies(build)
+    build.backend_traffic, build.backend_traffic_results = evaluate_backend_policies(resources)
     return build
 
 

@@ -17,14 +17,14 @@ from gateway.api import model
 from gateway.api.kinds import ObjectKey
 from gateway.api.names import NamespacedName
 from gateway.api.status import Draft, Status
-from gateway.routing.snapshot import Backend, BackendTLS, ClientPolicy
+from gateway.routing.snapshot import Backend, BackendTLS, BackendTraffic, ClientPolicy
 from gateway.translate.facts import Facts
 from gateway.translate.listeners import ListenerState
 from gateway.translate.policies import PolicyResult, Target
 from gateway.translate.resources import Resources
 
 if TYPE_CHECKING:
-    from gateway.translate.traffic import ClientPolicyResult
+    from gateway.translate.traffic import BackendPolicyResult, ClientPolicyResult
 
 
 @define
@@ -124,6 +124,9 @@ class Build:
     #: ClientTrafficPolicies: each listener's merged policy, and each policy's result.
     client_policies: dict[ListenerKey, ClientPolicy] = field(factory=dict)
     client_policy_results: dict[NamespacedName, ClientPolicyResult] = field(factory=dict)
+    #: BackendTrafficPolicies: each Service's, and each policy's result.
+    backend_traffic: dict[tuple[str, str], BackendTraffic] = field(factory=dict)
+    backend_traffic_results: dict[NamespacedName, BackendPolicyResult] = field(factory=dict)
 
     def previous(self, key: ObjectKey) -> Status | None:
         return self.facts.previous.get(key)

@@ -35,6 +35,7 @@ class Resources:
     reference_grants: Mapping[NamespacedName, model.ReferenceGrant]
     backend_tls_policies: Mapping[NamespacedName, model.BackendTLSPolicy]
     client_traffic_policies: Mapping[NamespacedName, traffic.ClientTrafficPolicy]
+    backend_traffic_policies: Mapping[NamespacedName, traffic.BackendTrafficPolicy]
     services: Mapping[NamespacedName, corev1.Service]
     endpoint_slices: Mapping[NamespacedName, corev1.EndpointSlice]
     secrets: Mapping[NamespacedName, corev1.Secret]
@@ -81,6 +82,7 @@ class Resources:
             reference_grants=maps["reference_grants"],
             backend_tls_policies=maps["backend_tls_policies"],
             client_traffic_policies=maps["client_traffic_policies"],
+            backend_traffic_policies=maps["backend_traffic_policies"],
             services=maps["services"],
             endpoint_slices=maps["endpoint_slices"],
             secrets=maps["secrets"],
@@ -151,6 +153,7 @@ _ATTRIBUTE = {
     "ReferenceGrant": "reference_grants",
     "BackendTLSPolicy": "backend_tls_policies",
     "ClientTrafficPolicy": "client_traffic_policies",
+    "BackendTrafficPolicy": "backend_traffic_policies",
     "Service": "services",
     "EndpointSlice": "endpoint_slices",
     "Secret": "secrets",

@@ -105,6 +105,9 @@ def affected(
     for target in before.policies.keys() | after.policies.keys():
         if before.policies.get(target) != after.policies.get(target):
             dirty |= routes.users.get(NamespacedName(target[0], target[1]), empty)
+    for service in before.backend_traffic.keys() | after.backend_traffic.keys():
+        if before.backend_traffic.get(service) != after.backend_traffic.get(service):
+            dirty |= routes.users.get(NamespacedName(*service), empty)
     if old.reference_grants is not new.reference_grants:
         dirty.update(key for key, result in routes.results.items() if result.cross_namespace)
     namespaces = {n for n in changed_keys(old, new, "namespaces") if isinstance(n, str)}

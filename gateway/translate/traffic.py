@@ -37,9 +37,10 @@ from gateway.api.status import (
     Status,
     stamp,
 )
-from gateway.api.traffic import ClientTrafficPolicy
-from gateway.routing.snapshot import ClientPolicy, Network
-from gateway.translate.context import Build, ListenerKey, age
+from gateway.api.traffic import BackendTrafficPolicy, ClientTrafficPolicy
+from gateway.routing.snapshot import BackendTraffic, ClientPolicy, Network
+from gateway.translate.context import Build, ListenerKey, RouteResult, age
+from gateway.translate.resources import Resources
 
 #: A policy's target: the Gateway and the listener (None: the whole Gateway).
 Target = tuple[NamespacedName, str | None]
@@ -241,6 +242,131 @@ def client_policy_statuses(
             key=lambda a: (a.group, a.kind, a.name, a.section_name or ""),
         )
         for ancestor in ordered:
+            previous = (
+                next((a.conditions for a in old.ancestors if a.ancestor_ref == ancestor), ())
+                if isinstance(old, PolicyStatus)
+                else ()
+            )
+            entries.append(
+                PolicyAncestorStatus(
+                    ancestor_ref=ancestor,
+                    controller_name=CONTROLLER_NAME,
+                    conditions=stamp([result.accepted], generation, build.facts.now, previous),
+                )
+            )
+        statuses[status_key] = PolicyStatus(ancestors=tuple(entries))
+    return statuses
+
+
+# --- BackendTrafficPolicy ------------------------------------------------------------------
+
+#: A BackendTrafficPolicy's target: a Service (namespace, name).
+ServiceTarget = tuple[str, str]
+
+
+@frozen
+class BackendPolicyResult:
+    accepted: Draft
+    #: The Services it names: its ancestors are the Gateways whose routes reach them.
+    services: tuple[ServiceTarget, ...]
+
+
+def backend_leaves(policy: BackendTrafficPolicy) -> tuple[str, ...]:
+    return ("proxyProtocol",) if policy.spec.proxy_protocol is not None else ()
+
+
+def evaluate_backend_policies(
+    resources: Resources,
+) -> tuple[dict[ServiceTarget, BackendTraffic], dict[NamespacedName, BackendPolicyResult]]:
+    """Each Service's BackendTraffic from its accepted policies, and every policy's result:
+    Invalid (a target that is not a core Service, or names a port), TargetNotFound (no
+    such Service), Conflicted (an older policy on the Service sets one of its fields)."""
+    policies = resources.backend_traffic_policies
+    results: dict[NamespacedName, BackendPolicyResult] = {}
+    claimed: dict[tuple[ServiceTarget, str], NamespacedName] = {}
+    chosen: dict[ServiceTarget, BackendTraffic] = {}
+    for key in sorted(policies, key=lambda k: age(policies[k].metadata)):
+        policy = policies[key]
+        services: list[ServiceTarget] = []
+        invalid: list[str] = []
+        missing: list[str] = []
+        for i, ref in enumerate(policy.spec.target_refs):
+            if (ref.group, ref.kind) != ("", "Service") or ref.section_name is not None:
+                what = f"{ref.group or 'core'}/{ref.kind}"
+                if ref.section_name is not None:
+                    what += f" sectionName {ref.section_name} (a whole Service only)"
+                invalid.append(f"targetRefs[{i}]: {what}")
+                continue
+            services.append((key.namespace, ref.name))
+            if NamespacedName(key.namespace, ref.name) not in resources.services:
+                missing.append(f"Service {key.namespace}/{ref.name}")
+        fields = backend_leaves(policy)
+        older = sorted({claimed[(s, f)] for s in services for f in fields if (s, f) in claimed})
+        if invalid:
+            accepted = Draft(
+                ConditionType.ACCEPTED,
+                False,
+                Reason.INVALID,
+                "only core Services can be targeted: " + ", ".join(invalid),
+            )
+        elif missing:
+            accepted = Draft(
+                ConditionType.ACCEPTED,
+                False,
+                Reason.TARGET_NOT_FOUND,
+                "no " + ", no ".join(missing) + "; this policy applies nothing until it exists",
+            )
+        elif older:
+            accepted = Draft(
+                ConditionType.ACCEPTED,
+                False,
+                Reason.CONFLICTED,
+                f"the older BackendTrafficPolicy {older[0]} already sets "
+                + ", ".join(sorted({f for s in services for f in fields if (s, f) in claimed}))
+                + " on the same Service; this policy applies nothing",
+            )
+        else:
+            accepted = Draft(ConditionType.ACCEPTED, True, Reason.ACCEPTED, "Policy is accepted")
+            proxy = policy.spec.proxy_protocol
+            for service in services:
+                for field in fields:
+                    claimed[(service, field)] = key
+                chosen[service] = BackendTraffic(
+                    policy=str(key),
+                    proxy_version=(2 if proxy.version == "V2" else 1) if proxy else None,
+                )
+        results[key] = BackendPolicyResult(accepted, tuple(services))
+    return chosen, results
+
+
+def backend_policy_statuses(
+    build: Build,
+    results: Mapping[NamespacedName, BackendPolicyResult],
+    route_results: Mapping[NamespacedName, RouteResult],
+    users: Mapping[NamespacedName, Iterable[NamespacedName]],
+) -> dict[ObjectKey, Status]:
+    """`status.ancestors` of every BackendTrafficPolicy: one entry per Gateway of ours
+    whose routes reach a targeted Service (as for BackendTLSPolicy, SPEC.md §7)."""
+    statuses: dict[ObjectKey, Status] = {}
+    policies = build.resources.backend_traffic_policies
+    for key, result in results.items():
+        gateways = sorted(
+            {
+                a.gateway
+                for namespace, name in result.services
+                for route in users.get(NamespacedName(namespace, name), ())
+                for parent in route_results[route].parents
+                for a in parent.attached
+            }
+        )
+        if not gateways:
+            continue  # no Gateway of ours reaches its Services: not ours to report on
+        status_key = ObjectKey("BackendTrafficPolicy", *key)
+        old = build.previous(status_key)
+        generation = policies[key].metadata.generation or 1
+        entries = []
+        for gateway in gateways:
+            ancestor = model.ParentReference(namespace=gateway.namespace, name=gateway.name)
             previous = (
                 next((a.conditions for a in old.ancestors if a.ancestor_ref == ancestor), ())
                 if isinstance(old, PolicyStatus)
