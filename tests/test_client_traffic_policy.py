@@ -229,7 +229,7 @@ async def test_a_header_from_an_untrusted_peer_or_none_from_a_trusted_one_is_ref
         [found] = [line for line in lines if all(part in line for part in parts)]
         return found
 
-    untrusted = line("is not in proxyProtocol.trustedCIDRs")
+    untrusted = line("no listener here trusts it")
     assert "client=127.0.0.4:" in untrusted  # an untrusted header's claim is not believed
     assert "peer=" not in untrusted
     assert "outcome=refused-proxy-protocol" in line("127.0.0.1 is in", "sent no header")
@@ -353,3 +353,73 @@ async def test_a_policys_timeouts_override_the_serve_flags(
         lines = await _settled(access, 3)
     outcomes = sorted(line.split("outcome=")[1].split()[0] for line in lines)
     assert outcomes == ["handshake-timeout", "hello-timeout", "idle-timeout"]
+
+
+async def test_an_untrusted_header_is_refused_at_once_with_nothing_sent_back(
+    pki_backend: tuple[Pki, int], access: pytest.LogCaptureFixture
+) -> None:
+    """Refused as soon as the header is seen: an SSLRequest after it gets no S, a silent
+    peer no hello timeout, and the log names the socket's peer, never the forged address."""
+    _, backend_port = pki_backend
+    port = free_port()
+    forged = v1_header(("6.6.6.6", 666), ("127.0.0.1", port))
+    from gateway.dataplane.postgres import SSL_REQUEST
+
+    async with running_gateway(_manifests(port, backend_port), hello_timeout=60.0):
+        for after in (SSL_REQUEST, b""):
+
+            def send(after: bytes = after) -> bytes:
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.4", 0))
+                    sock.settimeout(10)
+                    sock.connect(("127.0.0.1", port))
+                    sock.sendall(forged + after)
+                    return sock.recv(1)
+
+            with trio.fail_after(10):  # not the 60 s hello timeout
+                assert await trio.to_thread.run_sync(send) == b""
+        lines = await _settled(access, 2)
+    assert all("outcome=refused-proxy-protocol" in x for x in lines)
+    assert all("client=127.0.0.4:" in x and "6.6.6.6" not in x for x in lines)
+
+
+async def test_a_header_sent_a_byte_at_a_time_then_the_hello(
+    pki_backend: tuple[Pki, int], access: pytest.LogCaptureFixture
+) -> None:
+    pki, backend_port = pki_backend
+    port = free_port()
+    header = v2_header(("203.0.113.9", 4242), ("127.0.0.1", port))
+    context = pki.client_context()
+    async with running_gateway(_manifests(port, backend_port)):
+        tcp = await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.1")
+        try:
+            for byte in header:
+                await tcp.send_all(bytes([byte]))
+                await trio.sleep(0.001)
+            stream = trio.SSLStream(tcp, context, server_hostname=HOST)
+            with trio.fail_after(10):
+                await stream.do_handshake()
+                assert (await LineClient(stream).line()).startswith("HELLO ")
+        finally:
+            await trio.aclose_forcefully(tcp)
+        [line] = await _settled(access, 1)
+    assert "client=203.0.113.9:4242" in line
+
+
+async def test_a_header_larger_than_any_balancer_sends_is_refused(
+    pki_backend: tuple[Pki, int], access: pytest.LogCaptureFixture
+) -> None:
+    _, backend_port = pki_backend
+    port = free_port()
+    huge = v2_header(("203.0.113.9", 1), ("127.0.0.1", port), [(0xE0, b"x" * 8000)])
+    async with running_gateway(_manifests(port, backend_port)):
+
+        def send() -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(huge[:100])  # the length is known from the first 16 bytes
+                return sock.recv(1)
+
+        with trio.fail_after(10):
+            assert await trio.to_thread.run_sync(send) == b""
+        [line] = await _settled(access, 1)
+    assert "more than 4096" in line

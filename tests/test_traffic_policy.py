@@ -189,6 +189,9 @@ BASE: dict[str, Any] = {
         ([("spec.clientIPs.deny", ["not-an-ip/8"])], "spec.clientIPs.deny[0]"),
         ([("spec.clientIPs.allow", ["10.0.0.0/33"])], "spec.clientIPs.allow[0]"),
         ([("spec.targetRefs", [])], "spec.targetRefs"),
+        ([("spec.clientIPs.deny", ["::ffff:10.0.0.0/104"])], "spec.clientIPs.deny[0]"),
+        ([("spec.timeout", {"tls": {"helloTimeout": "10s\n"}})], "spec.timeout.tls.helloTimeout"),
+        ([("spec.timeout", {"tls": {"helloTimeout": "6m"}})], "spec.timeout.tls.helloTimeout"),
         ([("spec.timeout", {"tls": {"helloTimeout": "5 s"}})], "spec.timeout.tls.helloTimeout"),
         ([("spec.timeout", {"tcp": {"idleTimeout": "0s"}})], "spec.timeout.tcp.idleTimeout"),
         ([("spec.timeout", {"tls": {"handshakeTimeout": "1d"}})], "spec.timeout.tls"),
@@ -280,3 +283,51 @@ def test_timeouts_merge_per_field_and_the_socket_waits_for_the_longest_hello() -
     world.apply(policy("pg-idle", idle))
     assert _ancestors(world, "pg-idle")[0][3] == [("Accepted", "True", "Accepted")]
     assert _listener(world, "pg").client.idle_timeout == 3600.0
+
+
+def test_a_socket_waits_for_the_flag_when_a_listener_has_no_hello_timeout() -> None:
+    world = World()
+    short = """
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: edge, sectionName: pg}]
+  timeout: {tls: {helloTimeout: 300ms}}
+"""
+    world.apply(GATEWAY_CLASS + "\n---\n" + GATEWAY + policy("pg", short))
+    assert world.snapshot is not None
+    bind = world.snapshot.binds[("0.0.0.0", 5432)]
+    assert bind.hello_timeout(10.0) == 10.0  # `web` has none: the flag's 10 s
+    assert bind.hello_timeout(0.1) == 0.3  # the longest of theirs
+
+
+def test_refusal_at_accept_only_when_no_listener_would_serve() -> None:
+    world = World()
+    deny_pg = """
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: edge, sectionName: pg}]
+  clientIPs: {deny: [192.0.2.0/24]}
+"""
+    world.apply(GATEWAY_CLASS + "\n---\n" + GATEWAY + policy("pg", deny_pg))
+    assert world.snapshot is not None
+    assert world.snapshot.binds[("0.0.0.0", 5432)].refusal_at_accept("192.0.2.1") is None
+    world.apply(policy("edge", ON_GATEWAY))  # now every listener denies it
+    bind = world.snapshot.binds[("0.0.0.0", 5432)]
+    assert bind.refusal_at_accept("192.0.2.1") == "192.0.2.1 is in clientIPs.deny"
+    assert bind.refusal_at_accept("198.51.100.1") is None
+    # A trusted PROXY sender is judged by the address its header carries, later.
+    trusted_too = ON_GATEWAY.replace("10.0.0.0/8", "192.0.2.0/24")
+    world.apply(policy("edge", trusted_too))
+    assert world.snapshot.binds[("0.0.0.0", 5432)].refusal_at_accept("192.0.2.1") is None
+
+
+def test_one_missing_target_keeps_the_whole_policy_out_of_force() -> None:
+    world = World()
+    two = """
+  targetRefs:
+  - {group: gateway.networking.k8s.io, kind: Gateway, name: edge}
+  - {group: gateway.networking.k8s.io, kind: Gateway, name: nowhere}
+  clientIPs: {deny: [192.0.2.0/24]}
+"""
+    world.apply(GATEWAY_CLASS + "\n---\n" + GATEWAY + policy("p", two))
+    assert [(a[0], a[3]) for a in _ancestors(world, "p")] == [
+        ("edge", [("Accepted", "False", "TargetNotFound")]),
+        ("nowhere", [("Accepted", "False", "TargetNotFound")]),
+    ]
+    assert _listener(world, "pg").client is None

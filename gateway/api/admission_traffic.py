@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from typing import Final
 
 from gateway.api.admission_checks import Checker
 from gateway.api.names import parse_duration
@@ -25,13 +26,24 @@ def cidr_problem(text: str) -> str | None:
     if "/" not in text:
         return "must be a network in CIDR notation, with its prefix length (10.0.0.0/8)"
     try:
-        ipaddress.ip_network(text, strict=True)
+        network = ipaddress.ip_network(text, strict=True)
     except ValueError as exc:
         if "host bits set" in str(exc):
             network = ipaddress.ip_network(text, strict=False)
             return f"has host bits set: the network is {network.with_prefixlen}"
         return "must be an IPv4 or IPv6 network in CIDR notation (10.0.0.0/8, 2001:db8::/32)"
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
+        # Clients are matched as IPv4 (an IPv4-mapped address is read as the IPv4 one): a
+        # mapped network would never match, and a deny list would let everyone through.
+        return "is an IPv4-mapped IPv6 network: give the IPv4 network instead"
     return None
+
+
+_MAPPED: Final = ipaddress.IPv6Network("::ffff:0:0/96")
+#: The longest hello or handshake timeout a policy may set: a socket shared by listeners
+#: waits for the longest of theirs, so one policy must not hold every client's slot there
+#: for hours.
+MAX_HELLO_SECONDS: Final = 300.0
 
 
 def _cidrs(c: Checker, field: str, values: Sequence[str] | None, low: int, high: int) -> None:
@@ -71,6 +83,8 @@ def admit_client_traffic_policy(c: Checker, doc: ClientTrafficPolicy) -> None:
                 c.invalid(field, value, "must be a duration such as 10s, 1m30s, 500ms or 1h")
             elif seconds <= 0:
                 c.invalid(field, value, "must be longer than 0s")
+            elif ".tls." in field and seconds > MAX_HELLO_SECONDS:
+                c.invalid(field, value, f"must be at most {MAX_HELLO_SECONDS:.0f}s")
     if spec.connection is not None:
         c.add("spec.connection", "FieldValueForbidden", _NOT_YET)
 

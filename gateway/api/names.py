@@ -126,6 +126,6 @@ _UNIT_SECONDS: Final = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 def parse_duration(text: str) -> float | None:
     """A Gateway API duration in seconds, or None if `text` is not one (GEP-2257)."""
-    if not _DURATION.match(text):
+    if not _DURATION.fullmatch(text):
         return None
     return sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))

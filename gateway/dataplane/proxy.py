@@ -216,13 +216,18 @@ class Proxy:
                 self._refuse(conn, Outcome.REFUSED_CLIENT_IP, refused)
                 return None
         headers = bound is not None and bound.expects_proxy_headers()
+        trusted = headers and bound is not None and bound.trusts(conn.peer[0])
         hello_timeout = (
             bound.hello_timeout(self.config.hello_timeout)
             if bound is not None
             else self.config.hello_timeout
         )
         hello_bytes = await self._read_hello(
-            client, conn, headers=headers, hello_by=trio.current_time() + hello_timeout
+            client,
+            conn,
+            headers=headers,
+            trusted=trusted,
+            hello_by=trio.current_time() + hello_timeout,
         )
         if hello_bytes is None:
             return None
@@ -484,6 +489,7 @@ class Proxy:
         conn: AccessRecord,
         *,
         headers: bool = False,
+        trusted: bool = False,
         hello_by: float | None = None,
     ) -> bytes | None:
         # The parser keeps its reassembly state: each byte is examined a bounded number of times
@@ -492,7 +498,7 @@ class Proxy:
         # the chunk that completes the hello).
         parser = ClientHelloParser(self.config.max_hello_bytes)
         buffer = bytearray()
-        opening = _Opening(1 if headers else 0)
+        opening = _Opening(1 if headers else 0, trusted=trusted)
         # The listener hands over connections whose hello is queued (TCP_DEFER_ACCEPT), so
         # most are read without a wait: the deadline costs a cancel scope only per wait.
         deadline = trio.current_time() + self.config.hello_timeout if hello_by is None else hello_by
@@ -566,6 +572,8 @@ class _Opening:
     PostgreSQL's requests (`expecting`)."""
 
     header_need: int
+    #: Whether a listener of the socket takes headers from this peer.
+    trusted: bool = False
     expecting: tuple[Prelude, ...] = (Prelude.GSSENC_REQUEST, Prelude.SSL_REQUEST)
 
     @property
@@ -578,7 +586,7 @@ class _Opening:
         if self.header_need:
             if len(buffer) < self.header_need:
                 return False
-            self.header_need = _take_header(buffer, conn)
+            self.header_need = _take_header(buffer, conn, trusted=self.trusted)
             if self.header_need:
                 return False
         if self.expecting:
@@ -586,15 +594,29 @@ class _Opening:
         return not self.expecting
 
 
-def _take_header(buffer: bytearray, conn: AccessRecord) -> int:
+#: The longest PROXY header taken: v2 allows 64 KiB, load balancers send a few hundred bytes
+#: (addresses and a few TLVs); a larger one is a peer holding memory, refused.
+MAX_PROXY_HEADER = 4096
+
+
+def _take_header(buffer: bytearray, conn: AccessRecord, *, trusted: bool) -> int:
     """Take a PROXY header off the start of `buffer`, if it begins with one: 0 once done
     (the carried addresses now the connection's, `conn.via` the socket's peer), else the
     bytes needed before trying again. Whether this peer may send one is the listener's to
     say, once the hello names it."""
     if not could_be_header(buffer):
         return 0  # a ClientHello (0x16) or an SSLRequest (0x00): no header
+    if not trusted:
+        # Before anything is answered (an SSLRequest's S): nothing goes back to it.
+        raise ProxyHeaderError(
+            f"{conn.peer[0]} sent a PROXY header, and no listener here trusts it"
+        )
     found = parse(buffer)
     if isinstance(found, NeedMore):
+        if found.total > MAX_PROXY_HEADER:
+            raise ProxyHeaderError(
+                f"a PROXY header of {found.total} bytes (more than {MAX_PROXY_HEADER})"
+            )
         return found.total
     del buffer[: found.length]
     conn.proxied = True

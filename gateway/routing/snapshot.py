@@ -247,6 +247,8 @@ class Bind:
 
     _screened: bool = field(init=False)
     _headers: bool = field(init=False)
+    #: The longest helloTimeout a policy sets here, and whether a listener has none.
+    _hello: tuple[float | None, bool] = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "_by_hostname", {lst.hostname: lst for lst in self.listeners})
@@ -258,29 +260,31 @@ class Bind:
             "_headers",
             any(p is not None and p.proxy_trusted is not None for p in policies),
         )
+        hellos = [p.hello_timeout if p is not None else None for p in policies]
+        given = [h for h in hellos if h is not None]
+        object.__setattr__(
+            self, "_hello", (max(given) if given else None, len(given) < len(hellos))
+        )
 
     def expects_proxy_headers(self) -> bool:
         """Does a listener here read PROXY headers (so a connection's first bytes are checked
         for one)?"""
-        return any(
-            lst.client is not None and lst.client.proxy_trusted is not None
-            for lst in self.listeners
-        )
+        return self._headers
+
+    def trusts(self, peer: str) -> bool:
+        """Does a listener here take PROXY headers from `peer`? A header from a peer none of
+        them trusts is refused at once: its claimed address is never believed, not even
+        in a log line."""
+        return any(lst.client is not None and lst.client.trusts(peer) for lst in self.listeners)
 
     def hello_timeout(self, default: float) -> float:
         """How long a connection here may take to send its ClientHello. The listener is not
         known before it: the longest of the listeners' (each the flag's, `default`, unless
         a policy sets one), so no listener's clients get less than its policy gives."""
-        if not self._screened:
+        longest, some_without = self._hello
+        if longest is None:
             return default
-        return max(
-            (
-                lst.client.hello_timeout
-                if lst.client is not None and lst.client.hello_timeout is not None
-                else default
-            )
-            for lst in self.listeners
-        )
+        return max(longest, default) if some_without else longest
 
     def refusal_at_accept(self, peer: str) -> str | None:
         """Why a connection from `peer` is closed at once, before a byte is read, or None:
