@@ -7,6 +7,7 @@ trusted incoming header carried it."""
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import ssl
 import threading
@@ -31,6 +32,7 @@ from gateway.dataplane.proxy_protocol import (
 from .harness import (
     LineClient,
     Pki,
+    backends,
     free_port,
     gateway_yaml,
     route_yaml,
@@ -253,20 +255,121 @@ def test_status_for_each_reason_and_the_table() -> None:
 
 
 @pytest.mark.parametrize(
-    "extra",
+    ("extra", "message"),
     [
-        "healthCheck: {passive: {consecutiveConnectFailures: 3}}",
-        "timeout: {tcp: {connectTimeout: 1s}}",
-        "retry: {numAttempts: 2}",
-        "loadBalancer: {type: Random}",
+        ("healthCheck: {passive: {consecutiveConnectFailures: 3}}", "not supported by this"),
+        ("timeout: {tcp: {connectTimeout: 0s}}", "longer than 0s"),
+        ("timeout: {tcp: {connectTimeout: 5 s}}", "must be a duration"),
+        ("retry: {numAttempts: 0}", "between 1 and 16"),
+        ("retry: {numAttempts: 17}", "between 1 and 16"),
+        ("loadBalancer: {type: LeastRequest}", "spec.loadBalancer.type"),
+        ("loadBalancer: {type: ConsistentHash}", "consistentHash when type is"),
+        ("loadBalancer: {type: Random, consistentHash: {type: SourceIP}}", "only with type"),
+        (
+            "loadBalancer: {type: ConsistentHash, consistentHash: {type: Header}}",
+            "consistentHash.type",
+        ),
     ],
 )
-def test_fields_not_enforced_yet_are_refused_at_admission(extra: str) -> None:
+def test_admission_refuses_what_is_not_enforced_or_not_valid(extra: str, message: str) -> None:
     from gateway.api.convert import Invalid
 
     world = World()
-    with pytest.raises(Invalid, match="not supported by this version"):
+    with pytest.raises(Invalid, match=re.escape(message)):
         world.apply(_policy("V1") + f"  {extra}\n")
+
+
+def _balancing(spec: str, name: str = "db-lb") -> str:
+    return f"""
+---
+apiVersion: gateway.tlsgate.dev/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {{name: {name}, namespace: apps}}
+spec:
+  targetRefs: [{{group: "", kind: Service, name: db}}]
+{spec}
+"""
+
+
+async def _greeting(port: int, context: ssl.SSLContext, source: str) -> str | None:
+    """The backend's greeting (`HELLO <name>`), or None if the connection was closed."""
+    try:
+        with trio.fail_after(10):
+            tcp = await trio.open_tcp_stream("127.0.0.1", port, local_address=source)
+            stream = trio.SSLStream(tcp, context, server_hostname=HOST)
+            try:
+                await stream.do_handshake()
+                return await LineClient(stream).line()
+            finally:
+                await trio.aclose_forcefully(stream)
+    except (trio.BrokenResourceError, EOFError, OSError):
+        return None
+
+
+async def test_consistent_hashing_keeps_each_client_address_on_one_endpoint(pki: Pki) -> None:
+    port = free_port()
+    with backends(pki, ("a", [HOST]), ("b", [HOST]), ("c", [HOST])) as started:
+        manifests = (
+            gateway_yaml(port)
+            + service_yaml("db", *(b.port for b in started))
+            + route_yaml("db", [HOST], [("db", 1)])
+            + _balancing("  loadBalancer: {type: ConsistentHash, consistentHash: {type: SourceIP}}")
+        )
+        context = pki.client_context()
+        reached: dict[str, set[str | None]] = {}
+        async with running_gateway(manifests):
+            for _ in range(3):
+                for last in range(2, 10):
+                    source = f"127.0.0.{last}"
+                    reached.setdefault(source, set()).add(await _greeting(port, context, source))
+    assert all(len(names) == 1 and None not in names for names in reached.values()), reached
+    assert len({name for names in reached.values() for name in names}) > 1  # not all on one
+
+
+async def test_retries_go_to_distinct_endpoints_as_many_as_numattempts_says(pki: Pki) -> None:
+    """Two endpoints that refuse connections and one that serves: one attempt per
+    connection fails two connections in three (round robin); three distinct attempts,
+    even from a random start, reach the one that serves every time."""
+    port = free_port()
+    dead = [free_port(), free_port()]  # nothing listens there
+    with backends(pki, ("live", [HOST])) as (live,):
+        base = (
+            gateway_yaml(port)
+            + service_yaml("db", dead[0], dead[1], live.port)
+            + route_yaml("db", [HOST], [("db", 1)])
+        )
+        context = pki.client_context()
+        async with running_gateway(base + _balancing("  retry: {numAttempts: 1}")):
+            once = [await _greeting(port, context, "127.0.0.2") for _ in range(3)]
+        many = _balancing("  retry: {numAttempts: 3}\n  loadBalancer: {type: Random}")
+        async with running_gateway(base + many):
+            thrice = [await _greeting(port, context, "127.0.0.2") for _ in range(6)]
+    assert sorted(once, key=str) == ["HELLO live", None, None]
+    assert thrice == ["HELLO live"] * 6
+
+
+def test_the_table_shows_each_backends_traffic_settings() -> None:
+    from gateway.routing.explain import table_to_wire
+
+    world = World()
+    world.apply(
+        gateway_yaml(443)
+        + service_yaml("db", 5432, 5433)
+        + route_yaml("db", [HOST], [("db", 1)])
+        + _balancing(
+            "  timeout: {tcp: {connectTimeout: 750ms}}\n  retry: {numAttempts: 2}\n"
+            "  loadBalancer: {type: Random}"
+        )
+    )
+    assert world.snapshot is not None
+    [bind] = table_to_wire(world.snapshot)["binds"]
+    [backend] = bind["listeners"][0]["routes"][0]["backends"]
+    assert backend["traffic"] == {
+        "policy": "apps/db-lb",
+        "connectTimeoutSeconds": 0.75,
+        "numAttempts": 2,
+        "loadBalancer": "Random",
+    }
 
 
 def test_an_unknown_version_is_refused() -> None:

@@ -99,11 +99,38 @@ def admit_backend_traffic_policy(c: Checker, doc: BackendTrafficPolicy) -> None:
         c.section_name(f"spec.targetRefs[{i}].sectionName", ref.section_name)
     if spec.proxy_protocol is not None:
         c.enum("spec.proxyProtocol.version", spec.proxy_protocol.version, ("V1", "V2"))
-    for field, value in (
-        ("spec.healthCheck", spec.health_check),
-        ("spec.timeout", spec.timeout),
-        ("spec.retry", spec.retry),
-        ("spec.loadBalancer", spec.load_balancer),
-    ):
-        if value is not None:
-            c.add(field, "FieldValueForbidden", _NOT_YET)
+    if spec.health_check is not None:  # passive and active checks: not yet
+        c.add("spec.healthCheck", "FieldValueForbidden", _NOT_YET)
+    connect = spec.timeout.tcp.connect_timeout if spec.timeout and spec.timeout.tcp else None
+    if connect is not None:
+        seconds = parse_duration(connect)
+        if seconds is None:
+            c.invalid("spec.timeout.tcp.connectTimeout", connect, "must be a duration such as 5s")
+        elif not 0 < seconds <= MAX_HELLO_SECONDS:
+            c.invalid(
+                "spec.timeout.tcp.connectTimeout",
+                connect,
+                f"must be longer than 0s and at most {MAX_HELLO_SECONDS:.0f}s",
+            )
+    if spec.retry is not None and spec.retry.num_attempts is not None:
+        attempts = spec.retry.num_attempts
+        if not 1 <= attempts <= 16:
+            c.invalid("spec.retry.numAttempts", attempts, "must be between 1 and 16")
+    balancer = spec.load_balancer
+    if balancer is not None:
+        c.enum("spec.loadBalancer.type", balancer.type, ("RoundRobin", "Random", "ConsistentHash"))
+        if balancer.type == "ConsistentHash":
+            if balancer.consistent_hash is None:
+                c.required(
+                    "spec.loadBalancer.consistentHash",
+                    "Required value: consistentHash when type is ConsistentHash",
+                )
+            else:
+                kind = balancer.consistent_hash.type
+                c.enum("spec.loadBalancer.consistentHash.type", kind, ("SourceIP",))
+        elif balancer.consistent_hash is not None:
+            c.invalid(
+                "spec.loadBalancer.consistentHash",
+                None,
+                "only with type ConsistentHash",
+            )

@@ -1,5 +1,7 @@
-"""Connecting to a backend: round robin over its ready endpoints, a bounded number of tries,
-FQDN endpoints resolved at connect time (API.md "Documents").
+"""Connecting to a backend: round robin over its ready endpoints (or as its
+BackendTrafficPolicy's loadBalancer says: Random, or ConsistentHash by the client's address),
+a bounded number of tries over distinct endpoints, FQDN endpoints resolved at connect time
+(API.md "Documents", "Traffic policies").
 
 I/O. Non-blocking `connect_ex` and a wait for writability: no Trio socket wrapper, whose
 construction and scheduler passes cost more than the connect itself on loopback. Passthrough
@@ -10,7 +12,9 @@ are here (`attempts`, `addresses`, `start_connect`), `Dialer.connect` waits in t
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
+import random
 import socket
 from collections.abc import Sequence
 from typing import Any
@@ -28,24 +32,45 @@ MAX_REMEMBERED = 4096
 
 
 class Dialer:
-    def __init__(self, connect_timeout: float, metrics: Metrics) -> None:
+    def __init__(
+        self, connect_timeout: float, metrics: Metrics, rng: random.Random | None = None
+    ) -> None:
         self.connect_timeout = connect_timeout
         self.metrics = metrics
+        self._rng = rng or random.Random()
         #: Backend name -> the endpoint index the next connection starts from.
         self._next: dict[str, int] = {}
         #: IP endpoint `host:port` -> its one (family, address).
         self._ip_addresses: dict[str, tuple[tuple[int, tuple[str, int]]]] = {}
 
-    def attempts(self, backend: Backend) -> Sequence[Endpoint]:
-        """The endpoints one connection tries, in order: round robin over the backend's."""
+    def timeout(self, backend: Backend) -> float:
+        """Seconds to connect one endpoint of `backend`."""
+        traffic = backend.traffic
+        if traffic is not None and traffic.connect_timeout is not None:
+            return traffic.connect_timeout
+        return self.connect_timeout
+
+    def attempts(self, backend: Backend, client: str | None = None) -> Sequence[Endpoint]:
+        """The endpoints one connection tries, in order, all distinct: round robin over the
+        backend's, or from a random one, or ranked for the client's address (rendezvous
+        hashing: the same address reaches the same endpoint while the set is unchanged, and
+        a change moves only the addresses of the endpoints that came or went)."""
         endpoints = backend.endpoints
         if len(endpoints) <= 1:
             return (
                 endpoints  # nothing to rotate, nothing to allocate (a parked connection holds it)
             )
-        start = self._next.get(backend.name, 0)
-        self._next[backend.name] = start + 1
-        count = min(CONNECT_ATTEMPTS, len(endpoints))
+        traffic = backend.traffic
+        tries = traffic.attempts if traffic is not None and traffic.attempts else CONNECT_ATTEMPTS
+        count = min(tries, len(endpoints))
+        balance = traffic.balance if traffic is not None else None
+        if balance == "ConsistentHash" and client is not None:
+            return sorted(endpoints, key=lambda e: _rank(client, e), reverse=True)[:count]
+        if balance == "Random":
+            start = self._rng.randrange(len(endpoints))
+        else:
+            start = self._next.get(backend.name, 0)
+            self._next[backend.name] = start + 1
         return [endpoints[(start + attempt) % len(endpoints)] for attempt in range(count)]
 
     def failed(self, backend: Backend, endpoint: Endpoint, reason: str, errors: list[str]) -> None:
@@ -88,9 +113,9 @@ class Dialer:
         """A connected socket to one of the backend's endpoints, or None with the record
         saying why (every endpoint tried, one line each)."""
         errors: list[str] = []
-        for endpoint in self.attempts(backend):
+        for endpoint in self.attempts(backend, record.peer[0]):
             record.endpoint = endpoint.text
-            deadline = trio.current_time() + self.connect_timeout
+            deadline = trio.current_time() + self.timeout(backend)
             reason = "timed out"
             with trio.move_on_at(deadline):
                 try:
@@ -104,6 +129,12 @@ class Dialer:
             self.failed(backend, endpoint, reason, errors)
         self.give_up(record, errors)
         return None
+
+
+def _rank(client: str, endpoint: Endpoint) -> bytes:
+    """The endpoint's weight for this client: a keyed hash, the same in every worker and
+    every run (Python's hash() of a str is salted per process)."""
+    return hashlib.blake2b(f"{client}|{endpoint.text}".encode(), digest_size=8).digest()
 
 
 def start_connect(family: int, address: tuple[Any, ...]) -> socket.socket:

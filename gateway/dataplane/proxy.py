@@ -135,7 +135,7 @@ class Proxy:
         #: Every passthrough connection's relay; its `run` task is the data plane's to start.
         #: Without a pipe pool it relays with reads and writes (the caller decides).
         self.relays = RelayLoop(pool)
-        self.dialer = Dialer(config.connect_timeout, self.metrics)
+        self.dialer = Dialer(config.connect_timeout, self.metrics, self._rng)
         self.active = 0
         #: Connections finished so far (a worker reports its counts when this moves).
         self.finished = 0
@@ -297,9 +297,9 @@ class Proxy:
         memory an idle connection holds.)"""
         conn.transfer = transfer
         errors: list[str] = []
-        for endpoint in self.dialer.attempts(backend):
+        for endpoint in self.dialer.attempts(backend, conn.peer[0]):
             conn.endpoint = endpoint.text
-            deadline = trio.current_time() + self.config.connect_timeout
+            deadline = trio.current_time() + self.dialer.timeout(backend)
             try:
                 candidates = await self.dialer.addresses(endpoint, deadline)
             except OSError as exc:

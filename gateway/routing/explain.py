@@ -25,6 +25,12 @@ def _backend_wire(backend: Backend) -> dict[str, Any]:
         traffic: dict[str, Any] = {"policy": backend.traffic.policy}
         if backend.traffic.proxy_version is not None:
             traffic["proxyProtocol"] = f"V{backend.traffic.proxy_version}"
+        if backend.traffic.connect_timeout is not None:
+            traffic["connectTimeoutSeconds"] = backend.traffic.connect_timeout
+        if backend.traffic.attempts is not None:
+            traffic["numAttempts"] = backend.traffic.attempts
+        if backend.traffic.balance is not None:
+            traffic["loadBalancer"] = backend.traffic.balance
         out["traffic"] = traffic
     return out
 

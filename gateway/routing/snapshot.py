@@ -79,6 +79,12 @@ class BackendTraffic:
     policy: str
     #: Send a PROXY protocol header of this version (1 or 2) before any other byte.
     proxy_version: int | None = None
+    #: Seconds to connect one endpoint, over --connect-timeout.
+    connect_timeout: float | None = None
+    #: Endpoints tried per connection (distinct ones), over the default of 3.
+    attempts: int | None = None
+    #: RoundRobin (None), Random, or ConsistentHash (by the client's address).
+    balance: str | None = None
 
 
 @frozen(kw_only=True)

@@ -272,7 +272,33 @@ class BackendPolicyResult:
 
 
 def backend_leaves(policy: BackendTrafficPolicy) -> tuple[str, ...]:
-    return ("proxyProtocol",) if policy.spec.proxy_protocol is not None else ()
+    spec = policy.spec
+    found = []
+    if spec.proxy_protocol is not None:
+        found.append("proxyProtocol")
+    tcp = spec.timeout.tcp if spec.timeout is not None else None
+    if tcp is not None and tcp.connect_timeout is not None:
+        found.append("timeout.tcp.connectTimeout")
+    if spec.retry is not None and spec.retry.num_attempts is not None:
+        found.append("retry.numAttempts")
+    if spec.load_balancer is not None:
+        found.append("loadBalancer")
+    return tuple(found)
+
+
+def _backend_traffic(key: NamespacedName, policy: BackendTrafficPolicy) -> BackendTraffic:
+    spec = policy.spec
+    proxy = spec.proxy_protocol
+    tcp = spec.timeout.tcp if spec.timeout is not None else None
+    connect = tcp.connect_timeout if tcp is not None else None
+    balancer = spec.load_balancer
+    return BackendTraffic(
+        policy=str(key),
+        proxy_version=(2 if proxy.version == "V2" else 1) if proxy else None,
+        connect_timeout=parse_duration(connect) if connect is not None else None,
+        attempts=spec.retry.num_attempts if spec.retry is not None else None,
+        balance=balancer.type if balancer is not None and balancer.type != "RoundRobin" else None,
+    )
 
 
 def evaluate_backend_policies(
@@ -327,14 +353,11 @@ def evaluate_backend_policies(
             )
         else:
             accepted = Draft(ConditionType.ACCEPTED, True, Reason.ACCEPTED, "Policy is accepted")
-            proxy = policy.spec.proxy_protocol
+            traffic = _backend_traffic(key, policy)
             for service in services:
                 for field in fields:
                     claimed[(service, field)] = key
-                chosen[service] = BackendTraffic(
-                    policy=str(key),
-                    proxy_version=(2 if proxy.version == "V2" else 1) if proxy else None,
-                )
+                chosen[service] = traffic
         results[key] = BackendPolicyResult(accepted, tuple(services))
     return chosen, results
 
