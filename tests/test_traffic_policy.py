@@ -331,3 +331,27 @@ def test_one_missing_target_keeps_the_whole_policy_out_of_force() -> None:
         ("nowhere", [("Accepted", "False", "TargetNotFound")]),
     ]
     assert _listener(world, "pg").client is None
+
+
+def test_the_postgres_example_is_accepted_whole() -> None:
+    """examples/postgres.yaml, as docs/postgresql.md points users to it: every object of it
+    accepted, both policies in force."""
+    from pathlib import Path
+
+    from gateway.api.status import RouteStatus
+
+    text = (Path(__file__).resolve().parent.parent / "examples" / "postgres.yaml").read_text()
+    world = World()
+    world.apply(text)
+    assert world.snapshot is not None
+    statuses = world.snapshot.statuses
+    for kind, namespace, name in [
+        ("ClientTrafficPolicy", "infra", "behind-the-balancer"),
+        ("BackendTrafficPolicy", "data", "orders-db"),
+    ]:
+        status = statuses[ObjectKey(kind, namespace, name)]
+        assert isinstance(status, PolicyStatus)
+        assert [c.reason for a in status.ancestors for c in a.conditions] == ["Accepted"]
+    route = statuses[ObjectKey("TLSRoute", "data", "orders")]
+    assert isinstance(route, RouteStatus)
+    assert {c.reason for p in route.parents for c in p.conditions} == {"Accepted", "ResolvedRefs"}
