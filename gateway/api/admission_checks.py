@@ -11,7 +11,7 @@ import functools
 import json
 import re
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Any, Final
 
 from attrs import frozen
 
@@ -292,3 +292,15 @@ def _matches(regex: re.Pattern[str], value: str) -> bool:
     """Cached: a bundle repeats its groups, kinds, namespaces and label values thousands of
     times."""
     return regex.match(value) is not None
+
+
+def target_refs(c: Checker, refs: Sequence[Any]) -> None:
+    """`spec.targetRefs` of a policy (GEP-713): 1 to 16 local references, each a group,
+    kind, name and optional sectionName. Whether they name the right kind is the policy's
+    status, not admission."""
+    c.items("spec.targetRefs", refs, 1, 16)
+    for i, ref in enumerate(refs):
+        c.group(f"spec.targetRefs[{i}].group", ref.group)
+        c.kind(f"spec.targetRefs[{i}].kind", ref.kind)
+        c.object_name(f"spec.targetRefs[{i}].name", ref.name)
+        c.section_name(f"spec.targetRefs[{i}].sectionName", ref.section_name)

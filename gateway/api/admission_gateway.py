@@ -20,6 +20,7 @@ from gateway.api.admission_checks import (
     secret_ref,
     selector,
     show_value,
+    target_refs,
 )
 from gateway.api.names import (
     ALPN_OPTION,
@@ -303,12 +304,7 @@ def admit_reference_grant(c: Checker, doc: model.ReferenceGrant) -> None:
 
 def admit_backend_tls_policy(c: Checker, doc: model.BackendTLSPolicy) -> None:
     spec = doc.spec
-    c.items("spec.targetRefs", spec.target_refs, 1, 16)
-    for i, ref in enumerate(spec.target_refs):
-        c.group(f"spec.targetRefs[{i}].group", ref.group)
-        c.kind(f"spec.targetRefs[{i}].kind", ref.kind)
-        c.object_name(f"spec.targetRefs[{i}].name", ref.name)
-        c.section_name(f"spec.targetRefs[{i}].sectionName", ref.section_name)
+    target_refs(c, spec.target_refs)
     validation = spec.validation
     c.hostname("spec.validation.hostname", validation.hostname, wildcard=False)
     has_refs = bool(validation.ca_certificate_refs)

@@ -12,7 +12,7 @@ import ipaddress
 from collections.abc import Sequence
 from typing import Final
 
-from gateway.api.admission_checks import Checker
+from gateway.api.admission_checks import Checker, target_refs
 from gateway.api.names import parse_duration
 from gateway.api.traffic import BackendTrafficPolicy, ClientTrafficPolicy
 
@@ -55,12 +55,7 @@ def _cidrs(c: Checker, field: str, values: Sequence[str] | None, low: int, high:
 
 def admit_client_traffic_policy(c: Checker, doc: ClientTrafficPolicy) -> None:
     spec = doc.spec
-    c.items("spec.targetRefs", spec.target_refs, 1, 16)
-    for i, ref in enumerate(spec.target_refs):
-        c.group(f"spec.targetRefs[{i}].group", ref.group)
-        c.kind(f"spec.targetRefs[{i}].kind", ref.kind)
-        c.object_name(f"spec.targetRefs[{i}].name", ref.name)
-        c.section_name(f"spec.targetRefs[{i}].sectionName", ref.section_name)
+    target_refs(c, spec.target_refs)
     if spec.proxy_protocol is not None:
         _cidrs(c, "spec.proxyProtocol.trustedCIDRs", spec.proxy_protocol.trusted_cidrs, 1, 64)
     if spec.client_ips is not None:
@@ -91,12 +86,7 @@ def admit_client_traffic_policy(c: Checker, doc: ClientTrafficPolicy) -> None:
 
 def admit_backend_traffic_policy(c: Checker, doc: BackendTrafficPolicy) -> None:
     spec = doc.spec
-    c.items("spec.targetRefs", spec.target_refs, 1, 16)
-    for i, ref in enumerate(spec.target_refs):
-        c.group(f"spec.targetRefs[{i}].group", ref.group)
-        c.kind(f"spec.targetRefs[{i}].kind", ref.kind)
-        c.object_name(f"spec.targetRefs[{i}].name", ref.name)
-        c.section_name(f"spec.targetRefs[{i}].sectionName", ref.section_name)
+    target_refs(c, spec.target_refs)
     if spec.proxy_protocol is not None:
         c.enum("spec.proxyProtocol.version", spec.proxy_protocol.version, ("V1", "V2"))
     if spec.health_check is not None:  # passive and active checks: not yet

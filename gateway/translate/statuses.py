@@ -8,7 +8,7 @@ result and of who won its hostnames, so `routes.py` restamps only the routes a c
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 
 from gateway import CONTROLLER_NAME
 from gateway.api import model
@@ -344,27 +344,39 @@ def finish_policies(
         if not ancestors:
             continue  # no Gateway of ours uses it: not ours to report on
         status_key = ObjectKey("BackendTLSPolicy", *key)
-        old = build.previous(status_key)
         policy = build.resources.backend_tls_policies[key]
-        entries = []
-        for namespace, name in ancestors:
-            ancestor = model.ParentReference(namespace=namespace, name=name)
-            previous = (
-                next((a.conditions for a in old.ancestors if a.ancestor_ref == ancestor), ())
-                if isinstance(old, PolicyStatus)
-                else ()
-            )
-            entries.append(
-                PolicyAncestorStatus(
-                    ancestor_ref=ancestor,
-                    controller_name=CONTROLLER_NAME,
-                    conditions=stamp(
-                        [result.accepted, result.resolved_refs],
-                        policy.metadata.generation or 1,
-                        build.facts.now,
-                        previous,
-                    ),
-                )
-            )
-        statuses[status_key] = PolicyStatus(ancestors=tuple(entries))
+        statuses[status_key] = policy_status(
+            build,
+            status_key,
+            [model.ParentReference(namespace=ns, name=name) for ns, name in ancestors],
+            [result.accepted, result.resolved_refs],
+            policy.metadata.generation or 1,
+        )
     return statuses
+
+
+def policy_status(
+    build: Build,
+    status_key: ObjectKey,
+    ancestors: Iterable[model.ParentReference],
+    drafts: list[Draft],
+    generation: int,
+) -> PolicyStatus:
+    """A policy's `status.ancestors` (GEP-713): the same conditions under each ancestor, each
+    keeping its transition time while it holds (SPEC.md §12)."""
+    old = build.previous(status_key)
+    entries = []
+    for ancestor in ancestors:
+        previous = (
+            next((a.conditions for a in old.ancestors if a.ancestor_ref == ancestor), ())
+            if isinstance(old, PolicyStatus)
+            else ()
+        )
+        entries.append(
+            PolicyAncestorStatus(
+                ancestor_ref=ancestor,
+                controller_name=CONTROLLER_NAME,
+                conditions=stamp(drafts, generation, build.facts.now, previous),
+            )
+        )
+    return PolicyStatus(ancestors=tuple(entries))

@@ -24,23 +24,21 @@ from typing import Final
 
 from attrs import frozen
 
-from gateway import CONTROLLER_NAME, GATEWAY_GROUP
+from gateway import GATEWAY_GROUP
 from gateway.api import model
 from gateway.api.kinds import ObjectKey
 from gateway.api.names import NamespacedName, parse_duration
 from gateway.api.status import (
     ConditionType,
     Draft,
-    PolicyAncestorStatus,
-    PolicyStatus,
     Reason,
     Status,
-    stamp,
 )
 from gateway.api.traffic import BackendTrafficPolicy, ClientTrafficPolicy
 from gateway.routing.snapshot import BackendTraffic, ClientPolicy, Network
 from gateway.translate.context import Build, ListenerKey, RouteResult, age
 from gateway.translate.resources import Resources
+from gateway.translate.statuses import policy_status
 
 #: A policy's target: the Gateway and the listener (None: the whole Gateway).
 Target = tuple[NamespacedName, str | None]
@@ -234,27 +232,14 @@ def client_policy_statuses(
     policies = build.resources.client_traffic_policies
     for key, result in results.items():
         status_key = ObjectKey("ClientTrafficPolicy", *key)
-        old = build.previous(status_key)
-        generation = policies[key].metadata.generation or 1
-        entries = []
         ordered = sorted(
             set(result.ancestors),
             key=lambda a: (a.group, a.kind, a.name, a.section_name or ""),
         )
-        for ancestor in ordered:
-            previous = (
-                next((a.conditions for a in old.ancestors if a.ancestor_ref == ancestor), ())
-                if isinstance(old, PolicyStatus)
-                else ()
-            )
-            entries.append(
-                PolicyAncestorStatus(
-                    ancestor_ref=ancestor,
-                    controller_name=CONTROLLER_NAME,
-                    conditions=stamp([result.accepted], generation, build.facts.now, previous),
-                )
-            )
-        statuses[status_key] = PolicyStatus(ancestors=tuple(entries))
+        generation = policies[key].metadata.generation or 1
+        statuses[status_key] = policy_status(
+            build, status_key, ordered, [result.accepted], generation
+        )
     return statuses
 
 
@@ -385,22 +370,11 @@ def backend_policy_statuses(
         if not gateways:
             continue  # no Gateway of ours reaches its Services: not ours to report on
         status_key = ObjectKey("BackendTrafficPolicy", *key)
-        old = build.previous(status_key)
-        generation = policies[key].metadata.generation or 1
-        entries = []
-        for gateway in gateways:
-            ancestor = model.ParentReference(namespace=gateway.namespace, name=gateway.name)
-            previous = (
-                next((a.conditions for a in old.ancestors if a.ancestor_ref == ancestor), ())
-                if isinstance(old, PolicyStatus)
-                else ()
-            )
-            entries.append(
-                PolicyAncestorStatus(
-                    ancestor_ref=ancestor,
-                    controller_name=CONTROLLER_NAME,
-                    conditions=stamp([result.accepted], generation, build.facts.now, previous),
-                )
-            )
-        statuses[status_key] = PolicyStatus(ancestors=tuple(entries))
+        statuses[status_key] = policy_status(
+            build,
+            status_key,
+            [model.ParentReference(namespace=g.namespace, name=g.name) for g in gateways],
+            [result.accepted],
+            policies[key].metadata.generation or 1,
+        )
     return statuses
