@@ -248,7 +248,21 @@ def test_status_for_each_reason_and_the_table() -> None:
     [bind] = world.snapshot.binds.values()
     backends = bind.listeners[0].ordered_routes()[0].backends
     assert backends[0].traffic is not None
-    assert (backends[0].traffic.policy, backends[0].traffic.proxy_version) == ("apps/db-proxy", 2)
+    assert (backends[0].traffic.policies, backends[0].traffic.proxy_version) == (
+        ("apps/db-proxy",),
+        2,
+    )
+    # A younger policy setting another field adds it: both are in force.
+    world.apply(_balancing("  retry: {numAttempts: 2}", name="retries"))
+    assert _status(world, "retries") == [("gw", "True", "Accepted")]
+    [bind] = world.snapshot.binds.values()
+    traffic = bind.listeners[0].ordered_routes()[0].backends[0].traffic
+    assert traffic is not None
+    assert (traffic.policies, traffic.proxy_version, traffic.attempts) == (
+        ("apps/db-proxy", "apps/retries"),
+        2,
+        2,
+    )
     # A policy on no Service any route of ours reaches gets no status.
     world.apply(_policy("V1", service="unused", name="unused"))
     assert ObjectKey("BackendTrafficPolicy", "apps", "unused") not in world.snapshot.statuses
@@ -365,7 +379,7 @@ def test_the_table_shows_each_backends_traffic_settings() -> None:
     [bind] = table_to_wire(world.snapshot)["binds"]
     [backend] = bind["listeners"][0]["routes"][0]["backends"]
     assert backend["traffic"] == {
-        "policy": "apps/db-lb",
+        "policies": ["apps/db-lb"],
         "connectTimeoutSeconds": 0.75,
         "numAttempts": 2,
         "loadBalancer": "Random",

@@ -22,7 +22,7 @@ def _backend_wire(backend: Backend) -> dict[str, Any]:
     if backend.tls is not None:
         out["tls"] = {"policy": backend.tls.policy, "hostname": backend.tls.hostname}
     if backend.traffic is not None:
-        traffic: dict[str, Any] = {"policy": backend.traffic.policy}
+        traffic: dict[str, Any] = {"policies": list(backend.traffic.policies)}
         if backend.traffic.proxy_version is not None:
             traffic["proxyProtocol"] = f"V{backend.traffic.proxy_version}"
         if backend.traffic.connect_timeout is not None:

@@ -76,7 +76,8 @@ class BackendTraffic:
     """What the accepted BackendTrafficPolicy of a Service says (API.md "Traffic
     policies"): how tlsgate reaches its endpoints, from every route."""
 
-    policy: str
+    #: `namespace/name` of the policies in force (their fields are disjoint).
+    policies: tuple[str, ...]
     #: Send a PROXY protocol header of this version (1 or 2) before any other byte.
     proxy_version: int | None = None
     #: Seconds to connect one endpoint, over --connect-timeout.

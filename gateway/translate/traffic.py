@@ -271,18 +271,31 @@ def backend_leaves(policy: BackendTrafficPolicy) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _backend_traffic(key: NamespacedName, policy: BackendTrafficPolicy) -> BackendTraffic:
+def _backend_traffic(
+    key: NamespacedName, policy: BackendTrafficPolicy, before: BackendTraffic | None
+) -> BackendTraffic:
+    """`before` (the older accepted policies' settings on the Service) with this policy's
+    fields added: accepted policies set disjoint fields, so each keeps its own."""
     spec = policy.spec
     proxy = spec.proxy_protocol
     tcp = spec.timeout.tcp if spec.timeout is not None else None
     connect = tcp.connect_timeout if tcp is not None else None
     balancer = spec.load_balancer
+    merged = before or BackendTraffic(policies=())
     return BackendTraffic(
-        policy=str(key),
-        proxy_version=(2 if proxy.version == "V2" else 1) if proxy else None,
-        connect_timeout=parse_duration(connect) if connect is not None else None,
-        attempts=spec.retry.num_attempts if spec.retry is not None else None,
-        balance=balancer.type if balancer is not None and balancer.type != "RoundRobin" else None,
+        policies=(*merged.policies, str(key)),
+        proxy_version=(2 if proxy.version == "V2" else 1) if proxy else merged.proxy_version,
+        connect_timeout=parse_duration(connect) if connect is not None else merged.connect_timeout,
+        attempts=(
+            spec.retry.num_attempts
+            if spec.retry is not None and spec.retry.num_attempts is not None
+            else merged.attempts
+        ),
+        balance=(
+            (balancer.type if balancer.type != "RoundRobin" else None)
+            if balancer is not None
+            else merged.balance
+        ),
     )
 
 
@@ -338,11 +351,10 @@ def evaluate_backend_policies(
             )
         else:
             accepted = Draft(ConditionType.ACCEPTED, True, Reason.ACCEPTED, "Policy is accepted")
-            traffic = _backend_traffic(key, policy)
             for service in services:
                 for field in fields:
                     claimed[(service, field)] = key
-                chosen[service] = traffic
+                chosen[service] = _backend_traffic(key, policy, chosen.get(service))
         results[key] = BackendPolicyResult(accepted, tuple(services))
     return chosen, results
 
