@@ -688,3 +688,55 @@ async def test_a_value_tlsgate_cannot_read_is_replaced_by_a_write_of_its_object(
         }
     finally:
         _close([writes])
+
+
+async def test_a_patch_invalid_only_on_a_stale_view_is_planned_again(etcd: Etcd) -> None:
+    """An EndpointSlice's addresses changed to IPv6 through one replica; a patch through a
+    replica that still holds the IPv4 ones sets addressType IPv6. On that view it is
+    invalid (422); on etcd's it is valid, and etcd's is the one that counts."""
+    from gateway.api.convert import Invalid, structure_document
+
+    def eps(address_type: str, address: str) -> Any:
+        return structure_document(
+            {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": "db-1",
+                    "namespace": "apps",
+                    "labels": {"kubernetes.io/service-name": "db"},
+                },
+                "addressType": address_type,
+                "endpoints": [{"addresses": [address]}],
+                "ports": [{"name": "pg", "port": 5432}],
+            }
+        )
+
+    first, second = _paths(etcd, 2)
+    key = ObjectKey("EndpointSlice", "apps", "db-1")
+    try:
+        await first.apply([eps("IPv4", "10.0.0.5")])
+        await second.apply([eps("IPv4", "10.0.0.5")])  # both hold the IPv4 one
+        # Through the first: IPv6 addresses (an odd state, but a stored one).
+        changed = structure_document(
+            {
+                **_wire(first.get(key)),
+                "addressType": "IPv6",
+                "endpoints": [{"addresses": ["2001:db8::5"]}],
+            }
+        )
+        await first.apply([changed])
+        patched = await second.patch(key, {"addressType": "IPv6"})
+        assert patched.changes[0].document.address_type == "IPv6"
+        # Invalid against etcd's state too: still a 422.
+        with pytest.raises(Invalid):
+            await second.patch(key, {"addressType": "IPv4"})
+    finally:
+        _close([first, second])
+
+
+def _wire(doc: Any) -> dict[str, Any]:
+    from gateway.api.convert import unstructure_document
+
+    wire: dict[str, Any] = unstructure_document(doc, redact=False)
+    return wire
