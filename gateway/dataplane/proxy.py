@@ -77,10 +77,10 @@ from gateway.logs import info_with_fields
 from gateway.metrics import Metrics
 from gateway.routing.snapshot import (
     Backend,
-    BackendTLS,
     ListenerTable,
     Rejected,
     Snapshot,
+    ip_of,
 )
 
 # The logger name predates the packages (operators filter on it): kept.
@@ -210,13 +210,15 @@ class Proxy:
         # At accept, the table in force now screens the peer (step 0) and says whether a
         # PROXY header may come; routing reads it again once the hello is in.
         bound = self._snapshot().binds.get(conn.bind)
-        if bound is not None:
-            refused = bound.refusal_at_accept(conn.peer[0])
+        peer_ip = None  # parsed once, and only where a policy will look at it
+        if bound is not None and bound.screened:
+            peer_ip = ip_of(conn.peer[0])
+            refused = bound.refusal_at_accept(peer_ip or conn.peer[0])
             if refused is not None:
                 self._refuse(conn, Outcome.REFUSED_CLIENT_IP, refused)
                 return None
         headers = bound is not None and bound.expects_proxy_headers()
-        trusted = headers and bound is not None and bound.trusts(conn.peer[0])
+        trusted = headers and bound is not None and bound.trusts(peer_ip or conn.peer[0])
         hello_timeout = (
             bound.hello_timeout(self.config.hello_timeout)
             if bound is not None
@@ -243,10 +245,12 @@ class Proxy:
         conn.gateway, conn.listener = listener.gateway, listener.name
         peer = conn.via or conn.peer
         if listener.client is not None:
-            refusal = listener.client.refusal(peer[0], conn.peer[0], conn.proxied)
+            socket_ip = peer_ip or peer[0]
+            client_ip = ip_of(conn.peer[0]) if conn.via is not None else socket_ip
+            refusal = listener.client.refusal(socket_ip, client_ip or conn.peer[0], conn.proxied)
             if refusal is not None:
                 reason, message = refusal
-                if not listener.client.trusts(peer[0]):
+                if not listener.client.trusts(socket_ip):
                     conn.peer, conn.via = peer, None  # an untrusted header's claim is no fact
                 outcome = (
                     Outcome.REFUSED_CLIENT_IP
@@ -355,7 +359,7 @@ class Proxy:
         if upstream is None:
             return
         with upstream:
-            if not await self._request_ssl(upstream, conn, header):
+            if not await self._request_ssl(upstream, backend, conn, header):
                 return
             conn.transfer = transfer
             await self.relays.relay(client, upstream, transfer)
@@ -363,13 +367,13 @@ class Proxy:
                 conn.outcome = Outcome.IDLE_TIMEOUT
 
     async def _request_ssl(
-        self, upstream: socket.socket, conn: AccessRecord, header: bytes = b""
+        self, upstream: socket.socket, backend: Backend, conn: AccessRecord, header: bytes = b""
     ) -> bool:
         """Send PostgreSQL's SSLRequest (after a PROXY header, if one is due) and read its
-        one-byte answer (never more: what follows an `S` is TLS, the client's or ours);
-        True if it is `S`."""
+        one-byte answer (never more: what follows an `S` is TLS, the client's or ours),
+        within the backend's connect timeout; True if it is `S`."""
         answer = b""
-        with trio.move_on_after(self.config.connect_timeout):
+        with trio.move_on_after(self.dialer.timeout(backend)):
             # A few bytes on a fresh connection: the socket buffer takes them whole.
             upstream.send(header + SSL_REQUEST)
             while True:
@@ -440,7 +444,7 @@ class Proxy:
                 upstream.send(header)  # a fresh connection's buffer takes it whole
             backend_tls = None
             if backend.tls is not None:
-                backend_tls = await self._reencrypt(upstream, backend.tls, listener, conn)
+                backend_tls = await self._reencrypt(upstream, backend, listener, conn)
                 if backend_tls is None:
                     return
             conn.transfer = Transfer(idle_timeout=self._idle_timeout(listener))
@@ -451,13 +455,16 @@ class Proxy:
     async def _reencrypt(
         self,
         upstream: socket.socket,
-        policy: BackendTLS,
+        backend: Backend,
         listener: ListenerTable,
         conn: AccessRecord,
     ) -> TlsConnection | None:
-        """TLS to the backend as its BackendTLSPolicy says (SPEC.md §10.7); a PostgreSQL
-        backend is asked with an SSLRequest first, as its client asked tlsgate."""
-        if conn.prelude is not None and not await self._request_ssl(upstream, conn):
+        """TLS to the backend as its BackendTLSPolicy says (SPEC.md §10.7), within its
+        connect timeout; a PostgreSQL backend is asked with an SSLRequest first, as its
+        client asked tlsgate."""
+        policy = backend.tls
+        assert policy is not None
+        if conn.prelude is not None and not await self._request_ssl(upstream, backend, conn):
             return None
         try:
             context = self.contexts.backend_context(policy, listener.backend_client_certificate)
@@ -465,7 +472,7 @@ class Proxy:
             conn.outcome, conn.detail = Outcome.BACKEND_TLS_FAILED, f"policy {policy.policy}: {exc}"
             return None
         tls = TlsConnection(upstream, context, server_side=False, server_hostname=policy.hostname)
-        with trio.move_on_after(self.config.connect_timeout) as timeout:
+        with trio.move_on_after(self.dialer.timeout(backend)) as timeout:
             try:
                 await tls.handshake()
             except TlsError as exc:

@@ -141,17 +141,27 @@ class FrontendValidation:
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def in_networks(address: str, networks: tuple[Network, ...]) -> bool:
-    """Is `address` (an IP, IPv4-mapped IPv6 read as IPv4) inside one of `networks`?"""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in network for network in networks)
+def ip_of(address: str | IP) -> IP | None:
+    """An address as policies match it: parsed (None if it is none), IPv4-mapped IPv6 as
+    the IPv4 address. The data plane parses a connection's addresses once and passes the
+    value: every check below takes either."""
+    if isinstance(address, str):
+        try:
+            address = ipaddress.ip_address(address)
+        except ValueError:
+            return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def in_networks(address: str | IP | None, networks: tuple[Network, ...]) -> bool:
+    """Is `address` inside one of `networks`?"""
+    ip = ip_of(address) if address is not None else None
+    return ip is not None and any(ip in network for network in networks)
 
 
 @frozen(kw_only=True)
@@ -174,7 +184,7 @@ class ClientPolicy:
     hello_timeout: float | None = None
     handshake_timeout: float | None = None
 
-    def refuses(self, client: str) -> str | None:
+    def refuses(self, client: str | IP) -> str | None:
         """Why the client address is refused by `clientIPs`, or None."""
         if self.deny and in_networks(client, self.deny):
             return f"{client} is in clientIPs.deny"
@@ -182,10 +192,10 @@ class ClientPolicy:
             return f"{client} is not in clientIPs.allow"
         return None
 
-    def trusts(self, peer: str) -> bool:
+    def trusts(self, peer: str | IP) -> bool:
         return self.proxy_trusted is not None and in_networks(peer, self.proxy_trusted)
 
-    def refusal(self, peer: str, client: str, proxied: bool) -> tuple[str, str] | None:
+    def refusal(self, peer: str | IP, client: str | IP, proxied: bool) -> tuple[str, str] | None:
         """Why this listener closes a connection from socket peer `peer`, whose client
         address is `client` (carried by a PROXY header if `proxied`), as (reason, message);
         None to serve it."""
@@ -273,12 +283,17 @@ class Bind:
             self, "_hello", (max(given) if given else None, len(given) < len(hellos))
         )
 
+    @property
+    def screened(self) -> bool:
+        """Has a listener here a ClientTrafficPolicy (so connections are screened)?"""
+        return self._screened
+
     def expects_proxy_headers(self) -> bool:
         """Does a listener here read PROXY headers (so a connection's first bytes are checked
         for one)?"""
         return self._headers
 
-    def trusts(self, peer: str) -> bool:
+    def trusts(self, peer: str | IP) -> bool:
         """Does a listener here take PROXY headers from `peer`? A header from a peer none of
         them trusts is refused at once: its claimed address is never believed, not even
         in a log line."""
@@ -293,7 +308,7 @@ class Bind:
             return default
         return max(longest, default) if some_without else longest
 
-    def refusal_at_accept(self, peer: str) -> str | None:
+    def refusal_at_accept(self, peer: str | IP) -> str | None:
         """Why a connection from `peer` is closed at once, before a byte is read, or None:
         when no listener here would serve that address (clientIPs), and no listener takes a
         PROXY header from it (whose address would decide instead)."""

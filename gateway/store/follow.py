@@ -29,7 +29,7 @@ from gateway.api.kinds import Document, ObjectKey, key_of
 from gateway.store.etcd import EtcdStore, stamped
 from gateway.store.etcd_watch import Batch, Compacted, watch
 from gateway.store.sqlite import StoreUnavailable
-from gateway.store.writes import WritePath
+from gateway.store.writes import WritePath, structured
 
 log = logging.getLogger("gateway.store")
 
@@ -323,13 +323,8 @@ class Follower:
         async with self.writes.lock:
             found, revision, unreadable = await trio.to_thread.run_sync(load)
             documents = self.writes.state.documents
-            fresh: dict[ObjectKey, Document] = {}
-            for key, raw in found:
-                doc = self._document(key, raw)
-                if doc is not None:
-                    fresh[key] = doc
-                else:
-                    unreadable[key] = int(raw["metadata"]["resourceVersion"])
+            # The store checked that each value is its key's object (`etcd.holds`).
+            fresh = {key_of(doc): doc for doc in structured([raw for _, raw in found], unreadable)}
             self.writes.unreadable = unreadable
             puts = [doc for key, doc in fresh.items() if documents.get(key) != doc]
             deleted = [key for key in documents if key not in fresh]

@@ -84,6 +84,10 @@ class BadRequest(Exception):
     """A request that names one object and carries another (400)."""
 
 
+def _answer(answer: NotFound | Conflict | _OnView) -> Exception:
+    return answer.answer if isinstance(answer, _OnView) else answer
+
+
 class _OnView(Exception):
     """An answer made from this replica's view of one object (a patch that makes it
     invalid): with a shared store, it stands once etcd confirms that view."""
@@ -163,18 +167,9 @@ class WritePath:
         """Bring the stored documents into force (at start)."""
         if self.store is None:
             return 0
-        documents = []
         raws = self.store.load()
         unreadable = dict(self.store.unreadable)
-        for raw in raws:
-            try:
-                documents.append(structure_document(raw))
-            except Invalid as exc:
-                # Written by something else (etcd is shared) or by an older tlsgate whose
-                # rules were looser: kept in the store, not in force, said at every start.
-                log.error("ignoring a stored document that is not valid: %s", exc.message)
-                if (key := key_in(raw)) is not None:
-                    unreadable[key] = _number(raw["metadata"].get("resourceVersion")) or 0
+        documents = structured(raws, unreadable)
         self.unreadable = unreadable
         self.applied = self.store.revision
         # Stored documents keep the metadata they were written with.
@@ -253,22 +248,15 @@ class WritePath:
                     return await attempt()
                 except Stale as stale:
                     current, revision = stale.current, stale.revision
-                except _OnView as answer:
-                    if self.catch_up is None:
-                        raise answer.answer from None
-                    doubted, seen = answer, self.held_revision(answer.key)
-                except (NotFound, Conflict) as answer:
+                except (NotFound, Conflict, _OnView) as answer:
                     if self.catch_up is None or answer.key is None:
-                        raise
+                        raise _answer(answer) from None
                     doubted, seen = answer, self.held_revision(answer.key)
             if doubted is not None:
                 assert doubted.key is not None
                 current = {doubted.key: await self._revision_in_store(doubted.key)}
                 if current[doubted.key] == seen:
-                    # etcd holds what the answer was made from: it stands.
-                    if isinstance(doubted, _OnView):
-                        raise doubted.answer from None
-                    raise doubted
+                    raise _answer(doubted)  # etcd holds what it was made from: it stands
             assert self.catch_up is not None  # only a shared store says Stale
             if not await self.catch_up(current, revision):
                 raise StoreUnavailable(
@@ -448,6 +436,22 @@ class WritePath:
         if self.catch_up is None:
             self.applied = revision
         return texts, revision
+
+
+def structured(raws: Sequence[dict[str, Any]], unreadable: dict[ObjectKey, int]) -> list[Document]:
+    """The documents stored values are. One that is not valid (written by something else,
+    etcd being shared, or by an older tlsgate whose rules were looser) is kept in the store,
+    not in force, logged, and recorded in `unreadable` at its revision: a write of its
+    object replaces it."""
+    documents = []
+    for raw in raws:
+        try:
+            documents.append(structure_document(raw))
+        except Invalid as exc:
+            log.error("ignoring a stored document that is not valid: %s", exc.message)
+            if (key := key_in(raw)) is not None:
+                unreadable[key] = _number(raw["metadata"].get("resourceVersion")) or 0
+    return documents
 
 
 def _version(doc: Document | None) -> str | None:

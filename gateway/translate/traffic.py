@@ -19,8 +19,8 @@ more specific target), and the Gateway's apply to every other listener.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
-from typing import Final
+from collections.abc import Hashable, Iterable, Mapping
+from typing import Any, Final
 
 from attrs import frozen
 
@@ -107,21 +107,9 @@ def evaluate_client_policies(
             continue  # targets only Gateways that are not ours: not ours to report on
         if targets:
             fields = leaves(policy)
-            older = sorted({claimed[(t, f)] for t in targets for f in fields if (t, f) in claimed})
-            if older:
-                result = ClientPolicyResult(
-                    Draft(
-                        ConditionType.ACCEPTED,
-                        False,
-                        Reason.CONFLICTED,
-                        f"the older ClientTrafficPolicy {older[0]} already sets "
-                        + ", ".join(
-                            sorted({f for t in targets for f in fields if (t, f) in claimed})
-                        )
-                        + " on the same target; this policy applies nothing",
-                    ),
-                    result.ancestors,
-                )
+            conflict = _conflict("ClientTrafficPolicy", targets, fields, claimed)
+            if conflict is not None:
+                result = ClientPolicyResult(conflict, result.ancestors)
             else:
                 for target in targets:
                     for field in fields:
@@ -168,24 +156,53 @@ def _evaluate(
         targets.append((gateway, ref.section_name))
     if not ancestors:
         return None, ()
+    accepted = _targets_verdict("Gateways (gateway.networking.k8s.io)", invalid, missing)
+    return ClientPolicyResult(accepted, tuple(ancestors)), (
+        tuple(targets) if accepted.status else ()
+    )
+
+
+def _targets_verdict(what: str, invalid: list[str], missing: list[str]) -> Draft:
+    """Accepted, unless a target is of the wrong kind (Invalid) or does not exist
+    (TargetNotFound): then the policy applies nothing."""
     if invalid:
-        accepted = Draft(
+        return Draft(
             ConditionType.ACCEPTED,
             False,
             Reason.INVALID,
-            "only Gateways (gateway.networking.k8s.io) can be targeted: " + ", ".join(invalid),
+            f"only {what} can be targeted: " + ", ".join(invalid),
         )
-        return ClientPolicyResult(accepted, tuple(ancestors)), ()
     if missing:
-        accepted = Draft(
+        return Draft(
             ConditionType.ACCEPTED,
             False,
             Reason.TARGET_NOT_FOUND,
             "no " + ", no ".join(missing) + "; this policy applies nothing until it exists",
         )
-        return ClientPolicyResult(accepted, tuple(ancestors)), ()
-    accepted = Draft(ConditionType.ACCEPTED, True, Reason.ACCEPTED, "Policy is accepted")
-    return ClientPolicyResult(accepted, tuple(ancestors)), tuple(targets)
+    return Draft(ConditionType.ACCEPTED, True, Reason.ACCEPTED, "Policy is accepted")
+
+
+def _conflict(
+    kind: str,
+    targets: Iterable[Hashable],
+    fields: Iterable[str],
+    claimed: Mapping[tuple[Any, str], NamespacedName],
+    on: str = "target",
+) -> Draft | None:
+    """Conflicted, when an older policy already set one of these fields on one of these
+    targets (a conflicted policy applies nothing); else None."""
+    clashes = {(t, f): claimed[(t, f)] for t in targets for f in fields if (t, f) in claimed}
+    if not clashes:
+        return None
+    older = min(clashes.values())
+    return Draft(
+        ConditionType.ACCEPTED,
+        False,
+        Reason.CONFLICTED,
+        f"the older {kind} {older} already sets "
+        + ", ".join(sorted({f for _, f in clashes}))
+        + f" on the same {on}; this policy applies nothing",
+    )
 
 
 def _networks(texts: Iterable[str]) -> tuple[Network, ...]:
@@ -325,32 +342,11 @@ def evaluate_backend_policies(
             if NamespacedName(key.namespace, ref.name) not in resources.services:
                 missing.append(f"Service {key.namespace}/{ref.name}")
         fields = backend_leaves(policy)
-        older = sorted({claimed[(s, f)] for s in services for f in fields if (s, f) in claimed})
-        if invalid:
-            accepted = Draft(
-                ConditionType.ACCEPTED,
-                False,
-                Reason.INVALID,
-                "only core Services can be targeted: " + ", ".join(invalid),
-            )
-        elif missing:
-            accepted = Draft(
-                ConditionType.ACCEPTED,
-                False,
-                Reason.TARGET_NOT_FOUND,
-                "no " + ", no ".join(missing) + "; this policy applies nothing until it exists",
-            )
-        elif older:
-            accepted = Draft(
-                ConditionType.ACCEPTED,
-                False,
-                Reason.CONFLICTED,
-                f"the older BackendTrafficPolicy {older[0]} already sets "
-                + ", ".join(sorted({f for s in services for f in fields if (s, f) in claimed}))
-                + " on the same Service; this policy applies nothing",
-            )
-        else:
-            accepted = Draft(ConditionType.ACCEPTED, True, Reason.ACCEPTED, "Policy is accepted")
+        accepted = _targets_verdict("core Services", invalid, missing)
+        if accepted.status:
+            conflict = _conflict("BackendTrafficPolicy", services, fields, claimed, "Service")
+            accepted = conflict or accepted
+        if accepted.status:
             for service in services:
                 for field in fields:
                     claimed[(service, field)] = key
