@@ -39,6 +39,7 @@ from gateway.dataplane.channel import (
     send_frame,
     send_message,
 )
+from gateway.dataplane.limits import clear_region, shared_block
 from gateway.dataplane.plane import PlaneConfig
 from gateway.dataplane.proxy import ProxyConfig
 from gateway.metrics import Metrics
@@ -95,6 +96,8 @@ class Supervisor:
         self.log_format = log_format
         self.workers = {i: Worker(i) for i in range(count)}
         self.counters = WorkerCounters()
+        #: The connection limits' counters: a region per worker slot (dataplane/limits.py).
+        self._limits_fd, self._limits = shared_block(count)
         self._restarts_metric: Counter | None = None
         self._progress = trio.Event()
         self._frame: tuple[int, bytes] | None = None
@@ -196,11 +199,19 @@ class Supervisor:
                 return
 
     async def _run_one(self, worker: Worker, stop: trio.Event) -> int:
+        # The slot's last process is gone, and its connections with it: so are their counts.
+        clear_region(self._limits, worker.id)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "gateway.dataplane.worker", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
+                [
+                    sys.executable,
+                    "-m",
+                    "gateway.dataplane.worker",
+                    str(theirs.fileno()),
+                    str(self._limits_fd),
+                ],
+                pass_fds=(theirs.fileno(), self._limits_fd),
             )
         finally:
             theirs.close()

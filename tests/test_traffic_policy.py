@@ -11,6 +11,7 @@ import pytest
 from gateway.api.convert import Invalid, structure_document
 from gateway.api.kinds import ObjectKey
 from gateway.api.status import PolicyStatus
+from gateway.routing.snapshot import LimitKind
 
 from .helpers import GATEWAY_CLASS, World, with_changes
 
@@ -177,6 +178,41 @@ BASE: dict[str, Any] = {
 }
 
 
+def test_limits_count_over_their_policys_target_and_whole_gateway_ones_at_accept() -> None:
+    """A Gateway's connectionLimit counts all its listeners together (at accept: every
+    listener of the socket has it); a listener's own perClient limit counts that listener
+    once the hello names it; a younger policy setting the same limit is Conflicted."""
+    whole = """
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: edge}]
+  connection: {connectionLimit: {value: 100}}
+"""
+    own = """
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: edge, sectionName: pg}]
+  connection: {perClient: {maxConnections: 5, connectionsPerSecond: 20}}
+"""
+    world = World()
+    world.apply(
+        GATEWAY_CLASS
+        + "\n---\n"
+        + GATEWAY
+        + policy("whole", whole)
+        + policy("pg", own)
+        + policy("again", whole)
+    )
+    pg, web = _listener(world, "pg").client, _listener(world, "web").client
+    assert [(r.kind, r.scope, r.value) for r in pg.limits] == [
+        (LimitKind.CONNECTIONS, "infra/edge", 100),
+        (LimitKind.CLIENT_CONNECTIONS, "infra/edge/pg", 5),
+        (LimitKind.CLIENT_RATE, "infra/edge/pg", 20),
+    ]
+    assert web.limits == pg.limits[:1]
+    assert world.snapshot is not None
+    bind = world.snapshot.binds[("0.0.0.0", 5432)]
+    assert bind.limits_at_accept("127.0.0.1") == pg.limits[:1]
+    [(_, _, _, conditions)] = _ancestors(world, "again")
+    assert conditions == [("Accepted", "False", "Conflicted")]
+
+
 @pytest.mark.parametrize(
     ("changes", "field"),
     [
@@ -196,7 +232,15 @@ BASE: dict[str, Any] = {
         ([("spec.timeout", {"tcp": {"idleTimeout": "0s"}})], "spec.timeout.tcp.idleTimeout"),
         ([("spec.timeout", {"tls": {"handshakeTimeout": "1d"}})], "spec.timeout.tls"),
         ([("spec.timeout", {"tls": {"hello": "1s"}})], "spec.timeout.tls"),
-        ([("spec.connection", {"connectionLimit": {"value": 10}})], "spec.connection"),
+        (
+            [("spec.connection", {"connectionLimit": {"value": 0}})],
+            "spec.connection.connectionLimit.value",
+        ),
+        (
+            [("spec.connection", {"perClient": {"connectionsPerSecond": 10**7}})],
+            "spec.connection.perClient.connectionsPerSecond",
+        ),
+        ([("spec.connection", {"connectionLimit": {}})], "spec.connection.connectionLimit"),
         ([("spec.proxyProtocol.trustedCidrs", ["10.0.0.0/8"])], "spec.proxyProtocol"),
     ],
 )

@@ -44,6 +44,8 @@ _MAPPED: Final = ipaddress.IPv6Network("::ffff:0:0/96")
 #: waits for the longest of theirs, so one policy must not hold every client's slot there
 #: for hours.
 MAX_HELLO_SECONDS: Final = 300.0
+#: The largest connection limit: above it a limit is none (a process tree holds fewer).
+MAX_LIMIT: Final = 1_000_000
 
 
 def _cidrs(c: Checker, field: str, values: Sequence[str] | None, low: int, high: int) -> None:
@@ -80,8 +82,26 @@ def admit_client_traffic_policy(c: Checker, doc: ClientTrafficPolicy) -> None:
                 c.invalid(field, value, "must be longer than 0s")
             elif ".tls." in field and seconds > MAX_HELLO_SECONDS:
                 c.invalid(field, value, f"must be at most {MAX_HELLO_SECONDS:.0f}s")
-    if spec.connection is not None:
-        c.add("spec.connection", "FieldValueForbidden", _NOT_YET)
+    connection = spec.connection
+    if connection is not None:
+        per_client = connection.per_client
+        limits: tuple[tuple[str, int | None], ...] = (
+            (
+                "spec.connection.connectionLimit.value",
+                connection.connection_limit.value if connection.connection_limit else None,
+            ),
+            (
+                "spec.connection.perClient.maxConnections",
+                per_client.max_connections if per_client else None,
+            ),
+            (
+                "spec.connection.perClient.connectionsPerSecond",
+                per_client.connections_per_second if per_client else None,
+            ),
+        )
+        for name, limit in limits:
+            if limit is not None and not 1 <= limit <= MAX_LIMIT:
+                c.invalid(name, limit, f"must be between 1 and {MAX_LIMIT}")
 
 
 def admit_backend_traffic_policy(c: Checker, doc: BackendTrafficPolicy) -> None:

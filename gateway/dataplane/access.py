@@ -11,6 +11,7 @@ import json
 import re
 import time
 from enum import StrEnum
+from typing import Any
 
 import attrs
 
@@ -41,6 +42,10 @@ class Outcome(StrEnum):
     #: Closed by a ClientTrafficPolicy before any handshake byte (API.md "Traffic policies").
     REFUSED_CLIENT_IP = "refused-client-ip"
     REFUSED_PROXY_PROTOCOL = "refused-proxy-protocol"
+    #: Over a `connection` limit (routing.snapshot.LimitKind: the part after `refused-`).
+    REFUSED_CONNECTION_LIMIT = "refused-connection-limit"
+    REFUSED_CLIENT_CONNECTION_LIMIT = "refused-client-connection-limit"
+    REFUSED_CLIENT_RATE_LIMIT = "refused-client-rate-limit"
     ERROR = "error"
     INTERNAL_ERROR = "internal-error"
     SHUTDOWN = "shutdown"
@@ -78,6 +83,8 @@ class AccessRecord:
     destination: tuple[str, int] | None = None
     #: The first ALPN protocol the ClientHello offers (a PROXY v2 header passes it on).
     alpn: str | None = None
+    #: The shared counters the connection counts in (`limits.Held`), given back at close.
+    held: Any = None
 
     def fields(self) -> dict[str, object]:
         """The access-log fields, in order (ARCHITECTURE.md "Logging"; never key material)."""

@@ -53,6 +53,7 @@ from gateway.api.names import TLSMode
 from gateway.dataplane.access import AccessRecord, Outcome
 from gateway.dataplane.clienthello import MAX_HELLO_BYTES, ClientHelloError, ClientHelloParser
 from gateway.dataplane.dial import Dialer, start_connect
+from gateway.dataplane.limits import SharedCounts
 from gateway.dataplane.postgres import ACCEPT, LENGTH, REFUSE, SSL_REQUEST, Prelude, prelude
 from gateway.dataplane.proxy_protocol import (
     PP2_TYPE_ALPN,
@@ -76,7 +77,9 @@ from gateway.dataplane.tlsstream import TlsConnection, TlsError
 from gateway.logs import info_with_fields
 from gateway.metrics import Metrics
 from gateway.routing.snapshot import (
+    IP,
     Backend,
+    LimitRule,
     ListenerTable,
     Rejected,
     Snapshot,
@@ -124,8 +127,11 @@ class Proxy:
         pool: PipePool | None = None,
         metrics: Metrics | None = None,
         worker: int | None = None,
+        limits: SharedCounts | None = None,
     ) -> None:
         self._snapshot = snapshot
+        #: ClientTrafficPolicy limits' counters, shared by the process tree's workers.
+        self.limits = limits if limits is not None else SharedCounts.private()
         #: The worker process's id, written in every access-log line (None: single process).
         self.worker = worker
         self.metrics = metrics or Metrics()
@@ -178,6 +184,8 @@ class Proxy:
                 conn.detail = type(exc).__name__
         finally:
             sock.close()
+            if conn.held is not None:
+                self.limits.release(conn.held)
             if access_log.isEnabledFor(logging.INFO):
                 fields = conn.fields()
                 info_with_fields(access_log, AccessRecord.line(fields), fields)
@@ -217,6 +225,11 @@ class Proxy:
             if refused is not None:
                 self._refuse(conn, Outcome.REFUSED_CLIENT_IP, refused)
                 return None
+            counted = bound.limits_at_accept(peer_ip or conn.peer[0])
+            if counted and not self._admit(conn, counted, peer_ip or conn.peer[0]):
+                return None
+        else:
+            counted = ()
         headers = bound is not None and bound.expects_proxy_headers()
         trusted = headers and bound is not None and bound.trusts(peer_ip or conn.peer[0])
         hello_timeout = (
@@ -243,29 +256,7 @@ class Proxy:
             return None
         listener = decision.listener
         conn.gateway, conn.listener = listener.gateway, listener.name
-        peer = conn.via or conn.peer
-        if listener.client is not None:
-            socket_ip = peer_ip or peer[0]
-            client_ip = ip_of(conn.peer[0]) if conn.via is not None else socket_ip
-            refusal = listener.client.refusal(socket_ip, client_ip or conn.peer[0], conn.proxied)
-            if refusal is not None:
-                reason, message = refusal
-                if not listener.client.trusts(socket_ip):
-                    conn.peer, conn.via = peer, None  # an untrusted header's claim is no fact
-                outcome = (
-                    Outcome.REFUSED_CLIENT_IP
-                    if reason == "client-ip"
-                    else Outcome.REFUSED_PROXY_PROTOCOL
-                )
-                self._refuse(conn, outcome, message)
-                return None
-        elif conn.proxied:
-            conn.peer, conn.via = peer, None
-            self._refuse(
-                conn,
-                Outcome.REFUSED_PROXY_PROTOCOL,
-                f"a PROXY header on listener {listener.gateway}/{listener.name}, which takes none",
-            )
+        if not self._screen(conn, listener, peer_ip, counted):
             return None
         conn.route = decision.target.route
         backend = decision.target.choose(self._rng.randrange(decision.target.total_weight))
@@ -338,6 +329,64 @@ class Proxy:
         if client is not None and client.idle_timeout is not None:
             return client.idle_timeout
         return self.config.idle_timeout
+
+    def _screen(
+        self,
+        conn: AccessRecord,
+        listener: ListenerTable,
+        peer_ip: IP | None,
+        counted: tuple[LimitRule, ...],
+    ) -> bool:
+        """The listener's ClientTrafficPolicy, once the hello has named the listener: the
+        PROXY header (taken or lacking), clientIPs, and the limits not counted at accept.
+        False when the connection is refused."""
+        peer = conn.via or conn.peer
+        policy = listener.client
+        if policy is None:
+            if not conn.proxied:
+                return True
+            conn.peer, conn.via = peer, None
+            self._refuse(
+                conn,
+                Outcome.REFUSED_PROXY_PROTOCOL,
+                f"a PROXY header on listener {listener.gateway}/{listener.name}, which takes none",
+            )
+            return False
+        socket_ip = peer_ip or peer[0]
+        client_ip = ip_of(conn.peer[0]) if conn.via is not None else socket_ip
+        refusal = policy.refusal(socket_ip, client_ip or conn.peer[0], conn.proxied)
+        if refusal is not None:
+            reason, message = refusal
+            if not policy.trusts(socket_ip):
+                conn.peer, conn.via = peer, None  # an untrusted header's claim is no fact
+            outcome = (
+                Outcome.REFUSED_CLIENT_IP
+                if reason == "client-ip"
+                else Outcome.REFUSED_PROXY_PROTOCOL
+            )
+            self._refuse(conn, outcome, message)
+            return False
+        rules = policy.limits
+        if rules and rules != counted:  # those of the listener alone: now it is known
+            rest = tuple(rule for rule in rules if rule not in counted)
+            if rest and not self._admit(conn, rest, client_ip or conn.peer[0]):
+                return False
+        return True
+
+    def _admit(self, conn: AccessRecord, rules: tuple[LimitRule, ...], client: str | IP) -> bool:
+        """Count the connection under its listener's limits (every worker's counts
+        together); False, with the connection refused, if one is reached."""
+        text = str(client)
+        held, over = self.limits.admit(rules, text, time.time())
+        if over is not None:
+            self._refuse(conn, Outcome(f"refused-{over.kind}"), over.refusal(text))
+            return False
+        assert held is not None
+        if conn.held is None:
+            conn.held = held
+        else:
+            conn.held.entries += held.entries
+        return True
 
     def _refuse(self, conn: AccessRecord, outcome: Outcome, detail: str) -> None:
         """Closed by a ClientTrafficPolicy: nothing sent back, no backend contacted."""

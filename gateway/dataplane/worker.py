@@ -13,6 +13,7 @@ sockets close at once, live connections get the drain timeout.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import signal
 import socket
@@ -22,6 +23,7 @@ from collections.abc import Mapping
 import trio
 
 from gateway.dataplane.channel import Counters, Install, Receiver, Running, Start, send_message
+from gateway.dataplane.limits import SharedCounts, map_block
 from gateway.dataplane.plane import SWITCH_INTERVAL, serve_dataplane
 from gateway.dataplane.proxy import Proxy
 from gateway.dataplane.relay import PipePool
@@ -88,8 +90,11 @@ def samples(metrics: Metrics) -> Counters:
 class _Worker:
     """One worker's tasks around its data plane: the channel in, the reports out, signals."""
 
-    def __init__(self, stream: trio.SocketStream, receiver: Receiver, start: Start) -> None:
+    def __init__(
+        self, stream: trio.SocketStream, receiver: Receiver, start: Start, limits: SharedCounts
+    ) -> None:
         self.stream = stream
+        self.limits = limits
         self.receiver = receiver
         self.id = start.worker
         self.plane = start.plane
@@ -107,6 +112,7 @@ class _Worker:
             PipePool() if self.start.proxy.splice else None,
             metrics=self.metrics,
             worker=self.id,
+            limits=self.limits,
         )
         try:
             async with trio.open_nursery() as nursery:
@@ -182,7 +188,7 @@ class _Worker:
                 return
 
 
-async def run(channel: socket.socket) -> None:
+async def run(channel: socket.socket, limits: mmap.mmap) -> None:
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(channel))
     receiver = Receiver(stream)
     start = await receiver.receive()
@@ -190,17 +196,20 @@ async def run(channel: socket.socket) -> None:
     if not isinstance(start, Start) or not isinstance(first, Install):
         raise SystemExit("the main process sent no Start and Install")
     setup_logging(start.log_level, start.log_format)
-    await _Worker(stream, receiver, start).run(first)
+    await _Worker(stream, receiver, start, SharedCounts(limits, start.worker)).run(first)
 
 
 def main(argv: list[str]) -> int:
     channel = socket.socket(fileno=int(argv[0]))
     os.set_inheritable(channel.fileno(), False)
+    # The connection limits' counters, shared with every worker (dataplane/limits.py).
+    limits = map_block(int(argv[1]))
+    os.close(int(argv[1]))
     # A whole snapshot is decoded on a thread (channel.THREAD_ABOVE): hand the GIL back to
     # the event loop every 0.2 ms rather than 5, or a connection arriving meanwhile waits
     # ~5 ms at each step of its handshake. With one thread running it changes nothing.
     sys.setswitchinterval(SWITCH_INTERVAL)
-    trio.run(run, channel)
+    trio.run(run, channel, limits)
     return 0
 
 

@@ -75,6 +75,11 @@ def _listener_wire(listener: ListenerTable) -> dict[str, Any]:
         }
         if timeouts:
             policy["timeouts"] = timeouts
+        if client.limits:
+            policy["limits"] = [
+                {"kind": str(rule.kind), "scope": rule.scope, "value": rule.value}
+                for rule in client.limits
+            ]
         out["clientTrafficPolicy"] = policy
     if listener.reject is not None:
         out["reject"] = listener.reject

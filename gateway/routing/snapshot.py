@@ -9,6 +9,7 @@ longest, then the hostname-less entry; no scan over listeners or routes.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import ipaddress
 import itertools
 from collections.abc import Mapping
@@ -164,6 +165,58 @@ def in_networks(address: str | IP | None, networks: tuple[Network, ...]) -> bool
     return ip is not None and any(ip in network for network in networks)
 
 
+class LimitKind(StrEnum):
+    """A ClientTrafficPolicy's `connection` limits, named as refusals count them
+    (`tlsgate_connections_refused_total{reason}`)."""
+
+    #: connectionLimit.value: connections open at once through the policy's target.
+    CONNECTIONS = "connection-limit"
+    #: perClient.maxConnections: connections open at once from one client address.
+    CLIENT_CONNECTIONS = "client-connection-limit"
+    #: perClient.connectionsPerSecond: connections admitted per second from one address.
+    CLIENT_RATE = "client-rate-limit"
+
+
+def limit_key(text: str) -> int:
+    """The shared counters' key of a scope or a (scope, client) pair: a 64-bit keyed hash,
+    the same in every process (Python's hash() of a str is salted per process), never 0
+    (0 marks a free counter)."""
+    value = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+    return (value & 0x7FFF_FFFF_FFFF_FFFF) or 1
+
+
+@frozen
+class LimitRule:
+    """One limit in force on a listener: what it counts, over which target, and the most it
+    admits. `scope` is the policy's target as written (`ns/gateway` or
+    `ns/gateway/listener`): connections of every listener a Gateway's limit reaches count
+    together."""
+
+    kind: LimitKind
+    scope: str
+    value: int
+    #: The counter key of the scope (per-client limits add the client's address).
+    key: int = field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "key", limit_key(f"{self.kind}|{self.scope}"))
+
+    @property
+    def per_client(self) -> bool:
+        return self.kind is not LimitKind.CONNECTIONS
+
+    def key_for(self, client: str) -> int:
+        """The key this rule counts a connection from `client` under."""
+        return self.key if not self.per_client else limit_key(f"{self.key}|{client}")
+
+    def refusal(self, client: str) -> str:
+        if self.kind is LimitKind.CONNECTIONS:
+            return f"connectionLimit {self.value} of {self.scope} reached"
+        if self.kind is LimitKind.CLIENT_CONNECTIONS:
+            return f"perClient.maxConnections {self.value} of {self.scope} reached by {client}"
+        return f"perClient.connectionsPerSecond {self.value} of {self.scope} reached by {client}"
+
+
 @frozen(kw_only=True)
 class ClientPolicy:
     """What the accepted ClientTrafficPolicies say for one listener, the listener's own
@@ -183,6 +236,8 @@ class ClientPolicy:
     idle_timeout: float | None = None
     hello_timeout: float | None = None
     handshake_timeout: float | None = None
+    #: Its `connection` limits, counted over the whole process tree (dataplane/limits.py).
+    limits: tuple[LimitRule, ...] = ()
 
     def refuses(self, client: str | IP) -> str | None:
         """Why the client address is refused by `clientIPs`, or None."""
@@ -264,6 +319,8 @@ class Bind:
 
     _screened: bool = field(init=False)
     _headers: bool = field(init=False)
+    #: The limits every listener here has (a whole Gateway's): counted at accept.
+    _accept_limits: tuple[LimitRule, ...] = field(init=False)
     #: The longest helloTimeout a policy sets here, and whether a listener has none.
     _hello: tuple[float | None, bool] = field(init=False)
 
@@ -277,6 +334,12 @@ class Bind:
             "_headers",
             any(p is not None and p.proxy_trusted is not None for p in policies),
         )
+        first = policies[0] if policies else None
+        common = set(first.limits) if first is not None else set()
+        for p in policies[1:]:
+            common &= set(p.limits) if p is not None else set()
+        accept = tuple(r for r in first.limits if r in common) if first is not None else ()
+        object.__setattr__(self, "_accept_limits", accept)
         hellos = [p.hello_timeout if p is not None else None for p in policies]
         given = [h for h in hellos if h is not None]
         object.__setattr__(
@@ -324,6 +387,15 @@ class Bind:
                 return None
             reasons.append(why)
         return reasons[0] if reasons else None
+
+    def limits_at_accept(self, peer: str | IP) -> tuple[LimitRule, ...]:
+        """The limits counted before a byte is read: those of every listener here (a whole
+        Gateway's, API.md "Traffic policies"). A per-client limit waits for the hello when a
+        PROXY header may yet name another client."""
+        rules = self._accept_limits
+        if rules and self._headers and self.trusts(peer):
+            return tuple(r for r in rules if not r.per_client)
+        return rules
 
     def listener_for(self, sni: str) -> ListenerTable | None:
         """Exact hostname, then longest wildcard suffix, then no hostname (SPEC.md §10.1)."""

@@ -11,7 +11,8 @@ Pure. A policy targets Gateways of its own namespace, optionally one listener by
 - else `Accepted=True/Accepted`.
 
 Fields are compared leaf by leaf: `proxyProtocol` (one field: its CIDRs and `optional`
-mean nothing apart), `clientIPs.allow`, `clientIPs.deny`, and each timeout. A policy on a
+mean nothing apart), `clientIPs.allow`, `clientIPs.deny`, each timeout and each limit of
+`connection`. A policy on a
 listener and one on its whole Gateway never conflict: the listener's fields win there (the
 more specific target), and the Gateway's apply to every other listener.
 """
@@ -35,7 +36,13 @@ from gateway.api.status import (
     Status,
 )
 from gateway.api.traffic import BackendTrafficPolicy, ClientTrafficPolicy
-from gateway.routing.snapshot import BackendTraffic, ClientPolicy, Network
+from gateway.routing.snapshot import (
+    BackendTraffic,
+    ClientPolicy,
+    LimitKind,
+    LimitRule,
+    Network,
+)
 from gateway.translate.context import Build, ListenerKey, RouteResult, age
 from gateway.translate.resources import Resources
 from gateway.translate.statuses import policy_status
@@ -64,7 +71,34 @@ def leaves(policy: ClientTrafficPolicy) -> tuple[str, ...]:
         if spec.client_ips.deny is not None:
             found.append("clientIPs.deny")
     found += [leaf for leaf, _ in _timeouts(policy)]
+    found += [leaf for leaf, _, _ in _limits(policy)]
     return tuple(found)
+
+
+def _limits(policy: ClientTrafficPolicy) -> list[tuple[str, LimitKind, int]]:
+    """The `connection` limits a policy sets, as (leaf, kind, value)."""
+    connection = policy.spec.connection
+    if connection is None:
+        return []
+    per_client = connection.per_client
+    values = [
+        (
+            "connection.connectionLimit",
+            LimitKind.CONNECTIONS,
+            connection.connection_limit.value if connection.connection_limit else None,
+        ),
+        (
+            "connection.perClient.maxConnections",
+            LimitKind.CLIENT_CONNECTIONS,
+            per_client.max_connections if per_client else None,
+        ),
+        (
+            "connection.perClient.connectionsPerSecond",
+            LimitKind.CLIENT_RATE,
+            per_client.connections_per_second if per_client else None,
+        ),
+    ]
+    return [(leaf, kind, value) for leaf, kind, value in values if value is not None]
 
 
 def _timeouts(policy: ClientTrafficPolicy) -> list[tuple[str, float]]:
@@ -222,7 +256,13 @@ def _merged(
             if not names:
                 continue
             fields: dict[str, object] = {}
+            limits: dict[LimitKind, LimitRule] = {}
             for name in names:  # the listener's come last: they win
+                # A limit counts over its policy's target: a whole Gateway's counts the
+                # connections of all its listeners together.
+                scope = f"{gateway}/{listener.spec.name}" if name in own else str(gateway)
+                for _, kind, value in _limits(policies[name]):
+                    limits[kind] = LimitRule(kind, scope, value)
                 spec = policies[name].spec
                 if spec.proxy_protocol is not None:
                     fields["proxy_trusted"] = _networks(spec.proxy_protocol.trusted_cidrs)
@@ -233,6 +273,8 @@ def _merged(
                     fields["deny"] = _networks(spec.client_ips.deny)
                 for leaf, seconds in _timeouts(policies[name]):
                     fields[_TIMEOUT_FIELDS[leaf]] = seconds
+            if limits:
+                fields["limits"] = tuple(limits[kind] for kind in LimitKind if kind in limits)
             merged[(gateway, listener.spec.name)] = ClientPolicy(
                 policies=tuple(str(name) for name in names),
                 **fields,  # type: ignore[arg-type]
