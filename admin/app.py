@@ -47,7 +47,7 @@ from gateway.api.admission import Cause
 from gateway.api.convert import encode_json, with_status
 from gateway.api.kinds import Document, KindInfo, ObjectKey, key_of
 from gateway.metrics import Metrics
-from gateway.routing.explain import explain, table_to_wire
+from gateway.routing.explain import HealthOf, explain, table_to_wire
 from gateway.store.plan import Action
 from gateway.store.sqlite import StoreUnavailable
 from gateway.store.writes import NotFound, Outcome, WritePath, list_of
@@ -74,6 +74,7 @@ def create_app(
     workers: Callable[[], list[dict[str, object]]] | None = None,
     replicas: Replicas | None = None,
     store: Callable[[], dict[str, object]] | None = None,
+    health: HealthOf | None = None,
 ) -> QuartTrio:
     app = QuartTrio(__name__)
     app.config["MAX_CONTENT_LENGTH"] = body_limit
@@ -86,6 +87,7 @@ def create_app(
         workers=workers,
         replicas=replicas,
         store=store,
+        health=health,
     )
     app.register_error_handler(ApiError, views.api_error)
     app.register_error_handler(HTTPException, views.http_error)
@@ -120,8 +122,11 @@ class Views:
         workers: Callable[[], list[dict[str, object]]] | None = None,
         replicas: Replicas | None = None,
         store: Callable[[], dict[str, object]] | None = None,
+        health: HealthOf | None = None,
     ) -> None:
         self.writes = writes
+        #: Endpoint health from the monitor, shown in the routing table and explain.
+        self.health = health
         self.replicas = replicas
         self.store = store
         #: Digests of the documents applied, to skip admitting them again (`known.py`).
@@ -211,7 +216,7 @@ class Views:
         return Response(body, 200, content_type=CONTENT_TYPE_LATEST)
 
     async def routing_table(self) -> Response:
-        body = table_to_wire(self.writes.snapshot)
+        body = table_to_wire(self.writes.snapshot, self.health)
         if self.workers is not None:
             body["workers"] = self.workers()
         return json_response(body, 200)
@@ -230,7 +235,7 @@ class Views:
                     400, f"query parameter 'address' must be an IP address, not {address!r}"
                 ) from None
         try:
-            result = explain(self.writes.snapshot, address, int(port_text), sni)
+            result = explain(self.writes.snapshot, address, int(port_text), sni, self.health)
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
         return json_response(result, 200)

@@ -29,6 +29,8 @@ from gateway.dataplane.plane import PlaneConfig, serve_dataplane
 from gateway.dataplane.proxy import Proxy, ProxyConfig
 from gateway.dataplane.relay import PIPE_POOL_SIZE, PipePool
 from gateway.metrics import Metrics
+from gateway.monitor import HealthCollector, HealthMonitor
+from gateway.routing.health import HealthView
 from gateway.store.etcd import EtcdStore, EtcdTLS
 from gateway.store.follow import Follower, Health
 from gateway.store.location import EtcdLocation, SqliteLocation, parse_location
@@ -140,6 +142,11 @@ class Server:
             bind_retry=config.bind_retry,
             drain_timeout=config.drain_timeout,
         )
+        #: Endpoint health: active probes and passive ejection, for every worker.
+        self.monitor = HealthMonitor(self.state, on_view=self._health_view)
+        self.metrics.registry.register(HealthCollector(self.monitor))
+        if not workers:
+            self.proxy.dialer.report = self.monitor.observe
         self.supervisor: Supervisor | None = None
         if workers:
             self.supervisor = Supervisor(
@@ -149,6 +156,7 @@ class Server:
                 plane=self.plane,
                 log_level=config.log_level,
                 log_format=config.log_format,
+                monitor=self.monitor,
             )
             self.supervisor.register(self.metrics.registry)
         self.writes = WritePath(
@@ -191,6 +199,9 @@ class Server:
         if tls is not None and not location.tls:
             raise StoreError("--etcd-cacert/--etcd-cert/--etcd-key need an etcds:// store")
         return EtcdStore(location.endpoints, location.prefix, tls=tls)
+
+    def _health_view(self, view: HealthView) -> None:
+        self.proxy.dialer.health = view  # read by this process's data plane (--workers 0)
 
     @property
     def replica_name(self) -> str:
@@ -264,6 +275,9 @@ class Server:
                         serve_dataplane, self.state, self.proxy, self.plane, self._stop
                     )
                 async with trio.open_nursery() as control:
+                    # Stopped with the rest of the control tasks: draining connections
+                    # need no new health facts.
+                    await control.start(self.monitor.run)
                     if self.follower is not None and self.registry is not None:
                         await control.start(self.follower.run)
                         await control.start(self.registry.run)
@@ -322,6 +336,7 @@ class Server:
             ready=self.not_ready,
             metrics=self.metrics,
             workers=self.supervisor.table if self.supervisor is not None else None,
+            health=self.monitor.health,
             replicas=self.registry or Solo(self.replica_info),
             store=self.store_status,
         )

@@ -17,11 +17,12 @@ meanwhile stops counting as live, so a write never waits on a corpse.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
 import socket
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 
 import attrs
 import trio
@@ -31,7 +32,9 @@ from prometheus_client.registry import Collector
 
 from gateway.dataplane.channel import (
     Counters,
+    Health,
     Install,
+    Outcomes,
     Receiver,
     Running,
     Start,
@@ -43,6 +46,7 @@ from gateway.dataplane.limits import clear_region, shared_block
 from gateway.dataplane.plane import PlaneConfig
 from gateway.dataplane.proxy import ProxyConfig
 from gateway.metrics import Metrics
+from gateway.monitor import HealthMonitor
 from gateway.routing.patch import diff
 from gateway.routing.snapshot import Snapshot
 from gateway.store.state import State
@@ -87,8 +91,10 @@ class Supervisor:
         plane: PlaneConfig,
         log_level: str = "info",
         log_format: str = "text",
+        monitor: HealthMonitor | None = None,
     ) -> None:
         self.state = state
+        self.monitor = monitor
         self.count = count
         self.proxy = proxy
         self.plane = attrs.evolve(plane, reuse_port=True)
@@ -249,6 +255,8 @@ class Supervisor:
         # is its slot's business (`_run_one` waits for the process), never an error here.
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await send_message(stream, start)
+            health = -1
+            monitor = self.monitor
             while True:
                 snapshot = self.state.snapshot
                 if sent is None or snapshot.generation != sent.generation:
@@ -258,7 +266,13 @@ class Supervisor:
                     else:
                         await send_frame(stream, await self._install_frame(snapshot))
                     sent = snapshot
-                await self.state.wait_changed(sent.generation)
+                if monitor is not None and monitor.version != health:
+                    health = monitor.version
+                    await send_message(stream, Health(monitor.view))
+                await _either(
+                    functools.partial(self.state.wait_changed, sent.generation),
+                    functools.partial(monitor.wait_changed, health) if monitor else None,
+                )
 
     def _patch(self, sent: Snapshot, snapshot: Snapshot) -> bytes | None:
         """The frame of the patch from `sent` to `snapshot` (None: send a whole snapshot),
@@ -297,6 +311,9 @@ class Supervisor:
                 self._notify()
             elif isinstance(message, Counters):
                 self.counters.update(worker.id, message)
+            elif isinstance(message, Outcomes) and self.monitor is not None:
+                for service, endpoint, error in message.items:
+                    self.monitor.observe(service, endpoint, error)
 
     async def _stop_when(self, stop: trio.Event, process: trio.Process) -> None:
         await stop.wait()
@@ -316,6 +333,23 @@ class Supervisor:
     def _notify(self) -> None:
         progress, self._progress = self._progress, trio.Event()
         progress.set()
+
+
+async def _either(
+    first: Callable[[], Awaitable[object]], second: Callable[[], Awaitable[object]] | None
+) -> None:
+    """Until one of the two waits returns."""
+    if second is None:
+        await first()
+        return
+    async with trio.open_nursery() as nursery:
+
+        async def one(wait: Callable[[], Awaitable[object]]) -> None:
+            await wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(one, first)
+        nursery.start_soon(one, second)
 
 
 class WorkerCounters(Collector):

@@ -271,7 +271,13 @@ def test_status_for_each_reason_and_the_table() -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ("healthCheck: {passive: {consecutiveConnectFailures: 3}}", "not supported by this"),
+        ("healthCheck: {passive: {consecutiveConnectFailures: 0}}", "between 1 and 1000"),
+        ("healthCheck: {passive: {baseEjectionTime: 2h}}", "at most 1h"),
+        ("healthCheck: {passive: {maxEjectionPercent: 101}}", "between 0 and 100"),
+        ("healthCheck: {active: {type: HTTP}}", "spec.healthCheck.active.type"),
+        ("healthCheck: {active: {type: TCP, interval: 10ms}}", "at least 100ms"),
+        ("healthCheck: {active: {type: TCP, unhealthyThreshold: 0}}", "between 1 and 100"),
+        ("healthCheck: {active: {interval: 5s}}", "spec.healthCheck.active.type"),
         ("timeout: {tcp: {connectTimeout: 0s}}", "longer than 0s"),
         ("timeout: {tcp: {connectTimeout: 5 s}}", "must be a duration"),
         ("retry: {numAttempts: 0}", "between 1 and 16"),
@@ -285,7 +291,7 @@ def test_status_for_each_reason_and_the_table() -> None:
         ),
     ],
 )
-def test_admission_refuses_what_is_not_enforced_or_not_valid(extra: str, message: str) -> None:
+def test_admission_refuses_what_is_not_valid(extra: str, message: str) -> None:
     from gateway.api.convert import Invalid
 
     world = World()

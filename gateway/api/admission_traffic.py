@@ -14,11 +14,7 @@ from typing import Final
 
 from gateway.api.admission_checks import Checker, target_refs
 from gateway.api.names import parse_duration
-from gateway.api.traffic import BackendTrafficPolicy, ClientTrafficPolicy
-
-#: Fields of the contract this version does not enforce yet: refused rather than stored and
-#: silently ignored (a policy that says more than it does would make its status a lie).
-_NOT_YET = "Forbidden: not supported by this version of tlsgate (it would not be enforced)"
+from gateway.api.traffic import BackendTrafficPolicy, ClientTrafficPolicy, HealthCheck
 
 
 def cidr_problem(text: str) -> str | None:
@@ -104,13 +100,57 @@ def admit_client_traffic_policy(c: Checker, doc: ClientTrafficPolicy) -> None:
                 c.invalid(name, limit, f"must be between 1 and {MAX_LIMIT}")
 
 
+def _duration(c: Checker, field: str, text: str | None, shortest: str, longest: str) -> None:
+    """A Gateway API duration from `shortest` to `longest` (both durations too)."""
+    if text is None:
+        return
+    seconds = parse_duration(text)
+    low, high = parse_duration(shortest), parse_duration(longest)
+    assert low is not None
+    assert high is not None
+    if seconds is None:
+        c.invalid(field, text, "must be a duration such as 5s, 1m30s or 500ms")
+    elif not low <= seconds <= high:
+        c.invalid(field, text, f"must be at least {shortest} and at most {longest}")
+
+
+def _health_check(c: Checker, check: HealthCheck) -> None:
+    passive, active = check.passive, check.active
+    if passive is not None:
+        failures = passive.consecutive_connect_failures
+        if failures is not None and not 1 <= failures <= 1000:
+            c.invalid(
+                "spec.healthCheck.passive.consecutiveConnectFailures",
+                failures,
+                "must be between 1 and 1000",
+            )
+        _duration(
+            c, "spec.healthCheck.passive.baseEjectionTime", passive.base_ejection_time, "1ms", "1h"
+        )
+        percent = passive.max_ejection_percent
+        if percent is not None and not 0 <= percent <= 100:
+            c.invalid(
+                "spec.healthCheck.passive.maxEjectionPercent", percent, "must be between 0 and 100"
+            )
+    if active is not None:
+        c.enum("spec.healthCheck.active.type", active.type, ("TCP", "TLS"))
+        _duration(c, "spec.healthCheck.active.interval", active.interval, "100ms", "1h")
+        _duration(c, "spec.healthCheck.active.timeout", active.timeout, "1ms", "5m")
+        for field, value in (
+            ("healthyThreshold", active.healthy_threshold),
+            ("unhealthyThreshold", active.unhealthy_threshold),
+        ):
+            if value is not None and not 1 <= value <= 100:
+                c.invalid(f"spec.healthCheck.active.{field}", value, "must be between 1 and 100")
+
+
 def admit_backend_traffic_policy(c: Checker, doc: BackendTrafficPolicy) -> None:
     spec = doc.spec
     target_refs(c, spec.target_refs)
     if spec.proxy_protocol is not None:
         c.enum("spec.proxyProtocol.version", spec.proxy_protocol.version, ("V1", "V2"))
-    if spec.health_check is not None:  # passive and active checks: not yet
-        c.add("spec.healthCheck", "FieldValueForbidden", _NOT_YET)
+    if spec.health_check is not None:
+        _health_check(c, spec.health_check)
     connect = spec.timeout.tcp.connect_timeout if spec.timeout and spec.timeout.tcp else None
     if connect is not None:
         seconds = parse_duration(connect)

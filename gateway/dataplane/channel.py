@@ -8,9 +8,10 @@ length and the pickle.
 Main -> worker: `Start` once, then `Install` with a whole snapshot, then for every new snapshot
 a `Patch` from the one it runs (`routing/patch.py`: a write at 10,000 routes sends one route
 target, not the table), or an `Install` when a patch would touch over MAX_PATCHED_TARGETS
-route targets. Worker -> main: `Running` after each snapshot's binds are reconciled (so the
-main process knows what is in force where), and `Counters` now and then and at the end (the
-main process sums them for `/metrics`).
+route targets; `Health` with the endpoint health view whenever it changes. Worker -> main:
+`Running` after each snapshot's binds are reconciled (so the main process knows what is in
+force where), `Counters` now and then and at the end (the main process sums them for
+`/metrics`), and `Outcomes`: the connect outcomes the health monitor follows.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import trio
 
 from gateway.dataplane.plane import PlaneConfig
 from gateway.dataplane.proxy import ProxyConfig
+from gateway.routing.health import HealthView
 from gateway.routing.patch import Patch
 from gateway.routing.snapshot import Snapshot
 
@@ -62,7 +64,21 @@ class Counters:
     samples: tuple[tuple[str, tuple[tuple[str, str], ...], float], ...]
 
 
-Message = Start | Install | Patch | Running | Counters
+@attrs.frozen
+class Health:
+    """The endpoint health view in force (`routing/health.py`), sent at every change."""
+
+    view: HealthView
+
+
+@attrs.frozen
+class Outcomes:
+    """Connect outcomes of health-checked Services: (service, endpoint, error or None)."""
+
+    items: tuple[tuple[str, str, str | None], ...]
+
+
+Message = Start | Install | Patch | Running | Counters | Health | Outcomes
 
 
 #: Frames larger than this are encoded and decoded on a worker thread: a 10,000-route snapshot

@@ -16,14 +16,18 @@ import hashlib
 import os
 import random
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
 
 from gateway.dataplane.access import AccessRecord, Outcome
 from gateway.metrics import Metrics
+from gateway.routing.health import HealthView
 from gateway.routing.snapshot import Backend, Endpoint
+
+#: Where connect outcomes of health-checked Services go: (service, endpoint, error or None).
+Report = Callable[[str, str, str | None], None]
 
 #: Endpoints of one backend tried per connection before the client is closed.
 CONNECT_ATTEMPTS = 3
@@ -42,6 +46,10 @@ class Dialer:
         self._next: dict[str, int] = {}
         #: IP endpoint `host:port` -> its one (family, address).
         self._ip_addresses: dict[str, tuple[tuple[int, tuple[str, int]]]] = {}
+        #: The health view in force (the main process's monitor sends it), and where the
+        #: connect outcomes of checked Services are reported.
+        self.health = HealthView()
+        self.report: Report | None = None
 
     def timeout(self, backend: Backend) -> float:
         """Seconds to connect one endpoint of `backend`."""
@@ -56,11 +64,17 @@ class Dialer:
         hashing: the same address reaches the same endpoint while the set is unchanged, and
         a change moves only the addresses of the endpoints that came or went)."""
         endpoints = backend.endpoints
+        traffic = backend.traffic
+        if traffic is not None and traffic.checked:
+            avoid = self.health.avoid.get(traffic.service)
+            if avoid:
+                usable = tuple(e for e in endpoints if e.text not in avoid)
+                # Every endpoint avoided: all are tried (fail open; the monitor logs it).
+                endpoints = usable or endpoints
         if len(endpoints) <= 1:
             return (
                 endpoints  # nothing to rotate, nothing to allocate (a parked connection holds it)
             )
-        traffic = backend.traffic
         tries = traffic.attempts if traffic is not None and traffic.attempts else CONNECT_ATTEMPTS
         count = min(tries, len(endpoints))
         balance = traffic.balance if traffic is not None else None
@@ -76,6 +90,21 @@ class Dialer:
     def failed(self, backend: Backend, endpoint: Endpoint, reason: str, errors: list[str]) -> None:
         errors.append(f"{endpoint}: {reason}")
         self.metrics.backend_connect_failures.add((backend.name,))
+        traffic = backend.traffic
+        if traffic is not None and traffic.passive is not None and self.report is not None:
+            self.report(traffic.service, endpoint.text, reason)
+
+    def on_connect(self, backend: Backend, endpoint: Endpoint) -> Callable[[], None] | None:
+        """What to call once a connect to `endpoint` succeeds: report it, if the endpoint has
+        failures counted (a success ends their run); None when there is nothing to say."""
+        traffic = backend.traffic
+        if traffic is None or traffic.passive is None or self.report is None:
+            return None
+        key = (traffic.service, endpoint.text)
+        if key not in self.health.suspects:
+            return None
+        report = self.report
+        return lambda: report(key[0], key[1], None)
 
     async def addresses(
         self, endpoint: Endpoint, deadline: float
@@ -121,9 +150,13 @@ class Dialer:
                 try:
                     for family, address in await self.addresses(endpoint, deadline):
                         try:
-                            return await _connect_one(family, address)
+                            sock = await _connect_one(family, address)
                         except OSError as exc:
                             reason = exc.strerror or str(exc)
+                            continue
+                        if (connected := self.on_connect(backend, endpoint)) is not None:
+                            connected()
+                        return sock
                 except OSError as exc:  # resolution
                     reason = exc.strerror or str(exc)
             self.failed(backend, endpoint, reason, errors)

@@ -307,6 +307,7 @@ class Proxy:
                 except OSError as exc:
                     reason = exc.strerror or str(exc)
                     continue
+                transfer.on_connect = self.dialer.on_connect(backend, endpoint)
                 with upstream:
                     try:
                         await self.relays.relay(

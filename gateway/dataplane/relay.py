@@ -45,7 +45,7 @@ import fcntl
 import os
 import select
 import socket
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import attrs
@@ -126,6 +126,8 @@ class Transfer:
     first: bytes = b""
     #: The backend's connect has completed (`RelayLoop.relay` with a connect deadline).
     connected: bool = True
+    #: Called once when a connect the loop waited for completes (a health report).
+    on_connect: Callable[[], None] | None = None
 
     def progress(self) -> None:
         # Moving a deadline costs trio some bookkeeping: do it at most every ~1% of the timeout.
@@ -239,6 +241,9 @@ class _Pair(Parked):
         """The backend is connected: the idle deadline starts, the first bytes are queued."""
         transfer = self.transfer
         transfer.connected = True
+        if transfer.on_connect is not None:
+            transfer.on_connect()
+            transfer.on_connect = None
         transfer.scope.deadline = trio.current_time() + transfer.idle_timeout
         if transfer.first:
             self.up.pending, transfer.first = memoryview(transfer.first), b""

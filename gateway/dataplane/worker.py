@@ -22,7 +22,16 @@ from collections.abc import Mapping
 
 import trio
 
-from gateway.dataplane.channel import Counters, Install, Receiver, Running, Start, send_message
+from gateway.dataplane.channel import (
+    Counters,
+    Health,
+    Install,
+    Outcomes,
+    Receiver,
+    Running,
+    Start,
+    send_message,
+)
 from gateway.dataplane.limits import SharedCounts, map_block
 from gateway.dataplane.plane import SWITCH_INTERVAL, serve_dataplane
 from gateway.dataplane.proxy import Proxy
@@ -39,6 +48,9 @@ log = logging.getLogger("gateway.worker")
 REPORT_EVERY = 0.1
 #: Counters are sent at least this often even when unchanged.
 COUNTERS_AT_LEAST_EVERY = 5.0
+#: Connect outcomes kept between two reports; more are dropped (a flood of failures to one
+#: endpoint says no more than its first few).
+MAX_OUTCOMES = 4096
 
 
 class WorkerState:
@@ -103,6 +115,8 @@ class _Worker:
         self.proxy: Proxy
         self.stop = trio.Event()
         self.start = start
+        #: Connect outcomes for the main process's health monitor, sent with the reports.
+        self.outcomes: list[tuple[str, str, str | None]] = []
 
     async def run(self, first: Install) -> None:
         self.state = WorkerState(first.snapshot)
@@ -114,6 +128,7 @@ class _Worker:
             worker=self.id,
             limits=self.limits,
         )
+        self.proxy.dialer.report = self.observe
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.receive_snapshots)
@@ -127,12 +142,18 @@ class _Worker:
             if self.proxy.pool is not None:
                 self.proxy.pool.close()
 
+    def observe(self, service: str, endpoint: str, error: str | None) -> None:
+        """A connect outcome for the monitor: sent at once (a failure may eject)."""
+        if len(self.outcomes) < MAX_OUTCOMES:  # bounded if the main process stops reading
+            self.outcomes.append((service, endpoint, error))
+        self.state.report.set()
+
     def _orphaned(self) -> None:
         if not self.stop.is_set():
             log.info("worker %d: the main process is gone; stopping", self.id)
             self.stop.set()
 
-    async def tell(self, message: Running | Counters) -> bool:
+    async def tell(self, message: Running | Counters | Outcomes) -> bool:
         """Send to the main process; if it is gone, stop."""
         try:
             await send_message(self.stream, message)
@@ -152,6 +173,8 @@ class _Worker:
                 return
             if isinstance(message, Install):
                 self.state.install(message.snapshot)
+            elif isinstance(message, Health):
+                self.proxy.dialer.health = message.view
             elif isinstance(message, Patch):
                 # A patch for another snapshot raises PatchMismatch: the worker exits and
                 # is restarted with a whole snapshot, rather than route by a wrong table.
@@ -174,6 +197,10 @@ class _Worker:
                     connections=proxy.active,
                 )
                 if not await self.tell(report):
+                    return
+            if self.outcomes:
+                outcomes, self.outcomes = tuple(self.outcomes), []
+                if not await self.tell(Outcomes(outcomes)):
                     return
             now = trio.current_time()
             if proxy.finished != counted or now - counted_at >= COUNTERS_AT_LEAST_EVERY:

@@ -6,12 +6,29 @@ Pure. Shows references (Secrets, ConfigMaps, policies), never certificate or key
 
 from __future__ import annotations
 
+import datetime
+from collections.abc import Callable
 from typing import Any
 
+from gateway.routing.health import EndpointHealth
 from gateway.routing.snapshot import Backend, ListenerTable, Rejected, Snapshot
 
+#: An endpoint's health, as the running gateway knows it: (service, endpoint) -> its state,
+#: None for an endpoint without a check. Offline (`tlsgate translate`) there is none.
+HealthOf = Callable[[str, str], EndpointHealth | None]
 
-def _backend_wire(backend: Backend) -> dict[str, Any]:
+
+def _health_wire(health: EndpointHealth) -> dict[str, Any]:
+    out: dict[str, Any] = {"state": str(health.state)}
+    if health.until is not None:
+        until = datetime.datetime.fromtimestamp(health.until, tz=datetime.UTC)
+        out["until"] = until.isoformat(timespec="seconds").replace("+00:00", "Z")
+    if health.error is not None:
+        out["error"] = health.error
+    return out
+
+
+def _backend_wire(backend: Backend, health: HealthOf | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": backend.name,
         "weight": backend.weight,
@@ -31,11 +48,33 @@ def _backend_wire(backend: Backend) -> dict[str, Any]:
             traffic["numAttempts"] = backend.traffic.attempts
         if backend.traffic.balance is not None:
             traffic["loadBalancer"] = backend.traffic.balance
+        checks = backend.traffic
+        if checks.passive is not None:
+            traffic["passiveHealthCheck"] = {
+                "consecutiveConnectFailures": checks.passive.consecutive_failures,
+                "baseEjectionTimeSeconds": checks.passive.base_ejection,
+                "maxEjectionPercent": checks.passive.max_ejection_percent,
+            }
+        if checks.active is not None:
+            traffic["activeHealthCheck"] = {
+                "type": checks.active.type,
+                "intervalSeconds": checks.active.interval,
+                "timeoutSeconds": checks.active.timeout,
+                "healthyThreshold": checks.active.healthy_threshold,
+                "unhealthyThreshold": checks.active.unhealthy_threshold,
+            }
         out["traffic"] = traffic
+        if checks.checked and health is not None:
+            states = {e.text: health(checks.service, e.text) for e in backend.endpoints}
+            out["health"] = {
+                endpoint: _health_wire(state)
+                for endpoint, state in states.items()
+                if state is not None
+            }
     return out
 
 
-def _listener_wire(listener: ListenerTable) -> dict[str, Any]:
+def _listener_wire(listener: ListenerTable, health: HealthOf | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "gateway": listener.gateway,
         "name": listener.name,
@@ -88,7 +127,7 @@ def _listener_wire(listener: ListenerTable) -> dict[str, Any]:
         route: dict[str, Any] = {
             "hostname": target.hostname,
             "route": target.route,
-            "backends": [_backend_wire(b) for b in target.backends],
+            "backends": [_backend_wire(b, health) for b in target.backends],
         }
         if target.shadowed:
             route["shadowed"] = list(target.shadowed)
@@ -97,8 +136,9 @@ def _listener_wire(listener: ListenerTable) -> dict[str, Any]:
     return out
 
 
-def table_to_wire(snapshot: Snapshot) -> dict[str, Any]:
-    """The routing table as JSON-ready data (`GET /v1/routingtable`, `tlsgate translate`)."""
+def table_to_wire(snapshot: Snapshot, health: HealthOf | None = None) -> dict[str, Any]:
+    """The routing table as JSON-ready data (`GET /v1/routingtable`, `tlsgate translate`),
+    with each checked endpoint's health when `health` knows it."""
     return {
         "generation": snapshot.generation,
         "binds": [
@@ -107,14 +147,20 @@ def table_to_wire(snapshot: Snapshot) -> dict[str, Any]:
                 "port": bind.port,
                 "gateways": list(bind.gateways),
                 **({"error": bind.error} if bind.error else {}),
-                "listeners": [_listener_wire(lst) for lst in bind.listeners],
+                "listeners": [_listener_wire(lst, health) for lst in bind.listeners],
             }
             for bind in snapshot.binds.values()
         ],
     }
 
 
-def explain(snapshot: Snapshot, address: str | None, port: int, sni: str | None) -> dict[str, Any]:
+def explain(
+    snapshot: Snapshot,
+    address: str | None,
+    port: int,
+    sni: str | None,
+    health: HealthOf | None = None,
+) -> dict[str, Any]:
     """What a connection with this SNI would get (`GET /v1/explain`): the listener, the route,
     the weighted backends with their endpoints, or why it is rejected. Without an address,
     the port must name one bind."""
@@ -149,7 +195,8 @@ def explain(snapshot: Snapshot, address: str | None, port: int, sni: str | None)
         "hostname": target.hostname,
         "route": target.route,
         "backends": [
-            _backend_wire(b) | {"share": round(b.weight / total, 4)} for b in target.backends
+            _backend_wire(b, health) | {"share": round(b.weight / total, 4)}
+            for b in target.backends
         ],
     }
     if target.shadowed:

@@ -73,6 +73,29 @@ class BackendTLS:
 
 
 @frozen(kw_only=True)
+class PassiveCheck:
+    """`healthCheck.passive`: eject an endpoint after consecutive connect failures."""
+
+    consecutive_failures: int = 3
+    #: Seconds of the first ejection; each repeat doubles it, up to 10 times this.
+    base_ejection: float = 30.0
+    #: Of a Service's endpoints at most this share is ejected, rounding down, but one may be.
+    max_ejection_percent: int = 50
+
+
+@frozen(kw_only=True)
+class ActiveCheck:
+    """`healthCheck.active`: probes by the main process, every `interval` seconds."""
+
+    #: `TCP` (a connect) or `TLS` (a full handshake).
+    type: str
+    interval: float = 5.0
+    timeout: float = 1.0
+    healthy_threshold: int = 1
+    unhealthy_threshold: int = 3
+
+
+@frozen(kw_only=True)
 class BackendTraffic:
     """What the accepted BackendTrafficPolicy of a Service says (API.md "Traffic
     policies"): how tlsgate reaches its endpoints, from every route."""
@@ -87,6 +110,15 @@ class BackendTraffic:
     attempts: int | None = None
     #: RoundRobin (None), Random, or ConsistentHash (by the client's address).
     balance: str | None = None
+    #: The Service (`namespace/name`): endpoint health is kept per Service and endpoint.
+    service: str = ""
+    passive: PassiveCheck | None = None
+    active: ActiveCheck | None = None
+
+    @property
+    def checked(self) -> bool:
+        """Is the health of the Service's endpoints followed (so some may be avoided)?"""
+        return self.passive is not None or self.active is not None
 
 
 @frozen(kw_only=True)

@@ -35,13 +35,20 @@ from gateway.api.status import (
     Reason,
     Status,
 )
-from gateway.api.traffic import BackendTrafficPolicy, ClientTrafficPolicy
+from gateway.api.traffic import (
+    ActiveHealthCheck,
+    BackendTrafficPolicy,
+    ClientTrafficPolicy,
+    PassiveHealthCheck,
+)
 from gateway.routing.snapshot import (
+    ActiveCheck,
     BackendTraffic,
     ClientPolicy,
     LimitKind,
     LimitRule,
     Network,
+    PassiveCheck,
 )
 from gateway.translate.context import Build, ListenerKey, RouteResult, age
 from gateway.translate.resources import Resources
@@ -327,11 +334,46 @@ def backend_leaves(policy: BackendTrafficPolicy) -> tuple[str, ...]:
         found.append("retry.numAttempts")
     if spec.load_balancer is not None:
         found.append("loadBalancer")
+    if spec.health_check is not None and spec.health_check.passive is not None:
+        found.append("healthCheck.passive")
+    if spec.health_check is not None and spec.health_check.active is not None:
+        found.append("healthCheck.active")
     return tuple(found)
 
 
+def _passive(check: PassiveHealthCheck) -> PassiveCheck:
+    """The passive check with API.md's defaults (admission checked the values)."""
+    base = parse_duration(check.base_ejection_time) if check.base_ejection_time else None
+    default = PassiveCheck()
+    return PassiveCheck(
+        consecutive_failures=check.consecutive_connect_failures or default.consecutive_failures,
+        base_ejection=base or default.base_ejection,
+        max_ejection_percent=(
+            check.max_ejection_percent
+            if check.max_ejection_percent is not None
+            else default.max_ejection_percent
+        ),
+    )
+
+
+def _active(check: ActiveHealthCheck) -> ActiveCheck:
+    default = ActiveCheck(type=check.type)
+    interval = parse_duration(check.interval) if check.interval else None
+    timeout = parse_duration(check.timeout) if check.timeout else None
+    return ActiveCheck(
+        type=check.type,
+        interval=interval or default.interval,
+        timeout=timeout or default.timeout,
+        healthy_threshold=check.healthy_threshold or default.healthy_threshold,
+        unhealthy_threshold=check.unhealthy_threshold or default.unhealthy_threshold,
+    )
+
+
 def _backend_traffic(
-    key: NamespacedName, policy: BackendTrafficPolicy, before: BackendTraffic | None
+    key: NamespacedName,
+    policy: BackendTrafficPolicy,
+    before: BackendTraffic | None,
+    service: ServiceTarget,
 ) -> BackendTraffic:
     """`before` (the older accepted policies' settings on the Service) with this policy's
     fields added: accepted policies set disjoint fields, so each keeps its own."""
@@ -340,8 +382,12 @@ def _backend_traffic(
     tcp = spec.timeout.tcp if spec.timeout is not None else None
     connect = tcp.connect_timeout if tcp is not None else None
     balancer = spec.load_balancer
-    merged = before or BackendTraffic(policies=())
+    health = spec.health_check
+    merged = before or BackendTraffic(policies=(), service=f"{service[0]}/{service[1]}")
     return BackendTraffic(
+        service=merged.service,
+        passive=_passive(health.passive) if health and health.passive else merged.passive,
+        active=_active(health.active) if health and health.active else merged.active,
         policies=(*merged.policies, str(key)),
         proxy_version=(2 if proxy.version == "V2" else 1) if proxy else merged.proxy_version,
         connect_timeout=parse_duration(connect) if connect is not None else merged.connect_timeout,
@@ -392,7 +438,7 @@ def evaluate_backend_policies(
             for service in services:
                 for field in fields:
                     claimed[(service, field)] = key
-                chosen[service] = _backend_traffic(key, policy, chosen.get(service))
+                chosen[service] = _backend_traffic(key, policy, chosen.get(service), service)
         results[key] = BackendPolicyResult(accepted, tuple(services))
     return chosen, results
 

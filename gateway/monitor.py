@@ -1,0 +1,258 @@
+"""The main process's health monitor: active probes, the workers' connect outcomes, ejection
+timers, and the health view every data plane routes by (API.md "Traffic policies";
+`routing/health.py` holds the rules).
+
+I/O. The main process runs every active check, one task per checked endpoint, whatever the
+number of workers (a probe per endpoint per interval, not one per worker), and keeps the one
+book of the process tree. Workers report connect failures (and the successes of endpoints
+with failures counted) over their channel; the view goes back to all of them at each change,
+so an ejection is in force in every worker within a report interval. With `--workers 0`
+the data plane calls `observe` directly and reads `view`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import ssl
+import time
+from collections.abc import Callable, Iterator
+
+import trio
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.routing.health import (
+    EndpointHealth,
+    HealthBook,
+    HealthState,
+    HealthView,
+    Key,
+    ServiceChecks,
+    service_checks,
+)
+from gateway.routing.snapshot import ActiveCheck, BackendTLS, Snapshot
+from gateway.store.state import State
+
+log = logging.getLogger("gateway.health")
+
+#: A probe's (check, SNI, TLS verification) as it was started: a change restarts it.
+_Probe = tuple[ActiveCheck, str, BackendTLS | None]
+
+
+class HealthMonitor:
+    def __init__(
+        self,
+        state: State,
+        clock: Callable[[], float] = time.time,
+        on_view: Callable[[HealthView], None] | None = None,
+    ) -> None:
+        self.state = state
+        self.clock = clock
+        #: Called with each new view (the single-process data plane's dialer takes it).
+        self.on_view = on_view
+        self.book = HealthBook()
+        self.view = HealthView()
+        #: Bumped at every new view; `wait_changed` waits for it to move.
+        self.version = 0
+        self._changed = trio.Event()
+        self._probes: dict[Key, tuple[_Probe, trio.CancelScope]] = {}
+        self._wake = trio.Event()
+        self._down: set[str] = set()
+        self._contexts: dict[tuple[str, bool], ssl.SSLContext] = {}
+
+    # --- what the rest of the main process asks -------------------------------------------
+
+    def health(self, service: str, endpoint: str) -> EndpointHealth | None:
+        return self.book.state((service, endpoint), self.clock())
+
+    def observe(self, service: str, endpoint: str, error: str | None) -> None:
+        """A data plane's connect outcome (None: it connected)."""
+        key = (service, endpoint)
+        if error is None:
+            changed = self.book.connect_succeeded(key)
+        else:
+            changed = self.book.connect_failed(key, error, self.clock())
+        if changed:
+            self._publish()
+            self._wake.set()  # an ejection may have started: its end is the next timer
+
+    async def wait_changed(self, version: int) -> None:
+        while self.version == version:
+            await self._changed.wait()
+
+    # --- running ----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Follow the table: probe what it checks, end ejections on time; until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._expiries)
+            generation = -1
+            task_status.started()
+            while True:
+                snapshot = self.state.snapshot
+                if snapshot.generation != generation:
+                    generation = snapshot.generation
+                    self._follow(snapshot, nursery)
+                await self.state.wait_changed(generation)
+
+    def _follow(self, snapshot: Snapshot, nursery: trio.Nursery) -> None:
+        checks = service_checks(snapshot)
+        self.book.configure(checks)
+        wanted = _probes(snapshot, checks)
+        for key in list(self._probes):
+            probe, scope = self._probes[key]
+            if wanted.get(key) != probe:
+                scope.cancel()
+                del self._probes[key]
+        for key, probe in wanted.items():
+            if key not in self._probes:
+                scope = trio.CancelScope()
+                self._probes[key] = (probe, scope)
+                nursery.start_soon(self._probe_loop, key, probe, scope)
+        self._publish()
+
+    async def _expiries(self) -> None:
+        while True:
+            self._wake = trio.Event()
+            now = self.clock()
+            ends = self.book.next_expiry(now)
+            with trio.move_on_after((ends - now + 0.001) if ends is not None else float("inf")):
+                await self._wake.wait()
+            if ends is not None and self.clock() >= ends:
+                self._publish()  # an ejection ended: the endpoint is tried again
+
+    async def _probe_loop(self, key: Key, probe: _Probe, scope: trio.CancelScope) -> None:
+        check, server_name, tls = probe
+        with scope:
+            await trio.sleep(random.uniform(0, check.interval))  # spread the first probes
+            while True:
+                error = await self._probe(key[1], check, server_name, tls)
+                if self.book.probed(key, error):
+                    state = self.book.state(key, self.clock())
+                    shown = state.state if state is not None else "gone"
+                    log.info(
+                        "endpoint %s of %s is %s%s",
+                        key[1],
+                        key[0],
+                        shown,
+                        f": {error}" if error else "",
+                    )
+                    self._publish()
+                await trio.sleep(check.interval)
+
+    async def _probe(
+        self, endpoint: str, check: ActiveCheck, server_name: str, tls: BackendTLS | None
+    ) -> str | None:
+        """One probe: a connect (TCP) or a full handshake (TLS) within the timeout; None
+        if it passed, else why not."""
+        host, _, port = endpoint.rpartition(":")
+        host = host.strip("[]")
+        with trio.move_on_after(check.timeout):
+            try:
+                stream = await trio.open_tcp_stream(host, int(port))
+            except OSError as exc:
+                return _reason(exc)
+            try:
+                if check.type == "TLS":
+                    wrapped = trio.SSLStream(
+                        stream, self._context(tls), server_hostname=server_name
+                    )
+                    await wrapped.do_handshake()
+                return None
+            except trio.BrokenResourceError as exc:
+                cause = exc.__cause__
+                return f"TLS handshake: {cause or 'connection closed'}"
+            except (ssl.SSLError, OSError) as exc:
+                return f"TLS handshake: {exc}"
+            finally:
+                await trio.aclose_forcefully(stream)
+        return f"no answer within {check.timeout:g}s"
+
+    def _context(self, tls: BackendTLS | None) -> ssl.SSLContext:
+        """Verify as re-encryption would when a BackendTLSPolicy applies; otherwise any
+        certificate passes (a Passthrough backend's certificate is its clients' to judge)."""
+        key = (tls.ca_bundle if tls is not None else "", tls is not None)
+        context = self._contexts.get(key)
+        if context is None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            if tls is None:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            elif tls.ca_bundle:
+                context.load_verify_locations(cadata=tls.ca_bundle)
+            else:
+                context.load_default_certs()
+            if tls is not None and tls.subject_alt_names:
+                context.check_hostname = False  # the data plane checks those names after
+            self._contexts[key] = context
+        return context
+
+    def _publish(self) -> None:
+        view = self.book.view(self.clock())
+        down = self.book.all_avoided(view)
+        for service in sorted(down - self._down):
+            log.warning(
+                "every endpoint of %s is unhealthy or ejected: connections try them all",
+                service,
+            )
+        for service in sorted(self._down - down):
+            log.info("%s has a healthy endpoint again", service)
+        self._down = down
+        if view != self.view:
+            self.view = view
+            if self.on_view is not None:
+                self.on_view(view)
+            self.version += 1
+            changed, self._changed = self._changed, trio.Event()
+            changed.set()
+
+
+def _reason(exc: BaseException) -> str:
+    """The error a failed connect names: trio's "all attempts failed" wraps each address's."""
+    cause = exc.__cause__
+    while isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+        cause = cause.exceptions[-1]
+    if isinstance(cause, OSError) and cause.errno:
+        return os.strerror(cause.errno)  # trio's own text repeats the address
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+
+
+def _probes(snapshot: Snapshot, checks: dict[str, ServiceChecks]) -> dict[Key, _Probe]:
+    """Each actively checked endpoint's probe: its check, the SNI (the BackendTLSPolicy's
+    hostname if one applies, else the Service's name) and the policy to verify with."""
+    probes: dict[Key, _Probe] = {}
+    for bind in snapshot.binds.values():
+        for listener in bind.listeners:
+            for target in listener.routes.values():
+                for backend in target.backends:
+                    traffic = backend.traffic
+                    if traffic is None or traffic.active is None:
+                        continue
+                    name = traffic.service.partition("/")[2]
+                    server_name = backend.tls.hostname if backend.tls is not None else name
+                    for endpoint in backend.endpoints:
+                        probe = (traffic.active, server_name, backend.tls)
+                        probes.setdefault((traffic.service, endpoint.text), probe)
+    return {key: probe for key, probe in probes.items() if key[0] in checks}
+
+
+class HealthCollector(Collector):
+    """`tlsgate_endpoint_healthy{namespace,service,endpoint}`: 1 for a healthy endpoint, 0
+    for one ejected or unhealthy; the endpoints of Services with a health check only."""
+
+    def __init__(self, monitor: HealthMonitor) -> None:
+        self.monitor = monitor
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "tlsgate_endpoint_healthy",
+            "Whether an endpoint of a health-checked Service gets new connections (1) or not",
+            labels=["namespace", "service", "endpoint"],
+        )
+        for (service, endpoint), health in self.monitor.book.states(self.monitor.clock()):
+            namespace, _, name = service.partition("/")
+            healthy = health.state is HealthState.HEALTHY
+            family.add_metric([namespace, name, endpoint], 1.0 if healthy else 0.0)
+        yield family
