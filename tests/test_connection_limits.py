@@ -6,7 +6,9 @@ source addresses (127.0.0.x)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import signal
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -142,8 +144,28 @@ async def test_limits_hold_over_every_worker_and_per_client_address(tmp_path: Pa
             assert _metric(metrics, "connection-limit") == 10
             assert _metric(metrics, "client-connection-limit") == 1
             await _open_per_worker(http, 0)  # closed, they give their places back
-            async with _held(port, context, "127.0.0.4"), _held(port, context, "127.0.0.4"):
-                pass
+
+            # A worker killed with its connections: its successor starts with its counts
+            # cleared, so the places its connections held are free again.
+            async with contextlib.AsyncExitStack() as held:
+                for source in ("127.0.0.4", "127.0.0.4", "127.0.0.5"):
+                    await held.enter_async_context(_held(port, context, source))
+                await _open_per_worker(http, 3)
+                table = (await http.get("/v1/routingtable")).json()
+                victim = max(table["workers"], key=lambda w: w["connections"])
+                os.kill(victim["pid"], signal.SIGKILL)  # a child of the gateway we started
+                freed = victim["connections"]
+                with trio.fail_after(20):
+                    while True:
+                        workers = (await http.get("/v1/routingtable")).json()["workers"]
+                        pids = {w["pid"] for w in workers}
+                        replaced = victim["pid"] not in pids and None not in pids
+                        if replaced and (await http.get("/readyz")).status_code == 200:
+                            break
+                        await trio.sleep(0.05)  # polled over HTTP: nothing to wait on here
+                for i in range(freed):
+                    await held.enter_async_context(_held(port, context, f"127.0.0.{10 + i}"))
+                assert await _refused(port, context, "127.0.0.20")
 
 
 async def test_a_listeners_rate_limit_acts_once_the_hello_names_it(
