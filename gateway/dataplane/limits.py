@@ -33,7 +33,7 @@ import os
 import threading
 from collections.abc import Sequence
 
-from gateway.routing.snapshot import LimitKind, LimitRule
+from gateway.routing.snapshot import LimitKind, LimitRule, limit_key
 
 WAYS = 8
 #: Buckets per region: 32,768 keys (scopes and clients) tracked per worker at a time.
@@ -128,14 +128,14 @@ class SharedCounts:
         cells[entry + _CURRENT] = 0
         cells[entry + _SECOND] = second
 
-    def _total(self, kind: LimitKind, key: int, now: float) -> float:
+    def _total(self, kind: LimitKind, key: int, now: float, own: int | None = None) -> float:
         """The key's count over every region: connections open, or the sliding-window
-        rate of admissions."""
+        rate of admissions. `own`: the key's entry in the own region, if known."""
         cells = self._cells
         second = int(now)
         current = previous = 0
         for region in range(0, self.regions * REGION_CELLS, REGION_CELLS):
-            entry = self._find(region, key)
+            entry = own if region == self._own and own is not None else self._find(region, key)
             if entry is None:
                 continue
             if kind is not LimitKind.CLIENT_RATE:
@@ -160,8 +160,9 @@ class SharedCounts:
         cells = self._cells
         second = int(now)
         counted: list[tuple[LimitRule, int, int]] = []
+        client_key = limit_key(client) if any(rule.per_client for rule in rules) else 0
         for rule in rules:
-            key = rule.key_for(client)
+            key = rule.mixed(client_key) if rule.per_client else rule.key
             entry = self._claim(key, second)
             if entry is None:
                 self.untracked += 1
@@ -174,11 +175,11 @@ class SharedCounts:
             counted.append((rule, key, entry))
         with self._fence:  # the store-load fence: our counts are visible before we read
             pass
-        for rule, key, _ in counted:
-            if self._total(rule.kind, key, now) > rule.value:
-                for other, _, entry in counted:  # taken back: a refusal counts nothing
+        for rule, key, entry in counted:
+            if self._total(rule.kind, key, now, entry) > rule.value:
+                for other, _, taken in counted:  # taken back: a refusal counts nothing
                     field = _CURRENT if other.kind is LimitKind.CLIENT_RATE else _OPEN
-                    cells[entry + field] -= 1
+                    cells[taken + field] -= 1
                 return None, rule
         held = [entry for rule, _, entry in counted if rule.kind is not LimitKind.CLIENT_RATE]
         return Held(held), None

@@ -239,7 +239,12 @@ class LimitRule:
 
     def key_for(self, client: str) -> int:
         """The key this rule counts a connection from `client` under."""
-        return self.key if not self.per_client else limit_key(f"{self.key}|{client}")
+        return self.mixed(limit_key(client)) if self.per_client else self.key
+
+    def mixed(self, client_key: int) -> int:
+        """A per-client rule's key for the client whose own key is `client_key` (one hash of
+        the address per connection, whatever the number of rules)."""
+        return ((self.key * 0x9E37_79B9_7F4A_7C15) ^ client_key) & 0x7FFF_FFFF_FFFF_FFFF or 1
 
     def refusal(self, client: str) -> str:
         if self.kind is LimitKind.CONNECTIONS:
