@@ -139,6 +139,12 @@ class Metrics:
             ["backend"],
             registry,
         )
+        self.limits_untracked = Tally(
+            "tlsgate_limit_untracked_total",
+            "Admissions a connection limit could not count (its shared bucket was full)",
+            [],
+            registry,
+        )
         registry = self.registry
         self.snapshot_generation = Gauge(
             "tlsgate_snapshot_generation",

@@ -108,11 +108,11 @@ def test_a_full_bucket_admits_untracked_and_idle_entries_are_reused() -> None:
     rule = LimitRule(LimitKind.CLIENT_CONNECTIONS, "infra/gw", 1)
     # Clients whose keys share one bucket, found by trying addresses.
     clients: list[str] = []
-    target = rule.key_for("10.0.0.0") % BUCKETS
+    target = counts.key_of(rule, "10.0.0.0") % BUCKETS
     i = 0
     while len(clients) < WAYS + 1:
         address = f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"
-        if rule.key_for(address) % BUCKETS == target:
+        if counts.key_of(rule, address) % BUCKETS == target:
             clients.append(address)
         i += 1
     held = [counts.admit([rule], c, 1.0)[0] for c in clients[:WAYS]]
@@ -127,3 +127,31 @@ def test_a_full_bucket_admits_untracked_and_idle_entries_are_reused() -> None:
     assert counts.admit([rule], clients[WAYS], 1.0)[0] is not None
     assert counts.untracked == 1
     assert counts.admit([rule], clients[WAYS], 1.0)[1] == rule  # now counted: at its limit
+
+
+def test_client_addresses_are_hashed_with_the_trees_secret() -> None:
+    """Which addresses share a bucket differs from one process tree to the next: nobody
+    outside can pick addresses that fill one (and get admitted uncounted)."""
+    rule = PER_CLIENT
+    one, two = SharedCounts.private(), SharedCounts.private()
+    clients = [f"2001:db8::{i:x}" for i in range(64)]
+    assert [one.key_of(rule, c) for c in clients] != [two.key_of(rule, c) for c in clients]
+    fd, main = shared_block(2)
+    worker = SharedCounts(map_block(fd), 1)
+    os.close(fd)
+    assert SharedCounts(main, 0).key_of(rule, "2001:db8::1") == worker.key_of(rule, "2001:db8::1")
+
+
+def test_a_targets_limit_keeps_its_place_whatever_the_clients() -> None:
+    """connectionLimit keys have a table of their own: per-client keys filling every bucket
+    of theirs cannot make a target's limit uncounted."""
+    counts = SharedCounts.private()
+    total = LimitRule(LimitKind.CONNECTIONS, "infra/gw", 1)
+    flood = LimitRule(LimitKind.CLIENT_RATE, "infra/other", 10**6)
+    for i in range(BUCKETS * WAYS + 100):
+        counts.admit([flood], f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}", 5.0)
+    assert counts.untracked > 0  # the client table is full
+    untracked = counts.untracked
+    assert counts.admit([total], "192.0.2.1", 5.0)[1] is None
+    assert counts.admit([total], "192.0.2.2", 5.0)[1] == total
+    assert counts.untracked == untracked

@@ -28,7 +28,8 @@ class Cause:
     message: str
 
 
-LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+#: An RFC 1123 label: at most 63 characters (a longer one is no DNS name: IDNA refuses it).
+LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 DNS1123_SUBDOMAIN: Final = re.compile(rf"^{LABEL}(\.{LABEL})*$")
 DNS1123_LABEL: Final = re.compile(rf"^{LABEL}$")
 HOSTNAME: Final = re.compile(rf"^(\*\.)?{LABEL}(\.{LABEL})*$")

@@ -8,11 +8,13 @@ no lock crosses processes and a worker that dies (or is frozen) can never hold o
 process zeroes a dead worker's region before its successor starts, since its connections
 died with it.
 
-A region is a set-associative table: BUCKETS buckets of WAYS entries, each entry five
-int64 cells (key, connections open, the second of the rate window, connections admitted in
-that second and in the one before). A key is a rule's scope, or a (scope, client address)
-pair (`routing.snapshot.LimitRule.key_for`). An entry that counts nothing (no connection
-open, no admission in the last two seconds) may be taken by another key.
+A region is two set-associative tables of WAYS-entry buckets, each entry five int64 cells
+(key, connections open, the second of the rate window, connections admitted in that second
+and in the one before): SCOPE_BUCKETS for the keys of connectionLimit rules (one per target:
+as many as the configuration has), then BUCKETS for per-client keys (a rule and a client
+address, hashed with the secret at the end of the block), so that a flood of client
+addresses can never push a target's own count out. An entry that counts nothing (no
+connection open, no admission in the last two seconds) may be taken by another key.
 
 Admission is "count, then look": the connection is counted in the own region first, then
 the totals over every region are read, and if one is over its limit the count is taken back
@@ -28,28 +30,47 @@ those of the last, weighted by how much of the last second is still within one s
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
 import threading
 from collections.abc import Sequence
 
-from gateway.routing.snapshot import LimitKind, LimitRule, limit_key
+from gateway.routing.snapshot import LimitKind, LimitRule
 
 WAYS = 8
-#: Buckets per region: 32,768 keys (scopes and clients) tracked per worker at a time.
+#: Buckets for targets' connectionLimit keys: 4,096 targets per worker.
+SCOPE_BUCKETS = 512
+#: Buckets for per-client keys: 32,768 (rule, client address) keys per worker at a time.
 BUCKETS = 4096
 _FIELDS = 5
 _KEY, _OPEN, _SECOND, _CURRENT, _PREVIOUS = range(_FIELDS)
 _BUCKET_CELLS = WAYS * _FIELDS
-REGION_CELLS = BUCKETS * _BUCKET_CELLS
+_CLIENTS = SCOPE_BUCKETS * _BUCKET_CELLS  # where the per-client table starts in a region
+REGION_CELLS = (SCOPE_BUCKETS + BUCKETS) * _BUCKET_CELLS
 REGION_BYTES = REGION_CELLS * 8
+
+
+#: The block ends with a secret that keys the hash of client addresses: nobody outside the
+#: process tree can compute which addresses share a bucket (and fill it on purpose).
+SECRET_BYTES = 32
+
+
+def _block_size(regions: int) -> int:
+    return max(1, regions) * REGION_BYTES + SECRET_BYTES
+
+
+def _new_block(block: mmap.mmap) -> mmap.mmap:
+    block[len(block) - SECRET_BYTES :] = os.urandom(SECRET_BYTES)
+    return block
 
 
 def shared_block(regions: int) -> tuple[int, mmap.mmap]:
     """A block of `regions` regions that child processes can map: (its memfd, a map)."""
-    fd = os.memfd_create("tlsgate-limits", 0)
-    os.ftruncate(fd, max(1, regions) * REGION_BYTES)  # sparse: pages appear when written
-    return fd, mmap.mmap(fd, max(1, regions) * REGION_BYTES)
+    # Close-on-exec like every descriptor: `pass_fds` hands it to the workers regardless.
+    fd = os.memfd_create("tlsgate-limits", os.MFD_CLOEXEC)
+    os.ftruncate(fd, _block_size(regions))  # sparse: pages appear when written
+    return fd, _new_block(mmap.mmap(fd, _block_size(regions)))
 
 
 def map_block(fd: int) -> mmap.mmap:
@@ -57,18 +78,21 @@ def map_block(fd: int) -> mmap.mmap:
     return mmap.mmap(fd, os.fstat(fd).st_size)
 
 
-def clear_region(block: mmap.mmap, region: int) -> None:
+def clear_region(block: mmap.mmap, region: int) -> None:  # the secret stays
     """Forget a region's counts (its worker is dead: so are its connections)."""
     block[region * REGION_BYTES : (region + 1) * REGION_BYTES] = bytes(REGION_BYTES)
 
 
 class Held:
-    """The entries a connection counts in (its own region's), given back when it closes."""
+    """What a connection counts in its own region: the entries of its open connection
+    (given back when it closes) and of its rate admissions, with their second (taken back
+    if a policy refuses it later, once the ClientHello names its listener)."""
 
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "rated")
 
-    def __init__(self, entries: list[int]) -> None:
+    def __init__(self, entries: list[int], rated: list[tuple[int, int]]) -> None:
         self.entries = entries
+        self.rated = rated
 
 
 class SharedCounts:
@@ -76,40 +100,52 @@ class SharedCounts:
 
     def __init__(self, block: mmap.mmap, own: int = 0) -> None:
         self._block = block
-        self._cells = memoryview(block).cast("q")
+        self._cells = memoryview(block)[: len(block) - SECRET_BYTES].cast("q")
+        self._secret = bytes(block[len(block) - SECRET_BYTES :])
         self.regions = len(self._cells) // REGION_CELLS
         if not 0 <= own < self.regions:
             raise ValueError(f"region {own} of a block of {self.regions}")
         self._own = own * REGION_CELLS
         self._fence = threading.Lock()
-        #: Admissions not counted because their bucket was full (32 keys in one bucket).
+        #: Admissions not counted because their bucket was full (WAYS keys in use in it).
         self.untracked = 0
 
     @classmethod
     def private(cls) -> SharedCounts:
         """Counters for a process that is the whole tree (`--workers 0`)."""
-        return cls(mmap.mmap(-1, REGION_BYTES))
+        return cls(_new_block(mmap.mmap(-1, _block_size(1))))
+
+    def key_of(self, rule: LimitRule, client: str) -> int:
+        """The key `rule` counts a connection from `client` under."""
+        return rule.mixed(self._client_key(client)) if rule.per_client else rule.key
+
+    def _client_key(self, client: str) -> int:
+        digest = hashlib.blake2b(client.encode(), digest_size=8, key=self._secret).digest()
+        return int.from_bytes(digest, "little")
 
     @staticmethod
-    def _bucket(key: int) -> int:
-        return (key % BUCKETS) * _BUCKET_CELLS
+    def _bucket(key: int, scoped: bool) -> int:
+        """The first cell of `key`'s bucket within a region."""
+        if scoped:
+            return (key % SCOPE_BUCKETS) * _BUCKET_CELLS
+        return _CLIENTS + (key % BUCKETS) * _BUCKET_CELLS
 
-    def _find(self, region: int, key: int) -> int | None:
+    def _find(self, region: int, key: int, scoped: bool) -> int | None:
         """The cell index of `key`'s entry in the region starting at cell `region`."""
-        start = region + self._bucket(key)
+        start = region + self._bucket(key, scoped)
         keys = self._cells[start : start + _BUCKET_CELLS : _FIELDS].tolist()
         try:
             return start + keys.index(key) * _FIELDS
         except ValueError:
             return None
 
-    def _claim(self, key: int, second: int) -> int | None:
+    def _claim(self, key: int, second: int, scoped: bool) -> int | None:
         """The own entry of `key`: found, or a free one taken (None: the bucket is full)."""
         cells = self._cells
-        found = self._find(self._own, key)
+        found = self._find(self._own, key, scoped)
         if found is not None:
             return found
-        start = self._own + self._bucket(key)
+        start = self._own + self._bucket(key, scoped)
         for entry in range(start, start + _BUCKET_CELLS, _FIELDS):
             last = cells[entry + _SECOND]  # 0: never counted a rate
             if cells[entry + _OPEN] == 0 and (last == 0 or last < second - 1):
@@ -134,8 +170,12 @@ class SharedCounts:
         cells = self._cells
         second = int(now)
         current = previous = 0
+        scoped = kind is LimitKind.CONNECTIONS
         for region in range(0, self.regions * REGION_CELLS, REGION_CELLS):
-            entry = own if region == self._own and own is not None else self._find(region, key)
+            if region == self._own and own is not None:
+                entry: int | None = own
+            else:
+                entry = self._find(region, key, scoped)
             if entry is None:
                 continue
             if kind is not LimitKind.CLIENT_RATE:
@@ -160,10 +200,10 @@ class SharedCounts:
         cells = self._cells
         second = int(now)
         counted: list[tuple[LimitRule, int, int]] = []
-        client_key = limit_key(client) if any(rule.per_client for rule in rules) else 0
+        client_key = self._client_key(client) if any(r.per_client for r in rules) else 0
         for rule in rules:
             key = rule.mixed(client_key) if rule.per_client else rule.key
-            entry = self._claim(key, second)
+            entry = self._claim(key, second, not rule.per_client)
             if entry is None:
                 self.untracked += 1
                 continue
@@ -181,8 +221,13 @@ class SharedCounts:
                     field = _CURRENT if other.kind is LimitKind.CLIENT_RATE else _OPEN
                     cells[taken + field] -= 1
                 return None, rule
-        held = [entry for rule, _, entry in counted if rule.kind is not LimitKind.CLIENT_RATE]
-        return Held(held), None
+        held = Held([], [])
+        for rule, _, entry in counted:
+            if rule.kind is LimitKind.CLIENT_RATE:
+                held.rated.append((entry, second))
+            else:
+                held.entries.append(entry)
+        return held, None
 
     def release(self, held: Held) -> None:
         """The connection has closed."""
@@ -191,6 +236,20 @@ class SharedCounts:
             cells[entry + _OPEN] -= 1
         held.entries = []
 
+    def refund(self, held: Held) -> None:
+        """A policy refused the connection after it was counted: its rate admissions are
+        taken back (in the window they fell in, if it is still in the table)."""
+        cells = self._cells
+        for entry, second in held.rated:
+            now = cells[entry + _SECOND]
+            if now == second and cells[entry + _CURRENT] > 0:
+                cells[entry + _CURRENT] -= 1
+            elif now == second + 1 and cells[entry + _PREVIOUS] > 0:
+                cells[entry + _PREVIOUS] -= 1
+        held.rated = []
+
     def open_count(self, rule: LimitRule, client: str = "") -> int:
         """Connections open under a rule now, over every process (for tests and explain)."""
-        return int(self._total(LimitKind.CONNECTIONS, rule.key_for(client), 0.0))
+        key = self.key_of(rule, client)
+        kind = LimitKind.CONNECTIONS if not rule.per_client else LimitKind.CLIENT_CONNECTIONS
+        return int(self._total(kind, key, 0.0))

@@ -297,8 +297,9 @@ class Proxy:
             deadline = trio.current_time() + self.dialer.timeout(backend)
             try:
                 candidates = await self.dialer.addresses(endpoint, deadline)
-            except OSError as exc:
-                self.dialer.failed(backend, endpoint, exc.strerror or str(exc), errors)
+            except (OSError, UnicodeError) as exc:  # UnicodeError: IDNA refuses the name
+                reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+                self.dialer.failed(backend, endpoint, reason, errors)
                 continue
             reason = "no address"
             for family, address in candidates:
@@ -353,7 +354,7 @@ class Proxy:
                 f"a PROXY header on listener {listener.gateway}/{listener.name}, which takes none",
             )
             return False
-        socket_ip = peer_ip or peer[0]
+        socket_ip = peer_ip or ip_of(peer[0]) or peer[0]
         client_ip = ip_of(conn.peer[0]) if conn.via is not None else socket_ip
         refusal = policy.refusal(socket_ip, client_ip or conn.peer[0], conn.proxied)
         if refusal is not None:
@@ -369,7 +370,9 @@ class Proxy:
             return False
         rules = policy.limits
         if rules and rules != counted:  # those of the listener alone: now it is known
-            rest = tuple(rule for rule in rules if rule not in counted)
+            # By key: a limit whose value changed in a swap since accept is counted once.
+            keys = {rule.key for rule in counted}
+            rest = tuple(rule for rule in rules if rule.key not in keys)
             if rest and not self._admit(conn, rest, client_ip or conn.peer[0]):
                 return False
         return True
@@ -378,7 +381,12 @@ class Proxy:
         """Count the connection under its listener's limits (every worker's counts
         together); False, with the connection refused, if one is reached."""
         text = str(client)
-        held, over = self.limits.admit(rules, text, time.time())
+        limits = self.limits
+        untracked = limits.untracked
+        # CLOCK_MONOTONIC: one clock for every process of the machine, and it never steps.
+        held, over = limits.admit(rules, text, time.monotonic())
+        if limits.untracked != untracked:
+            self.metrics.limits_untracked.add((), limits.untracked - untracked)
         if over is not None:
             self._refuse(conn, Outcome(f"refused-{over.kind}"), over.refusal(text))
             return False
@@ -387,11 +395,15 @@ class Proxy:
             conn.held = held
         else:
             conn.held.entries += held.entries
+            conn.held.rated += held.rated
         return True
 
     def _refuse(self, conn: AccessRecord, outcome: Outcome, detail: str) -> None:
-        """Closed by a ClientTrafficPolicy: nothing sent back, no backend contacted."""
+        """Closed by a ClientTrafficPolicy: nothing sent back, no backend contacted. What
+        it counted at accept toward a rate is taken back: it was not admitted."""
         conn.outcome, conn.detail = outcome, detail
+        if conn.held is not None:
+            self.limits.refund(conn.held)
         self.metrics.connections_refused.add((outcome.value.removeprefix("refused-"),))
 
     async def _passthrough_postgres(

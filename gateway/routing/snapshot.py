@@ -110,8 +110,6 @@ class BackendTraffic:
     attempts: int | None = None
     #: RoundRobin (None), Random, or ConsistentHash (by the client's address).
     balance: str | None = None
-    #: The Service (`namespace/name`): endpoint health is kept per Service and endpoint.
-    service: str = ""
     passive: PassiveCheck | None = None
     active: ActiveCheck | None = None
 
@@ -210,9 +208,9 @@ class LimitKind(StrEnum):
 
 
 def limit_key(text: str) -> int:
-    """The shared counters' key of a scope or a (scope, client) pair: a 64-bit keyed hash,
-    the same in every process (Python's hash() of a str is salted per process), never 0
-    (0 marks a free counter)."""
+    """The shared counters' key of a rule: a 64-bit hash of its kind and scope, the same in
+    every process (Python's hash() of a str is salted per process), never 0 (0 marks a free
+    counter). Client addresses are hashed with a secret key by the counters themselves."""
     value = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
     return (value & 0x7FFF_FFFF_FFFF_FFFF) or 1
 
@@ -227,7 +225,7 @@ class LimitRule:
     kind: LimitKind
     scope: str
     value: int
-    #: The counter key of the scope (per-client limits add the client's address).
+    #: The counter key of the rule (per-client limits mix in their client's, `mixed`).
     key: int = field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -236,10 +234,6 @@ class LimitRule:
     @property
     def per_client(self) -> bool:
         return self.kind is not LimitKind.CONNECTIONS
-
-    def key_for(self, client: str) -> int:
-        """The key this rule counts a connection from `client` under."""
-        return self.mixed(limit_key(client)) if self.per_client else self.key
 
     def mixed(self, client_key: int) -> int:
         """A per-client rule's key for the client whose own key is `client_key` (one hash of
