@@ -23,22 +23,27 @@ import trio
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.dataplane.tls import ContextRegistry, subject_alt_names_match
 from gateway.routing.health import (
+    BackendChecks,
     EndpointHealth,
     HealthBook,
     HealthState,
     HealthView,
     Key,
-    ServiceChecks,
-    service_checks,
+    backend_checks,
+    service_of,
 )
-from gateway.routing.snapshot import ActiveCheck, BackendTLS, Snapshot
+from gateway.routing.snapshot import ActiveCheck, BackendTLS, Certificate, Snapshot
 from gateway.store.state import State
 
 log = logging.getLogger("gateway.health")
 
-#: A probe's (check, SNI, TLS verification) as it was started: a change restarts it.
-_Probe = tuple[ActiveCheck, str, BackendTLS | None]
+_NO_SUBJECT_ALT_NAME = "TLS handshake: the certificate has none of the policy's subjectAltNames"
+
+#: A probe's (check, SNI, BackendTLSPolicy, client certificate) as it was started: a
+#: change restarts it.
+_Probe = tuple[ActiveCheck, str, BackendTLS | None, Certificate | None]
 
 
 class HealthMonitor:
@@ -60,16 +65,19 @@ class HealthMonitor:
         self._probes: dict[Key, tuple[_Probe, trio.CancelScope]] = {}
         self._wake = trio.Event()
         self._down: set[str] = set()
-        self._contexts: dict[tuple[str, bool], ssl.SSLContext] = {}
+        #: Contexts as re-encryption makes them (the same verification, the same client
+        #: certificate); and one that takes any certificate, without a BackendTLSPolicy.
+        self._contexts = ContextRegistry(0)
+        self._any_certificate: ssl.SSLContext | None = None
 
     # --- what the rest of the main process asks -------------------------------------------
 
-    def health(self, service: str, endpoint: str) -> EndpointHealth | None:
-        return self.book.state((service, endpoint), self.clock())
+    def health(self, backend: str, endpoint: str) -> EndpointHealth | None:
+        return self.book.state((backend, endpoint), self.clock())
 
-    def observe(self, service: str, endpoint: str, error: str | None) -> None:
+    def observe(self, backend: str, endpoint: str, error: str | None) -> None:
         """A data plane's connect outcome (None: it connected)."""
-        key = (service, endpoint)
+        key = (backend, endpoint)
         if error is None:
             changed = self.book.connect_succeeded(key)
         else:
@@ -98,7 +106,7 @@ class HealthMonitor:
                 await self.state.wait_changed(generation)
 
     def _follow(self, snapshot: Snapshot, nursery: trio.Nursery) -> None:
-        checks = service_checks(snapshot)
+        checks = backend_checks(snapshot)
         self.book.configure(checks)
         wanted = _probes(snapshot, checks)
         for key in list(self._probes):
@@ -124,11 +132,11 @@ class HealthMonitor:
                 self._publish()  # an ejection ended: the endpoint is tried again
 
     async def _probe_loop(self, key: Key, probe: _Probe, scope: trio.CancelScope) -> None:
-        check, server_name, tls = probe
+        check = probe[0]
         with scope:
             await trio.sleep(random.uniform(0, check.interval))  # spread the first probes
             while True:
-                error = await self._probe(key[1], check, server_name, tls)
+                error = await self._probe(key[1], probe)
                 if self.book.probed(key, error):
                     state = self.book.state(key, self.clock())
                     shown = state.state if state is not None else "gone"
@@ -142,11 +150,10 @@ class HealthMonitor:
                     self._publish()
                 await trio.sleep(check.interval)
 
-    async def _probe(
-        self, endpoint: str, check: ActiveCheck, server_name: str, tls: BackendTLS | None
-    ) -> str | None:
+    async def _probe(self, endpoint: str, probe: _Probe) -> str | None:
         """One probe: a connect (TCP) or a full handshake (TLS) within the timeout; None
         if it passed, else why not."""
+        check, server_name, tls, client_certificate = probe
         host, _, port = endpoint.rpartition(":")
         host = host.strip("[]")
         with trio.move_on_after(check.timeout):
@@ -156,10 +163,13 @@ class HealthMonitor:
                 return _reason(exc)
             try:
                 if check.type == "TLS":
-                    wrapped = trio.SSLStream(
-                        stream, self._context(tls), server_hostname=server_name
-                    )
+                    context = self._context(tls, client_certificate)
+                    wrapped = trio.SSLStream(stream, context, server_hostname=server_name)
                     await wrapped.do_handshake()
+                    if tls is not None and tls.subject_alt_names:
+                        peer = wrapped.getpeercert()
+                        if not peer or not subject_alt_names_match(peer, tls.subject_alt_names):
+                            return _NO_SUBJECT_ALT_NAME
                 return None
             except trio.BrokenResourceError as exc:
                 cause = exc.__cause__
@@ -170,35 +180,31 @@ class HealthMonitor:
                 await trio.aclose_forcefully(stream)
         return f"no answer within {check.timeout:g}s"
 
-    def _context(self, tls: BackendTLS | None) -> ssl.SSLContext:
-        """Verify as re-encryption would when a BackendTLSPolicy applies; otherwise any
+    def _context(
+        self, tls: BackendTLS | None, client_certificate: Certificate | None
+    ) -> ssl.SSLContext:
+        """Verify as re-encryption does when a BackendTLSPolicy applies (its CA bundle, its
+        hostname or subjectAltNames, the Gateway's client certificate); otherwise any
         certificate passes (a Passthrough backend's certificate is its clients' to judge)."""
-        key = (tls.ca_bundle if tls is not None else "", tls is not None)
-        context = self._contexts.get(key)
-        if context is None:
+        if tls is not None:
+            return self._contexts.backend_context(tls, client_certificate)
+        if self._any_certificate is None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            if tls is None:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            elif tls.ca_bundle:
-                context.load_verify_locations(cadata=tls.ca_bundle)
-            else:
-                context.load_default_certs()
-            if tls is not None and tls.subject_alt_names:
-                context.check_hostname = False  # the data plane checks those names after
-            self._contexts[key] = context
-        return context
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            self._any_certificate = context
+        return self._any_certificate
 
     def _publish(self) -> None:
         view = self.book.view(self.clock())
         down = self.book.all_avoided(view)
-        for service in sorted(down - self._down):
+        for backend in sorted(down - self._down):
             log.warning(
                 "every endpoint of %s is unhealthy or ejected: connections try them all",
-                service,
+                backend,
             )
-        for service in sorted(self._down - down):
-            log.info("%s has a healthy endpoint again", service)
+        for backend in sorted(self._down - down):
+            log.info("%s has a healthy endpoint again", backend)
         self._down = down
         if view != self.view:
             self.view = view
@@ -219,28 +225,32 @@ def _reason(exc: BaseException) -> str:
     return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
 
 
-def _probes(snapshot: Snapshot, checks: dict[str, ServiceChecks]) -> dict[Key, _Probe]:
+def _probes(snapshot: Snapshot, checks: dict[str, BackendChecks]) -> dict[Key, _Probe]:
     """Each actively checked endpoint's probe: its check, the SNI (the BackendTLSPolicy's
-    hostname if one applies, else the Service's name) and the policy to verify with."""
+    hostname if one applies, else the Service's name), the policy to verify with and the
+    client certificate re-encryption would present (the first listener's that reaches it)."""
     probes: dict[Key, _Probe] = {}
     for bind in snapshot.binds.values():
         for listener in bind.listeners:
             for target in listener.routes.values():
                 for backend in target.backends:
                     traffic = backend.traffic
-                    if traffic is None or traffic.active is None:
+                    if traffic is None or traffic.active is None or backend.name not in checks:
                         continue
-                    name = traffic.service.partition("/")[2]
-                    server_name = backend.tls.hostname if backend.tls is not None else name
+                    name = service_of(backend.name)[1]
+                    tls = backend.tls
+                    server_name = tls.hostname if tls is not None else name
+                    certificate = listener.backend_client_certificate if tls else None
+                    probe = (traffic.active, server_name, tls, certificate)
                     for endpoint in backend.endpoints:
-                        probe = (traffic.active, server_name, backend.tls)
-                        probes.setdefault((traffic.service, endpoint.text), probe)
-    return {key: probe for key, probe in probes.items() if key[0] in checks}
+                        probes.setdefault((backend.name, endpoint.text), probe)
+    return probes
 
 
 class HealthCollector(Collector):
     """`tlsgate_endpoint_healthy{namespace,service,endpoint}`: 1 for a healthy endpoint, 0
-    for one ejected or unhealthy; the endpoints of Services with a health check only."""
+    for one ejected or unhealthy; the endpoints of Services with a health check only (an
+    endpoint is `host:port`, so one per Service port)."""
 
     def __init__(self, monitor: HealthMonitor) -> None:
         self.monitor = monitor
@@ -251,8 +261,8 @@ class HealthCollector(Collector):
             "Whether an endpoint of a health-checked Service gets new connections (1) or not",
             labels=["namespace", "service", "endpoint"],
         )
-        for (service, endpoint), health in self.monitor.book.states(self.monitor.clock()):
-            namespace, _, name = service.partition("/")
+        for (backend, endpoint), health in self.monitor.book.states(self.monitor.clock()):
+            namespace, name = service_of(backend)
             healthy = health.state is HealthState.HEALTHY
             family.add_metric([namespace, name, endpoint], 1.0 if healthy else 0.0)
         yield family

@@ -312,8 +312,8 @@ class Supervisor:
             elif isinstance(message, Counters):
                 self.counters.update(worker.id, message)
             elif isinstance(message, Outcomes) and self.monitor is not None:
-                for service, endpoint, error in message.items:
-                    self.monitor.observe(service, endpoint, error)
+                for backend, endpoint, error in message.items:
+                    self.monitor.observe(backend, endpoint, error)
 
     async def _stop_when(self, stop: trio.Event, process: trio.Process) -> None:
         await stop.wait()

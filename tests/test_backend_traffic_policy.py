@@ -397,3 +397,41 @@ def test_an_unknown_version_is_refused() -> None:
 
     with pytest.raises(Invalid, match=r"spec\.proxyProtocol\.version"):
         World().apply(_policy("V3"))
+
+
+def test_health_check_fields_conflict_leaf_by_leaf_and_merge() -> None:
+    """Two policies setting different fields of the passive check both apply; a third
+    setting one of them again is Conflicted; two active checks conflict on `type`."""
+    from gateway.routing.explain import table_to_wire
+
+    world = World()
+    world.apply(
+        gateway_yaml(443)
+        + service_yaml("db", 5432, 5433)
+        + route_yaml("db", [HOST], [("db", 1)])
+        + _balancing("  healthCheck: {passive: {consecutiveConnectFailures: 5}}", "a-count")
+        + _balancing("  healthCheck: {passive: {baseEjectionTime: 10s}}", "b-time")
+        + _balancing("  healthCheck: {passive: {consecutiveConnectFailures: 2}}", "c-count")
+        + _balancing("  healthCheck: {active: {type: TCP}}", "d-tcp")
+        + _balancing("  healthCheck: {active: {type: TLS, interval: 1s}}", "e-tls")
+    )
+    assert world.snapshot is not None
+    statuses = world.snapshot.statuses
+
+    def accepted(name: str) -> tuple[str, str]:
+        status = statuses[ObjectKey("BackendTrafficPolicy", "apps", name)]
+        assert isinstance(status, PolicyStatus)
+        [condition] = status.ancestors[0].conditions
+        return condition.status, condition.reason
+
+    assert accepted("a-count") == accepted("b-time") == accepted("d-tcp") == ("True", "Accepted")
+    assert accepted("c-count") == accepted("e-tls") == ("False", "Conflicted")
+    [bind] = table_to_wire(world.snapshot)["binds"]
+    [backend] = bind["listeners"][0]["routes"][0]["backends"]
+    assert backend["traffic"]["policies"] == ["apps/a-count", "apps/b-time", "apps/d-tcp"]
+    assert backend["traffic"]["passiveHealthCheck"] == {
+        "consecutiveConnectFailures": 5,
+        "baseEjectionTimeSeconds": 10.0,
+        "maxEjectionPercent": 50,
+    }
+    assert backend["traffic"]["activeHealthCheck"]["type"] == "TCP"

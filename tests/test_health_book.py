@@ -6,14 +6,15 @@ from __future__ import annotations
 import pytest
 
 from gateway.routing.health import (
+    BackendChecks,
+    EndpointHealth,
     HealthBook,
     HealthState,
-    ServiceChecks,
     ejection_allowance,
 )
 from gateway.routing.snapshot import ActiveCheck, PassiveCheck
 
-SERVICE = "apps/db"
+SERVICE = "apps/db:5432"
 A, B, C = ("10.0.0.1:5432", "10.0.0.2:5432", "10.0.0.3:5432")
 PASSIVE = PassiveCheck(consecutive_failures=3, base_ejection=30.0, max_ejection_percent=50)
 ACTIVE = ActiveCheck(type="TCP", interval=5.0, healthy_threshold=2, unhealthy_threshold=3)
@@ -25,7 +26,7 @@ def _book(
     endpoints: tuple[str, ...] = (A, B, C),
 ) -> HealthBook:
     book = HealthBook()
-    book.configure({SERVICE: ServiceChecks(passive, active, endpoints)})
+    book.configure({SERVICE: BackendChecks(passive, active, endpoints)})
     return book
 
 
@@ -129,12 +130,38 @@ def test_a_new_table_keeps_what_stays_and_forgets_the_rest() -> None:
     _fail(book, A, 3, 0.0)
     for _ in range(3):
         book.probed((SERVICE, B), "down")
-    book.configure({SERVICE: ServiceChecks(PASSIVE, ACTIVE, (A, B))})
+    book.configure({SERVICE: BackendChecks(PASSIVE, ACTIVE, (A, B))})
     assert book.view(1.0).avoid == {SERVICE: frozenset({A, B})}
     # A changed passive check starts the ejections over; a new endpoint starts healthy.
     changed = PassiveCheck(consecutive_failures=5)
-    book.configure({SERVICE: ServiceChecks(changed, ACTIVE, (A, B, "10.0.0.9:5432"))})
+    book.configure({SERVICE: BackendChecks(changed, ACTIVE, (A, B, "10.0.0.9:5432"))})
     assert book.view(1.0).avoid == {SERVICE: frozenset({B})}
     book.configure({})
     assert not book.view(1.0).avoid
     assert book.state((SERVICE, A), 1.0) is None
+
+
+def test_failures_while_ejected_are_not_counted() -> None:
+    """Connections reach an ejected endpoint only when all are avoided or were under way:
+    after the ejection it takes as many failures again."""
+    book = _book()
+    _fail(book, A, 3, 0.0)
+    _fail(book, A, 5, 10.0)  # fail open, say
+    _fail(book, A, 2, 31.0)  # the ejection ended at 30
+    assert not book.view(31.0).avoid
+    _fail(book, A, 1, 31.0)
+    assert book.view(31.0).avoid == {SERVICE: frozenset({A})}
+
+
+def test_an_ejected_endpoint_shows_its_connect_error_and_an_unhealthy_one_its_probe_error() -> None:
+    book = _book(active=ActiveCheck(type="TLS", unhealthy_threshold=1))
+    book.probed((SERVICE, A), "TLS handshake: EOF")
+    book.connect_failed((SERVICE, B), "Connection refused", 0.0)
+    book.probed((SERVICE, B), "TLS handshake: EOF")
+    _fail(book, B, 2, 0.0)
+    assert book.state((SERVICE, A), 0.0) == EndpointHealth(
+        HealthState.UNHEALTHY, None, "TLS handshake: EOF"
+    )
+    assert book.state((SERVICE, B), 0.0) == EndpointHealth(
+        HealthState.EJECTED, 30.0, "Connection refused"
+    )

@@ -38,7 +38,7 @@ from .harness import (
 
 T = TypeVar("T")
 HOST = "db.example.com"
-SERVICE = "apps/db"
+SERVICE = "apps/db:443"
 
 
 def _policy(health: str) -> str:
@@ -215,7 +215,7 @@ async def test_active_tls_checks_mark_a_plain_endpoint_down_and_fail_open_when_a
         plain.down()
     messages = [r.getMessage() for r in caplog.records]
     assert any(
-        "every endpoint of apps/db is unhealthy or ejected: connections try them all" in m
+        "every endpoint of apps/db:443 is unhealthy or ejected: connections try them all" in m
         for m in messages
     )
     # The last connection went to an endpoint marked unhealthy, which ended it at once.

@@ -73,7 +73,7 @@ class Health:
 
 @attrs.frozen
 class Outcomes:
-    """Connect outcomes of health-checked Services: (service, endpoint, error or None)."""
+    """Connect outcomes of health-checked Services: (backend, endpoint, error or None)."""
 
     items: tuple[tuple[str, str, str | None], ...]
 

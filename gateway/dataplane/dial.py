@@ -26,7 +26,7 @@ from gateway.metrics import Metrics
 from gateway.routing.health import HealthView
 from gateway.routing.snapshot import Backend, Endpoint
 
-#: Where connect outcomes of health-checked Services go: (service, endpoint, error or None).
+#: Where connect outcomes of health-checked Services go: (backend, endpoint, error or None).
 Report = Callable[[str, str, str | None], None]
 
 #: Endpoints of one backend tried per connection before the client is closed.
@@ -66,7 +66,7 @@ class Dialer:
         endpoints = backend.endpoints
         traffic = backend.traffic
         if traffic is not None and traffic.checked:
-            avoid = self.health.avoid.get(traffic.service)
+            avoid = self.health.avoid.get(backend.name)
             if avoid:
                 usable = tuple(e for e in endpoints if e.text not in avoid)
                 # Every endpoint avoided: all are tried (fail open; the monitor logs it).
@@ -92,7 +92,7 @@ class Dialer:
         self.metrics.backend_connect_failures.add((backend.name,))
         traffic = backend.traffic
         if traffic is not None and traffic.passive is not None and self.report is not None:
-            self.report(traffic.service, endpoint.text, reason)
+            self.report(backend.name, endpoint.text, reason)
 
     def on_connect(self, backend: Backend, endpoint: Endpoint) -> Callable[[], None] | None:
         """What to call once a connect to `endpoint` succeeds: report it, if the endpoint has
@@ -100,7 +100,7 @@ class Dialer:
         traffic = backend.traffic
         if traffic is None or traffic.passive is None or self.report is None:
             return None
-        key = (traffic.service, endpoint.text)
+        key = (backend.name, endpoint.text)
         if key not in self.health.suspects:
             return None
         report = self.report
@@ -157,8 +157,8 @@ class Dialer:
                         if (connected := self.on_connect(backend, endpoint)) is not None:
                             connected()
                         return sock
-                except OSError as exc:  # resolution
-                    reason = exc.strerror or str(exc)
+                except (OSError, UnicodeError) as exc:  # resolution (IDNA refuses some names)
+                    reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
             self.failed(backend, endpoint, reason, errors)
         self.give_up(record, errors)
         return None

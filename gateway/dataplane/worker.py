@@ -142,10 +142,10 @@ class _Worker:
             if self.proxy.pool is not None:
                 self.proxy.pool.close()
 
-    def observe(self, service: str, endpoint: str, error: str | None) -> None:
+    def observe(self, backend: str, endpoint: str, error: str | None) -> None:
         """A connect outcome for the monitor: sent at once (a failure may eject)."""
         if len(self.outcomes) < MAX_OUTCOMES:  # bounded if the main process stops reading
-            self.outcomes.append((service, endpoint, error))
+            self.outcomes.append((backend, endpoint, error))
         self.state.report.set()
 
     def _orphaned(self) -> None:

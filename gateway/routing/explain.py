@@ -13,7 +13,7 @@ from typing import Any
 from gateway.routing.health import EndpointHealth
 from gateway.routing.snapshot import Backend, ListenerTable, Rejected, Snapshot
 
-#: An endpoint's health, as the running gateway knows it: (service, endpoint) -> its state,
+#: An endpoint's health, as the running gateway knows it: (backend, endpoint) -> its state,
 #: None for an endpoint without a check. Offline (`tlsgate translate`) there is none.
 HealthOf = Callable[[str, str], EndpointHealth | None]
 
@@ -65,7 +65,7 @@ def _backend_wire(backend: Backend, health: HealthOf | None = None) -> dict[str,
             }
         out["traffic"] = traffic
         if checks.checked and health is not None:
-            states = {e.text: health(checks.service, e.text) for e in backend.endpoints}
+            states = {e.text: health(backend.name, e.text) for e in backend.endpoints}
             out["health"] = {
                 endpoint: _health_wire(state)
                 for endpoint, state in states.items()

@@ -15,10 +15,14 @@ Choices where API.md is silent, after Envoy's outlier detection:
 - the n-th ejection in a row lasts baseEjectionTime x 2^(n-1), at most 10 x baseEjectionTime;
   an endpoint that stays unejected for 10 x baseEjectionTime starts again from the base;
 - after an ejection the failure count starts from zero: it takes as many failures again;
-- at most maxEjectionPercent of the Service's endpoints are ejected at once, rounding down,
-  but one may always be (of 2 at 50 %: one; of 3 at 10 %: one); only passive ejections count
-  toward it, active checks mark as many endpoints unhealthy as fail;
-- when every endpoint of a Service is avoided, all are tried (fail open).
+- health is kept per backend (a Service port: what a route's backendRef names), so "a
+  backend's endpoints" are those a connection to it chooses from;
+- at most maxEjectionPercent of the backend's endpoints are ejected at once, rounding down,
+  but one may always be (of 2 at 50 %: one; of 3 at 10 %: one; even at 0 %: one); only
+  passive ejections count toward it, active checks mark as many endpoints unhealthy as fail;
+- failures while an endpoint is ejected are not counted (connections reach it only when
+  every endpoint is avoided, or when they were under way);
+- when every endpoint of a backend is avoided, all are tried (fail open).
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from attrs import define, field, frozen
 
 from gateway.routing.snapshot import ActiveCheck, PassiveCheck, Snapshot
 
-#: (Service `namespace/name`, endpoint `host:port`).
+#: (backend `namespace/service:port`, endpoint `host:port`): health is kept per backend (a
+#: Service port, as routes name it), so the endpoints that maxEjectionPercent and fail open
+#: count are those that connections to it choose from.
 Key = tuple[str, str]
 
 
@@ -52,8 +58,8 @@ class EndpointHealth:
 
 
 @frozen
-class ServiceChecks:
-    """A Service's checks and every endpoint of it the routing table has."""
+class BackendChecks:
+    """A backend's checks (its Service's BackendTrafficPolicies) and its endpoints."""
 
     passive: PassiveCheck | None
     active: ActiveCheck | None
@@ -62,7 +68,7 @@ class ServiceChecks:
 
 @frozen(kw_only=True)
 class HealthView:
-    """What a data plane needs: per Service, the endpoints to avoid; and the endpoints with
+    """What a data plane needs: per backend, the endpoints to avoid; and the endpoints with
     failures counted, whose successful connects it must report (a success ends the run of
     failures; reporting every success would be a message per connection)."""
 
@@ -70,25 +76,26 @@ class HealthView:
     suspects: frozenset[Key] = frozenset()
 
 
-def service_checks(snapshot: Snapshot) -> dict[str, ServiceChecks]:
-    """The Services of the table whose endpoints have a health check, with all their
-    endpoints (over every port and route)."""
-    found: dict[str, tuple[PassiveCheck | None, ActiveCheck | None, dict[str, None]]] = {}
-    seen: set[int] = set()
+def backend_checks(snapshot: Snapshot) -> dict[str, BackendChecks]:
+    """The backends of the table whose endpoints have a health check, by name. Every route
+    to a Service port gets the same backend value from one build."""
+    found: dict[str, BackendChecks] = {}
     for bind in snapshot.binds.values():
         for listener in bind.listeners:
             for target in listener.routes.values():
                 for backend in target.backends:
                     traffic = backend.traffic
-                    if traffic is None or not traffic.checked or id(backend) in seen:
+                    if traffic is None or not traffic.checked or backend.name in found:
                         continue
-                    seen.add(id(backend))
-                    entry = found.setdefault(traffic.service, (traffic.passive, traffic.active, {}))
-                    entry[2].update(dict.fromkeys(e.text for e in backend.endpoints))
-    return {
-        service: ServiceChecks(passive, active, tuple(endpoints))
-        for service, (passive, active, endpoints) in found.items()
-    }
+                    endpoints = tuple(e.text for e in backend.endpoints)
+                    found[backend.name] = BackendChecks(traffic.passive, traffic.active, endpoints)
+    return found
+
+
+def service_of(backend: str) -> tuple[str, str]:
+    """(namespace, Service name) of a backend name `namespace/name:port`."""
+    namespace, _, rest = backend.partition("/")
+    return namespace, rest.rpartition(":")[0] or rest
 
 
 def ejection_allowance(endpoints: int, percent: int) -> int:
@@ -103,32 +110,33 @@ class _Record:
     failures: int = 0
     ejections: int = 0
     ejected_until: float = 0.0
+    connect_error: str | None = None
     #: Active: the verdict, and results in a row that disagree with it.
     healthy: bool = True
     streak: int = 0
-    error: str | None = None
+    probe_error: str | None = None
 
 
 class HealthBook:
     """Every checked endpoint's record. Methods return whether the view may have changed."""
 
     def __init__(self) -> None:
-        self.checks: dict[str, ServiceChecks] = {}
+        self.checks: dict[str, BackendChecks] = {}
         self._records: dict[Key, _Record] = {}
 
-    def configure(self, checks: Mapping[str, ServiceChecks]) -> None:
+    def configure(self, checks: Mapping[str, BackendChecks]) -> None:
         """Follow a new table: endpoints that stay keep their record (and a check that stays
         its state); the others are forgotten."""
         records: dict[Key, _Record] = {}
-        for service, new in checks.items():
-            old = self.checks.get(service)
+        for backend, new in checks.items():
+            old = self.checks.get(backend)
             for endpoint in new.endpoints:
-                record = self._records.get((service, endpoint)) or _Record()
+                record = self._records.get((backend, endpoint)) or _Record()
                 if old is not None and new.passive != old.passive:
                     record.failures, record.ejections, record.ejected_until = 0, 0, 0.0
                 if old is not None and new.active != old.active:
-                    record.healthy, record.streak = True, 0
-                records[(service, endpoint)] = record
+                    record.healthy, record.streak, record.probe_error = True, 0, None
+                records[(backend, endpoint)] = record
         self.checks, self._records = dict(checks), records
 
     def connect_failed(self, key: Key, reason: str, now: float) -> bool:
@@ -136,11 +144,15 @@ class HealthBook:
         passive = self.checks[key[0]].passive if record is not None else None
         if record is None or passive is None:
             return False
+        record.connect_error = reason
+        if record.ejected_until > now:
+            # Connections that still reach it (fail open, connects already under way) say
+            # nothing new: after the ejection it takes as many failures again.
+            return False
         record.failures += 1
-        record.error = reason
-        if record.failures < passive.consecutive_failures or record.ejected_until > now:
+        if record.failures < passive.consecutive_failures:
             return record.failures == 1  # the endpoint became a suspect
-        ejected = sum(1 for k in self._service_keys(key[0]) if self._records[k].ejected_until > now)
+        ejected = sum(1 for k in self._backend_keys(key[0]) if self._records[k].ejected_until > now)
         allowed = ejection_allowance(
             len(self.checks[key[0]].endpoints), passive.max_ejection_percent
         )
@@ -169,7 +181,7 @@ class HealthBook:
         if record is None or active is None:
             return False
         if error is not None:
-            record.error = error
+            record.probe_error = error
         if (error is None) == record.healthy:
             record.streak = 0
             return False
@@ -191,9 +203,9 @@ class HealthBook:
         if record is None:
             return None
         if record.ejected_until > now:
-            return EndpointHealth(HealthState.EJECTED, record.ejected_until, record.error)
+            return EndpointHealth(HealthState.EJECTED, record.ejected_until, record.connect_error)
         if not record.healthy:
-            return EndpointHealth(HealthState.UNHEALTHY, None, record.error)
+            return EndpointHealth(HealthState.UNHEALTHY, None, record.probe_error)
         return EndpointHealth(HealthState.HEALTHY)
 
     def states(self, now: float) -> Iterable[tuple[Key, EndpointHealth]]:
@@ -204,21 +216,21 @@ class HealthBook:
 
     def view(self, now: float) -> HealthView:
         avoid: dict[str, set[str]] = {}
-        for (service, endpoint), record in self._records.items():
+        for (backend, endpoint), record in self._records.items():
             if record.ejected_until > now or not record.healthy:
-                avoid.setdefault(service, set()).add(endpoint)
+                avoid.setdefault(backend, set()).add(endpoint)
         return HealthView(
-            avoid={service: frozenset(endpoints) for service, endpoints in avoid.items()},
+            avoid={backend: frozenset(endpoints) for backend, endpoints in avoid.items()},
             suspects=frozenset(k for k, r in self._records.items() if r.failures),
         )
 
     def all_avoided(self, view: HealthView) -> set[str]:
-        """The Services whose every endpoint the view avoids (connections fail open)."""
+        """The backends whose every endpoint the view avoids (connections fail open)."""
         return {
-            service
-            for service, endpoints in view.avoid.items()
-            if len(endpoints) >= len(self.checks[service].endpoints)
+            backend
+            for backend, endpoints in view.avoid.items()
+            if len(endpoints) >= len(self.checks[backend].endpoints)
         }
 
-    def _service_keys(self, service: str) -> Iterable[Key]:
-        return ((service, endpoint) for endpoint in self.checks[service].endpoints)
+    def _backend_keys(self, backend: str) -> Iterable[Key]:
+        return ((backend, endpoint) for endpoint in self.checks[backend].endpoints)

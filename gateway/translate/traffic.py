@@ -23,6 +23,7 @@ import ipaddress
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, Final
 
+import attrs
 from attrs import frozen
 
 from gateway import GATEWAY_GROUP
@@ -334,17 +335,30 @@ def backend_leaves(policy: BackendTrafficPolicy) -> tuple[str, ...]:
         found.append("retry.numAttempts")
     if spec.load_balancer is not None:
         found.append("loadBalancer")
-    if spec.health_check is not None and spec.health_check.passive is not None:
-        found.append("healthCheck.passive")
-    if spec.health_check is not None and spec.health_check.active is not None:
-        found.append("healthCheck.active")
+    health = spec.health_check
+    for block, name in (
+        (health.passive if health else None, "passive"),
+        (health.active if health else None, "active"),
+    ):
+        if block is None:
+            continue
+        # Leaf by leaf (API.md): two policies may each set a different field of a check.
+        for attribute in attrs.fields(type(block)):
+            if getattr(block, attribute.name) is not None:
+                found.append(f"healthCheck.{name}.{_camel(attribute.name)}")
     return tuple(found)
 
 
-def _passive(check: PassiveHealthCheck) -> PassiveCheck:
-    """The passive check with API.md's defaults (admission checked the values)."""
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _passive(check: PassiveHealthCheck, before: PassiveCheck | None) -> PassiveCheck:
+    """The passive check: this policy's fields over the older policies' (which set other
+    fields), over API.md's defaults (admission checked the values)."""
     base = parse_duration(check.base_ejection_time) if check.base_ejection_time else None
-    default = PassiveCheck()
+    default = before or PassiveCheck()
     return PassiveCheck(
         consecutive_failures=check.consecutive_connect_failures or default.consecutive_failures,
         base_ejection=base or default.base_ejection,
@@ -357,6 +371,8 @@ def _passive(check: PassiveHealthCheck) -> PassiveCheck:
 
 
 def _active(check: ActiveHealthCheck) -> ActiveCheck:
+    """The active check with API.md's defaults (`type` is required: two policies with an
+    active check always conflict, so there is nothing to merge)."""
     default = ActiveCheck(type=check.type)
     interval = parse_duration(check.interval) if check.interval else None
     timeout = parse_duration(check.timeout) if check.timeout else None
@@ -373,7 +389,6 @@ def _backend_traffic(
     key: NamespacedName,
     policy: BackendTrafficPolicy,
     before: BackendTraffic | None,
-    service: ServiceTarget,
 ) -> BackendTraffic:
     """`before` (the older accepted policies' settings on the Service) with this policy's
     fields added: accepted policies set disjoint fields, so each keeps its own."""
@@ -383,10 +398,13 @@ def _backend_traffic(
     connect = tcp.connect_timeout if tcp is not None else None
     balancer = spec.load_balancer
     health = spec.health_check
-    merged = before or BackendTraffic(policies=(), service=f"{service[0]}/{service[1]}")
+    merged = before or BackendTraffic(policies=())
     return BackendTraffic(
-        service=merged.service,
-        passive=_passive(health.passive) if health and health.passive else merged.passive,
+        passive=(
+            _passive(health.passive, merged.passive)
+            if health and health.passive
+            else merged.passive
+        ),
         active=_active(health.active) if health and health.active else merged.active,
         policies=(*merged.policies, str(key)),
         proxy_version=(2 if proxy.version == "V2" else 1) if proxy else merged.proxy_version,
@@ -438,7 +456,7 @@ def evaluate_backend_policies(
             for service in services:
                 for field in fields:
                     claimed[(service, field)] = key
-                chosen[service] = _backend_traffic(key, policy, chosen.get(service), service)
+                chosen[service] = _backend_traffic(key, policy, chosen.get(service))
         results[key] = BackendPolicyResult(accepted, tuple(services))
     return chosen, results
 
