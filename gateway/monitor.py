@@ -12,17 +12,22 @@ the data plane calls `observe` directly and reads `view`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
+import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
+import attrs
 import trio
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.api.names import ip_version
 from gateway.dataplane.tls import ContextRegistry, subject_alt_names_match
 from gateway.routing.health import (
     BackendChecks,
@@ -39,6 +44,9 @@ from gateway.store.state import State
 
 log = logging.getLogger("gateway.health")
 
+#: Threads that may resolve endpoint names for probes at once.
+RESOLVERS = 4
+
 _NO_SUBJECT_ALT_NAME = "TLS handshake: the certificate has none of the policy's subjectAltNames"
 
 #: A probe's (check, SNI, BackendTLSPolicy, client certificate) as it was started: a
@@ -50,7 +58,7 @@ class HealthMonitor:
     def __init__(
         self,
         state: State,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
         on_view: Callable[[HealthView], None] | None = None,
     ) -> None:
         self.state = state
@@ -69,19 +77,33 @@ class HealthMonitor:
         #: certificate); and one that takes any certificate, without a BackendTLSPolicy.
         self._contexts = ContextRegistry(0)
         self._any_certificate: ssl.SSLContext | None = None
+        self._resolvers = trio.CapacityLimiter(RESOLVERS)
 
     # --- what the rest of the main process asks -------------------------------------------
 
     def health(self, backend: str, endpoint: str) -> EndpointHealth | None:
-        return self.book.state((backend, endpoint), self.clock())
+        """An endpoint's health, its `until` in wall-clock time (the book keeps the
+        monotonic clock, which never steps)."""
+        now = self.clock()
+        state = self.book.state((backend, endpoint), now)
+        if state is None or state.until is None:
+            return state
+        return attrs.evolve(state, until=state.until - now + time.time())
 
     def observe(self, backend: str, endpoint: str, error: str | None) -> None:
         """A data plane's connect outcome (None: it connected)."""
-        key = (backend, endpoint)
-        if error is None:
-            changed = self.book.connect_succeeded(key)
-        else:
-            changed = self.book.connect_failed(key, error, self.clock())
+        self.observe_all(((backend, endpoint, error),))
+
+    def observe_all(self, outcomes: Iterable[tuple[str, str, str | None]]) -> None:
+        """Connect outcomes, in the order they happened; one new view for all of them."""
+        now = self.clock()
+        changed = False
+        for backend, endpoint, error in outcomes:
+            key = (backend, endpoint)
+            if error is None:
+                changed = self.book.connect_succeeded(key) or changed
+            else:
+                changed = self.book.connect_failed(key, error, now) or changed
         if changed:
             self._publish()
             self._wake.set()  # an ejection may have started: its end is the next timer
@@ -136,7 +158,11 @@ class HealthMonitor:
         with scope:
             await trio.sleep(random.uniform(0, check.interval))  # spread the first probes
             while True:
-                error = await self._probe(key[1], probe)
+                try:
+                    error = await self._probe(key[1], probe)
+                except Exception as exc:  # a probe must never take the main process down
+                    log.exception("probe of %s for %s failed unexpectedly", key[1], key[0])
+                    error = f"probe error: {type(exc).__name__}: {exc}"
                 if self.book.probed(key, error):
                     state = self.book.state(key, self.clock())
                     shown = state.state if state is not None else "gone"
@@ -158,8 +184,8 @@ class HealthMonitor:
         host = host.strip("[]")
         with trio.move_on_after(check.timeout):
             try:
-                stream = await trio.open_tcp_stream(host, int(port))
-            except OSError as exc:
+                stream = await self._connect(host, int(port))
+            except (OSError, UnicodeError) as exc:  # UnicodeError: IDNA refuses the name
                 return _reason(exc)
             try:
                 if check.type == "TLS":
@@ -179,6 +205,33 @@ class HealthMonitor:
             finally:
                 await trio.aclose_forcefully(stream)
         return f"no answer within {check.timeout:g}s"
+
+    async def _connect(self, host: str, port: int) -> trio.SocketStream:
+        """A TCP connection to the endpoint. A name is resolved in a thread of a small pool
+        of the monitor's own: a resolver that hangs holds at most RESOLVERS threads, never
+        the default pool that the rest of the main process relies on."""
+        version = ip_version(host)
+        if version:
+            family = int(socket.AF_INET6 if version == 6 else socket.AF_INET)
+            addresses: list[tuple[int, Any]] = [(family, (host, port))]
+        else:
+            infos = await trio.to_thread.run_sync(
+                functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM),
+                limiter=self._resolvers,
+                abandon_on_cancel=True,
+            )
+            addresses = [(int(info[0]), info[4]) for info in infos]
+        failure: OSError = OSError(f"{host} did not resolve")
+        for kind, address in addresses:
+            sock = trio.socket.socket(kind, socket.SOCK_STREAM)
+            try:
+                await sock.connect(address)
+            except OSError as exc:
+                sock.close()
+                failure = exc
+                continue
+            return trio.SocketStream(sock)
+        raise failure
 
     def _context(
         self, tls: BackendTLS | None, client_certificate: Certificate | None
@@ -216,13 +269,12 @@ class HealthMonitor:
 
 
 def _reason(exc: BaseException) -> str:
-    """The error a failed connect names: trio's "all attempts failed" wraps each address's."""
-    cause = exc.__cause__
-    while isinstance(cause, BaseExceptionGroup) and cause.exceptions:
-        cause = cause.exceptions[-1]
-    if isinstance(cause, OSError) and cause.errno:
-        return os.strerror(cause.errno)  # trio's own text repeats the address
-    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+    """The error a failed connect or resolution names, without the address it repeats."""
+    if isinstance(exc, socket.gaierror):
+        return exc.strerror or str(exc)
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    return str(exc)
 
 
 def _probes(snapshot: Snapshot, checks: dict[str, BackendChecks]) -> dict[Key, _Probe]:
@@ -237,6 +289,8 @@ def _probes(snapshot: Snapshot, checks: dict[str, BackendChecks]) -> dict[Key, _
                     traffic = backend.traffic
                     if traffic is None or traffic.active is None or backend.name not in checks:
                         continue
+                    if backend.reject is not None:
+                        continue  # no connection reaches it (a policy not accepted, say)
                     name = service_of(backend.name)[1]
                     tls = backend.tls
                     server_name = tls.hostname if tls is not None else name

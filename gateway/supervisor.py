@@ -312,8 +312,7 @@ class Supervisor:
             elif isinstance(message, Counters):
                 self.counters.update(worker.id, message)
             elif isinstance(message, Outcomes) and self.monitor is not None:
-                for backend, endpoint, error in message.items:
-                    self.monitor.observe(backend, endpoint, error)
+                self.monitor.observe_all(message.items)
 
     async def _stop_when(self, stop: trio.Event, process: trio.Process) -> None:
         await stop.wait()

@@ -624,6 +624,18 @@ CASES: list[tuple[str, str, list[tuple[str, Any]], tuple[str, str] | None]] = [
         ("endpoints[0].addresses[0]", "FieldValueInvalid"),
     ),
     (
+        "slice FQDN labels are at most 63 characters (IDNA refuses longer ones)",
+        SLICE,
+        [("addressType", "FQDN"), ("endpoints[0].addresses", ["a" * 64 + ".db.svc"])],
+        ("endpoints[0].addresses[0]", "FieldValueInvalid"),
+    ),
+    (
+        "slice FQDN label of 63 characters",
+        SLICE,
+        [("addressType", "FQDN"), ("endpoints[0].addresses", ["a" * 63 + ".db.svc"])],
+        None,
+    ),
+    (
         "slice endpoint needs an address",
         SLICE,
         [("endpoints[0].addresses", [])],

@@ -165,3 +165,15 @@ def test_an_ejected_endpoint_shows_its_connect_error_and_an_unhealthy_one_its_pr
     assert book.state((SERVICE, B), 0.0) == EndpointHealth(
         HealthState.EJECTED, 30.0, "Connection refused"
     )
+
+
+def test_ejections_in_a_row_never_overflow() -> None:
+    """An endpoint that stays listed and dead is ejected again and again, for days."""
+    book = _book(passive=PassiveCheck(consecutive_failures=1, base_ejection=1.0))
+    now = 0.0
+    for _ in range(2000):  # each time failing again just after the ejection ended
+        _fail(book, A, 1, now)
+        until = book.state((SERVICE, A), now).until  # type: ignore[union-attr]
+        assert until is not None
+        assert until - now == (10.0 if now > 100 else until - now)
+        now = until + 0.5

@@ -295,3 +295,19 @@ async def test_active_tcp_checks_take_an_endpoint_out_of_every_worker_and_back(
             flapping.up()
             assert await becomes("healthy") == {"state": "healthy"}
             assert _healthy((await http.get("/metrics")).text, endpoint) == 1
+
+
+async def test_a_probe_of_a_name_that_cannot_be_resolved_fails_and_crashes_nothing() -> None:
+    from gateway.monitor import HealthMonitor
+    from gateway.routing.snapshot import ActiveCheck
+    from gateway.store.state import State
+
+    monitor = HealthMonitor(State(bind_address="127.0.0.1"))
+    check = ActiveCheck(type="TCP", timeout=5.0)
+    # A label of 64 characters: IDNA refuses it (admission does too, since this change).
+    too_long = "a" * 64 + ".example.test:5432"
+    assert "label" in (await monitor._probe(too_long, (check, "x", None, None)) or "")
+    refused = await monitor._probe(f"127.0.0.1:{free_port()}", (check, "x", None, None))
+    assert refused == "Connection refused"
+    missing = await monitor._probe("no-such-host.invalid:5432", (check, "x", None, None))
+    assert missing is not None

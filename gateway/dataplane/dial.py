@@ -50,6 +50,9 @@ class Dialer:
         #: connect outcomes of checked Services are reported.
         self.health = HealthView()
         self.report: Report | None = None
+        #: Endpoints this process reported a failure of: their next success is reported
+        #: too, even before the monitor's view names them suspects (it is on its way).
+        self._reported: set[tuple[str, str]] = set()
 
     def timeout(self, backend: Backend) -> float:
         """Seconds to connect one endpoint of `backend`."""
@@ -93,6 +96,9 @@ class Dialer:
         traffic = backend.traffic
         if traffic is not None and traffic.passive is not None and self.report is not None:
             self.report(backend.name, endpoint.text, reason)
+            if len(self._reported) >= MAX_REMEMBERED:
+                self._reported.clear()
+            self._reported.add((backend.name, endpoint.text))
 
     def on_connect(self, backend: Backend, endpoint: Endpoint) -> Callable[[], None] | None:
         """What to call once a connect to `endpoint` succeeds: report it, if the endpoint has
@@ -101,8 +107,9 @@ class Dialer:
         if traffic is None or traffic.passive is None or self.report is None:
             return None
         key = (backend.name, endpoint.text)
-        if key not in self.health.suspects:
+        if key not in self.health.suspects and key not in self._reported:
             return None
+        self._reported.discard(key)
         report = self.report
         return lambda: report(key[0], key[1], None)
 

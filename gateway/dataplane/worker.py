@@ -143,10 +143,12 @@ class _Worker:
                 self.proxy.pool.close()
 
     def observe(self, backend: str, endpoint: str, error: str | None) -> None:
-        """A connect outcome for the monitor: sent at once (a failure may eject)."""
+        """A connect outcome for the monitor: the first of a batch wakes the reports (a
+        failure may eject); the rest go with it, whatever their number."""
+        if not self.outcomes:
+            self.state.report.set()
         if len(self.outcomes) < MAX_OUTCOMES:  # bounded if the main process stops reading
             self.outcomes.append((backend, endpoint, error))
-        self.state.report.set()
 
     def _orphaned(self) -> None:
         if not self.stop.is_set():
@@ -203,7 +205,11 @@ class _Worker:
                 if not await self.tell(Outcomes(outcomes)):
                     return
             now = trio.current_time()
-            if proxy.finished != counted or now - counted_at >= COUNTERS_AT_LEAST_EVERY:
+            since = now - counted_at
+            # Counters at most every REPORT_EVERY, however often outcomes wake this loop.
+            if (proxy.finished != counted and since >= REPORT_EVERY) or (
+                since >= COUNTERS_AT_LEAST_EVERY
+            ):
                 counted, counted_at = proxy.finished, now
                 if not await self.tell(samples(self.metrics)):
                     return

@@ -104,6 +104,10 @@ def ejection_allowance(endpoints: int, percent: int) -> int:
     return max(1, endpoints * percent // 100) if endpoints else 0
 
 
+#: 2**(n-1) reaches 10x the base by n = 5: more ejections in a row change nothing.
+_MAX_EJECTIONS = 8
+
+
 @define
 class _Record:
     #: Passive: connect failures in a row, ejections in a row, and the current one's end.
@@ -161,7 +165,8 @@ class HealthBook:
         longest = 10 * passive.base_ejection
         if record.ejected_until and now - record.ejected_until > longest:
             record.ejections = 0  # long enough without an ejection: from the base again
-        record.ejections += 1
+        # Capped: past 10x the base the count changes nothing (and 2**n must stay a float).
+        record.ejections = min(record.ejections + 1, _MAX_EJECTIONS)
         duration = min(passive.base_ejection * 2 ** (record.ejections - 1), longest)
         record.ejected_until = now + duration
         record.failures = 0
