@@ -25,10 +25,12 @@ from gateway.routing.health import HealthState
 
 from .harness import (
     Pki,
+    admin_gateway,
     backends,
     free_port,
     gateway_yaml,
     route_yaml,
+    run_tlsgate,
     running_gateway,
     serve_process,
     service_yaml,
@@ -311,3 +313,37 @@ async def test_a_probe_of_a_name_that_cannot_be_resolved_fails_and_crashes_nothi
     assert refused == "Connection refused"
     missing = await monitor._probe("no-such-host.invalid:5432", (check, "x", None, None))
     assert missing is not None
+
+
+async def test_explain_names_an_unhealthy_endpoint_in_text_and_json(tmp_path: Path) -> None:
+    port, dead = free_port(), free_port()
+    health = """
+    active: {type: TCP, interval: 100ms, timeout: 1s, unhealthyThreshold: 1}
+"""
+    async with admin_gateway(None) as (server, url):
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+            answer = await http.post(
+                "/v1/apply",
+                content=_manifests(port, (dead,), health),
+                headers={"Content-Type": "application/yaml"},
+            )
+            assert answer.status_code == 200, answer.text
+            key = f"127.0.0.1:{dead}"
+            await wait_until(
+                lambda: (
+                    getattr(server.monitor.health(SERVICE, key), "state", None)
+                    is HealthState.UNHEALTHY
+                ),
+                10,
+                "unhealthy",
+            )
+            explained = (await http.get(f"/v1/explain?port={port}&sni={HOST}")).json()
+            assert explained["backends"][0]["health"][key] == {
+                "state": "unhealthy",
+                "error": "Connection refused",
+            }
+        text = await trio.to_thread.run_sync(
+            lambda: run_tlsgate("explain", "--port", str(port), "--sni", HOST, "--server", url)
+        )
+    assert text.returncode == 0, text.stderr
+    assert f"{key} (unhealthy: Connection refused)" in text.stdout

@@ -180,10 +180,11 @@ def explain(
         f"route {result['route']} (hostname {result['hostname']})"
     )
     for backend in result["backends"]:
+        health = backend.get("health", {})
         state = (
             f"REJECTED: {backend['reject']}"
             if backend.get("reject")
-            else ", ".join(backend["endpoints"])
+            else ", ".join(_endpoint_text(e, health.get(e)) for e in backend["endpoints"])
         )
         print(f"  {backend['share']:.0%}  {backend['name']}  {state}")
     if result.get("shadowed"):
@@ -196,6 +197,18 @@ def _ref(item: dict[str, Any]) -> str:
     meta = item["metadata"]
     name = f"{meta['namespace']}/{meta['name']}" if meta.get("namespace") else meta["name"]
     return f"{item['kind'].lower()}/{name}"
+
+
+def _endpoint_text(endpoint: str, health: dict[str, str] | None) -> str:
+    """An endpoint as explain prints it: with its health when it is not healthy."""
+    if not health or health.get("state") == "healthy":
+        return endpoint
+    state = health["state"]
+    if "until" in health:
+        state += f" until {health['until']}"
+    if "error" in health:
+        state += f": {health['error']}"
+    return f"{endpoint} ({state})"
 
 
 def _print(result: Any, output: str) -> None:
