@@ -46,6 +46,9 @@ log = logging.getLogger("gateway.health")
 
 #: Threads that may resolve endpoint names for probes at once.
 RESOLVERS = 4
+#: Probes under way at once (each holds a socket): thousands of checked endpoints wait their
+#: turn rather than take the main process's descriptors.
+PROBES_IN_FLIGHT = 64
 
 _NO_SUBJECT_ALT_NAME = "TLS handshake: the certificate has none of the policy's subjectAltNames"
 
@@ -78,6 +81,7 @@ class HealthMonitor:
         self._contexts = ContextRegistry(0)
         self._any_certificate: ssl.SSLContext | None = None
         self._resolvers = trio.CapacityLimiter(RESOLVERS)
+        self._in_flight = trio.CapacityLimiter(PROBES_IN_FLIGHT)
 
     # --- what the rest of the main process asks -------------------------------------------
 
@@ -159,7 +163,8 @@ class HealthMonitor:
             await trio.sleep(random.uniform(0, check.interval))  # spread the first probes
             while True:
                 try:
-                    error = await self._probe(key[1], probe)
+                    async with self._in_flight:
+                        error = await self._probe(key[1], probe)
                 except Exception as exc:  # a probe must never take the main process down
                     log.exception("probe of %s for %s failed unexpectedly", key[1], key[0])
                     error = f"probe error: {type(exc).__name__}: {exc}"

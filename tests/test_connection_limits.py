@@ -28,6 +28,7 @@ from .harness import (
     running_gateway,
     serve_process,
     service_yaml,
+    wait_until,
 )
 
 HOST = "db.example.com"
@@ -220,3 +221,58 @@ async def test_a_listeners_rate_limit_acts_once_the_hello_names_it(
     # Refused after the hello named the listener: its SNI and listener are in the line.
     assert all(f"sni={HOST}" in line and "listener=infra/gw/db" in line for line in refused)
     assert all("perClient.connectionsPerSecond 1 of infra/gw/db" in line for line in refused)
+
+
+async def test_a_flood_of_hostile_connections_leaves_no_count_behind(tmp_path: Path) -> None:
+    """Many connections at once from one address, some finishing their hello, some sending
+    half of it and leaving, some silent until the hello timeout: once all are gone every
+    count is back to zero (no place leaks), and the held connections were never disturbed."""
+    pki = Pki(tmp_path)
+    port = free_port()
+    policy = """
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]
+  timeout: {tls: {helloTimeout: 500ms}}
+  connection:
+    connectionLimit: {value: 20}
+    perClient: {maxConnections: 5, connectionsPerSecond: 1000}
+"""
+    context = pki.client_context()
+    hello = _hello(HOST)
+    with backends(pki, ("db", [HOST])) as (db,):
+        manifests = (
+            gateway_yaml(port)
+            + service_yaml("db", db.port)
+            + route_yaml("db", [HOST], [("db", 1)])
+            + _policy(policy)
+        )
+        async with running_gateway(manifests) as server:
+
+            async def hostile(kind: int) -> None:
+                with contextlib.suppress(OSError, trio.BrokenResourceError):
+                    tcp = await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.2")
+                    try:
+                        if kind == 0:
+                            await tcp.send_all(hello)
+                        elif kind == 1:
+                            await tcp.send_all(hello[: len(hello) // 2])
+                        await tcp.receive_some(1024)  # until tlsgate closes it
+                    finally:
+                        await trio.aclose_forcefully(tcp)
+
+            async with _held(port, context, "127.0.0.3"):
+                with trio.fail_after(20):
+                    async with trio.open_nursery() as nursery:
+                        for i in range(60):
+                            nursery.start_soon(hostile, i % 3)
+                await wait_until(lambda: server.proxy.active == 1, 10, "the flood gone")
+                rules = server.state.snapshot.binds[("127.0.0.1", port)].listeners[0].client
+                assert rules is not None
+                total, per_client, _ = rules.limits
+                limits = server.proxy.limits
+                assert limits.open_count(total) == 1  # the held one
+                assert limits.open_count(per_client, "127.0.0.2") == 0
+                assert limits.open_count(per_client, "127.0.0.3") == 1
+            await wait_until(lambda: server.proxy.active == 0, 10, "all closed")
+            assert limits.open_count(total) == 0
+            refused = server.metrics.connections_refused
+            assert refused.value("client-connection-limit") > 0
