@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from admin.errors import ApiError
 from admin.known import KnownDocuments
+from admin.kube import KubeViews
 from admin.render import Renderer, list_text
 from admin.requests import (
     BULK_BODY,
@@ -42,7 +43,7 @@ from admin.requests import (
     run_write,
     text_response,
 )
-from gateway import collector
+from gateway import collector, tlsgate_version
 from gateway.api.admission import Cause
 from gateway.api.convert import encode_json, with_status
 from gateway.api.kinds import Document, KindInfo, ObjectKey, key_of
@@ -105,6 +106,7 @@ def create_app(
     app.add_url_rule(
         "/v1/<plural>/<namespace>/<name>", view_func=views.namespaced_item, methods=item_methods
     )
+    KubeViews(views, tlsgate_version()).register(app)
     return app
 
 
@@ -309,9 +311,13 @@ class Views:
 
             many = len(documents) > MANY_DOCUMENTS
             return text_response(await off_loop(many, text), 200)
-        wait = replica_wait()
         (raw,) = await body_documents(allow_many=False)
-        namespace_from_query(raw, info)
+        return await self.create(info, raw)
+
+    async def create(self, info: KindInfo, raw: Any, namespace: str | None = None) -> Response:
+        """Create one document (409 if it exists), in `namespace` or the query's."""
+        wait = replica_wait()
+        namespace_from_query(raw, info, namespace)
         doc = admit_one(raw, info)
         outcome = await run_write(
             self.writes.apply([doc], must_not_exist=True, dry_run=dry_run_requested())
@@ -332,6 +338,10 @@ class Views:
         if not info.namespaced:
             raise ApiError(404, f"{info.kind} is cluster-scoped: use /v1/{plural}/{{name}}")
         return await self._item(info, ObjectKey(info.kind, namespace, name))
+
+    async def item(self, info: KindInfo, key: ObjectKey) -> Response:
+        """GET, PUT, PATCH or DELETE of one document (the Kubernetes paths' too)."""
+        return await self._item(info, key)
 
     async def _item(self, info: KindInfo, key: ObjectKey) -> Response:
         if is_read():

@@ -90,12 +90,25 @@ class Renderer:
 CHUNK_ITEMS = 256
 
 
-def list_text(items: list[str], revision: str, more: str = "") -> list[bytes]:
+def list_text(
+    items: list[str],
+    revision: str,
+    more: str = "",
+    *,
+    api_version: str = "v1",
+    kind: str = "List",
+    continue_token: str | None = None,
+) -> list[bytes]:
     """A Kubernetes List around the chunks made by `Renderer.items`, as the chunks of the
     response body (UTF-8), never joined. `more`: members (JSON text) to add after
-    `metadata`, as a dry run's `"dryRun":true`."""
-    metadata = dumps({"resourceVersion": revision})
-    body = [b'{"apiVersion":"v1","kind":"List","items":[']
+    `metadata`, as a dry run's `"dryRun":true`. The Kubernetes paths answer typed lists
+    (`TLSRouteList` of `gateway.networking.k8s.io/v1`), with a `continue` token when paged."""
+    meta: dict[str, str] = {"resourceVersion": revision}
+    if continue_token:
+        meta["continue"] = continue_token
+    metadata = dumps(meta)
+    head = dumps({"apiVersion": api_version, "kind": kind})
+    body = [f'{head[:-1]},"items":['.encode()]
     for index, chunk in enumerate(items):
         body.append(("," + chunk if index else chunk).encode())
     body.append(f'],"metadata":{metadata}{"," + more if more else ""}}}\n'.encode())

@@ -60,10 +60,12 @@ def kind_info(plural: str) -> KindInfo:
     return info
 
 
-def namespace_from_query(raw: Any, info: KindInfo) -> None:
+def namespace_from_query(raw: Any, info: KindInfo, namespace: str | None = None) -> None:
     """`POST /v1/{plural}?namespace=NS` creates in NS: the body may leave the namespace out,
-    but may not name another (as the Kubernetes API refuses a mismatch)."""
-    namespace = request.args.get("namespace")
+    but may not name another (as the Kubernetes API refuses a mismatch). `namespace`: the
+    one a Kubernetes path names, instead of the query's."""
+    if namespace is None:
+        namespace = request.args.get("namespace")
     if namespace is None or not isinstance(raw, dict):
         return
     if not info.namespaced:

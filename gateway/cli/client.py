@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
+from gateway.api.columns import age, columns
 from gateway.api.kinds import KINDS, KindInfo
-from gateway.api.names import RFC3339
 from gateway.cli.files import read_text
 from gateway.dataplane.sockets import is_loopback
 
@@ -219,69 +219,19 @@ def _print(result: Any, output: str) -> None:
         yaml.safe_dump(result, sys.stdout, sort_keys=False)
 
 
-def _age(timestamp: str | None) -> str:
-    if not timestamp:
-        return "-"
-    try:
-        then = datetime.strptime(timestamp, RFC3339).replace(tzinfo=UTC)
-    except ValueError:
-        return "-"
-    seconds = int((datetime.now(UTC) - then).total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{max(seconds, 0)}s"
-
-
-def _condition(conditions: list[dict[str, Any]], kind: str) -> str:
-    for condition in conditions:
-        if condition["type"] == kind:
-            return (
-                condition["status"]
-                if condition["status"] == "True"
-                else f"{condition['status']}/{condition['reason']}"
-            )
-    return "-"
-
-
-def _columns(info: KindInfo, item: dict[str, Any]) -> list[tuple[str, str]]:
-    spec, status = item.get("spec") or {}, item.get("status") or {}
-    if info.kind == "GatewayClass":
-        return [
-            ("CONTROLLER", spec.get("controllerName", "")),
-            ("ACCEPTED", _condition(status.get("conditions", []), "Accepted")),
-        ]
-    if info.kind == "Gateway":
-        addresses = ",".join(a["value"] for a in status.get("addresses", []))
-        return [
-            ("CLASS", spec.get("gatewayClassName", "")),
-            ("ADDRESS", addresses or "-"),
-            ("PROGRAMMED", _condition(status.get("conditions", []), "Programmed")),
-        ]
-    if info.kind == "TLSRoute":
-        parents = status.get("parents", [])
-        accepted = ",".join(_condition(p["conditions"], "Accepted") for p in parents) or "-"
-        resolved = ",".join(_condition(p["conditions"], "ResolvedRefs") for p in parents) or "-"
-        return [
-            ("HOSTNAMES", ",".join(spec.get("hostnames", []))),
-            ("ACCEPTED", accepted),
-            ("RESOLVED", resolved),
-        ]
-    return []
-
-
 def _table(info: KindInfo, items: list[dict[str, Any]]) -> None:
     if not items:
         print(f"No {info.plural} found.")
         return
     rows = []
+    now = datetime.now(UTC)
     for item in items:
         meta = item["metadata"]
         row = [("NAMESPACE", meta.get("namespace", ""))] if info.namespaced else []
         row += [
             ("NAME", meta["name"]),
-            *_columns(info, item),
-            ("AGE", _age(meta.get("creationTimestamp"))),
+            *columns(info, item),
+            ("AGE", age(meta.get("creationTimestamp"), now)),
         ]
         rows.append(row)
     headers = [h for h, _ in rows[0]]

@@ -1,0 +1,287 @@
+"""The Kubernetes REST API on the admin listener, for kubectl and client libraries (API.md
+"Kubernetes API compatibility"): discovery, the resource paths of every served kind, typed
+lists with selectors and paging, Tables for `kubectl get`, implicit Namespaces and an empty
+events list.
+
+HTTP edge. Every write goes through the same views, admission and write path as `/v1`: a
+Kubernetes path is only another name for a document.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from admin.errors import ApiError
+from admin.render import list_text
+from admin.requests import body_documents, is_read, json_response, off_loop, text_response
+from gateway.api import discovery
+from gateway.api.columns import table
+from gateway.api.convert import with_status
+from gateway.api.discovery import PathError, Resource, Target
+from gateway.api.kinds import BY_KIND, Document, KindInfo, ObjectKey
+from gateway.api.selectors import field_selector, label_selector
+from gateway.store.writes import list_of
+
+#: Documents above which a list is rendered off the event loop.
+_MANY = 2000
+_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def _wants_table() -> bool:
+    """kubectl get asks for `application/json;as=Table;v=v1;g=meta.k8s.io` first."""
+    accept = request.headers.get("Accept", "")
+    return "as=Table" in accept and "g=meta.k8s.io" in accept
+
+
+def _wants_aggregated() -> bool:
+    return "as=APIGroupDiscoveryList" in request.headers.get("Accept", "")
+
+
+def _namespace_wire(name: str) -> dict[str, Any]:
+    """A Namespace that exists because something uses it (API.md: namespaces need not be
+    created before use)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}},
+        "spec": {"finalizers": ["kubernetes"]},
+        "status": {"phase": "Active"},
+    }
+
+
+def _continue_after(token: str | None) -> tuple[str, str] | None:
+    """The (namespace, name) a `continue` token resumes after."""
+    if not token:
+        return None
+    try:
+        after = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (ValueError, binascii.Error):
+        raise ApiError(400, "the continue token is not one this server made") from None
+    if not (isinstance(after, list) and len(after) == 2 and all(isinstance(v, str) for v in after)):
+        raise ApiError(400, "the continue token is not one this server made")
+    return after[0], after[1]
+
+
+def _continue_token(namespace: str, name: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([namespace, name]).encode()).decode()
+
+
+def _limit() -> int | None:
+    text = request.args.get("limit")
+    if text in (None, "", "0"):
+        return None
+    if not text.isdigit():
+        raise ApiError(400, f"limit must be a number, not {text!r}")
+    return int(text)
+
+
+class KubeViews:
+    """The Kubernetes paths, over the admin API's views (`admin.app.Views`)."""
+
+    def __init__(self, views: Any, version: str) -> None:
+        self.views = views
+        self.version = version
+
+    def register(self, app: QuartTrio) -> None:
+        app.add_url_rule("/version", view_func=self.version_view, methods=["GET"])
+        app.add_url_rule("/api", view_func=self.core_discovery, methods=["GET"])
+        app.add_url_rule("/apis", view_func=self.groups_discovery, methods=["GET"])
+        app.add_url_rule("/api/<path:rest>", view_func=self.core_path, methods=_METHODS)
+        app.add_url_rule("/apis/<path:rest>", view_func=self.group_path, methods=_METHODS)
+
+    # --- discovery ---------------------------------------------------------------------------
+
+    async def version_view(self) -> Response:
+        return json_response(discovery.version_info(self.version), 200)
+
+    async def core_discovery(self) -> Response:
+        if _wants_aggregated():
+            return _aggregated(discovery.aggregated(core=True))
+        return json_response(discovery.api_versions(), 200)
+
+    async def groups_discovery(self) -> Response:
+        if _wants_aggregated():
+            return _aggregated(discovery.aggregated(core=False))
+        return json_response(discovery.group_list(), 200)
+
+    async def core_path(self, rest: str) -> Response:
+        segments = ["api", *rest.strip("/").split("/")]
+        if segments == ["api", "v1"]:
+            return _discovered(discovery.resource_list("v1"), "v1")
+        return await self._resource(segments)
+
+    async def group_path(self, rest: str) -> Response:
+        segments = ["apis", *rest.strip("/").split("/")]
+        if len(segments) == 2:
+            return _discovered(discovery.group(segments[1]), segments[1])
+        if len(segments) == 3:
+            group_version = f"{segments[1]}/{segments[2]}"
+            return _discovered(discovery.resource_list(group_version), group_version)
+        return await self._resource(segments)
+
+    # --- resources ---------------------------------------------------------------------------
+
+    async def _resource(self, segments: list[str]) -> Response:
+        try:
+            target = discovery.parse_path(segments)
+        except PathError as exc:
+            raise ApiError(404, str(exc)) from None
+        resource, info = target.resource, target.resource.info
+        if info is None:  # events: served, always empty
+            if not is_read() or target.name is not None:
+                raise ApiError(405, f"{resource.plural} can only be listed here")
+            return self._empty_list(target)
+        if target.name is None:
+            if is_read():
+                return await self._list(target, info)
+            if request.method != "POST":
+                raise ApiError(405, f"{request.method} of a collection is not served")
+            (raw,) = await body_documents(allow_many=False)
+            created: Response = await self.views.create(info, raw, target.namespace)
+            return created
+        key = ObjectKey(info.kind, target.namespace or "", target.name)
+        if request.method == "POST":
+            raise ApiError(405, "POST creates in a collection: drop the name from the path")
+        if is_read():
+            return await self._get(target, info, key)
+        if info.kind == "Namespace" and request.method == "DELETE" and not self._stored(key):
+            raise ApiError(
+                405,
+                f"namespace {key.name} exists because objects use it: delete them instead",
+            )
+        response: Response = await self.views.item(info, key)
+        return response
+
+    def _stored(self, key: ObjectKey) -> bool:
+        return key in self.views.writes.documents
+
+    def _empty_list(self, target: Target) -> Response:
+        kind = f"{target.resource.kind}List"
+        revision = self.views.writes.revision
+        return json_response(
+            {
+                "apiVersion": target.group_version,
+                "kind": kind,
+                "metadata": {"resourceVersion": revision},
+                "items": [],
+            },
+            200,
+        )
+
+    async def _get(self, target: Target, info: KindInfo, key: ObjectKey) -> Response:
+        writes = self.views.writes
+        statuses = writes.snapshot.statuses
+        found = writes.documents.get(key)
+        if found is not None:
+            wire = with_status(found, statuses)
+        elif info.kind == "Namespace" and key.name in self._namespaces_in_use():
+            wire = _namespace_wire(key.name)
+        else:
+            raise ApiError(
+                404,
+                f'{target.resource.plural} "{key.name}" not found',
+                kind=target.resource.plural,
+                name=key.name,
+            )
+        if _wants_table():
+            return json_response(table(info, [wire], datetime.now(UTC), writes.revision), 200)
+        return json_response(wire, 200)
+
+    def _namespaces_in_use(self) -> set[str]:
+        in_use = {key.namespace for key in self.views.writes.documents if key.namespace}
+        in_use.add("default")
+        return in_use
+
+    async def _list(self, target: Target, info: KindInfo) -> Response:
+        try:
+            labels = label_selector(request.args.get("labelSelector", ""))
+            fields = field_selector(request.args.get("fieldSelector", ""))
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        limit, after = _limit(), _continue_after(request.args.get("continue"))
+        writes = self.views.writes
+        # One consistent read (documents, statuses, revision); the rest off the loop.
+        documents, statuses, revision = writes.documents, writes.snapshot.statuses, writes.revision
+        namespaces = self._namespaces_in_use() if info.kind == "Namespace" else set()
+        resource = target.resource
+
+        def selected() -> tuple[list[Document | dict[str, Any]], str | None]:
+            found: list[Document | dict[str, Any]] = []
+            docs = list_of(documents, info.kind, target.namespace)
+            entries: list[tuple[tuple[str, str], Document | dict[str, Any]]] = [
+                ((doc.metadata.namespace or "", doc.metadata.name), doc) for doc in docs
+            ]
+            if info.kind == "Namespace":
+                stored = {doc.metadata.name for doc in docs}
+                entries += [(("", n), _namespace_wire(n)) for n in namespaces - stored]
+                entries.sort(key=lambda entry: entry[0])
+            for position, doc in entries:
+                if after is not None and position <= after:
+                    continue
+                meta_labels = (
+                    doc["metadata"]["labels"] if isinstance(doc, dict) else doc.metadata.labels
+                )
+                if not fields(*position) or not labels(meta_labels or {}):
+                    continue
+                if limit is not None and len(found) == limit:
+                    return found, _continue_token(*_position(found[-1]))
+                found.append(doc)
+            return found, None
+
+        def answer() -> tuple[bytes | list[bytes], bool]:
+            found, token = selected()
+            if _wants_table():
+                wires = [d if isinstance(d, dict) else with_status(d, statuses) for d in found]
+                body = table(info, wires, datetime.now(UTC), revision, token)
+                return json.dumps(body).encode(), True
+            if any(isinstance(d, dict) for d in found):
+                wires = [d if isinstance(d, dict) else with_status(d, statuses) for d in found]
+                texts = [",".join(json.dumps(w) for w in wires)] if wires else []
+            else:
+                texts = self.views.renderer.items(found, statuses)
+            kind = f"{resource.kind}List"
+            return list_text(
+                texts,
+                revision,
+                api_version=target.group_version,
+                kind=kind,
+                continue_token=token,
+            ), False
+
+        body, _ = await off_loop(len(documents) > _MANY, answer)
+        return text_response(body, 200)
+
+
+def _position(doc: Document | dict[str, Any]) -> tuple[str, str]:
+    if isinstance(doc, dict):
+        return doc["metadata"].get("namespace", ""), doc["metadata"]["name"]
+    return doc.metadata.namespace or "", doc.metadata.name
+
+
+def _aggregated(body: dict[str, Any]) -> Response:
+    response = json_response(body, 200)
+    response.content_type = discovery.AGGREGATED
+    return response
+
+
+def _discovered(body: dict[str, Any] | None, what: str) -> Response:
+    if body is None:
+        raise ApiError(404, f"the server does not serve {what}")
+    return json_response(body, 200)
+
+
+def served_kinds() -> dict[str, Resource]:
+    """Each stored kind's resource (for tests and docs)."""
+    return {
+        resource.kind: resource
+        for resources in discovery.SERVED.values()
+        for resource in resources
+        if resource.kind in BY_KIND
+    }

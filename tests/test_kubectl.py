@@ -1,0 +1,193 @@
+"""kubectl against tlsgate's Kubernetes API (API.md "Kubernetes API compatibility"): the
+kubectl on the machine (scripts/setup-env installs Debian's kubernetes-client when there is
+none), with a kubeconfig in the test's temporary directory, never the user's."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+import yaml
+
+from .harness import admin_gateway, gateway_yaml, route_yaml, service_yaml
+
+MANIFESTS = (
+    gateway_yaml(18443)
+    + service_yaml("db", 15432)
+    + route_yaml("db", ["db.example.com"], [("db", 1)])
+    + route_yaml("web", ["web.example.com"], [("db", 1)])
+)
+
+
+class Kubectl:
+    def __init__(self, directory: Path, server: str) -> None:
+        binary = shutil.which("kubectl")
+        if binary is None:
+            pytest.fail("kubectl is missing: scripts/setup-env installs kubernetes-client")
+        self.binary = binary
+        self.config = directory / "kubeconfig"
+        self.config.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "tlsgate", "cluster": {"server": server}}],
+                    "users": [{"name": "admin", "user": {}}],
+                    "contexts": [
+                        {"name": "tlsgate", "context": {"cluster": "tlsgate", "user": "admin"}}
+                    ],
+                    "current-context": "tlsgate",
+                }
+            )
+        )
+        self.directory = directory
+
+    async def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        command = [self.binary, "--kubeconfig", str(self.config), *args]
+
+        def run() -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+                # kubectl's cache of discovery and OpenAPI: this test's own.
+                env={"HOME": str(self.directory), "PATH": "/usr/bin:/bin"},
+            )
+
+        result = await trio.to_thread.run_sync(run)
+        if check:
+            assert result.returncode == 0, f"kubectl {' '.join(args)}: {result.stderr}"
+        return result
+
+
+@pytest.fixture
+async def kubectl(tmp_path: Path) -> AsyncIterator[Kubectl]:
+    async with admin_gateway(None) as (_, url):
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+            answer = await http.post(
+                "/v1/apply", content=MANIFESTS, headers={"Content-Type": "application/yaml"}
+            )
+            assert answer.status_code == 200, answer.text
+        yield Kubectl(tmp_path, url)
+
+
+async def test_version_and_api_resources(kubectl: Kubectl) -> None:
+    version = await kubectl("version", "-o", "json")
+    server = json.loads(version.stdout)["serverVersion"]
+    assert server["gitVersion"].startswith("v1.32.0+tlsgate.")
+    resources = (await kubectl("api-resources", "-o", "name")).stdout.split()
+    for name in (
+        "tlsroutes.gateway.networking.k8s.io",
+        "gateways.gateway.networking.k8s.io",
+        "clienttrafficpolicies.gateway.tlsgate.dev",
+        "services",
+        "endpointslices.discovery.k8s.io",
+        "namespaces",
+    ):
+        assert name in resources
+    short = (await kubectl("api-resources", "--api-group", "gateway.tlsgate.dev")).stdout
+    assert "ctp" in short
+    assert "btp" in short
+
+
+async def test_get_in_every_output(kubectl: Kubectl) -> None:
+    table = (await kubectl("get", "tlsroutes", "-A")).stdout.splitlines()
+    assert table[0].split() == [
+        "NAMESPACE",
+        "NAME",
+        "HOSTNAMES",
+        "ACCEPTED",
+        "RESOLVED",
+        "AGE",
+    ]
+    assert [line.split()[:5] for line in table[1:]] == [
+        ["apps", "db", "db.example.com", "True", "True"],
+        ["apps", "web", "web.example.com", "True", "True"],
+    ]
+    names = (await kubectl("get", "tlsroutes", "-n", "apps", "-o", "name")).stdout.split()
+    assert names == [
+        "tlsroute.gateway.networking.k8s.io/db",
+        "tlsroute.gateway.networking.k8s.io/web",
+    ]
+    document = yaml.safe_load(
+        (await kubectl("get", "tlsroute", "db", "-n", "apps", "-o", "yaml")).stdout
+    )
+    assert document["kind"] == "TLSRoute"
+    assert document["status"]["parents"][0]["conditions"][0]["type"] == "Accepted"
+    path = "{.status.parents[0].conditions[?(@.type=='Accepted')].status}"
+    jsonpath = await kubectl("get", "tlsroute", "web", "-n", "apps", "-o", f"jsonpath={path}")
+    assert jsonpath.stdout == "True"
+    wide = (await kubectl("get", "gateways", "-n", "infra", "-o", "wide")).stdout
+    assert "PROGRAMMED" in wide
+    assert "127.0.0.1" in wide
+    # Typed lists: a client that decodes the JSON sees a TLSRouteList.
+    listed = json.loads((await kubectl("get", "tlsroutes", "-A", "-o", "json")).stdout)
+    assert [i["metadata"]["name"] for i in listed["items"]] == ["db", "web"]
+
+
+async def test_selectors_and_paging(kubectl: Kubectl) -> None:
+    labelled = await kubectl("label", "tlsroute", "web", "-n", "apps", "tier=front")
+    assert "tlsroute.gateway.networking.k8s.io/web labeled" in labelled.stdout
+    front = await kubectl("get", "tlsroutes", "-A", "-l", "tier=front,!missing", "-o", "name")
+    assert front.stdout.split() == ["tlsroute.gateway.networking.k8s.io/web"]
+    selected = await kubectl(
+        "get", "tlsroutes", "-A", "--field-selector", "metadata.name=web", "-o", "name"
+    )
+    assert selected.stdout.split() == ["tlsroute.gateway.networking.k8s.io/web"]
+    none = await kubectl("get", "tlsroutes", "-A", "-l", "tier in (back)")
+    assert "No resources found" in none.stderr
+    refused = await kubectl(
+        "get", "tlsroutes", "-A", "--field-selector", "spec.hostnames=x", check=False
+    )
+    assert refused.returncode != 0
+    assert "field label not supported" in refused.stderr
+    # One item per page: kubectl follows the continue tokens.
+    paged = await kubectl("get", "tlsroutes", "-A", "--chunk-size", "1", "-o", "name")
+    assert paged.stdout.split() == [
+        "tlsroute.gateway.networking.k8s.io/db",
+        "tlsroute.gateway.networking.k8s.io/web",
+    ]
+
+
+async def test_describe_and_namespaces(kubectl: Kubectl) -> None:
+    described = (await kubectl("describe", "tlsroute", "db", "-n", "apps")).stdout
+    assert "Name:         db" in described
+    assert "Hostnames:" in described
+    assert "Events:" in described
+    namespaces = (await kubectl("get", "namespaces", "-o", "name")).stdout.split()
+    # Namespaces in use exist without being created.
+    assert {"namespace/apps", "namespace/infra", "namespace/default"} <= set(namespaces)
+    assert (await kubectl("get", "namespace", "apps", "-o", "name")).stdout.strip() == (
+        "namespace/apps"
+    )
+    missing = await kubectl("get", "tlsroute", "nope", "-n", "apps", check=False)
+    assert missing.returncode != 0
+    assert 'tlsroutes "nope" not found' in missing.stderr
+
+
+async def test_create_apply_and_delete(kubectl: Kubectl, tmp_path: Path) -> None:
+    manifest = tmp_path / "route.yaml"
+    manifest.write_text(route_yaml("extra", ["extra.example.com"], [("db", 1)]))
+    created = await kubectl("create", "-f", str(manifest), "--validate=false")
+    assert "tlsroute.gateway.networking.k8s.io/extra created" in created.stdout
+    again = await kubectl("create", "-f", str(manifest), "--validate=false", check=False)
+    assert "AlreadyExists" in again.stderr or "already exists" in again.stderr
+    manifest.write_text(route_yaml("extra", ["other.example.com"], [("db", 1)]))
+    applied = await kubectl("apply", "-f", str(manifest), "--validate=false")
+    assert "tlsroute.gateway.networking.k8s.io/extra configured" in applied.stdout
+    hostnames = await kubectl(
+        "get", "tlsroute", "extra", "-n", "apps", "-o", "jsonpath={.spec.hostnames[0]}"
+    )
+    assert hostnames.stdout == "other.example.com"
+    deleted = await kubectl("delete", "-f", str(manifest))
+    assert 'tlsroute.gateway.networking.k8s.io "extra" deleted' in deleted.stdout
+    gone = await kubectl("get", "tlsroute", "extra", "-n", "apps", check=False)
+    assert gone.returncode != 0
