@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +22,7 @@ from quart_trio import QuartTrio
 from admin.errors import ApiError
 from admin.render import list_text
 from admin.requests import body_documents, is_read, json_response, off_loop, text_response
-from gateway.api import discovery
+from gateway.api import discovery, openapi
 from gateway.api.columns import table
 from gateway.api.convert import with_status
 from gateway.api.discovery import PathError, Resource, Target
@@ -93,6 +94,9 @@ class KubeViews:
         app.add_url_rule("/version", view_func=self.version_view, methods=["GET"])
         app.add_url_rule("/api", view_func=self.core_discovery, methods=["GET"])
         app.add_url_rule("/apis", view_func=self.groups_discovery, methods=["GET"])
+        app.add_url_rule("/openapi/v2", view_func=self.openapi_v2, methods=["GET"])
+        app.add_url_rule("/openapi/v3", view_func=self.openapi_v3_root, methods=["GET"])
+        app.add_url_rule("/openapi/v3/<path:rest>", view_func=self.openapi_v3, methods=["GET"])
         app.add_url_rule("/api/<path:rest>", view_func=self.core_path, methods=_METHODS)
         app.add_url_rule("/apis/<path:rest>", view_func=self.group_path, methods=_METHODS)
 
@@ -110,6 +114,18 @@ class KubeViews:
         if _wants_aggregated():
             return _aggregated(discovery.aggregated(core=False))
         return json_response(discovery.group_list(), 200)
+
+    async def openapi_v2(self) -> Response:
+        return await self.openapi_v3("v2")
+
+    async def openapi_v3_root(self) -> Response:
+        return await self.openapi_v3("v3")
+
+    async def openapi_v3(self, rest: str) -> Response:
+        text = _openapi_text(rest.strip("/"))
+        if text is None:
+            raise ApiError(404, f"no OpenAPI document for {rest}")
+        return text_response(text, 200)
 
     async def core_path(self, rest: str) -> Response:
         segments = ["api", *rest.strip("/").split("/")]
@@ -257,6 +273,20 @@ class KubeViews:
 
         body, _ = await off_loop(len(documents) > _MANY, answer)
         return text_response(body, 200)
+
+
+@functools.cache
+def _openapi_text(which: str) -> bytes | None:
+    """The OpenAPI documents, made once (they follow from the model alone): `v2`, `v3` (the
+    root) or a v3 path (`apis/{group}/{version}`, `api/v1`)."""
+    if which == "v2":
+        return json.dumps(openapi.v2_document()).encode()
+    if which == "v3":
+        return json.dumps(openapi.v3_root()).encode()
+    for group_version in discovery.SERVED:
+        if openapi.v3_path(group_version) == which:
+            return json.dumps(openapi.v3_document(group_version)).encode()
+    return None
 
 
 def _position(doc: Document | dict[str, Any]) -> tuple[str, str]:

@@ -173,21 +173,73 @@ async def test_describe_and_namespaces(kubectl: Kubectl) -> None:
     assert 'tlsroutes "nope" not found' in missing.stderr
 
 
-async def test_create_apply_and_delete(kubectl: Kubectl, tmp_path: Path) -> None:
-    manifest = tmp_path / "route.yaml"
-    manifest.write_text(route_yaml("extra", ["extra.example.com"], [("db", 1)]))
-    created = await kubectl("create", "-f", str(manifest), "--validate=false")
+def _route_with_defaults(hostname: str, extra: str = "") -> str:
+    """A TLSRoute whose manifest spells out the fields the server defaults, so that applying
+    it again changes nothing (as against a cluster with the Gateway API CRDs)."""
+    return f"""
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {{name: extra, namespace: apps}}
+spec:
+  parentRefs:
+  - {{group: gateway.networking.k8s.io, kind: Gateway, name: gw, namespace: infra}}
+  hostnames: [{hostname}]
+  rules:
+  - backendRefs: [{{group: "", kind: Service, name: db, port: 443, weight: 1}}]
+{extra}"""
+
+
+async def test_apply_with_validation_diff_and_dry_runs(kubectl: Kubectl, tmp_path: Path) -> None:
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    route = manifests / "route.yaml"
+    route.write_text(_route_with_defaults("extra.example.com"))
+    created = await kubectl("apply", "-f", f"{manifests}/")
     assert "tlsroute.gateway.networking.k8s.io/extra created" in created.stdout
-    again = await kubectl("create", "-f", str(manifest), "--validate=false", check=False)
-    assert "AlreadyExists" in again.stderr or "already exists" in again.stderr
-    manifest.write_text(route_yaml("extra", ["other.example.com"], [("db", 1)]))
-    applied = await kubectl("apply", "-f", str(manifest), "--validate=false")
-    assert "tlsroute.gateway.networking.k8s.io/extra configured" in applied.stdout
-    hostnames = await kubectl(
-        "get", "tlsroute", "extra", "-n", "apps", "-o", "jsonpath={.spec.hostnames[0]}"
+    again = await kubectl("apply", "-f", f"{manifests}/")
+    assert "tlsroute.gateway.networking.k8s.io/extra unchanged" in again.stdout
+    # An unknown field is refused, and names itself (fieldValidation=Strict, by the server).
+    (manifests / "bad.yaml").write_text(
+        _route_with_defaults("bad.example.com", "  colour: blue\n").replace("extra", "bad")
     )
-    assert hostnames.stdout == "other.example.com"
-    deleted = await kubectl("delete", "-f", str(manifest))
+    refused = await kubectl("apply", "-f", str(manifests / "bad.yaml"), check=False)
+    assert refused.returncode != 0
+    assert 'unknown field "colour"' in refused.stderr
+    (manifests / "bad.yaml").unlink()
+    # diff and a server-side dry run change nothing.
+    route.write_text(_route_with_defaults("other.example.com"))
+    diff = await kubectl("diff", "-f", str(route), check=False)
+    assert diff.returncode == 1, diff.stderr  # 1: there are differences
+    assert "+  - other.example.com" in diff.stdout
+    assert "-  - extra.example.com" in diff.stdout
+    await kubectl("delete", "-f", str(route), "--dry-run=server")
+    hostname = "jsonpath={.spec.hostnames[0]}"
+    live = await kubectl("get", "tlsroute", "extra", "-n", "apps", "-o", hostname)
+    assert live.stdout == "extra.example.com"
+    configured = await kubectl("apply", "-f", str(route))
+    assert "tlsroute.gateway.networking.k8s.io/extra configured" in configured.stdout
+    live = await kubectl("get", "tlsroute", "extra", "-n", "apps", "-o", hostname)
+    assert live.stdout == "other.example.com"
+    deleted = await kubectl("delete", "-f", str(route))
     assert 'tlsroute.gateway.networking.k8s.io "extra" deleted' in deleted.stdout
     gone = await kubectl("get", "tlsroute", "extra", "-n", "apps", check=False)
     assert gone.returncode != 0
+
+
+async def test_create_refuses_what_exists(kubectl: Kubectl, tmp_path: Path) -> None:
+    manifest = tmp_path / "route.yaml"
+    manifest.write_text(route_yaml("extra", ["extra.example.com"], [("db", 1)]))
+    created = await kubectl("create", "-f", str(manifest))
+    assert "tlsroute.gateway.networking.k8s.io/extra created" in created.stdout
+    again = await kubectl("create", "-f", str(manifest), check=False)
+    assert "AlreadyExists" in again.stderr or "already exists" in again.stderr
+
+
+async def test_explain(kubectl: Kubectl) -> None:
+    rules = (await kubectl("explain", "tlsroute.spec.rules")).stdout
+    assert "KIND:       TLSRoute" in rules
+    assert "VERSION:    v1" in rules
+    assert "backendRefs\t<[]Object> -required-" in rules
+    recursive = (await kubectl("explain", "clienttrafficpolicy.spec", "--recursive")).stdout
+    for field in ("proxyProtocol", "trustedCIDRs", "connectionLimit", "connectionsPerSecond"):
+        assert field in recursive
