@@ -13,15 +13,18 @@ import base64
 import binascii
 import functools
 import json
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from quart import Response, request
+import trio
+from quart import Response, current_app, request
 from quart_trio import QuartTrio
 
 from admin.errors import ApiError
 from admin.render import list_text
 from admin.requests import body_documents, is_read, json_response, off_loop, text_response
+from admin.watch import Expired, Watch, WatchHub, events
 from gateway.api import discovery, openapi
 from gateway.api.columns import table
 from gateway.api.convert import with_status
@@ -30,6 +33,12 @@ from gateway.api.kinds import BY_KIND, Document, KindInfo, ObjectKey
 from gateway.api.selectors import field_selector, label_selector
 from gateway.store.writes import list_of
 
+#: The media type of /openapi/v2 as protobuf, as the API server answers it (kubectl asks
+#: for `...spec.v2@v1.0+protobuf`, a type Go's mime parser would refuse in an answer).
+PROTOBUF_V2 = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
+#: The longest a watch stays open (a client watches again after it ends, as after an API
+#: server's own timeout).
+WATCH_SECONDS = 1800
 #: Documents above which a list is rendered off the event loop.
 _MANY = 2000
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
@@ -89,6 +98,7 @@ class KubeViews:
     def __init__(self, views: Any, version: str) -> None:
         self.views = views
         self.version = version
+        self.hub = WatchHub(views.writes)
 
     def register(self, app: QuartTrio) -> None:
         app.add_url_rule("/version", view_func=self.version_view, methods=["GET"])
@@ -116,6 +126,13 @@ class KubeViews:
         return json_response(discovery.group_list(), 200)
 
     async def openapi_v2(self) -> Response:
+        if "protobuf" in request.headers.get("Accept", ""):  # ...spec.v2@v1.0+protobuf
+            # kubectl asks for v2 as protobuf only, and reads v3 for everything it needs;
+            # an empty protobuf document (no schemas) lets it leave validation to the
+            # server (fieldValidation), as v3 says it may, also for `kind: List` files.
+            response = Response(b"", 200)
+            response.content_type = PROTOBUF_V2
+            return response
         return await self.openapi_v3("v2")
 
     async def openapi_v3_root(self) -> Response:
@@ -175,6 +192,55 @@ class KubeViews:
         response: Response = await self.views.item(info, key)
         return response
 
+    def _watch(
+        self,
+        target: Target,
+        info: KindInfo,
+        labels: Callable[[Mapping[str, str]], bool],
+        fields: Callable[[str, str], bool],
+    ) -> Response:
+        text = request.args.get("resourceVersion") or "0"
+        if not text.isdigit():
+            raise ApiError(400, f"resourceVersion must be a number, not {text!r}")
+        # "0" (or none): the objects in force first, as ADDED; otherwise the changes since.
+        start = None if text == "0" else int(text)
+        seconds = request.args.get("timeoutSeconds") or str(WATCH_SECONDS)
+        if not seconds.isdigit():
+            raise ApiError(400, f"timeoutSeconds must be a number, not {seconds!r}")
+        watch = Watch(
+            kind=info.kind,
+            api_version=target.group_version,
+            namespace=target.namespace,
+            selects=lambda ns, name, meta: fields(ns, name) and labels(meta),
+            bookmarks=request.args.get("allowWatchBookmarks") in ("true", "1"),
+        )
+        if start is not None:
+            try:  # a revision too old is an answer (410), not a stream
+                self.hub.position(start)
+            except Expired as exc:
+                raise ApiError(410, str(exc), reason="Expired") from None
+        deadline = trio.current_time() + min(int(seconds), WATCH_SECONDS)
+        hub, tables = self.hub, _wants_table()
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for event in events(hub, watch, start, deadline):
+                    if tables and event["type"] != "BOOKMARK":
+                        # kubectl get -w asked for Tables: each object as a one-row Table.
+                        wire = event["object"]
+                        version = wire["metadata"].get("resourceVersion", "")
+                        event["object"] = table(info, [wire], datetime.now(UTC), version)
+                    yield json.dumps(event).encode() + b"\n"
+            except Expired as exc:
+                # Fallen behind what the hub keeps: an ERROR event, as the API server ends
+                # a watch it cannot continue; the client lists again.
+                status = ApiError(410, str(exc), reason="Expired").body()
+                yield json.dumps({"type": "ERROR", "object": status}).encode() + b"\n"
+
+        response = Response(body(), 200, content_type="application/json")
+        response.timeout = None  # the watch's own deadline ends it
+        return response
+
     def _stored(self, key: ObjectKey) -> bool:
         return key in self.views.writes.documents
 
@@ -215,12 +281,26 @@ class KubeViews:
         in_use.add("default")
         return in_use
 
+    def _start_hub(self) -> bool:
+        """Start following changes (the first Kubernetes list or watch does): a watch from
+        the revision of any list answered since finds every change after it."""
+        nursery = getattr(current_app, "nursery", None)
+        if nursery is None:
+            return False  # an app not served (a test client without lifespan)
+        self.hub.start(nursery)
+        return True
+
     async def _list(self, target: Target, info: KindInfo) -> Response:
         try:
             labels = label_selector(request.args.get("labelSelector", ""))
             fields = field_selector(request.args.get("fieldSelector", ""))
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
+        started = self._start_hub()
+        if request.args.get("watch") in ("true", "1"):
+            if not started:
+                raise ApiError(503, "watches need the admin API as tlsgate serves it")
+            return self._watch(target, info, labels, fields)
         limit, after = _limit(), _continue_after(request.args.get("continue"))
         writes = self.views.writes
         # One consistent read (documents, statuses, revision); the rest off the loop.

@@ -4,6 +4,7 @@ none), with a kubeconfig in the test's temporary directory, never the user's."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
@@ -47,6 +48,7 @@ class Kubectl:
             )
         )
         self.directory = directory
+        self.server = server
 
     async def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         command = [self.binary, "--kubeconfig", str(self.config), *args]
@@ -243,3 +245,79 @@ async def test_explain(kubectl: Kubectl) -> None:
     recursive = (await kubectl("explain", "clienttrafficpolicy.spec", "--recursive")).stdout
     for field in ("proxyProtocol", "trustedCIDRs", "connectionLimit", "connectionsPerSecond"):
         assert field in recursive
+
+
+async def test_get_watch_sees_a_change_made_through_v1(kubectl: Kubectl, tmp_path: Path) -> None:
+    command = [kubectl.binary, "--kubeconfig", str(kubectl.config), "get", "tlsroutes", "-A"]
+    command += ["--watch", "--output-watch-events"]
+    env = {"HOME": str(kubectl.directory), "PATH": "/usr/bin:/bin"}
+    lines: list[str] = []
+    async with trio.open_nursery() as nursery:
+        process = await nursery.start(
+            functools.partial(
+                trio.run_process, command, stdout=subprocess.PIPE, env=env, check=False
+            )
+        )
+        try:
+            assert process.stdout is not None
+            buffer = b""
+
+            async def until(text: str) -> None:
+                nonlocal buffer
+                with trio.fail_after(20):
+                    while text not in buffer.decode():
+                        chunk = await process.stdout.receive_some(65536)
+                        assert chunk, f"kubectl ended; it wrote {buffer.decode()!r}"
+                        buffer += chunk
+
+            await until("web.example.com")  # the objects in force first
+            async with httpx.AsyncClient(base_url=kubectl.server, timeout=10) as http:
+                route = route_yaml("late", ["late.example.com"], [("db", 1)])
+                answer = await http.post(
+                    "/v1/apply", content=route, headers={"Content-Type": "application/yaml"}
+                )
+                assert answer.status_code == 200, answer.text
+                await until("late.example.com")
+                deleted = await http.delete("/v1/tlsroutes/apps/late")
+                assert deleted.status_code == 200
+                await until("DELETED")
+            lines = buffer.decode().splitlines()
+        finally:
+            process.kill()  # kubectl, started by this test
+    events = [line.split()[0] for line in lines[1:]]
+    assert events == ["ADDED", "ADDED", "ADDED", "DELETED"]
+
+
+async def test_wait_for_a_condition_and_a_jsonpath(kubectl: Kubectl) -> None:
+    met = await kubectl(
+        "wait", "--for=condition=Programmed", "gateway/gw", "-n", "infra", "--timeout=20s"
+    )
+    assert "condition met" in met.stdout
+    accepted = '{.status.parents[*].conditions[?(@.type=="Accepted")].status}'
+    met = await kubectl(
+        "wait", f"--for=jsonpath={accepted}=True", "tlsroute/db", "-n", "apps", "--timeout=20s"
+    )
+    assert "condition met" in met.stdout
+    never = await kubectl(
+        "wait", "--for=condition=Nope", "gateway/gw", "-n", "infra", "--timeout=1s", check=False
+    )
+    assert never.returncode != 0
+    assert "timed out waiting for the condition" in never.stderr
+
+
+async def test_a_list_file_is_validated_by_the_server(kubectl: Kubectl, tmp_path: Path) -> None:
+    """kubectl validates a `kind: List` file against /openapi/v2 (as protobuf) whatever v3
+    says: tlsgate's empty v2 leaves it to the server, which still refuses bad fields."""
+    items = [
+        yaml.safe_load(_route_with_defaults("one.example.com").replace("extra", "one")),
+        yaml.safe_load(_route_with_defaults("two.example.com").replace("extra", "two")),
+    ]
+    listed = tmp_path / "list.yaml"
+    listed.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items}))
+    applied = await kubectl("apply", "-f", str(listed))
+    assert "tlsroute.gateway.networking.k8s.io/one created" in applied.stdout
+    assert "tlsroute.gateway.networking.k8s.io/two created" in applied.stdout
+    items[0]["spec"]["colour"] = "blue"
+    listed.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items}))
+    refused = await kubectl("apply", "-f", str(listed), check=False)
+    assert 'unknown field "colour"' in refused.stderr

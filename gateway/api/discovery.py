@@ -36,7 +36,7 @@ SHORT_NAMES: Final[dict[str, tuple[str, ...]]] = {
 }
 
 #: The verbs every stored kind serves.
-VERBS: Final = ("create", "delete", "get", "list", "patch", "update")
+VERBS: Final = ("create", "delete", "get", "list", "patch", "update", "watch")
 
 
 @frozen

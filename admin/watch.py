@@ -1,0 +1,241 @@
+"""Kubernetes watches (`?watch=true`): every change of the documents in force and of their
+status, as WatchEvents (`ADDED`, `MODIFIED`, `DELETED`, `BOOKMARK`), from a resourceVersion
+(API.md "Kubernetes API compatibility": a status change is a `MODIFIED` event, so `kubectl
+get -w` and `kubectl wait` work).
+
+I/O. One hub follows the state: at every new routing table it compares the documents and
+their statuses with those of the table before, and keeps the changes (the last HISTORY of
+them) with the revision they came with. A watch replays the changes after its
+resourceVersion, then waits for more; one from a revision older than what the hub keeps is
+answered 410 Expired, and the client lists again (as against an API server whose etcd
+compacted). The hub starts with the first Kubernetes list or watch, so a gateway that nobody
+watches compares nothing.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from gateway.api.convert import with_status
+from gateway.api.kinds import Document, ObjectKey
+from gateway.api.status import Status
+from gateway.store.writes import WritePath
+
+#: Changes kept for watches that resume from an older resourceVersion.
+HISTORY = 4096
+
+
+@attrs.frozen
+class Change:
+    type: str
+    key: ObjectKey
+    #: The revision the change came with (`WritePath.revision` then).
+    revision: int
+    doc: Document
+    status: Status | None
+    #: Its place among every change the hub saw: a status change comes with the revision
+    #: of the write before it, so the revision alone does not order changes.
+    seq: int = 0
+    #: The document before the change (None for ADDED): what a watch from before it saw.
+    previous: Document | None = None
+
+
+class Expired(Exception):
+    """A watch from a revision older than the hub keeps."""
+
+
+class WatchHub:
+    def __init__(self, writes: WritePath) -> None:
+        self.writes = writes
+        self.changes: collections.deque[Change] = collections.deque(maxlen=HISTORY)
+        #: The revision the hub started at: it knows every change after it.
+        self.since: int | None = None
+        self._seen: dict[ObjectKey, tuple[Document, Status | None]] = {}
+        self._changed = trio.Event()
+        self._generation = -1
+        self._seq = 0
+
+    @property
+    def revision(self) -> int:
+        return int(self.writes.revision)
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Begin following the state (once): from now on every change is kept."""
+        if self.since is not None:
+            return
+        self._baseline()
+        nursery.start_soon(self._run)
+
+    def _baseline(self) -> None:
+        state = self.writes.state
+        statuses = state.snapshot.statuses
+        self._seen = {key: (doc, statuses.get(key)) for key, doc in state.documents.items()}
+        self._generation = state.generation
+        self.since = self.revision
+
+    async def _run(self) -> None:
+        state = self.writes.state
+        while True:
+            await state.wait_changed(self._generation)
+            self._generation = state.generation
+            self._compare(state.documents, state.snapshot.statuses, self.revision)
+
+    def _compare(
+        self,
+        documents: Mapping[ObjectKey, Document],
+        statuses: Mapping[ObjectKey, Status],
+        revision: int,
+    ) -> None:
+        seen = self._seen
+        found: list[tuple[str, ObjectKey, Document, Status | None, Document | None]] = []
+        for key, doc in documents.items():
+            status = statuses.get(key)
+            before = seen.get(key)
+            if before is None:
+                found.append(("ADDED", key, doc, status, None))
+            elif (before[0] is not doc and before[0] != doc) or (
+                before[1] is not status and before[1] != status
+            ):
+                found.append(("MODIFIED", key, doc, status, before[0]))
+        for key, (doc, status) in seen.items():
+            if key not in documents:
+                found.append(("DELETED", key, doc, status, doc))
+        self._seen = {key: (doc, statuses.get(key)) for key, doc in documents.items()}
+        for kind, key, doc, status, previous in found:
+            self._seq += 1
+            self.changes.append(Change(kind, key, revision, doc, status, self._seq, previous))
+        changed, self._changed = self._changed, trio.Event()
+        changed.set()  # also without changes: watches may send a bookmark
+
+    def current(self) -> list[tuple[Document, Status | None]]:
+        """What is in force now, as the hub last saw it."""
+        return list(self._seen.values())
+
+    @property
+    def seq(self) -> int:
+        """The place of the last change seen."""
+        return self._seq
+
+    def position(self, revision: int) -> int:
+        """The place a watch from `revision` starts after; Expired if changes after that
+        revision may be gone (or came before the hub started)."""
+        assert self.since is not None
+        if revision < self.since or (
+            self.changes and len(self.changes) == HISTORY and revision < self.changes[0].revision
+        ):
+            raise Expired(f"too old resource version: {revision} ({self.revision})")
+        kept = [c.seq for c in self.changes if c.revision <= revision]
+        if kept:
+            return kept[-1]
+        return self.changes[0].seq - 1 if self.changes else self._seq
+
+    def after(self, seq: int) -> list[Change]:
+        """The kept changes after place `seq`; Expired if some of them are gone."""
+        if self.changes and seq < self.changes[0].seq - 1:
+            raise Expired(f"too old resource version ({self.revision})")
+        return [change for change in self.changes if change.seq > seq]
+
+    async def wait(self) -> None:
+        await self._changed.wait()
+
+
+@attrs.frozen
+class Watch:
+    """What one watch selects, and how it talks."""
+
+    kind: str
+    api_version: str
+    namespace: str | None
+    #: (namespace, name, labels) -> whether the object is selected.
+    selects: Callable[[str, str, Mapping[str, str]], bool]
+    bookmarks: bool = False
+
+
+def _selected(watch: Watch, doc: Document) -> bool:
+    meta = doc.metadata
+    namespace = meta.namespace or ""
+    if watch.namespace is not None and namespace != watch.namespace:
+        return False
+    return watch.selects(namespace, meta.name, meta.labels or {})
+
+
+def _event(kind: str, doc: Document, status: Status | None, key: ObjectKey) -> dict[str, Any]:
+    return {"type": kind, "object": with_status(doc, {key: status} if status else {})}
+
+
+def _starting(
+    hub: WatchHub, watch: Watch, start: int | None
+) -> tuple[int, set[ObjectKey], list[dict[str, Any]]]:
+    """Where a watch from revision `start` begins: its place among the changes, the objects
+    it selected then, and the events to send first (None: every selected object in force,
+    as ADDED). Expired for a revision older than the hub keeps."""
+    matched: set[ObjectKey] = set()
+    first: list[dict[str, Any]] = []
+    current = [(doc, status) for doc, status in hub.current() if doc.kind == watch.kind]
+    if start is None:
+        for doc, status in current:
+            if _selected(watch, doc):
+                key = ObjectKey(doc.kind, doc.metadata.namespace or "", doc.metadata.name)
+                matched.add(key)
+                first.append(_event("ADDED", doc, status, key))
+        return hub.seq, matched, first
+    position = hub.position(start)
+    # Selected at `start`: each object as it was then: as the first change since found it
+    # (nothing, for one created since), or as it is now if it has not changed.
+    then: dict[ObjectKey, Document | None] = {}
+    for change in hub.after(position):
+        if change.key.kind == watch.kind:
+            then.setdefault(change.key, change.previous)
+    for doc, _ in current:
+        key = ObjectKey(doc.kind, doc.metadata.namespace or "", doc.metadata.name)
+        then.setdefault(key, doc)
+    matched = {key for key, doc in then.items() if doc is not None and _selected(watch, doc)}
+    return position, matched, first
+
+
+async def events(
+    hub: WatchHub, watch: Watch, start: int | None, deadline: float
+) -> AsyncIterator[dict[str, Any]]:
+    """The watch's events, from revision `start` (see `_starting`), until the Trio clock
+    reaches `deadline`. Expired before the first event for a revision too old."""
+    position, matched, first = _starting(hub, watch, start)
+    for event in first:
+        yield event
+    # What the client knows: changes of other objects since then earn it a bookmark.
+    bookmarked = hub.revision if start is None else start
+    while trio.current_time() < deadline:
+        sent = False
+        for change in hub.after(position):
+            position = change.seq
+            if change.key.kind != watch.kind:
+                continue
+            selected = change.type != "DELETED" and _selected(watch, change.doc)
+            was = change.key in matched
+            if selected:
+                matched.add(change.key)
+                yield _event("MODIFIED" if was else "ADDED", change.doc, change.status, change.key)
+                sent = True
+            elif was:
+                # Deleted, or no longer selected (a label changed): DELETED, as the API
+                # server says of an object that leaves a selector.
+                matched.discard(change.key)
+                yield _event("DELETED", change.doc, change.status, change.key)
+                sent = True
+        revision = hub.revision
+        if watch.bookmarks and not sent and revision > bookmarked:
+            yield {
+                "type": "BOOKMARK",
+                "object": {
+                    "apiVersion": watch.api_version,
+                    "kind": watch.kind,
+                    "metadata": {"resourceVersion": str(revision)},
+                },
+            }
+        bookmarked = max(bookmarked, revision)
+        with trio.move_on_at(deadline):  # no yield inside a cancel scope
+            await hub.wait()
