@@ -6,11 +6,14 @@ which would break the atomic swap (ARCHITECTURE.md). Errors are Kubernetes `Stat
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+import jsonpatch
+import jsonpointer
 from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -22,8 +25,10 @@ from admin.kube import KubeViews
 from admin.render import Renderer, list_text
 from admin.requests import (
     BULK_BODY,
+    JSON_PATCH,
     MANY_DOCUMENTS,
     MERGE_PATCH,
+    STRATEGIC_PATCH,
     admit_bundle,
     admit_one,
     body_documents,
@@ -44,6 +49,7 @@ from admin.requests import (
     text_response,
 )
 from gateway import collector, tlsgate_version
+from gateway.api import strategic
 from gateway.api.admission import Cause
 from gateway.api.convert import encode_json, with_status
 from gateway.api.kinds import Document, KindInfo, ObjectKey, key_of
@@ -367,14 +373,35 @@ class Views:
         return _first_change(outcome, 200)
 
     async def _patch(self, key: ObjectKey) -> Response:
-        if content_type() != MERGE_PATCH:
-            raise ApiError(415, f"PATCH takes a JSON merge patch (Content-Type: {MERGE_PATCH})")
+        """PATCH with a JSON merge patch, a JSON patch (RFC 6902), or, for the core kinds,
+        a strategic merge patch (API.md "Kubernetes API compatibility")."""
+        kind = content_type()
+        combine: Callable[[Any, Any], Any] | None = None
+        if kind == JSON_PATCH:
+            combine = _json_patch
+        elif kind == STRATEGIC_PATCH:
+            if key.kind not in strategic.KINDS:
+                raise ApiError(
+                    415,
+                    f"{key.kind} takes no strategic merge patch (as a custom resource in "
+                    f"Kubernetes): send {MERGE_PATCH} or {JSON_PATCH}",
+                )
+            combine = functools.partial(strategic.strategic_merge, key.kind)
+        elif kind != MERGE_PATCH:
+            raise ApiError(
+                415,
+                f"PATCH takes {MERGE_PATCH}, {JSON_PATCH} or (core kinds) {STRATEGIC_PATCH}, "
+                f"not {kind or 'no Content-Type'}",
+            )
         dry_run = dry_run_requested()
         wait = replica_wait()
         patch = await parse_body(json_body, await read_body())
-        if not isinstance(patch, dict):
+        if kind == JSON_PATCH:
+            if not isinstance(patch, list):
+                raise ApiError(400, "a JSON patch must be a JSON array of operations")
+        elif not isinstance(patch, dict):
             raise ApiError(400, "a merge patch must be a JSON object")
-        outcome = await run_write(self.writes.patch(key, patch, dry_run=dry_run))
+        outcome = await run_write(self.writes.patch(key, patch, dry_run=dry_run, combine=combine))
         await self._wait_replicas(outcome, wait)
         return _first_change(outcome, 200)
 
@@ -400,6 +427,14 @@ class Views:
             return self.writes.get(key)
         except NotFound:
             raise ApiError(404, f"{key} not found", kind=key.kind, name=key.name) from None
+
+
+def _json_patch(wire: Any, operations: Any) -> Any:
+    """RFC 6902, by the `jsonpatch` library; a failed `test` or a bad path is a ValueError."""
+    try:
+        return jsonpatch.apply_patch(wire, operations)
+    except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _admitted(raws: list[Any], matched: list[tuple[Any, bytes, Document | None]]) -> list[Document]:

@@ -321,3 +321,92 @@ async def test_a_list_file_is_validated_by_the_server(kubectl: Kubectl, tmp_path
     listed.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items}))
     refused = await kubectl("apply", "-f", str(listed), check=False)
     assert 'unknown field "colour"' in refused.stderr
+
+
+async def test_patch_a_service_three_ways(kubectl: Kubectl) -> None:
+    target = ["svc", "db", "-n", "apps"]
+    ports = "jsonpath={.spec.ports[*].port}:{.spec.ports[*].targetPort}"
+    strategic = '{"spec":{"ports":[{"port":443,"targetPort":8443}]}}'
+    await kubectl("patch", *target, "--type=strategic", "-p", strategic)
+    assert (await kubectl("get", *target, "-o", ports)).stdout == "443:8443"
+    added = '{"spec":{"ports":[{"name":"admin","port":9443,"targetPort":9443}]}}'
+    await kubectl("patch", *target, "-p", added)  # strategic is kubectl's default for core kinds
+    assert (await kubectl("get", *target, "-o", ports)).stdout == "443 9443:8443 9443"
+    json_patch = json.dumps(
+        [
+            {"op": "remove", "path": "/spec/ports/1"},
+            {"op": "add", "path": "/metadata/labels", "value": {"tier": "back"}},
+        ]
+    )
+    await kubectl("patch", *target, "--type=json", "-p", json_patch)
+    assert (await kubectl("get", *target, "-o", ports)).stdout == "443:8443"
+    merge = '{"metadata":{"labels":{"tier":null,"app":"db"}}}'
+    await kubectl("patch", *target, "--type=merge", "-p", merge)
+    labels = await kubectl("get", *target, "-o", "jsonpath={.metadata.labels}")
+    assert json.loads(labels.stdout) == {"app": "db"}
+    # A JSON patch whose test fails changes nothing; a strategic one on a Gateway API kind
+    # is refused, as for a custom resource.
+    failed = await kubectl(
+        "patch",
+        *target,
+        "--type=json",
+        "-p",
+        '[{"op":"test","path":"/spec/ports/0/port","value":1}]',
+        check=False,
+    )
+    assert failed.returncode != 0
+    refused = await kubectl(
+        "patch",
+        "tlsroute",
+        "db",
+        "-n",
+        "apps",
+        "--type=strategic",
+        "-p",
+        '{"spec":{}}',
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert "strategic merge patch" in refused.stderr
+    # kubectl apply of a changed Service sends a strategic merge patch, with directives.
+    await kubectl(
+        "patch", *target, "--type=strategic", "-p", '{"metadata":{"labels":{"app":"db"}}}'
+    )
+
+
+async def test_apply_a_changed_service(kubectl: Kubectl, tmp_path: Path) -> None:
+    """kubectl apply patches a core kind with a strategic merge patch computed from the
+    last-applied annotation: ports merged by port, $setElementOrder and all."""
+    manifest = tmp_path / "svc.yaml"
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "cache", "namespace": "apps"},
+        "spec": {"ports": [{"name": "redis", "port": 6379, "targetPort": 6379}]},
+    }
+    manifest.write_text(yaml.safe_dump(service))
+    assert "service/cache created" in (await kubectl("apply", "-f", str(manifest))).stdout
+    assert "service/cache unchanged" in (await kubectl("apply", "-f", str(manifest))).stdout
+    service["spec"]["ports"] = [
+        {"name": "tls", "port": 6380, "targetPort": 6380},
+        {"name": "redis", "port": 6379, "targetPort": 7379},
+    ]
+    manifest.write_text(yaml.safe_dump(service))
+    assert "service/cache configured" in (await kubectl("apply", "-f", str(manifest))).stdout
+    ports = await kubectl(
+        "get",
+        "svc",
+        "cache",
+        "-n",
+        "apps",
+        "-o",
+        "jsonpath={.spec.ports[*].name}:{.spec.ports[*].targetPort}",
+    )
+    assert ports.stdout == "tls redis:6380 7379"
+    service["spec"]["ports"] = [{"name": "tls", "port": 6380, "targetPort": 6380}]
+    manifest.write_text(yaml.safe_dump(service))
+    await kubectl("apply", "-f", str(manifest))
+    ports = await kubectl(
+        "get", "svc", "cache", "-n", "apps", "-o", "jsonpath={.spec.ports[*].name}"
+    )
+    assert ports.stdout == "tls"  # what the manifest no longer names is removed

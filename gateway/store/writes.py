@@ -276,11 +276,28 @@ class WritePath:
         assert self.store is not None
         return await trio.to_thread.run_sync(self.store.revision_of, key)
 
-    async def patch(self, key: ObjectKey, patch: Any, *, dry_run: bool = False) -> Outcome:
+    async def patch(
+        self,
+        key: ObjectKey,
+        patch: Any,
+        *,
+        dry_run: bool = False,
+        combine: Callable[[Any, Any], Any] | None = None,
+    ) -> Outcome:
+        """Apply a patch to the document in force: a JSON merge patch, or what `combine`
+        makes of (the document's wire form, the patch): a JSON patch, a strategic merge
+        patch. ValueError from `combine` is a patch that does not apply (BadRequest)."""
+
         async def attempt() -> Outcome:
             current = self.get(key)
             wire = unstructure_document(current, redact=False)
-            merged = merge_patch(wire, patch)
+            if combine is None:
+                merged = merge_patch(wire, patch)
+            else:
+                try:
+                    merged = combine(wire, patch)
+                except ValueError as exc:
+                    raise BadRequest(f"the patch does not apply to {key}: {exc}") from None
             expected = None
             meta = patch.get("metadata") if isinstance(patch, dict) else None
             version = meta.get("resourceVersion") if isinstance(meta, dict) else None
