@@ -7,16 +7,18 @@ from __future__ import annotations
 import functools
 import json
 import shutil
+import ssl
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import trio
 import yaml
 
-from .harness import admin_gateway, gateway_yaml, route_yaml, service_yaml
+from .harness import Pki, admin_gateway, gateway_yaml, route_yaml, service_yaml
 
 MANIFESTS = (
     gateway_yaml(18443)
@@ -27,19 +29,26 @@ MANIFESTS = (
 
 
 class Kubectl:
-    def __init__(self, directory: Path, server: str) -> None:
+    def __init__(
+        self, directory: Path, server: str, *, token: str | None = None, ca: str | None = None
+    ) -> None:
         binary = shutil.which("kubectl")
         if binary is None:
             pytest.fail("kubectl is missing: scripts/setup-env installs kubernetes-client")
         self.binary = binary
+        directory.mkdir(parents=True, exist_ok=True)
         self.config = directory / "kubeconfig"
+        cluster: dict[str, str] = {"server": server}
+        if ca is not None:
+            cluster["certificate-authority"] = ca
+        user = {"token": token} if token is not None else {}
         self.config.write_text(
             yaml.safe_dump(
                 {
                     "apiVersion": "v1",
                     "kind": "Config",
-                    "clusters": [{"name": "tlsgate", "cluster": {"server": server}}],
-                    "users": [{"name": "admin", "user": {}}],
+                    "clusters": [{"name": "tlsgate", "cluster": cluster}],
+                    "users": [{"name": "admin", "user": user}],
                     "contexts": [
                         {"name": "tlsgate", "context": {"cluster": "tlsgate", "user": "admin"}}
                     ],
@@ -378,7 +387,7 @@ async def test_apply_a_changed_service(kubectl: Kubectl, tmp_path: Path) -> None
     """kubectl apply patches a core kind with a strategic merge patch computed from the
     last-applied annotation: ports merged by port, $setElementOrder and all."""
     manifest = tmp_path / "svc.yaml"
-    service = {
+    service: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": "cache", "namespace": "apps"},
@@ -410,3 +419,67 @@ async def test_apply_a_changed_service(kubectl: Kubectl, tmp_path: Path) -> None
         "get", "svc", "cache", "-n", "apps", "-o", "jsonpath={.spec.ports[*].name}"
     )
     assert ports.stdout == "tls"  # what the manifest no longer names is removed
+
+
+@pytest.fixture
+async def secure(tmp_path: Path) -> AsyncIterator[tuple[str, str, str]]:
+    """A gateway whose admin API is HTTPS with a token: (url, token, CA file)."""
+    pki = Pki(tmp_path)
+    cert, key = pki.server_files("127.0.0.1")
+    token = "kubectl-t0ken"
+    async with admin_gateway(None, token=token, admin_tls_cert=cert, admin_tls_key=key) as (_, url):
+        assert url.startswith("https://")
+        async with httpx.AsyncClient(
+            base_url=url, timeout=10, verify=ssl.create_default_context(cafile=pki.ca_file())
+        ) as http:
+            answer = await http.post(
+                "/v1/apply",
+                content=MANIFESTS,
+                headers={"Content-Type": "application/yaml", "Authorization": f"Bearer {token}"},
+            )
+            assert answer.status_code == 200, answer.text
+        yield url, token, pki.ca_file()
+
+
+async def test_the_token_in_the_kubeconfig(secure: tuple[str, str, str], tmp_path: Path) -> None:
+    url, token, ca = secure
+    kubectl = Kubectl(tmp_path, url, token=token, ca=ca)
+    routes = await kubectl("get", "tlsroutes", "-A", "-o", "name")
+    assert "tlsroute.gateway.networking.k8s.io/db" in routes.stdout.split()
+    wrong = Kubectl(tmp_path / "wrong", url, token="not-it", ca=ca)
+    refused = await wrong("get", "tlsroutes", "-A", check=False)
+    assert refused.returncode != 0
+    assert "Unauthorized" in refused.stderr or "must be logged in" in refused.stderr
+
+
+async def test_the_python_kubernetes_client(secure: tuple[str, str, str]) -> None:
+    """The `kubernetes` client library lists TLSRoutes and reads a Service, unchanged."""
+    import kubernetes
+
+    url, token, ca = secure
+
+    def use() -> tuple[list[str], int, list[str]]:
+        # The client's models type every field as optional: read them as the JSON says.
+        configuration = kubernetes.client.Configuration()
+        configuration.host = url
+        configuration.ssl_ca_cert = ca
+        configuration.api_key = {"authorization": f"Bearer {token}"}
+        with kubernetes.client.ApiClient(configuration) as client:
+            custom = kubernetes.client.CustomObjectsApi(client)
+            routes = custom.list_namespaced_custom_object(
+                "gateway.networking.k8s.io", "v1", "apps", "tlsroutes"
+            )
+            service = kubernetes.client.CoreV1Api(client).read_namespaced_service("db", "apps")
+            namespaces = kubernetes.client.CoreV1Api(client).list_namespace()
+        items: Any = routes
+        spec: Any = service.spec
+        return (
+            [item["metadata"]["name"] for item in items["items"]],
+            spec.ports[0].port,
+            [str(n.metadata.name) for n in namespaces.items if n.metadata is not None],
+        )
+
+    names, port, namespaces = await trio.to_thread.run_sync(use)
+    assert names == ["db", "web"]
+    assert port == 443
+    assert {"apps", "infra", "default"} <= set(namespaces)
