@@ -4,6 +4,7 @@ none), with a kubeconfig in the test's temporary directory, never the user's."""
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import shutil
@@ -18,7 +19,7 @@ import pytest
 import trio
 import yaml
 
-from .harness import Pki, admin_gateway, gateway_yaml, route_yaml, service_yaml
+from .harness import Pki, admin_gateway, gateway_yaml, route_yaml, secret_yaml, service_yaml
 
 MANIFESTS = (
     gateway_yaml(18443)
@@ -483,3 +484,31 @@ async def test_the_python_kubernetes_client(secure: tuple[str, str, str]) -> Non
     assert names == ["db", "web"]
     assert port == 443
     assert {"apps", "infra", "default"} <= set(namespaces)
+
+
+async def test_a_secrets_key_stays_out_of_the_last_applied_annotation(
+    kubectl: Kubectl, tmp_path: Path
+) -> None:
+    pki = Pki(tmp_path)
+    cert = pki.ca.issue_cert("db.example.com")
+    key_pem = cert.private_key_pem.bytes().decode()
+    manifest = tmp_path / "secret.yaml"
+    manifest.write_text(secret_yaml("db-cert", cert, namespace="apps"))
+    assert "secret/db-cert created" in (await kubectl("apply", "-f", str(manifest))).stdout
+    shown = await kubectl("get", "secret", "db-cert", "-n", "apps", "-o", "json")
+    secret = json.loads(shown.stdout)
+    annotation = secret["metadata"]["annotations"][
+        "kubectl.kubernetes.io/last-applied-configuration"
+    ]
+    assert json.loads(annotation)["stringData"]["tls.key"].startswith("sha256:")
+    # No answer carries key material, as written or in base64.
+    assert key_pem.splitlines()[1] not in shown.stdout
+    assert base64.b64encode(key_pem.encode()).decode()[:40] not in shown.stdout
+    assert "tls.key" not in secret.get("data", {})
+    version = secret["metadata"]["resourceVersion"]
+    # Applied again unchanged: the same digest, so nothing is written.
+    await kubectl("apply", "-f", str(manifest))
+    again = json.loads(
+        (await kubectl("get", "secret", "db-cert", "-n", "apps", "-o", "json")).stdout
+    )
+    assert again["metadata"]["resourceVersion"] == version

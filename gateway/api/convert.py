@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import json
 import types
 from collections.abc import Callable, Mapping
@@ -372,6 +373,41 @@ def _name_of(raw: dict[str, Any]) -> str:
     return name if isinstance(name, str) else ""
 
 
+#: kubectl's client-side apply keeps the whole manifest here (API.md "Kubernetes API").
+LAST_APPLIED: Final = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def _digest(value: object) -> str:
+    return "sha256:" + hashlib.sha256(str(value).encode()).hexdigest()
+
+
+def _sealed(meta: ObjectMeta) -> ObjectMeta:
+    """A Secret's last-applied manifest with its private keys as digests: the annotation is
+    returned by every read, so it must not carry them; the digest of an unchanged key is
+    the same, so applying an unchanged Secret again changes nothing."""
+    text = (meta.annotations or {}).get(LAST_APPLIED)
+    if text is None:
+        return meta
+    try:
+        applied = json.loads(text)
+    except ValueError:
+        return meta  # not kubectl's: kept as it came (it names no field tlsgate reads)
+    if not isinstance(applied, dict):
+        return meta
+    changed = False
+    for field in ("data", "stringData"):
+        values = applied.get(field)
+        if isinstance(values, dict):
+            for key in PRIVATE_KEYS & set(values):
+                if not str(values[key]).startswith("sha256:"):
+                    values[key] = _digest(values[key])
+                    changed = True
+    if not changed:
+        return meta
+    sealed = json.dumps(applied, separators=(",", ":"), sort_keys=False) + "\n"
+    return attrs.evolve(meta, annotations={**(meta.annotations or {}), LAST_APPLIED: sealed})
+
+
 def _default(doc: Document, namespaced: bool) -> Document:
     """Defaults that are not plain attrs defaults (API.md "Documents")."""
     meta = doc.metadata
@@ -382,6 +418,8 @@ def _default(doc: Document, namespaced: bool) -> Document:
     if isinstance(doc, corev1.Namespace):
         # Every namespace carries its own name as a label (SPEC.md §0; conformance needs it).
         meta = attrs.evolve(meta, labels={**(meta.labels or {}), NAMESPACE_NAME_LABEL: meta.name})
+    if isinstance(doc, corev1.Secret):
+        meta = _sealed(meta)
     if isinstance(doc, corev1.Secret) and doc.string_data is not None:
         # Kubernetes folds stringData into data on write and never returns stringData.
         encoded = {k: base64.b64encode(v.encode()).decode() for k, v in doc.string_data.items()}
