@@ -24,6 +24,7 @@ from admin.known import KnownDocuments
 from admin.kube import KubeViews
 from admin.render import Renderer, list_text
 from admin.requests import (
+    APPLY_PATCH,
     BULK_BODY,
     JSON_PATCH,
     MANY_DOCUMENTS,
@@ -47,6 +48,7 @@ from admin.requests import (
     replica_wait,
     run_write,
     text_response,
+    yaml_body,
 )
 from gateway import collector, tlsgate_version
 from gateway.api import strategic
@@ -376,6 +378,8 @@ class Views:
         """PATCH with a JSON merge patch, a JSON patch (RFC 6902), or, for the core kinds,
         a strategic merge patch (API.md "Kubernetes API compatibility")."""
         kind = content_type()
+        if kind == APPLY_PATCH:
+            return await self._server_side_apply(key)
         combine: Callable[[Any, Any], Any] | None = None
         if kind == JSON_PATCH:
             combine = _json_patch
@@ -404,6 +408,31 @@ class Views:
         outcome = await run_write(self.writes.patch(key, patch, dry_run=dry_run, combine=combine))
         await self._wait_replicas(outcome, wait)
         return _first_change(outcome, 200)
+
+    async def _server_side_apply(self, key: ObjectKey) -> Response:
+        """`kubectl apply --server-side`: the body is the manager's whole configuration, in
+        YAML or JSON; `fieldManager` is required, `force=true` takes fields over."""
+        manager = request.args.get("fieldManager", "")
+        if not manager:
+            raise ApiError(400, "server-side apply needs a fieldManager")
+        force = request.args.get("force") in ("true", "1")
+        dry_run = dry_run_requested()
+        wait = replica_wait()
+        configurations = await parse_body(yaml_body, await read_body())
+        if len(configurations) != 1:
+            raise ApiError(400, "server-side apply takes one object")
+        (raw,) = configurations
+        if not isinstance(raw, dict):
+            raise ApiError(400, "an applied configuration must be an object")
+        meta = raw.setdefault("metadata", {})
+        if isinstance(meta, dict) and key.namespace:
+            meta.setdefault("namespace", key.namespace)
+        existed = key in self.writes.documents
+        outcome = await run_write(
+            self.writes.server_side_apply(key, raw, manager=manager, force=force, dry_run=dry_run)
+        )
+        await self._wait_replicas(outcome, wait)
+        return _first_change(outcome, 200 if existed else 201)
 
     async def _put(self, info: KindInfo, key: ObjectKey) -> Response:
         wait = replica_wait()

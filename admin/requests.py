@@ -27,13 +27,14 @@ from gateway.api.manifests import ManifestError, flatten, load_json, parse_docum
 from gateway.store.etcd import StoreLimit
 from gateway.store.plan import Conflict
 from gateway.store.sqlite import StoreUnavailable
-from gateway.store.writes import BadRequest, NotFound, Outcome
+from gateway.store.writes import ApplyConflict, BadRequest, NotFound, Outcome
 
 JSON_TYPES = {"application/json"}
 YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"}
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 STRATEGIC_PATCH = "application/strategic-merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
 
 T = TypeVar("T")
 
@@ -302,6 +303,12 @@ async def run_write(operation: Any) -> Outcome:
         outcome: Outcome = await operation
     except Conflict as exc:
         raise ApiError(409, str(exc), reason=exc.reason) from None
+    except ApplyConflict as exc:
+        causes = [
+            Cause(c.field, "FieldManagerConflict", f'conflict with "{c.manager}"')
+            for c in exc.conflicts
+        ]
+        raise ApiError(409, str(exc), reason="Conflict", causes=causes) from None
     except NotFound as exc:
         raise ApiError(404, str(exc), kind=exc.key.kind, name=exc.key.name) from None
     except BadRequest as exc:

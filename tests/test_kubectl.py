@@ -512,3 +512,45 @@ async def test_a_secrets_key_stays_out_of_the_last_applied_annotation(
         (await kubectl("get", "secret", "db-cert", "-n", "apps", "-o", "json")).stdout
     )
     assert again["metadata"]["resourceVersion"] == version
+
+
+async def test_server_side_apply(kubectl: Kubectl, tmp_path: Path) -> None:
+    """Create, an unchanged apply that writes nothing, field removal, a conflict with
+    another manager, and --force-conflicts."""
+    manifest = tmp_path / "route.yaml"
+    route = yaml.safe_load(_route_with_defaults("ssa.example.com"))
+    route["metadata"]["labels"] = {"team": "db", "tier": "back"}
+    manifest.write_text(yaml.safe_dump(route))
+    target = ["tlsroute", "extra", "-n", "apps"]
+    created = await kubectl("apply", "--server-side", "-f", str(manifest))
+    assert "tlsroute.gateway.networking.k8s.io/extra serverside-applied" in created.stdout
+    version = "jsonpath={.metadata.resourceVersion}"
+    first = (await kubectl("get", *target, "-o", version)).stdout
+    await kubectl("apply", "--server-side", "-f", str(manifest))
+    assert (await kubectl("get", *target, "-o", version)).stdout == first
+    # A label the manager no longer names is removed.
+    del route["metadata"]["labels"]["tier"]
+    manifest.write_text(yaml.safe_dump(route))
+    await kubectl("apply", "--server-side", "-f", str(manifest))
+    labels = await kubectl("get", *target, "-o", "jsonpath={.metadata.labels}")
+    assert json.loads(labels.stdout) == {"team": "db"}
+    managed = json.loads(
+        (await kubectl("get", *target, "-o", "json", "--show-managed-fields")).stdout
+    )["metadata"]["managedFields"]
+    assert [(m["manager"], m["operation"]) for m in managed] == [("kubectl", "Apply")]
+    assert "f:hostnames" in managed[0]["fieldsV1"]["f:spec"]
+    # Another manager setting a field kubectl owns to another value: a conflict...
+    theirs = tmp_path / "theirs.yaml"
+    other = yaml.safe_load(_route_with_defaults("other.example.com"))
+    theirs.write_text(yaml.safe_dump(other))
+    conflict = await kubectl(
+        "apply", "--server-side", "--field-manager=ops", "-f", str(theirs), check=False
+    )
+    assert conflict.returncode != 0
+    assert 'Apply failed with 1 conflict: .spec.hostnames (owned by "kubectl")' in conflict.stderr
+    # ...which --force-conflicts settles, taking the field over.
+    await kubectl(
+        "apply", "--server-side", "--field-manager=ops", "--force-conflicts", "-f", str(theirs)
+    )
+    hostnames = await kubectl("get", *target, "-o", "jsonpath={.spec.hostnames[0]}")
+    assert hostnames.stdout == "other.example.com"

@@ -8,9 +8,24 @@ CRDs apply on admission (SPEC.md §0) are attrs defaults, so they exist before v
 
 from __future__ import annotations
 
+from typing import Any
+
 from attrs import Factory, frozen
 
 from gateway import GATEWAY_GROUP
+
+
+@frozen(kw_only=True)
+class ManagedFieldsEntry:
+    """Which fields a manager owns (server-side apply), as Kubernetes records it."""
+
+    manager: str | None = None
+    operation: str | None = None
+    api_version: str | None = None
+    time: str | None = None
+    fields_type: str | None = None
+    #: `f:`-prefixed keys down to each owned field (FieldsV1).
+    fields_v1: dict[str, Any] | None = None
 
 
 @frozen(kw_only=True)
@@ -26,6 +41,8 @@ class ObjectMeta:
     creation_timestamp: str | None = None
     generation: int | None = None
     resource_version: str | None = None
+    #: Set by server-side apply only: other writes keep what is stored (store/plan.py).
+    managed_fields: tuple[ManagedFieldsEntry, ...] | None = None
 
 
 # --- references (apis/v1/object_reference.go, shared_types.go) ---------------------------

@@ -61,6 +61,8 @@ def _is_optional(t: Any) -> bool:
 def schema_of(t: Any) -> dict[str, Any]:
     """The schema of a field's type: primitives, arrays (tuples), string maps, int-or-string,
     attrs classes (inline, as CRD schemas are)."""
+    if t is Any:
+        return {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
     if _is_optional(t):
         rest = [a for a in get_args(t) if a is not type(None)]
         return schema_of(rest[0] if len(rest) == 1 else Union[tuple(rest)])  # noqa: UP007

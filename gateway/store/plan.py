@@ -80,6 +80,15 @@ def _same_content(doc: Document, previous: Document) -> bool:
     return all(getattr(mine, name) == getattr(theirs, name) for name in _CLIENT_METADATA)
 
 
+def _kept_managed(doc: Document, previous: Document | None) -> Document:
+    """managedFields are server-side apply's record: another write (whatever a client sends
+    back from a read) keeps what is stored."""
+    kept = previous.metadata.managed_fields if previous is not None else None
+    if doc.metadata.managed_fields == kept:
+        return doc
+    return attrs.evolve(doc, metadata=attrs.evolve(doc.metadata, managed_fields=kept))
+
+
 def plan(
     current: Mapping[ObjectKey, Document],
     incoming: Sequence[Document],
@@ -88,6 +97,7 @@ def plan(
     resource_version: str,
     new_uid: Callable[[], str],
     expected_versions: Mapping[ObjectKey, str] | None = None,
+    keep_managed: bool = True,
 ) -> list[Change]:
     """One Change per incoming document (a later duplicate replaces an earlier one).
 
@@ -113,7 +123,9 @@ def plan(
         if doc is previous:  # sent again exactly as before (admin/known.py)
             changes[key] = Change(key, Action.UNCHANGED, previous)
             continue
-        written = carry_private_keys(doc, previous)
+        written = carry_private_keys(
+            _kept_managed(doc, previous) if keep_managed else doc, previous
+        )
         if previous is not None and _same_content(written, previous):
             changes[key] = Change(key, Action.UNCHANGED, previous)
             continue

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
+from gateway.api import apply as ssa
 from gateway.api.convert import (
     Invalid,
     encode_json,
@@ -82,6 +83,25 @@ class NotFound(Exception):
 
 class BadRequest(Exception):
     """A request that names one object and carries another (400)."""
+
+
+def _normalized(wire: dict[str, Any]) -> dict[str, Any]:
+    """A document as admission makes it (defaults filled in), for server-side apply's
+    comparisons; as it is if it is not one yet (admission will say why)."""
+    try:
+        return unstructure_document(structure_document(wire), redact=False)
+    except Invalid:
+        return wire
+
+
+class ApplyConflict(Exception):
+    """A server-side apply that would change fields other appliers own (409)."""
+
+    def __init__(self, conflicts: Sequence[ssa.Conflict]) -> None:
+        self.conflicts = list(conflicts)
+        fields = ", ".join(f'{c.field} (owned by "{c.manager}")' for c in self.conflicts)
+        count = len(self.conflicts)
+        super().__init__(f"Apply failed with {count} conflict{'s' if count != 1 else ''}: {fields}")
 
 
 def _answer(answer: NotFound | Conflict | _OnView) -> Exception:
@@ -316,12 +336,58 @@ class WritePath:
 
         return await self._attempts(attempt)
 
+    async def server_side_apply(
+        self,
+        key: ObjectKey,
+        config: dict[str, Any],
+        *,
+        manager: str,
+        force: bool = False,
+        dry_run: bool = False,
+    ) -> Outcome:
+        """Server-side apply of `config` by `manager` (gateway/api/apply.py): created if
+        missing; Conflict naming each field another applier owns, unless `force`."""
+
+        async def attempt() -> Outcome:
+            current = self.state.documents.get(key)
+            live = unstructure_document(current, redact=False) if current else None
+            managed = live.get("metadata", {}).get("managedFields") if live else None
+            result = ssa.server_side_apply(
+                live,
+                config,
+                manager,
+                ssa.owners_of(managed),
+                force=force,
+                normalize=_normalized,
+            )
+            if isinstance(result, list):
+                raise ApplyConflict(result)
+            merged = result.merged
+            meta = merged.setdefault("metadata", {})
+            api_version = str(config.get("apiVersion", ""))
+            meta["managedFields"] = ssa.managed_fields(
+                result.owners, api_version, utc_now(), managed
+            )
+            try:
+                doc = structure_document(merged)
+            except Invalid as invalid:
+                raise _OnView(key, invalid) from None
+            if key_of(doc) != key:
+                raise BadRequest(f"the configuration is {key_of(doc)} but the path names {key}")
+            expected = {key: current.metadata.resource_version or ""} if current else None
+            return await self._write(
+                [doc], expected_versions=expected, dry_run=dry_run, keep_managed=False
+            )
+
+        return await self._attempts(attempt)
+
     async def _write(
         self,
         documents: Sequence[Document],
         *,
         dry_run: bool = False,
         expected_versions: dict[ObjectKey, str] | None = None,
+        keep_managed: bool = True,
     ) -> Outcome:
         """Plan, commit, swap; the caller holds the lock. Nothing unchanged is written, and a
         write that changes nothing neither commits nor swaps."""
@@ -336,6 +402,7 @@ class WritePath:
             resource_version=str(revision),
             new_uid=uid_source(),
             expected_versions=expected_versions,
+            keep_managed=keep_managed,
         )
         if len(documents) > PLAN_ON_THREAD:
             # Pure, over maps nobody changes in place; the lock keeps writers out meanwhile.
