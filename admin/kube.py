@@ -54,13 +54,16 @@ def _wants_aggregated() -> bool:
     return "as=APIGroupDiscoveryList" in request.headers.get("Accept", "")
 
 
-def _namespace_wire(name: str) -> dict[str, Any]:
+def _namespace_wire(name: str, created: str | None = None) -> dict[str, Any]:
     """A Namespace that exists because something uses it (API.md: namespaces need not be
-    created before use)."""
+    created before use), as old as the oldest object in it."""
+    metadata: dict[str, Any] = {"name": name, "labels": {"kubernetes.io/metadata.name": name}}
+    if created:
+        metadata["creationTimestamp"] = created
     return {
         "apiVersion": "v1",
         "kind": "Namespace",
-        "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}},
+        "metadata": metadata,
         "spec": {"finalizers": ["kubernetes"]},
         "status": {"phase": "Active"},
     }
@@ -263,8 +266,8 @@ class KubeViews:
         found = writes.documents.get(key)
         if found is not None:
             wire = with_status(found, statuses)
-        elif info.kind == "Namespace" and key.name in self._namespaces_in_use():
-            wire = _namespace_wire(key.name)
+        elif info.kind == "Namespace" and key.name in (in_use := self._namespaces_in_use()):
+            wire = _namespace_wire(key.name, in_use[key.name])
         else:
             raise ApiError(
                 404,
@@ -276,9 +279,15 @@ class KubeViews:
             return json_response(table(info, [wire], datetime.now(UTC), writes.revision), 200)
         return json_response(wire, 200)
 
-    def _namespaces_in_use(self) -> set[str]:
-        in_use = {key.namespace for key in self.views.writes.documents if key.namespace}
-        in_use.add("default")
+    def _namespaces_in_use(self) -> dict[str, str | None]:
+        """Namespace -> the creationTimestamp of its oldest object (None: none yet)."""
+        in_use: dict[str, str | None] = {"default": None}
+        for key, doc in self.views.writes.documents.items():
+            if key.namespace:
+                created = doc.metadata.creation_timestamp
+                before = in_use.get(key.namespace)
+                if key.namespace not in in_use or (created and (not before or created < before)):
+                    in_use[key.namespace] = created
         return in_use
 
     def _start_hub(self) -> bool:
@@ -305,7 +314,7 @@ class KubeViews:
         writes = self.views.writes
         # One consistent read (documents, statuses, revision); the rest off the loop.
         documents, statuses, revision = writes.documents, writes.snapshot.statuses, writes.revision
-        namespaces = self._namespaces_in_use() if info.kind == "Namespace" else set()
+        namespaces = self._namespaces_in_use() if info.kind == "Namespace" else {}
         resource = target.resource
 
         def selected() -> tuple[list[Document | dict[str, Any]], str | None]:
@@ -316,7 +325,11 @@ class KubeViews:
             ]
             if info.kind == "Namespace":
                 stored = {doc.metadata.name for doc in docs}
-                entries += [(("", n), _namespace_wire(n)) for n in namespaces - stored]
+                entries += [
+                    (("", n), _namespace_wire(n, created))
+                    for n, created in namespaces.items()
+                    if n not in stored
+                ]
                 entries.sort(key=lambda entry: entry[0])
             for position, doc in entries:
                 if after is not None and position <= after:
