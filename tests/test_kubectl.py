@@ -252,6 +252,7 @@ async def test_explain(kubectl: Kubectl) -> None:
     assert "KIND:       TLSRoute" in rules
     assert "VERSION:    v1" in rules
     assert "backendRefs\t<[]Object> -required-" in rules
+    assert "Services to send connections to, each with a weight" in rules
     recursive = (await kubectl("explain", "clienttrafficpolicy.spec", "--recursive")).stdout
     for field in ("proxyProtocol", "trustedCIDRs", "connectionLimit", "connectionsPerSecond"):
         assert field in recursive

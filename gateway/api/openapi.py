@@ -30,6 +30,7 @@ import attrs
 
 from gateway.api import corev1, status
 from gateway.api.convert import wire_name
+from gateway.api.descriptions import DESCRIPTIONS
 from gateway.api.discovery import SERVED, Resource, split
 from gateway.api.kinds import KindInfo
 from gateway.api.model import ObjectMeta
@@ -101,6 +102,8 @@ def object_schema(cls: type) -> dict[str, Any]:
             required.append(name)
         elif isinstance(default, str | int | bool) and default is not None:
             schema = {**schema, "default": default}
+        if (text := DESCRIPTIONS.get((cls.__name__, name))) is not None:
+            schema = {**schema, "description": text}
         properties[name] = schema
     out: dict[str, Any] = {"type": "object", "properties": properties}
     if required:
