@@ -6,6 +6,7 @@ which would break the atomic swap (ARCHITECTURE.md). Errors are Kubernetes `Stat
 
 from __future__ import annotations
 
+import copy
 import functools
 import ipaddress
 import logging
@@ -425,8 +426,12 @@ class Views:
         if not isinstance(raw, dict):
             raise ApiError(400, "an applied configuration must be an object")
         meta = raw.setdefault("metadata", {})
-        if isinstance(meta, dict) and key.namespace:
+        if not isinstance(meta, dict):
+            raise ApiError(400, "metadata must be an object")
+        if key.namespace:
             meta.setdefault("namespace", key.namespace)
+        if len(manager) > 128:
+            raise ApiError(400, "fieldManager is longer than 128 characters")
         existed = key in self.writes.documents
         outcome = await run_write(
             self.writes.server_side_apply(key, raw, manager=manager, force=force, dry_run=dry_run)
@@ -437,6 +442,8 @@ class Views:
     async def _put(self, info: KindInfo, key: ObjectKey) -> Response:
         wait = replica_wait()
         (raw,) = await body_documents(allow_many=False)
+        if key.namespace:
+            namespace_from_query(raw, info, key.namespace)  # a body may leave it to the path
         doc = admit_one(raw, info)
         if key_of(doc) != key:
             raise ApiError(400, f"the body is {key_of(doc)} but the path names {key}")
@@ -458,12 +465,34 @@ class Views:
             raise ApiError(404, f"{key} not found", kind=key.kind, name=key.name) from None
 
 
+#: A JSON patch's operations, at most (each may copy a subtree: bounded in number, and the
+#: result bounded in size below).
+MAX_PATCH_OPERATIONS = 1000
+
+
+#: The largest a document may grow to while a JSON patch is applied (the body limit's
+#: default): `copy` can double a document with each operation.
+MAX_PATCHED_BYTES = 4 * 1024 * 1024
+
+
 def _json_patch(wire: Any, operations: Any) -> Any:
-    """RFC 6902, by the `jsonpatch` library; a failed `test` or a bad path is a ValueError."""
-    try:
-        return jsonpatch.apply_patch(wire, operations)
-    except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
-        raise ValueError(str(exc)) from None
+    """RFC 6902, by the `jsonpatch` library; a failed `test` or a bad path is a ValueError
+    that names the operation, never the values (which the library's messages repeat)."""
+    if len(operations) > MAX_PATCH_OPERATIONS:
+        raise ValueError(f"more than {MAX_PATCH_OPERATIONS} operations")
+    document = copy.deepcopy(wire)  # then patched in place: one copy, not one per operation
+    for index, operation in enumerate(operations):
+        op = operation.get("op") if isinstance(operation, dict) else None
+        try:
+            document = jsonpatch.JsonPatch([operation]).apply(document, in_place=True)
+        except jsonpatch.JsonPatchTestFailed:
+            raise ValueError(f"operation {index}: the test failed") from None
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError):
+            raise ValueError(f"operation {index} ({op!r}) does not apply") from None
+        # Only `copy` makes more than the body brought: it alone may double the document.
+        if op == "copy" and len(encode_json(document)) > MAX_PATCHED_BYTES:
+            raise ValueError(f"operation {index}: the document grows past {MAX_PATCHED_BYTES}")
+    return document
 
 
 def _admitted(raws: list[Any], matched: list[tuple[Any, bytes, Document | None]]) -> list[Document]:

@@ -13,6 +13,7 @@ import base64
 import binascii
 import functools
 import json
+import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -73,9 +74,11 @@ def _continue_after(token: str | None) -> tuple[str, str] | None:
     """The (namespace, name) a `continue` token resumes after."""
     if not token:
         return None
+    if len(token) > 2048:
+        raise ApiError(400, "the continue token is not one this server made")
     try:
         after = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (ValueError, binascii.Error):
+    except (ValueError, binascii.Error, RecursionError):
         raise ApiError(400, "the continue token is not one this server made") from None
     if not (isinstance(after, list) and len(after) == 2 and all(isinstance(v, str) for v in after)):
         raise ApiError(400, "the continue token is not one this server made")
@@ -86,13 +89,27 @@ def _continue_token(namespace: str, name: str) -> str:
     return base64.urlsafe_b64encode(json.dumps([namespace, name]).encode()).decode()
 
 
-def _limit() -> int | None:
-    text = request.args.get("limit")
-    if text in (None, "", "0"):
-        return None
-    if not text.isdigit():
-        raise ApiError(400, f"limit must be a number, not {text!r}")
+_NUMBER = re.compile(r"[0-9]{1,18}")
+#: Watches streaming at once: each holds an admin connection for up to WATCH_SECONDS, so
+#: they may take at most half of them (probes and writes keep the rest).
+MAX_WATCHES = 32
+#: The longest selector taken (the API server's are short; a long one is only work).
+MAX_SELECTOR = 4096
+
+
+def _number(name: str, default: int | None = None) -> int | None:
+    """A query parameter that must be a plain decimal number (a digit of another script
+    or a thousand digits is a 400, not a 500)."""
+    text = request.args.get(name)
+    if text in (None, ""):
+        return default
+    if not _NUMBER.fullmatch(text):
+        raise ApiError(400, f"{name} must be a number, not {text[:40]!r}")
     return int(text)
+
+
+def _limit() -> int | None:
+    return _number("limit") or None
 
 
 class KubeViews:
@@ -202,14 +219,12 @@ class KubeViews:
         labels: Callable[[Mapping[str, str]], bool],
         fields: Callable[[str, str], bool],
     ) -> Response:
-        text = request.args.get("resourceVersion") or "0"
-        if not text.isdigit():
-            raise ApiError(400, f"resourceVersion must be a number, not {text!r}")
         # "0" (or none): the objects in force first, as ADDED; otherwise the changes since.
-        start = None if text == "0" else int(text)
-        seconds = request.args.get("timeoutSeconds") or str(WATCH_SECONDS)
-        if not seconds.isdigit():
-            raise ApiError(400, f"timeoutSeconds must be a number, not {seconds!r}")
+        start = _number("resourceVersion", 0) or None
+        # 0 (or none) means the server's choice, as in Kubernetes.
+        seconds = _number("timeoutSeconds", 0) or WATCH_SECONDS
+        if self.hub.watching >= MAX_WATCHES:
+            raise ApiError(429, f"{MAX_WATCHES} watches are open already; retry later")
         watch = Watch(
             kind=info.kind,
             api_version=target.group_version,
@@ -222,7 +237,7 @@ class KubeViews:
                 self.hub.position(start)
             except Expired as exc:
                 raise ApiError(410, str(exc), reason="Expired") from None
-        deadline = trio.current_time() + min(int(seconds), WATCH_SECONDS)
+        deadline = trio.current_time() + min(seconds, WATCH_SECONDS)
         hub, tables = self.hub, _wants_table()
 
         async def body() -> AsyncIterator[bytes]:
@@ -300,9 +315,12 @@ class KubeViews:
         return True
 
     async def _list(self, target: Target, info: KindInfo) -> Response:
+        texts = (request.args.get("labelSelector", ""), request.args.get("fieldSelector", ""))
+        if any(len(text) > MAX_SELECTOR for text in texts):
+            raise ApiError(400, f"a selector is longer than {MAX_SELECTOR} characters")
         try:
-            labels = label_selector(request.args.get("labelSelector", ""))
-            fields = field_selector(request.args.get("fieldSelector", ""))
+            labels = label_selector(texts[0])
+            fields = field_selector(texts[1])
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
         started = self._start_hub()
@@ -369,17 +387,21 @@ class KubeViews:
 
 
 @functools.cache
-def _openapi_text(which: str) -> bytes | None:
+def _openapi_documents() -> dict[str, bytes]:
     """The OpenAPI documents, made once (they follow from the model alone): `v2`, `v3` (the
-    root) or a v3 path (`apis/{group}/{version}`, `api/v1`)."""
-    if which == "v2":
-        return json.dumps(openapi.v2_document()).encode()
-    if which == "v3":
-        return json.dumps(openapi.v3_root()).encode()
+    root) and each v3 path (`apis/{group}/{version}`, `api/v1`)."""
+    documents = {
+        "v2": json.dumps(openapi.v2_document()).encode(),
+        "v3": json.dumps(openapi.v3_root()).encode(),
+    }
     for group_version in discovery.SERVED:
-        if openapi.v3_path(group_version) == which:
-            return json.dumps(openapi.v3_document(group_version)).encode()
-    return None
+        document = openapi.v3_document(group_version)
+        documents[openapi.v3_path(group_version)] = json.dumps(document).encode()
+    return documents
+
+
+def _openapi_text(which: str) -> bytes | None:
+    return _openapi_documents().get(which)
 
 
 def _position(doc: Document | dict[str, Any]) -> tuple[str, str]:

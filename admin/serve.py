@@ -27,9 +27,9 @@ from typing import Any, cast
 
 import trio
 from hypercorn.config import Config
-from hypercorn.events import Event, Updated
+from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ASGIFramework
 from hypercorn.utils import wrap_app
@@ -114,6 +114,7 @@ class _TCPServer(TCPServer):
         self.idle = True
         self.idle_since = trio.current_time()
         self.ending = False
+        self._read_scope: trio.CancelScope | None = None
 
     def evictable(self) -> bool:
         if self.ending:
@@ -129,11 +130,36 @@ class _TCPServer(TCPServer):
             if event.idle and not self.idle:
                 self.idle_since = trio.current_time()
             self.idle = event.idle
+            self._arm()
         await super().protocol_send(event)
 
+    def _arm(self) -> None:
+        """The read timeout runs while no request is in progress only: an answer that
+        streams for minutes (a watch) has a client that rightly sends nothing meanwhile.
+        A request's head is bounded by the keep-alive timer, its body by the edge."""
+        scope = self._read_scope
+        if scope is not None:
+            timeout = self.config.read_timeout
+            scope.deadline = trio.current_time() + timeout if self.idle and timeout else math.inf
+
     async def _read_data(self) -> None:
+        # Hypercorn's loop, with a read deadline that follows the connection's state.
         try:
-            await super()._read_data()
+            while True:
+                with trio.CancelScope() as scope:
+                    self._read_scope = scope
+                    self._arm()
+                    try:
+                        data = await self.stream.receive_some(MAX_RECV)
+                    except (trio.ClosedResourceError, trio.BrokenResourceError):
+                        break
+                self._read_scope = None
+                if scope.cancelled_caught:
+                    break  # nothing read for the read timeout while idle
+                await self.protocol.handle(RawData(bytes(data)))
+                if data == b"":
+                    break
+            await self.protocol.handle(Closed())
         finally:
             self.ending = True
             await self.idle_task.stop()

@@ -173,6 +173,14 @@ def managed_fields(
     return out
 
 
+def _prefixes(paths: Iterable[Path]) -> set[Path]:
+    """Every path and every path above it: a set to look an overlap up in, in O(depth)."""
+    out: set[Path] = set()
+    for path in paths:
+        out.update(path[:i] for i in range(1, len(path) + 1))
+    return out
+
+
 def _identity(merged: dict[str, Any], config: Mapping[str, Any]) -> None:
     """The object's apiVersion, kind, name and namespace, as the configuration says."""
     for key in ("apiVersion", "kind"):
@@ -202,21 +210,31 @@ def server_side_apply(
     others = {m: set(p) for m, p in owners.items() if m != manager}
     for path in sorted(wanted):
         present, value = _get(config, path)
-        if present:
-            _set(merged, path, value)
-    still_owned = set().union(*others.values()) if others else set()
+        if not present:
+            continue
+        if value == {} and isinstance(_get(merged, path)[1], dict):
+            continue  # an empty map sets nothing in it: what others put there stays
+        _set(merged, path, value)
+    kept = _prefixes(wanted) | _prefixes(set().union(*others.values()) if others else set())
     for path in owners.get(manager, set()) - wanted:
-        if not any(_overlaps(path, p) for p in still_owned):
-            _delete(merged, path)
+        # Still named (now deeper, or shallower), or owned by another: not removed.
+        if path in kept or any(path[:i] in wanted for i in range(1, len(path))):
+            continue
+        _delete(merged, path)
     _identity(merged, config)
     after = normalize(merged)
     before = normalize(copy.deepcopy(dict(live))) if live is not None else {}
     conflicts = []
+    # Per other manager, every owned path and those above them: an overlap is a lookup.
+    above = {other: _prefixes(paths) for other, paths in others.items()}
     for path in sorted(wanted):
         for other, paths in others.items():
+            overlaps = path in above[other] or any(path[:i] in paths for i in range(1, len(path)))
+            if not overlaps:
+                continue
             taken = [p for p in paths if _overlaps(p, path)]
-            if not taken or all(_get(after, p) == _get(before, p) for p in taken):
-                continue  # nobody else, or unchanged: both own it (shared, as in Kubernetes)
+            if all(_get(after, p) == _get(before, p) for p in taken):
+                continue  # unchanged: both own it (shared, as in Kubernetes)
             if force:
                 paths.difference_update(taken)
             else:

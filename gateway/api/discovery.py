@@ -251,6 +251,10 @@ def parse_path(segments: list[str]) -> Target:
     namespace = None
     if len(rest) >= 3 and rest[0] == "namespaces":
         namespace, rest = rest[1], rest[2:]
+        if not namespace:
+            raise PathError("an empty namespace names nothing")
+    if any(not segment for segment in rest):
+        raise PathError(f"the server could not find the requested resource ({'/'.join(segments)})")
     if not rest or len(rest) > 2:
         raise PathError(f"the server could not find the requested resource ({'/'.join(segments)})")
     resource = find(group_version, rest[0])

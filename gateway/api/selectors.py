@@ -66,11 +66,18 @@ def _requirement(text: str) -> LabelPredicate:
     raise ValueError(f"unable to parse requirement {text.strip()!r}")
 
 
+#: Requirements of one selector, at most: each costs every object listed a test.
+MAX_REQUIREMENTS = 256
+
+
 def label_selector(text: str) -> LabelPredicate:
     """A predicate over an object's labels; ValueError says what is wrong with `text`."""
     if not text.strip():
         return lambda labels: True
-    checks = [_requirement(part) for part in _requirements(text)]
+    parts = _requirements(text)
+    if len(parts) > MAX_REQUIREMENTS:
+        raise ValueError(f"more than {MAX_REQUIREMENTS} requirements")
+    checks = [_requirement(part) for part in parts]
     return lambda labels: all(check(labels) for check in checks)
 
 

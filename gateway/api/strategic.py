@@ -48,7 +48,10 @@ def strategic_merge(kind: str, original: Any, patch: Any) -> Any:
     """`original` (a document's wire form) with the strategic merge `patch` applied."""
     if not isinstance(patch, dict):
         raise PatchError("a strategic merge patch must be a JSON object")
-    return _merge_map(kind, "", original if isinstance(original, dict) else {}, patch)
+    try:
+        return _merge_map(kind, "", original if isinstance(original, dict) else {}, patch)
+    except TypeError:  # a merge key or a set member that is an object or a list
+        raise PatchError("a merge key or a list value is not a string or a number") from None
 
 
 def _merge_map(kind: str, path: str, original: dict[str, Any], patch: dict[str, Any]) -> Any:
@@ -120,31 +123,36 @@ def _merge_list(kind: str, path: str, original: Any, patch: list[Any]) -> list[A
     if key is None:
         return [item for item in patch if not _is_directive(item)]  # replaced whole
     current = list(original) if isinstance(original, list) else []
-    if any(isinstance(item, dict) and item.get("$patch") == "replace" for item in patch):
+    if any(_is_directive(item) and item.get("$patch") == "replace" for item in patch):
+        # A bare {"$patch": "replace"} element: the patch's elements replace the list.
         return [item for item in patch if not _is_directive(item)]
     if key == "":  # a set of primitives
-        return current + [item for item in patch if item not in current]
+        seen = set(current)
+        added = []
+        for item in patch:
+            if item not in seen:
+                seen.add(item)
+                added.append(item)
+        return current + added
+    # By merge key: one index, not a scan per element (lists of thousands stay linear).
+    index = {
+        old.get(key): i for i, old in enumerate(current) if isinstance(old, dict) and key in old
+    }
+    deleted: set[int] = set()
     for item in patch:
         if not isinstance(item, dict) or key not in item:
             raise PatchError(f"{path}: every element needs its merge key {key!r}")
-        index = next(
-            (
-                i
-                for i, old in enumerate(current)
-                if isinstance(old, dict) and old.get(key) == item[key]
-            ),
-            None,
-        )
+        at = index.get(item[key])
         if item.get("$patch") == "delete":
-            if index is not None:
-                del current[index]
+            if at is not None:
+                deleted.add(at)
             continue
-        if index is None:
+        if at is None:
+            index[item[key]] = len(current)
             current.append({k: v for k, v in item.items() if k != "$patch"})
         else:
-            merged = _merge_map(kind, path, current[index], item)
-            current[index] = merged
-    return current
+            current[at] = _merge_map(kind, path, current[at], item)
+    return [item for i, item in enumerate(current) if i not in deleted]
 
 
 def _is_directive(item: Any) -> bool:
@@ -155,11 +163,12 @@ def _ordered(kind: str, path: str, items: list[Any], order: list[Any]) -> list[A
     """The merged list in `$setElementOrder`'s order; elements it does not name last."""
     key = _merge_key(kind, path)
     if not key:
-        wanted = order
-        return [v for v in wanted if v in items] + [v for v in items if v not in wanted]
+        present, wanted = set(items), set(order)
+        return [v for v in order if v in present] + [v for v in items if v not in wanted]
     names = [o.get(key) for o in order if isinstance(o, dict)]
+    named = set(names)
     by_key = {item.get(key): item for item in items if isinstance(item, dict)}
     first = [by_key[name] for name in names if name in by_key]
     return first + [
-        item for item in items if not isinstance(item, dict) or item.get(key) not in names
+        item for item in items if not isinstance(item, dict) or item.get(key) not in named
     ]

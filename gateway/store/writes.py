@@ -310,7 +310,11 @@ class WritePath:
 
         async def attempt() -> Outcome:
             current = self.get(key)
-            wire = unstructure_document(current, redact=False)
+            # Other patches work on what a read shows: a JSON patch can read (`test`, `copy`,
+            # `move`, its error messages), so it never sees a private key. An omitted key
+            # is carried over on write (store/plan.py); a merge patch only sets, and works on
+            # the whole document, as before.
+            wire = unstructure_document(current, redact=combine is not None)
             if combine is None:
                 merged = merge_patch(wire, patch)
             else:
