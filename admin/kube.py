@@ -51,6 +51,14 @@ def _wants_table() -> bool:
     return "as=Table" in accept and "g=meta.k8s.io" in accept
 
 
+def _include() -> str:
+    """`includeObject` of a Table request: None, Metadata (the default) or Object."""
+    include = request.args.get("includeObject") or "Metadata"
+    if include not in ("None", "Metadata", "Object"):
+        raise ApiError(400, "includeObject takes None, Metadata or Object")
+    return include
+
+
 def _wants_aggregated() -> bool:
     return "as=APIGroupDiscoveryList" in request.headers.get("Accept", "")
 
@@ -238,7 +246,7 @@ class KubeViews:
             except Expired as exc:
                 raise ApiError(410, str(exc), reason="Expired") from None
         deadline = trio.current_time() + min(seconds, WATCH_SECONDS)
-        hub, tables = self.hub, _wants_table()
+        hub, tables, include = self.hub, _wants_table(), _include()
 
         async def body() -> AsyncIterator[bytes]:
             try:
@@ -247,7 +255,9 @@ class KubeViews:
                         # kubectl get -w asked for Tables: each object as a one-row Table.
                         wire = event["object"]
                         version = wire["metadata"].get("resourceVersion", "")
-                        event["object"] = table(info, [wire], datetime.now(UTC), version)
+                        event["object"] = table(
+                            info, [wire], datetime.now(UTC), version, include=include
+                        )
                     yield json.dumps(event).encode() + b"\n"
             except Expired as exc:
                 # Fallen behind what the hub keeps: an ERROR event, as the API server ends
@@ -291,7 +301,8 @@ class KubeViews:
                 name=key.name,
             )
         if _wants_table():
-            return json_response(table(info, [wire], datetime.now(UTC), writes.revision), 200)
+            body = table(info, [wire], datetime.now(UTC), writes.revision, include=_include())
+            return json_response(body, 200)
         return json_response(wire, 200)
 
     def _namespaces_in_use(self) -> dict[str, str | None]:
@@ -333,6 +344,7 @@ class KubeViews:
         # One consistent read (documents, statuses, revision); the rest off the loop.
         documents, statuses, revision = writes.documents, writes.snapshot.statuses, writes.revision
         namespaces = self._namespaces_in_use() if info.kind == "Namespace" else {}
+        include = _include()
         resource = target.resource
 
         def selected() -> tuple[list[Document | dict[str, Any]], str | None]:
@@ -366,7 +378,7 @@ class KubeViews:
             found, token = selected()
             if _wants_table():
                 wires = [d if isinstance(d, dict) else with_status(d, statuses) for d in found]
-                body = table(info, wires, datetime.now(UTC), revision, token)
+                body = table(info, wires, datetime.now(UTC), revision, token, include)
                 return json.dumps(body).encode(), True
             if any(isinstance(d, dict) for d in found):
                 wires = [d if isinstance(d, dict) else with_status(d, statuses) for d in found]

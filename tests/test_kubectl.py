@@ -137,6 +137,16 @@ async def test_get_in_every_output(kubectl: Kubectl) -> None:
     path = "{.status.parents[0].conditions[?(@.type=='Accepted')].status}"
     jsonpath = await kubectl("get", "tlsroute", "web", "-n", "apps", "-o", f"jsonpath={path}")
     assert jsonpath.stdout == "True"
+    # --sort-by asks the Table for whole objects (includeObject=Object).
+    by_hostname = await kubectl(
+        "get", "tlsroutes", "-A", "--sort-by=.spec.hostnames[0]", "-o", "name"
+    )
+    assert by_hostname.stdout.split() == [
+        "tlsroute.gateway.networking.k8s.io/db",
+        "tlsroute.gateway.networking.k8s.io/web",
+    ]
+    rows = await kubectl("get", "tlsroutes", "-A", "--sort-by=.metadata.name")
+    assert [line.split()[1] for line in rows.stdout.splitlines()[1:]] == ["db", "web"]
     wide = (await kubectl("get", "gateways", "-n", "infra", "-o", "wide")).stdout
     assert "PROGRAMMED" in wide
     assert "127.0.0.1" in wide

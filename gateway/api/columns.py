@@ -93,9 +93,12 @@ def table(
     now: datetime,
     resource_version: str,
     continue_token: str | None = None,
+    include: str = "Metadata",
 ) -> dict[str, Any]:
     """A `meta.k8s.io/v1` Table of the items: NAME, the kind's columns, AGE; each row with
-    the object's metadata (kubectl adds the NAMESPACE column from it)."""
+    the object as `include` says (`includeObject`): its metadata (the default: kubectl adds
+    the NAMESPACE column from it), the whole object (`Object`: `kubectl get --sort-by`
+    sorts on it), or nothing (`None`)."""
     example = columns(info, items[0]) if items else columns(info, {})
     headers = ["NAME", *(h for h, _ in example), "AGE"]
     definitions = [
@@ -116,16 +119,16 @@ def table(
             *(v for _, v in columns(info, item)),
             age(meta.get("creationTimestamp"), now),
         ]
-        rows.append(
-            {
-                "cells": cells,
-                "object": {
-                    "kind": "PartialObjectMetadata",
-                    "apiVersion": "meta.k8s.io/v1",
-                    "metadata": meta,
-                },
+        row: dict[str, Any] = {"cells": cells}
+        if include == "Object":
+            row["object"] = item
+        elif include != "None":
+            row["object"] = {
+                "kind": "PartialObjectMetadata",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": meta,
             }
-        )
+        rows.append(row)
     metadata: dict[str, Any] = {"resourceVersion": resource_version}
     if continue_token:
         metadata["continue"] = continue_token
