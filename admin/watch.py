@@ -73,7 +73,9 @@ class WatchHub:
         return int(self.writes.revision)
 
     def start(self, nursery: trio.Nursery) -> None:
-        """Begin following the state, if not already: from now on every change is kept."""
+        """Begin following the state, if not already: from now on every change is kept. A
+        list counts as activity: a watch from its revision follows soon."""
+        self.idle_since = trio.current_time()
         if self.since is not None:
             return
         self._baseline()
@@ -154,8 +156,7 @@ class WatchHub:
     def position(self, revision: int) -> int:
         """The place a watch from `revision` starts after; Expired if changes after that
         revision may be gone (or came before the hub started)."""
-        assert self.since is not None
-        if revision < self.since or (
+        if self.since is None or revision < self.since or (
             self.changes and len(self.changes) == HISTORY and revision < self.changes[0].revision
         ):
             raise Expired(f"too old resource version: {revision} ({self.revision})")
