@@ -29,8 +29,8 @@ from admin.watch import Expired, Watch, WatchHub, events
 from gateway.api import discovery, openapi
 from gateway.api.columns import table
 from gateway.api.convert import with_status
-from gateway.api.discovery import PathError, Resource, Target
-from gateway.api.kinds import BY_KIND, Document, KindInfo, ObjectKey
+from gateway.api.discovery import PathError, Target
+from gateway.api.kinds import Document, KindInfo, ObjectKey
 from gateway.api.selectors import field_selector, label_selector
 from gateway.store.writes import list_of
 
@@ -432,13 +432,3 @@ def _discovered(body: dict[str, Any] | None, what: str) -> Response:
     if body is None:
         raise ApiError(404, f"the server does not serve {what}")
     return json_response(body, 200)
-
-
-def served_kinds() -> dict[str, Resource]:
-    """Each stored kind's resource (for tests and docs)."""
-    return {
-        resource.kind: resource
-        for resources in discovery.SERVED.values()
-        for resource in resources
-        if resource.kind in BY_KIND
-    }

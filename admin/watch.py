@@ -156,8 +156,14 @@ class WatchHub:
     def position(self, revision: int) -> int:
         """The place a watch from `revision` starts after; Expired if changes after that
         revision may be gone (or came before the hub started)."""
-        if self.since is None or revision < self.since or (
-            self.changes and len(self.changes) == HISTORY and revision < self.changes[0].revision
+        if (
+            self.since is None
+            or revision < self.since
+            or (
+                self.changes
+                and len(self.changes) == HISTORY
+                and revision < self.changes[0].revision
+            )
         ):
             raise Expired(f"too old resource version: {revision} ({self.revision})")
         kept = [c.seq for c in self.changes if c.revision <= revision]

@@ -287,22 +287,18 @@ def _probes(snapshot: Snapshot, checks: dict[str, BackendChecks]) -> dict[Key, _
     hostname if one applies, else the Service's name), the policy to verify with and the
     client certificate re-encryption would present (the first listener's that reaches it)."""
     probes: dict[Key, _Probe] = {}
-    for bind in snapshot.binds.values():
-        for listener in bind.listeners:
-            for target in listener.routes.values():
-                for backend in target.backends:
-                    traffic = backend.traffic
-                    if traffic is None or traffic.active is None or backend.name not in checks:
-                        continue
-                    if backend.reject is not None:
-                        continue  # no connection reaches it (a policy not accepted, say)
-                    name = service_of(backend.name)[1]
-                    tls = backend.tls
-                    server_name = tls.hostname if tls is not None else name
-                    certificate = listener.backend_client_certificate if tls else None
-                    probe = (traffic.active, server_name, tls, certificate)
-                    for endpoint in backend.endpoints:
-                        probes.setdefault((backend.name, endpoint.text), probe)
+    for listener, backend in snapshot.backends():
+        traffic = backend.traffic
+        if traffic is None or traffic.active is None or backend.name not in checks:
+            continue
+        if backend.reject is not None:
+            continue  # no connection reaches it (a policy not accepted, say)
+        tls = backend.tls
+        server_name = tls.hostname if tls is not None else service_of(backend.name)[1]
+        certificate = listener.backend_client_certificate if tls else None
+        probe = (traffic.active, server_name, tls, certificate)
+        for endpoint in backend.endpoints:
+            probes.setdefault((backend.name, endpoint.text), probe)
     return probes
 
 

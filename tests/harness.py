@@ -131,6 +131,18 @@ ports: [{{name: tls, port: {port}}}]
     return out
 
 
+def client_traffic_policy_yaml(name: str, spec: str, namespace: str = "infra") -> str:
+    """A ClientTrafficPolicy; `spec` is its indented YAML (targetRefs and fields)."""
+    return f"""
+---
+apiVersion: gateway.tlsgate.dev/v1alpha1
+kind: ClientTrafficPolicy
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+{spec}
+"""
+
+
 def route_yaml(
     name: str,
     hostnames: Sequence[str],

@@ -24,6 +24,7 @@ from .harness import (
     LineClient,
     Pki,
     backends,
+    client_traffic_policy_yaml,
     free_port,
     gateway_yaml,
     listening,
@@ -40,14 +41,7 @@ HOST = "db.example.com"
 
 
 def _policy(spec: str, name: str = "edge") -> str:
-    return f"""
----
-apiVersion: gateway.tlsgate.dev/v1alpha1
-kind: ClientTrafficPolicy
-metadata: {{name: {name}, namespace: infra}}
-spec:
-{spec}
-"""
+    return client_traffic_policy_yaml(name, spec)
 
 
 GATEWAY_POLICY = """

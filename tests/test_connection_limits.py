@@ -21,6 +21,7 @@ from .harness import (
     LineClient,
     Pki,
     backends,
+    client_traffic_policy_yaml,
     free_port,
     gateway_yaml,
     passthrough_listener,
@@ -36,14 +37,7 @@ OTHER = "other.example.com"
 
 
 def _policy(spec: str, name: str = "limits") -> str:
-    return f"""
----
-apiVersion: gateway.tlsgate.dev/v1alpha1
-kind: ClientTrafficPolicy
-metadata: {{name: {name}, namespace: infra}}
-spec:
-{spec}
-"""
+    return client_traffic_policy_yaml(name, spec)
 
 
 @contextlib.asynccontextmanager

@@ -13,6 +13,7 @@ from gateway.api.kinds import ObjectKey
 from gateway.api.status import PolicyStatus
 from gateway.routing.snapshot import LimitKind
 
+from .harness import client_traffic_policy_yaml
 from .helpers import GATEWAY_CLASS, World, with_changes
 
 GATEWAY = """
@@ -29,15 +30,7 @@ spec:
 """
 
 
-def policy(name: str, spec: str, namespace: str = "infra") -> str:
-    return f"""
----
-apiVersion: gateway.tlsgate.dev/v1alpha1
-kind: ClientTrafficPolicy
-metadata: {{name: {name}, namespace: {namespace}}}
-spec:
-{spec}
-"""
+policy = client_traffic_policy_yaml
 
 
 ON_GATEWAY = """

@@ -223,7 +223,7 @@ def server_side_apply(
         _delete(merged, path)
     _identity(merged, config)
     after = normalize(merged)
-    before = normalize(copy.deepcopy(dict(live))) if live is not None else {}
+    before = live if live is not None else {}  # stored: admitted, defaults filled in already
     conflicts = []
     # Per other manager, every owned path and those above them: an overlap is a lookup.
     above = {other: _prefixes(paths) for other, paths in others.items()}

@@ -18,22 +18,16 @@ from typing import Any
 
 import yaml
 
+from gateway.api import discovery
 from gateway.api.columns import age, columns
 from gateway.api.kinds import KINDS, KindInfo
 from gateway.cli.files import read_text
 from gateway.dataplane.sockets import is_loopback
 
+#: kubectl's short names (the discovery documents'), and `eps`, the CLI's own.
 SHORT_NAMES = {
-    "gwc": "GatewayClass",
-    "gw": "Gateway",
-    "svc": "Service",
-    "ns": "Namespace",
-    "cm": "ConfigMap",
-    "eps": "EndpointSlice",
-    "btlspolicy": "BackendTLSPolicy",
-    "ctp": "ClientTrafficPolicy",
-    "btp": "BackendTrafficPolicy",
-}
+    short: kind for kind, shorts in discovery.SHORT_NAMES.items() for short in shorts
+} | {"eps": "EndpointSlice"}
 
 
 class ClientError(Exception):

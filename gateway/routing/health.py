@@ -80,15 +80,12 @@ def backend_checks(snapshot: Snapshot) -> dict[str, BackendChecks]:
     """The backends of the table whose endpoints have a health check, by name. Every route
     to a Service port gets the same backend value from one build."""
     found: dict[str, BackendChecks] = {}
-    for bind in snapshot.binds.values():
-        for listener in bind.listeners:
-            for target in listener.routes.values():
-                for backend in target.backends:
-                    traffic = backend.traffic
-                    if traffic is None or not traffic.checked or backend.name in found:
-                        continue
-                    endpoints = tuple(e.text for e in backend.endpoints)
-                    found[backend.name] = BackendChecks(traffic.passive, traffic.active, endpoints)
+    for _, backend in snapshot.backends():
+        traffic = backend.traffic
+        if traffic is None or not traffic.checked or backend.name in found:
+            continue
+        endpoints = tuple(e.text for e in backend.endpoints)
+        found[backend.name] = BackendChecks(traffic.passive, traffic.active, endpoints)
     return found
 
 

@@ -12,7 +12,7 @@ import bisect
 import hashlib
 import ipaddress
 import itertools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from enum import StrEnum
 
 from attrs import field, frozen
@@ -468,6 +468,14 @@ class Snapshot:
     generation: int
     statuses: Mapping[ObjectKey, Status]
     binds: Mapping[tuple[str, int], Bind]
+
+    def backends(self) -> Iterator[tuple[ListenerTable, Backend]]:
+        """Every backend of every route target, with the listener it is reached through."""
+        for bind in self.binds.values():
+            for listener in bind.listeners:
+                for target in listener.routes.values():
+                    for backend in target.backends:
+                        yield listener, backend
 
     def lookup(self, address: str, port: int, sni: str | None) -> Routed | Rejected:
         """Route a ClientHello that arrived on the socket bound to (address, port).

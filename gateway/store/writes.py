@@ -85,6 +85,19 @@ class BadRequest(Exception):
     """A request that names one object and carries another (400)."""
 
 
+def _admitted_as(key: ObjectKey, wire: dict[str, Any], other: str) -> Document:
+    """A document made from the one in force (patched, applied), admitted; it must still be
+    `key` (BadRequest with `other` if not). Invalid as made from this replica's view of the
+    object, which etcd's may not share (`_OnView`)."""
+    try:
+        doc = structure_document(wire)
+    except Invalid as invalid:
+        raise _OnView(key, invalid) from None
+    if key_of(doc) != key:
+        raise BadRequest(other)
+    return doc
+
+
 def _normalized(wire: dict[str, Any]) -> dict[str, Any]:
     """A document as admission makes it (defaults filled in), for server-side apply's
     comparisons; as it is if it is not one yet (admission will say why)."""
@@ -329,13 +342,7 @@ class WritePath:
             # member) or "" makes it unconditional, as in Kubernetes.
             if version not in (None, ""):
                 expected = {key: str(version)}
-            try:
-                doc = structure_document(merged)
-            except Invalid as invalid:
-                # Invalid as merged into this view of the object; etcd's may differ.
-                raise _OnView(key, invalid) from None
-            if key_of(doc) != key:
-                raise BadRequest(f"a patch cannot change the name or namespace of {key}")
+            doc = _admitted_as(key, merged, f"a patch cannot change the name or namespace of {key}")
             return await self._write([doc], expected_versions=expected, dry_run=dry_run)
 
         return await self._attempts(attempt)
@@ -372,12 +379,7 @@ class WritePath:
             meta["managedFields"] = ssa.managed_fields(
                 result.owners, api_version, utc_now(), managed
             )
-            try:
-                doc = structure_document(merged)
-            except Invalid as invalid:
-                raise _OnView(key, invalid) from None
-            if key_of(doc) != key:
-                raise BadRequest(f"the configuration is {key_of(doc)} but the path names {key}")
+            doc = _admitted_as(key, merged, f"the configuration names another object than {key}")
             expected = {key: current.metadata.resource_version or ""} if current else None
             return await self._write(
                 [doc], expected_versions=expected, dry_run=dry_run, keep_managed=False
