@@ -431,7 +431,7 @@ class WritePath:
             changes = [_numbered(c, committed) for c in changes]
             written = [c for c in changes if c.action is not Action.UNCHANGED]
             texts = {}
-        snapshot = await self.state.put_off_loop([c.document for c in written], now=now)
+        snapshot = await self._swap_in([c.document for c in written], [], committed, now=now)
         await self._wait_in_force(snapshot)
         return Outcome(changes, snapshot, texts, revision=committed)
 
@@ -462,11 +462,27 @@ class WritePath:
             if dry_run:
                 return Outcome(changes, await self.preview([], [key], now=now))
             _, committed = await self._commit([], [key], self._expected([key]))
-            snapshot = await self.state.put_off_loop([], deleted=[key], now=now)
+            snapshot = await self._swap_in([], [key], committed, now=now)
             await self._wait_in_force(snapshot)
             return Outcome(changes, snapshot, revision=committed)
 
         return await self._attempts(attempt)
+
+    async def _swap_in(
+        self,
+        documents: Sequence[Document],
+        deleted: Sequence[ObjectKey],
+        revision: int,
+        *,
+        now: str,
+    ) -> Snapshot:
+        """Swap committed changes in, then publish their revision: nothing checkpoints
+        between the two, so no list reports a revision ahead of its items (a watch from it
+        would miss them). With a shared store the follower publishes it, also after the swap."""
+        snapshot = await self.state.put_off_loop(documents, deleted, now=now)
+        if self.store is not None and self.catch_up is None:
+            self.applied = max(self.applied, revision)
+        return snapshot
 
     def _expected(self, keys: Sequence[ObjectKey]) -> dict[ObjectKey, str | None] | None:
         """What a shared store must hold at each key for a write planned on this view (a
@@ -523,8 +539,6 @@ class WritePath:
             self.unreadable.pop(change.key, None)
         for key in deleted:
             self.unreadable.pop(key, None)
-        if self.catch_up is None:
-            self.applied = revision
         return texts, revision
 
 
