@@ -317,12 +317,15 @@ class KubeViews:
         return in_use
 
     def _start_hub(self) -> bool:
-        """Start following changes (the first Kubernetes list or watch does): a watch from
-        the revision of any list answered since finds every change after it."""
+        """Start following changes (the first Kubernetes list or watch does), and bring the
+        hub up to date: a watch from the revision of any list answered since finds every
+        change after it (admin/watch.py). The caller reads the revision it answers before
+        its next checkpoint."""
         nursery = getattr(current_app, "nursery", None)
         if nursery is None:
             return False  # an app not served (a test client without lifespan)
         self.hub.start(nursery)
+        self.hub.sync()
         return True
 
     async def _list(self, target: Target, info: KindInfo) -> Response:

@@ -3,13 +3,22 @@ status, as WatchEvents (`ADDED`, `MODIFIED`, `DELETED`, `BOOKMARK`), from a reso
 (API.md "Kubernetes API compatibility": a status change is a `MODIFIED` event, so `kubectl
 get -w` and `kubectl wait` work).
 
-I/O. One hub follows the state: at every new routing table it compares the documents and
-their statuses with those of the table before, and keeps the changes (the last HISTORY of
-them) with the revision they came with. A watch replays the changes after its
-resourceVersion, then waits for more; one from a revision older than what the hub keeps is
+I/O. One hub follows the state: it compares the documents and statuses in force with those it
+saw last, and keeps the changes (the last HISTORY of them). A watch replays the changes after
+its resourceVersion, then waits for more; one from a revision older than what the hub keeps is
 answered 410 Expired, and the client lists again (as against an API server whose etcd
 compacted). The hub starts with the first Kubernetes list or watch, so a gateway that nobody
 watches compares nothing.
+
+A resourceVersion is a store revision (API.md: a List's is the revision applied), and a status
+change that comes without a write (a port bound, a certificate loaded) does not move it: a
+list before such a change and one after it say the same revision. So each change is labelled
+with the revision a list would have said just after it, and marked `replay` when a list could
+already have said that revision before it; a watch from revision R starts after the last change
+labelled below R or labelled R and not marked, and so gets every change its list lacked (and
+sometimes, again, a status change its list already had: at least once, never lost). For the
+marks to hold, every Kubernetes list and every bookmark first brings the hub up to date
+(`sync`): a list never says a revision the hub has not seen.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ IDLE_SECONDS = 600.0
 class Change:
     type: str
     key: ObjectKey
-    #: The revision the change came with (`WritePath.revision` then).
+    #: The revision a list said just after the change (`WritePath.revision` then).
     revision: int
     doc: Document
     status: Status | None
@@ -45,6 +54,8 @@ class Change:
     seq: int = 0
     #: The document before the change (None for ADDED): what a watch from before it saw.
     previous: Document | None = None
+    #: A list may have said `revision` before this change: a watch from it gets it.
+    replay: bool = False
 
 
 class Expired(Exception):
@@ -67,6 +78,10 @@ class WatchHub:
         self.idle_since = 0.0
         self._generation = -1
         self._seq = 0
+        #: The revision the hub was last brought up to date at (what a list said since).
+        self._synced = 0
+        #: The newest change no longer kept, if any: watches from before it are Expired.
+        self._dropped: Change | None = None
 
     @property
     def revision(self) -> int:
@@ -86,8 +101,9 @@ class WatchHub:
         state = self.writes.state
         self._documents, self._statuses = state.documents, state.snapshot.statuses
         self._generation = state.generation
-        self.since = self.revision
+        self.since = self._synced = self.revision
         self.changes.clear()
+        self._dropped = None
 
     async def _run(self) -> None:
         """Compare each new table with the last, until no watch has run for IDLE_SECONDS:
@@ -102,10 +118,19 @@ class WatchHub:
                 self._documents, self._statuses = {}, {}
                 self.changes.clear()
                 return
-            if state.generation == self._generation:
-                continue
+            self.sync()
+
+    def sync(self) -> None:
+        """Bring the hub up to date with the state in force, if it follows it: called before
+        a list or a bookmark says a revision (see the module's doc)."""
+        if self.since is None:
+            return
+        state = self.writes.state
+        revision = self.revision
+        if state.generation != self._generation:
             self._generation = state.generation
-            self._compare(state.documents, state.snapshot.statuses, self.revision)
+            self._compare(state.documents, state.snapshot.statuses, revision)
+        self._synced = revision
 
     def _compare(
         self,
@@ -137,9 +162,14 @@ class WatchHub:
                 if key not in documents:
                     found.append(("DELETED", key, doc, before_statuses.get(key), doc))
         self._documents, self._statuses = documents, statuses
+        replay = revision <= self._synced
         for kind, key, doc, status, previous in found:
             self._seq += 1
-            self.changes.append(Change(kind, key, revision, doc, status, self._seq, previous))
+            if len(self.changes) == HISTORY:
+                self._dropped = self.changes[0]
+            self.changes.append(
+                Change(kind, key, revision, doc, status, self._seq, previous, replay)
+            )
         changed_event, self._changed = self._changed, trio.Event()
         changed_event.set()  # also without changes: watches may send a bookmark
 
@@ -156,17 +186,14 @@ class WatchHub:
     def position(self, revision: int) -> int:
         """The place a watch from `revision` starts after; Expired if changes after that
         revision may be gone (or came before the hub started)."""
+        dropped = self._dropped
         if (
             self.since is None
             or revision < self.since
-            or (
-                self.changes
-                and len(self.changes) == HISTORY
-                and revision < self.changes[0].revision
-            )
+            or (dropped is not None and not _seen(dropped, revision))
         ):
             raise Expired(f"too old resource version: {revision} ({self.revision})")
-        kept = [c.seq for c in self.changes if c.revision <= revision]
+        kept = [c.seq for c in self.changes if _seen(c, revision)]
         if kept:
             return kept[-1]
         return self.changes[0].seq - 1 if self.changes else self._seq
@@ -179,6 +206,11 @@ class WatchHub:
 
     async def wait(self) -> None:
         await self._changed.wait()
+
+
+def _seen(change: Change, revision: int) -> bool:
+    """Whether every list that said `revision` came after `change`."""
+    return change.revision < revision or (change.revision == revision and not change.replay)
 
 
 @attrs.frozen
@@ -240,6 +272,7 @@ async def events(
 ) -> AsyncIterator[dict[str, Any]]:
     """The watch's events, from revision `start` (see `_starting`), until the Trio clock
     reaches `deadline`. Expired before the first event for a revision too old."""
+    hub.sync()
     position, matched, first = _starting(hub, watch, start)
     hub.watching += 1
     try:
@@ -265,6 +298,7 @@ async def _follow(
     bookmarked = hub.revision if start is None else start
     while trio.current_time() < deadline:
         sent = False
+        hub.sync()
         for change in hub.after(position):
             position = change.seq
             if change.key.kind != watch.kind:
@@ -281,16 +315,19 @@ async def _follow(
                 matched.discard(change.key)
                 yield _event("DELETED", change.doc, change.status, change.key)
                 sent = True
-        revision = hub.revision
-        if watch.bookmarks and not sent and revision > bookmarked:
-            yield {
-                "type": "BOOKMARK",
-                "object": {
-                    "apiVersion": watch.api_version,
-                    "kind": watch.kind,
-                    "metadata": {"resourceVersion": str(revision)},
-                },
-            }
-        bookmarked = max(bookmarked, revision)
+        if not sent:
+            # Nothing yielded since the sync: every change up to this revision was looked
+            # at, so a client may resume from it (a bookmark says a revision, as a list does).
+            revision = hub.revision
+            if watch.bookmarks and revision > bookmarked:
+                yield {
+                    "type": "BOOKMARK",
+                    "object": {
+                        "apiVersion": watch.api_version,
+                        "kind": watch.kind,
+                        "metadata": {"resourceVersion": str(revision)},
+                    },
+                }
+            bookmarked = max(bookmarked, revision)
         with trio.move_on_at(deadline):  # no yield inside a cancel scope
             await hub.wait()

@@ -9,14 +9,19 @@ Each watch here resumes from a resourceVersion taken before the changes and ends
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
+import trio.lowlevel
 
-from .harness import admin_gateway, gateway_yaml, route_yaml, service_yaml
+from gateway.api.kinds import ObjectKey
+
+from .harness import admin_gateway, free_port, gateway_yaml, route_yaml, service_yaml
 
 YAML = {"Content-Type": "application/yaml"}
 ROUTES = "/apis/gateway.networking.k8s.io/v1/namespaces/apps/tlsroutes"
@@ -120,3 +125,71 @@ async def test_bookmarks_and_leaving_a_selector(http: httpx.AsyncClient) -> None
     before = await _since(http)
     await _apply(http, plain)
     assert _summary(await _watch(http, resourceVersion=before, **selector)) == [("DELETED", "web")]
+
+
+# --- with a store: the revision moves with writes only ----------------------------------------
+
+GATEWAYS = "/apis/gateway.networking.k8s.io/v1/namespaces/infra/gateways"
+
+
+def _programmed(wire: dict[str, Any]) -> str:
+    return str(next(c["status"] for c in wire["status"]["conditions"] if c["type"] == "Programmed"))
+
+
+async def test_a_status_change_without_a_write_reaches_a_watch_from_before_it(
+    tmp_path: Path,
+) -> None:
+    """A listener whose port is taken, then freed: its Gateway's Programmed changes with no
+    write, so the store revision stays. A watch from a list taken before still gets it, as
+    kubectl wait --for=condition=Programmed needs."""
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    port = held.getsockname()[1]
+    async with (
+        admin_gateway(tmp_path, bind_retry=0.1) as (_, url),
+        httpx.AsyncClient(base_url=url, timeout=10) as http,
+    ):
+        try:
+            await _apply(http, gateway_yaml(port))
+            with trio.fail_after(10):
+                while True:
+                    listed = (await http.get(GATEWAYS)).json()
+                    if _programmed(listed["items"][0]) == "False":
+                        break
+                    await trio.sleep(0.05)
+        finally:
+            held.close()
+        since = listed["metadata"]["resourceVersion"]
+        with trio.fail_after(10):
+            while _programmed((await http.get("/v1/gateways/infra/gw")).json()) != "True":  # noqa: ASYNC110 (polled over HTTP)
+                await trio.sleep(0.05)
+        assert (await http.get(GATEWAYS)).json()["metadata"]["resourceVersion"] == since
+        answer = await http.get(
+            GATEWAYS, params={"watch": "true", "timeoutSeconds": "1", "resourceVersion": since}
+        )
+        events = [json.loads(line) for line in answer.text.splitlines() if line.strip()]
+        assert [(e["type"], _programmed(e["object"])) for e in events][-1] == ("MODIFIED", "True")
+
+
+async def test_a_list_never_says_a_revision_ahead_of_its_items(tmp_path: Path) -> None:
+    """A big write: between its commit and its swap (the build runs on a thread), what a
+    list reads must still be the revision before; the new one comes with its documents."""
+    many = "".join(route_yaml(f"r{i}", [f"r{i}.example.com"], [("db", 1)]) for i in range(300))
+    async with (
+        admin_gateway(tmp_path) as (server, url),
+        httpx.AsyncClient(base_url=url, timeout=30) as http,
+    ):
+        await _apply(http, gateway_yaml(free_port()) + service_yaml("db", 15432))
+        writes = server.writes
+        before = writes.revision
+        last = ObjectKey("TLSRoute", "apps", "r299")
+        looks: list[tuple[str, bool]] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_apply, http, many)
+            with trio.fail_after(30):
+                while last not in writes.documents:
+                    looks.append((writes.revision, last in writes.documents))
+                    await trio.lowlevel.checkpoint()
+        assert {revision for revision, _ in looks} == {before}, "a revision ahead of its items"
+        assert int(writes.revision) == int(before) + 1
