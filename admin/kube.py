@@ -206,7 +206,7 @@ class KubeViews:
                 raise ApiError(405, f"{request.method} of a collection is not served")
             (raw,) = await body_documents(allow_many=False)
             created: Response = await self.views.create(info, raw, target.namespace)
-            return created
+            return await _in_version(created, target)
         key = ObjectKey(info.kind, target.namespace or "", target.name)
         if request.method == "POST":
             raise ApiError(405, "POST creates in a collection: drop the name from the path")
@@ -218,7 +218,7 @@ class KubeViews:
                 f"namespace {key.name} exists because objects use it: delete them instead",
             )
         response: Response = await self.views.item(info, key)
-        return response
+        return await _in_version(response, target)
 
     def _watch(
         self,
@@ -290,7 +290,7 @@ class KubeViews:
         statuses = writes.snapshot.statuses
         found = writes.documents.get(key)
         if found is not None:
-            wire = with_status(found, statuses)
+            wire = _versioned(with_status(found, statuses), target.group_version)
         elif info.kind == "Namespace" and key.name in (in_use := self._namespaces_in_use()):
             wire = _namespace_wire(key.name, in_use[key.name])
         else:
@@ -329,14 +329,7 @@ class KubeViews:
         return True
 
     async def _list(self, target: Target, info: KindInfo) -> Response:
-        texts = (request.args.get("labelSelector", ""), request.args.get("fieldSelector", ""))
-        if any(len(text) > MAX_SELECTOR for text in texts):
-            raise ApiError(400, f"a selector is longer than {MAX_SELECTOR} characters")
-        try:
-            labels = label_selector(texts[0])
-            fields = field_selector(texts[1])
-        except ValueError as exc:
-            raise ApiError(400, str(exc)) from None
+        labels, fields = _selectors()
         started = self._start_hub()
         if request.args.get("watch") in ("true", "1"):
             if not started:
@@ -377,14 +370,23 @@ class KubeViews:
                 found.append(doc)
             return found, None
 
+        group_version = target.group_version
+
+        def wire(doc: Document | dict[str, Any]) -> dict[str, Any]:
+            if isinstance(doc, dict):
+                return doc
+            return _versioned(with_status(doc, statuses), group_version)
+
         def answer() -> tuple[bytes | list[bytes], bool]:
             found, token = selected()
             if _wants_table():
-                wires = [d if isinstance(d, dict) else with_status(d, statuses) for d in found]
-                body = table(info, wires, datetime.now(UTC), revision, token, include)
+                body = table(
+                    info, [wire(d) for d in found], datetime.now(UTC), revision, token, include
+                )
                 return json.dumps(body).encode(), True
-            if any(isinstance(d, dict) for d in found):
-                wires = [d if isinstance(d, dict) else with_status(d, statuses) for d in found]
+            if any(isinstance(d, dict) or d.api_version != group_version for d in found):
+                # Not as stored (an implicit Namespace, an older version): made here.
+                wires = [wire(d) for d in found]
                 texts = [",".join(json.dumps(w) for w in wires)] if wires else []
             else:
                 texts = self.views.renderer.items(found, statuses)
@@ -417,6 +419,39 @@ def _openapi_documents() -> dict[str, bytes]:
 
 def _openapi_text(which: str) -> bytes | None:
     return _openapi_documents().get(which)
+
+
+def _selectors() -> tuple[Callable[[Mapping[str, str]], bool], Callable[[str, str], bool]]:
+    """The query's label and field selectors, as predicates; 400 for one malformed."""
+    texts = (request.args.get("labelSelector", ""), request.args.get("fieldSelector", ""))
+    if any(len(text) > MAX_SELECTOR for text in texts):
+        raise ApiError(400, f"a selector is longer than {MAX_SELECTOR} characters")
+    try:
+        return label_selector(texts[0]), field_selector(texts[1])
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def _versioned(wire: dict[str, Any], group_version: str) -> dict[str, Any]:
+    """An object as the version its path names says it: the versions of a kind share one
+    schema (SPEC.md §1), so the API server's conversion is the apiVersion alone."""
+    wire["apiVersion"] = group_version
+    return wire
+
+
+async def _in_version(response: Response, target: Target) -> Response:
+    """The answer of a write (or read) of one object through the admin API's views, at the
+    version its Kubernetes path names."""
+    if response.status_code >= 300 or response.mimetype != "application/json":
+        return response
+    body = json.loads(await response.get_data())
+    if (
+        isinstance(body, dict)
+        and body.get("kind") == target.resource.kind
+        and body.get("apiVersion") != target.group_version
+    ):
+        response.set_data(json.dumps(_versioned(body, target.group_version)))
+    return response
 
 
 def _position(doc: Document | dict[str, Any]) -> tuple[str, str]:

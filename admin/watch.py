@@ -233,8 +233,13 @@ def _selected(watch: Watch, doc: Document) -> bool:
     return watch.selects(namespace, meta.name, meta.labels or {})
 
 
-def _event(kind: str, doc: Document, status: Status | None, key: ObjectKey) -> dict[str, Any]:
-    return {"type": kind, "object": with_status(doc, {key: status} if status else {})}
+def _event(
+    watch: Watch, kind: str, doc: Document, status: Status | None, key: ObjectKey
+) -> dict[str, Any]:
+    wire = with_status(doc, {key: status} if status else {})
+    # At the version the watch's path names (its versions share one schema: SPEC.md §1).
+    wire["apiVersion"] = watch.api_version
+    return {"type": kind, "object": wire}
 
 
 def _starting(
@@ -251,7 +256,7 @@ def _starting(
             if _selected(watch, doc):
                 key = ObjectKey(doc.kind, doc.metadata.namespace or "", doc.metadata.name)
                 matched.add(key)
-                first.append(_event("ADDED", doc, status, key))
+                first.append(_event(watch, "ADDED", doc, status, key))
         return hub.seq, matched, first
     position = hub.position(start)
     # Selected at `start`: each object as it was then: as the first change since found it
@@ -307,13 +312,15 @@ async def _follow(
             was = change.key in matched
             if selected:
                 matched.add(change.key)
-                yield _event("MODIFIED" if was else "ADDED", change.doc, change.status, change.key)
+                yield _event(
+                    watch, "MODIFIED" if was else "ADDED", change.doc, change.status, change.key
+                )
                 sent = True
             elif was:
                 # Deleted, or no longer selected (a label changed): DELETED, as the API
                 # server says of an object that leaves a selector.
                 matched.discard(change.key)
-                yield _event("DELETED", change.doc, change.status, change.key)
+                yield _event(watch, "DELETED", change.doc, change.status, change.key)
                 sent = True
         if not sent:
             # Nothing yielded since the sync: every change up to this revision was looked

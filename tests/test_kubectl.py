@@ -248,6 +248,57 @@ async def test_apply_with_validation_diff_and_dry_runs(kubectl: Kubectl, tmp_pat
     assert gone.returncode != 0
 
 
+async def test_older_versions_at_their_own_paths(kubectl: Kubectl, tmp_path: Path) -> None:
+    """Manifests written for v1alpha2 TLSRoutes and v1beta1 ReferenceGrants apply as they
+    are; each version's path answers in its own version, over one stored object."""
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "route.yaml").write_text(
+        _route_with_defaults("old.example.com")
+        .replace("gateway.networking.k8s.io/v1\n", "gateway.networking.k8s.io/v1alpha2\n")
+        .replace("name: extra", "name: old")
+    )
+    (old / "grant.yaml").write_text(
+        """
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: from-apps, namespace: infra}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: TLSRoute, namespace: apps}]
+  to: [{group: "", kind: Service}]
+"""
+    )
+    created = await kubectl("apply", "-f", f"{old}/")
+    assert "tlsroute.gateway.networking.k8s.io/old created" in created.stdout, created.stdout
+    assert "referencegrant.gateway.networking.k8s.io/from-apps created" in created.stdout
+    again = await kubectl("apply", "-f", f"{old}/")
+    assert "tlsroute.gateway.networking.k8s.io/old unchanged" in again.stdout, again.stdout
+    version = "jsonpath={.apiVersion}"
+    for resource, answered in (
+        ("tlsroutes.v1alpha2.gateway.networking.k8s.io", "gateway.networking.k8s.io/v1alpha2"),
+        ("tlsroutes.v1alpha3.gateway.networking.k8s.io", "gateway.networking.k8s.io/v1alpha3"),
+        ("tlsroutes", "gateway.networking.k8s.io/v1"),
+    ):
+        got = await kubectl("get", resource, "old", "-n", "apps", "-o", version)
+        assert got.stdout == answered
+    grants = await kubectl(
+        "get", "referencegrants.v1beta1.gateway.networking.k8s.io", "-A", "-o", "json"
+    )
+    assert {item["apiVersion"] for item in json.loads(grants.stdout)["items"]} == {
+        "gateway.networking.k8s.io/v1beta1"
+    }
+    # What v1 no longer allows stays refused at v1alpha2's path (SPEC.md §1).
+    (old / "route.yaml").write_text(
+        _route_with_defaults("x")
+        .replace("gateway.networking.k8s.io/v1\n", "gateway.networking.k8s.io/v1alpha2\n")
+        .replace("  hostnames: [x]\n", "")
+        .replace("name: extra", "name: bare")
+    )
+    refused = await kubectl("apply", "-f", str(old / "route.yaml"), check=False)
+    assert refused.returncode != 0
+    assert "hostnames" in refused.stderr
+
+
 async def test_create_refuses_what_exists(kubectl: Kubectl, tmp_path: Path) -> None:
     manifest = tmp_path / "route.yaml"
     manifest.write_text(route_yaml("extra", ["extra.example.com"], [("db", 1)]))

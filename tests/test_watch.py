@@ -90,6 +90,23 @@ async def test_without_a_revision_what_is_in_force_comes_first(http: httpx.Async
     assert _summary(await _watch(http, resourceVersion="0")) == [("ADDED", "one"), ("ADDED", "two")]
 
 
+async def test_a_watch_at_an_older_version_answers_in_it(http: httpx.AsyncClient) -> None:
+    since = await _since(http)
+    await _apply(http, route_yaml("one", ["one.example.com"], [("db", 1)]))
+    older = ROUTES.replace("/v1/", "/v1alpha2/")
+    with trio.fail_after(10):
+        answer = await http.get(
+            older, params={"watch": "true", "timeoutSeconds": "1", "resourceVersion": since}
+        )
+    [event] = [json.loads(line) for line in answer.text.splitlines() if line.strip()]
+    assert event["type"] == "ADDED"
+    assert event["object"]["apiVersion"] == "gateway.networking.k8s.io/v1alpha2"
+    listed = (await http.get(older)).json()
+    assert listed["kind"] == "TLSRouteList"
+    assert listed["apiVersion"] == "gateway.networking.k8s.io/v1alpha2"
+    assert [item["apiVersion"] for item in listed["items"]] == [listed["apiVersion"]]
+
+
 async def test_a_revision_before_the_hub_is_gone(http: httpx.AsyncClient) -> None:
     await _since(http)
     answer = await http.get(ROUTES, params={"watch": "true", "resourceVersion": "1"})

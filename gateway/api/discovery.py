@@ -78,10 +78,14 @@ _EVENTS = Resource("events", "Event", True, ("list",), ("ev",))
 
 def _served() -> dict[str, tuple[Resource, ...]]:
     """group/version ('v1' for the core group) -> its resources, in the kinds' order. Each
-    kind is served at the version it is stored in (the first of its apiVersions)."""
+    kind is served at every version it is accepted in (API.md's kinds table: v1beta1 of
+    Gateway, v1alpha2 of TLSRoute): the versions share one schema and one stored object, so
+    `kubectl apply` of an older manifest finds its kind, and an answer says the version
+    its path names. A group's versions come in the kinds' order, v1 first (preferred)."""
     served: dict[str, list[Resource]] = {}
     for info in KINDS:
-        served.setdefault(info.api_versions[0], []).append(_resource(info))
+        for api_version in info.api_versions:
+            served.setdefault(api_version, []).append(_resource(info))
     served["v1"].append(_EVENTS)
     served["events.k8s.io/v1"] = [_EVENTS]
     return {gv: tuple(resources) for gv, resources in served.items()}
