@@ -197,7 +197,13 @@ class KubeViews:
         resource, info = target.resource, target.resource.info
         if info is None:  # events: served, always empty
             if not is_read() or target.name is not None:
-                raise ApiError(405, f"{resource.plural} can only be listed here")
+                raise ApiError(405, f"{resource.plural} can only be listed or watched here")
+            if request.args.get("watch") in ("true", "1"):
+                # `kubectl get events -w`: a watch that never has an event (bookmarks only).
+                labels, fields = _selectors()
+                if not self._start_hub():
+                    raise ApiError(503, "watches need the admin API as tlsgate serves it")
+                return self._watch(target, None, labels, fields)
             return self._empty_list(target)
         if target.name is None:
             if is_read():
@@ -223,7 +229,7 @@ class KubeViews:
     def _watch(
         self,
         target: Target,
-        info: KindInfo,
+        info: KindInfo | None,
         labels: Callable[[Mapping[str, str]], bool],
         fields: Callable[[str, str], bool],
     ) -> Response:
@@ -234,7 +240,7 @@ class KubeViews:
         if self.hub.watching >= MAX_WATCHES:
             raise ApiError(429, f"{MAX_WATCHES} watches are open already; retry later")
         watch = Watch(
-            kind=info.kind,
+            kind=target.resource.kind,
             api_version=target.group_version,
             namespace=target.namespace,
             selects=lambda ns, name, meta: fields(ns, name) and labels(meta),
@@ -251,7 +257,7 @@ class KubeViews:
         async def body() -> AsyncIterator[bytes]:
             try:
                 async for event in events(hub, watch, start, deadline):
-                    if tables and event["type"] != "BOOKMARK":
+                    if tables and info is not None and event["type"] != "BOOKMARK":
                         # kubectl get -w asked for Tables: each object as a one-row Table.
                         wire = event["object"]
                         version = wire["metadata"].get("resourceVersion", "")

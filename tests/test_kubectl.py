@@ -193,6 +193,9 @@ async def test_describe_and_namespaces(kubectl: Kubectl) -> None:
     missing = await kubectl("get", "tlsroute", "nope", "-n", "apps", check=False)
     assert missing.returncode != 0
     assert 'tlsroutes "nope" not found' in missing.stderr
+    # Events: none, also when watched (the watch ends at kubectl's request timeout).
+    watched = await kubectl("get", "events", "-A", "--watch", "--request-timeout=2s")
+    assert (watched.stdout, watched.stderr) == ("", "")
 
 
 def _route_with_defaults(hostname: str, extra: str = "") -> str:

@@ -72,8 +72,9 @@ def _resource(info: KindInfo) -> Resource:
     )
 
 
-#: An always-empty events list, so that `kubectl describe` works (it lists the object's).
-_EVENTS = Resource("events", "Event", True, ("list",), ("ev",))
+#: An always-empty events list, so that `kubectl describe` works (it lists the object's),
+#: and `kubectl get events -w` (a watch with no events).
+_EVENTS = Resource("events", "Event", True, ("list", "watch"), ("ev",))
 
 
 def _served() -> dict[str, tuple[Resource, ...]]:
