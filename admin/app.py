@@ -10,7 +10,7 @@ import copy
 import functools
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import jsonpatch
@@ -348,17 +348,22 @@ class Views:
             raise ApiError(404, f"{info.kind} is cluster-scoped: use /v1/{plural}/{{name}}")
         return await self._item(info, ObjectKey(info.kind, namespace, name))
 
-    async def item(self, info: KindInfo, key: ObjectKey) -> Response:
-        """GET, PUT, PATCH or DELETE of one document (the Kubernetes paths' too)."""
-        return await self._item(info, key)
+    async def item(
+        self, info: KindInfo, key: ObjectKey, absent: Mapping[str, Any] | None = None
+    ) -> Response:
+        """GET, PUT, PATCH or DELETE of one document (the Kubernetes paths' too). `absent`:
+        what a PATCH patches when nothing is stored (an implicit Namespace)."""
+        return await self._item(info, key, absent)
 
-    async def _item(self, info: KindInfo, key: ObjectKey) -> Response:
+    async def _item(
+        self, info: KindInfo, key: ObjectKey, absent: Mapping[str, Any] | None = None
+    ) -> Response:
         if is_read():
             return json_response(with_status(self._get(key), self.writes.snapshot.statuses), 200)
         if request.method == "DELETE":
             return await self._delete(key)
         if request.method == "PATCH":
-            return await self._patch(key)
+            return await self._patch(key, absent)
         return await self._put(info, key)
 
     async def _delete(self, key: ObjectKey) -> Response:
@@ -375,7 +380,7 @@ class Views:
         await self._wait_replicas(outcome, wait)
         return _first_change(outcome, 200)
 
-    async def _patch(self, key: ObjectKey) -> Response:
+    async def _patch(self, key: ObjectKey, absent: Mapping[str, Any] | None = None) -> Response:
         """PATCH with a JSON merge patch, a JSON patch (RFC 6902), or, for the core kinds,
         a strategic merge patch (API.md "Kubernetes API compatibility")."""
         kind = content_type()
@@ -406,7 +411,9 @@ class Views:
                 raise ApiError(400, "a JSON patch must be a JSON array of operations")
         elif not isinstance(patch, dict):
             raise ApiError(400, "a merge patch must be a JSON object")
-        outcome = await run_write(self.writes.patch(key, patch, dry_run=dry_run, combine=combine))
+        outcome = await run_write(
+            self.writes.patch(key, patch, dry_run=dry_run, combine=combine, absent=absent)
+        )
         await self._wait_replicas(outcome, wait)
         return _first_change(outcome, 200)
 

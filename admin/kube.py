@@ -223,7 +223,13 @@ class KubeViews:
                 405,
                 f"namespace {key.name} exists because objects use it: delete them instead",
             )
-        response: Response = await self.views.item(info, key)
+        absent = None
+        if info.kind == "Namespace" and request.method == "PATCH" and not self._stored(key):
+            # `kubectl label|annotate namespace apps`: the implicit one, patched, is stored.
+            in_use = self._namespaces_in_use()
+            if key.name in in_use:
+                absent = _namespace_wire(key.name)
+        response: Response = await self.views.item(info, key, absent)
         return await _in_version(response, target)
 
     def _watch(

@@ -193,6 +193,18 @@ async def test_describe_and_namespaces(kubectl: Kubectl) -> None:
     missing = await kubectl("get", "tlsroute", "nope", "-n", "apps", check=False)
     assert missing.returncode != 0
     assert 'tlsroutes "nope" not found' in missing.stderr
+    # Labelling an implicit namespace stores it, labelled (allowedRoutes selectors read it);
+    # a dry run stores nothing.
+    await kubectl("label", "namespace", "infra", "team=edge", "--dry-run=server")
+    assert "infra" not in (await kubectl("get", "--raw", "/v1/namespaces")).stdout
+    labelled = await kubectl("label", "namespace", "apps", "team=blue")
+    assert "namespace/apps labeled" in labelled.stdout
+    await kubectl("annotate", "namespace", "apps", "owner=dba")
+    stored = json.loads((await kubectl("get", "--raw", "/v1/namespaces/apps")).stdout)
+    assert stored["metadata"]["labels"]["team"] == "blue"
+    assert stored["metadata"]["annotations"]["owner"] == "dba"
+    team = await kubectl("get", "ns", "-l", "team=blue", "-o", "name")
+    assert team.stdout.split() == ["namespace/apps"]
     # Events: none, also when watched (the watch ends at kubectl's request timeout).
     watched = await kubectl("get", "events", "-A", "--watch", "--request-timeout=2s")
     assert (watched.stdout, watched.stderr) == ("", "")

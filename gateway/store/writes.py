@@ -19,6 +19,7 @@ documents' resourceVersion is the transaction's revision.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import os
@@ -316,18 +317,26 @@ class WritePath:
         *,
         dry_run: bool = False,
         combine: Callable[[Any, Any], Any] | None = None,
+        absent: Mapping[str, Any] | None = None,
     ) -> Outcome:
         """Apply a patch to the document in force: a JSON merge patch, or what `combine`
         makes of (the document's wire form, the patch): a JSON patch, a strategic merge
-        patch. ValueError from `combine` is a patch that does not apply (BadRequest)."""
+        patch. ValueError from `combine` is a patch that does not apply (BadRequest).
+        `absent`: the wire form to patch when nothing is stored at `key` (a Namespace that
+        exists because objects use it); the patched one is then created."""
 
         async def attempt() -> Outcome:
-            current = self.get(key)
-            # Other patches work on what a read shows: a JSON patch can read (`test`, `copy`,
-            # `move`, its error messages), so it never sees a private key. An omitted key
-            # is carried over on write (store/plan.py); a merge patch only sets, and works on
-            # the whole document, as before.
-            wire = unstructure_document(current, redact=combine is not None)
+            current = self.state.documents.get(key)
+            if current is not None:
+                # Other patches work on what a read shows: a JSON patch can read (`test`,
+                # `copy`, `move`, its error messages), so it never sees a private key. An
+                # omitted key is carried over on write (store/plan.py); a merge patch only
+                # sets, and works on the whole document, as before.
+                wire = unstructure_document(current, redact=combine is not None)
+            elif absent is not None:
+                wire = copy.deepcopy(dict(absent))
+            else:
+                raise NotFound(key)
             if combine is None:
                 merged = merge_patch(wire, patch)
             else:
