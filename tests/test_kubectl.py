@@ -332,6 +332,10 @@ async def test_explain(kubectl: Kubectl) -> None:
     recursive = (await kubectl("explain", "clienttrafficpolicy.spec", "--recursive")).stdout
     for field in ("proxyProtocol", "trustedCIDRs", "connectionLimit", "connectionsPerSecond"):
         assert field in recursive
+    deep = (await kubectl("explain", "gateway.spec.listeners.allowedRoutes.namespaces.from")).stdout
+    assert "Same (the default: the Gateway's namespace), All, or Selector." in deep
+    status = (await kubectl("explain", "gateway.status.listeners.attachedRoutes")).stdout
+    assert "How many routes are attached to it." in status
 
 
 async def test_get_watch_sees_a_change_made_through_v1(kubectl: Kubectl, tmp_path: Path) -> None:

@@ -156,6 +156,9 @@ def kind_schema(group_version: str, info: KindInfo) -> dict[str, Any]:
     status_class = _STATUS.get(info.kind)
     if status_class is not None:
         properties["status"] = object_schema(status_class)
+        properties["status"]["description"] = (
+            "What tlsgate made of the object at its last routing-table build (read-only)."
+        )
     schema["properties"] = properties
     schema["required"] = [r for r in schema.get("required", []) if r not in ("metadata",)]
     if not schema["required"]:
@@ -170,11 +173,19 @@ def _list_schema(group_version: str, resource: Resource) -> dict[str, Any]:
         "description": f"A list of {resource.kind}.",
         "required": ["items"],
         "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+            "apiVersion": {"type": "string", "description": "The list's group and version."},
+            "kind": {"type": "string", "description": f"{resource.kind}List."},
+            "metadata": {
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": True,
+                "description": (
+                    "resourceVersion (the revision listed: watch from it) and continue "
+                    "(the next page, with limit)."
+                ),
+            },
             "items": {
                 "type": "array",
+                "description": f"The {resource.plural}.",
                 "items": {
                     "$ref": f"#/components/schemas/{schema_name(group_version, resource.kind)}"
                 },
