@@ -8,7 +8,7 @@ import pytest
 from gateway.api.discovery import PathError, parse_path
 from gateway.api.selectors import field_selector, label_selector
 
-LABELS = {"app": "db", "tier": "back", "example.com/owner": "ops"}
+LABELS = {"app": "db", "tier": "back", "example.com/owner": "ops", "replicas": "3"}
 
 
 @pytest.mark.parametrize(
@@ -29,6 +29,14 @@ LABELS = {"app": "db", "tier": "back", "example.com/owner": "ops"}
         ("app=db,tier=front", False),
         ("example.com/owner=ops", True),
         (" app = db , tier in (back) ", True),
+        ("replicas>2", True),
+        ("replicas > 3", False),
+        ("replicas<4", True),
+        ("replicas<-1", False),
+        ("app>1", False),  # not an integer: not selected
+        ("missing<9", False),
+        ("tier in ()", False),  # in (""), as labels.Parse reads it
+        ("tier notin ()", True),
     ],
 )
 def test_label_selectors(selector: str, selected: bool) -> None:
@@ -40,9 +48,11 @@ def test_an_empty_value_is_a_value() -> None:
     assert not label_selector("app=")(LABELS)
 
 
-@pytest.mark.parametrize("selector", ["=db", "app in back", "app in (a b)", "a,,b", "a=b=c"])
+@pytest.mark.parametrize(
+    "selector", ["=db", "app in back", "app in (a b)", "a,,b", "a=b=c", "a>b", "a<", "a>1.5"]
+)
 def test_label_selector_errors_are_refused(selector: str) -> None:
-    with pytest.raises(ValueError, match=r"parse|invalid"):
+    with pytest.raises(ValueError, match=r"parse|invalid|integer"):
         label_selector(selector)
 
 

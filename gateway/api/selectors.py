@@ -3,8 +3,10 @@
 
 Pure. The label selector grammar is Kubernetes' (k8s.io/apimachinery labels.Parse):
 comma-separated requirements, each `key`, `!key`, `key=value`, `key==value`, `key!=value`,
-`key in (a,b)` or `key notin (a,b)`; all must hold. Field selectors take `metadata.name` and
-`metadata.namespace` with `=`, `==` or `!=`, as the API server does for every kind.
+`key in (a,b)`, `key notin (a,b)`, `key>N` or `key<N` (N an integer; the label must be
+one that is greater, or less); all must hold. `key in ()` is `key in ("")`, as there.
+Field selectors take `metadata.name` and `metadata.namespace` with `=`, `==` or `!=`, as
+the API server does for every kind.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ _VALUE: Final = r"(?:[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?"
 _SET: Final = re.compile(rf"^\s*({_KEY})\s+(in|notin)\s*\(([^()]*)\)\s*$")
 _EQUALS: Final = re.compile(rf"^\s*({_KEY})\s*(==|=|!=)\s*({_VALUE})\s*$")
 _EXISTS: Final = re.compile(rf"^\s*(!?)\s*({_KEY})\s*$")
+_COMPARE: Final = re.compile(rf"^\s*({_KEY})\s*([<>])\s*(\S*)\s*$")
 _VALUE_ONLY: Final = re.compile(rf"^{_VALUE}$")
 
 
@@ -58,12 +61,25 @@ def _requirement(text: str) -> LabelPredicate:
         if operator == "!=":
             return lambda labels: labels.get(key) != value
         return lambda labels: labels.get(key) == value
+    if (found := _COMPARE.match(text)) is not None:
+        key, operator, bound = found.group(1), found.group(4), found.group(5)
+        if re.fullmatch(r"[-+]?[0-9]{1,18}", bound) is None:
+            raise ValueError(f"for {operator!r}, the value must be an integer: {text.strip()!r}")
+        limit, greater = int(bound), operator == ">"
+        return lambda labels: _compares(labels.get(key), limit, greater)
     if (found := _EXISTS.match(text)) is not None:
         negated, key = found.group(1) == "!", found.group(2)
         if negated:
             return lambda labels: key not in labels
         return lambda labels: key in labels
     raise ValueError(f"unable to parse requirement {text.strip()!r}")
+
+
+def _compares(value: str | None, limit: int, greater: bool) -> bool:
+    """`key>N` and `key<N`: a label that is not an integer is not selected."""
+    if value is None or re.fullmatch(r"[-+]?[0-9]{1,18}", value) is None:
+        return False
+    return int(value) > limit if greater else int(value) < limit
 
 
 #: Requirements of one selector, at most: each costs every object listed a test.
