@@ -56,6 +56,8 @@ class Change:
     previous: Document | None = None
     #: A list may have said `revision` before this change: a watch from it gets it.
     replay: bool = False
+    #: The status before the change, with `previous`.
+    previous_status: Status | None = None
 
 
 class Expired(Exception):
@@ -139,7 +141,9 @@ class WatchHub:
         revision: int,
     ) -> None:
         before_docs, before_statuses = self._documents, self._statuses
-        found: list[tuple[str, ObjectKey, Document, Status | None, Document | None]] = []
+        found: list[
+            tuple[str, ObjectKey, Document, Status | None, Document | None, Status | None]
+        ] = []
         # Identity first: a write replaces the documents it changes, and an incremental build
         # keeps the status objects of what it did not touch; only those are compared.
         changed = {key for key, doc in documents.items() if before_docs.get(key) is not doc}
@@ -153,22 +157,25 @@ class WatchHub:
             status = statuses.get(key)
             old = before_docs.get(key)
             if old is None:
-                found.append(("ADDED", key, doc, status, None))
+                found.append(("ADDED", key, doc, status, None, None))
             elif old != doc or before_statuses.get(key) != status:
-                found.append(("MODIFIED", key, doc, status, old))
+                found.append(("MODIFIED", key, doc, status, old, before_statuses.get(key)))
         if len(documents) - len(before_docs) != sum(1 for f in found if f[0] == "ADDED"):
             # Some went: the only case that needs a look at every document before.
             for key, doc in before_docs.items():
                 if key not in documents:
-                    found.append(("DELETED", key, doc, before_statuses.get(key), doc))
+                    status = before_statuses.get(key)
+                    found.append(("DELETED", key, doc, status, doc, status))
         self._documents, self._statuses = documents, statuses
         replay = revision <= self._synced
-        for kind, key, doc, status, previous in found:
+        for kind, key, doc, status, previous, previous_status in found:
             self._seq += 1
             if len(self.changes) == HISTORY:
                 self._dropped = self.changes[0]
             self.changes.append(
-                Change(kind, key, revision, doc, status, self._seq, previous, replay)
+                Change(
+                    kind, key, revision, doc, status, self._seq, previous, replay, previous_status
+                )
             )
         changed_event, self._changed = self._changed, trio.Event()
         changed_event.set()  # also without changes: watches may send a bookmark
@@ -317,10 +324,21 @@ async def _follow(
                 )
                 sent = True
             elif was:
-                # Deleted, or no longer selected (a label changed): DELETED, as the API
-                # server says of an object that leaves a selector.
+                # Deleted, or no longer selected (a label changed): DELETED, with the object
+                # as the watch last selected it, as the API server says of one that leaves a
+                # selector (at the change's resourceVersion).
                 matched.discard(change.key)
-                yield _event(watch, "DELETED", change.doc, change.status, change.key)
+                gone = _event(
+                    watch,
+                    "DELETED",
+                    change.previous or change.doc,
+                    change.previous_status,
+                    change.key,
+                )
+                version = change.doc.metadata.resource_version
+                if version is not None:
+                    gone["object"]["metadata"]["resourceVersion"] = version
+                yield gone
                 sent = True
         if not sent:
             # Nothing yielded since the sync: every change up to this revision was looked

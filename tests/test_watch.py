@@ -141,7 +141,11 @@ async def test_bookmarks_and_leaving_a_selector(http: httpx.AsyncClient) -> None
     # The label goes: the route leaves the selection, as DELETED.
     before = await _since(http)
     await _apply(http, plain)
-    assert _summary(await _watch(http, resourceVersion=before, **selector)) == [("DELETED", "web")]
+    [left] = await _watch(http, resourceVersion=before, **selector)
+    assert _summary([left]) == [("DELETED", "web")]
+    # As the API server does: the object as the watch last selected it, at the new version.
+    assert left["object"]["metadata"]["labels"] == {"tier": "front"}
+    assert int(left["object"]["metadata"]["resourceVersion"]) > int(before)
 
 
 # --- with a store: the revision moves with writes only ----------------------------------------
