@@ -1,19 +1,38 @@
 """Prometheus metrics of one gateway process (`GET /metrics`).
 
 I/O edge (a registry the server owns, not the global one, so several servers can live in one
-process, as in the tests). Names follow Prometheus conventions: `_total` counters, `_seconds`
-and `_bytes` units, labels bounded by the configuration (gateways, listeners, routes,
-backends) and by fixed vocabularies (outcomes, directions, codes).
+process, as in the tests). Names follow Prometheus conventions: `_total` counters without
+`_created` series, `_seconds` and `_bytes` units, `process_*` for the process tree, labels
+bounded by the configuration (gateways, listeners, routes, backends: a counter goes when what
+it counts is no longer configured) and by fixed vocabularies (outcomes, directions, codes).
+A label with nothing to say is "" (Prometheus' own "no value"), never "-".
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Sequence
+import functools
+import os
+import platform
+from collections.abc import Callable, Iterator, Sequence
 
+import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+
+from gateway import tlsgate_version
+from gateway.routing.snapshot import Certificate, Snapshot
+
+# A `_created` sample per counter doubles the exposition for a figure nobody graphs
+# (Prometheus derives resets itself); OpenMetrics makes it optional.
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 #: Handshake-scale buckets: sub-millisecond on loopback up to the 10 s hello timeout.
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -39,6 +58,13 @@ class Tally(Collector):
 
     def value(self, *key: str) -> int:
         return self.counts.get(key, 0)
+
+    def retain(self, keep: Callable[[tuple[str, ...]], bool]) -> None:
+        """Forget the label values `keep` refuses (a route deleted): a new dict, as a
+        scrape on another thread may be reading the old one."""
+        counts = self.counts
+        if not all(keep(key) for key in counts):
+            self.counts = {key: count for key, count in counts.items() if keep(key)}
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
@@ -107,8 +133,8 @@ class Metrics:
         )
         self.connections_refused = Tally(
             "tlsgate_connections_refused_total",
-            "Connections closed by a ClientTrafficPolicy before any handshake byte, by reason "
-            "(client-ip, proxy-protocol)",
+            "Connections closed before any handshake byte, by reason: a ClientTrafficPolicy "
+            "(client-ip, proxy-protocol, connection-limit, ...) or max-connections",
             ["reason"],
             registry,
         )
@@ -168,5 +194,148 @@ class Metrics:
             registry=registry,
         )
 
+    def retain(self, snapshot: Snapshot) -> None:
+        """Keep the counters of what `snapshot` configures, and those without a name (""):
+        per-route and per-listener series stay as many as the configuration has."""
+        keep = configured(snapshot)
+        for tally in (
+            self.connections_finished,
+            self.route_bytes,
+            self.backend_connect_failures,
+            self.connections_accepted,
+        ):
+            names = tally.labelnames
+            tally.retain(lambda key, names=names: keep(dict(zip(names, key, strict=True))))  # type: ignore[misc]
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def configured(snapshot: Snapshot) -> Callable[[dict[str, str]], bool]:
+    """Whether a series' labels name only what a table configures: its listeners (full
+    names, `ns/gateway/listener`), routes, backends and binds; "" names nothing, and is kept."""
+    listeners: set[str] = set()
+    routes: set[str] = set()
+    backends: set[str] = set()
+    for bind in snapshot.binds.values():
+        for listener in bind.listeners:
+            listeners.add(f"{listener.gateway}/{listener.name}")
+            for target in listener.routes.values():
+                routes.add(target.route)
+                backends.update(backend.name for backend in target.backends)
+    binds = {(address, str(port)) for address, port in snapshot.binds}
+    known = {"listener": listeners, "route": routes, "backend": backends}
+
+    def keep(labels: dict[str, str]) -> bool:
+        for name, values in known.items():
+            value = labels.get(name)
+            if value and value not in values:
+                return False
+        return "address" not in labels or (labels["address"], labels.get("port", "")) in binds
+
+    return keep
+
+
+class BuildInfo(Collector):
+    """`tlsgate_build_info{version, python_version}` 1, as Prometheus' own build_info."""
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "tlsgate_build_info",
+            "tlsgate's version and the Python running it (always 1)",
+            labels=["version", "python_version"],
+        )
+        family.add_metric([tlsgate_version(), platform.python_version()], 1.0)
+        yield family
+
+
+class ProcessTree(Collector):
+    """The standard `process_*` metrics for the whole process tree: CPU, memory and open
+    file descriptors summed over the main process and its workers (what the machine gives
+    tlsgate), `process_max_fds` and `process_start_time_seconds` of the main process (the
+    connection limit derives from the former). Read from /proc, as prometheus_client does
+    for one process; a worker gone between listing and reading is left out."""
+
+    _SUMMED = frozenset(
+        {
+            "process_cpu_seconds",
+            "process_resident_memory_bytes",
+            "process_virtual_memory_bytes",
+            "process_open_fds",
+        }
+    )
+
+    def __init__(self, workers: Callable[[], Sequence[int]] = tuple) -> None:
+        self.workers = workers
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        totals: dict[str, float] = {}
+        for index, pid in enumerate((os.getpid(), *self.workers())):
+            reader = ProcessCollector(pid=functools.partial(int, pid), registry=None)
+            for family in reader.collect():
+                if not family.samples:
+                    continue
+                if family.name in self._SUMMED:
+                    totals[family.name] = totals.get(family.name, 0.0) + family.samples[0].value
+                    families.setdefault(family.name, family)
+                elif index == 0:
+                    families[family.name] = family
+        for name, family in families.items():
+            if name in totals:
+                kind = CounterMetricFamily if family.type == "counter" else GaugeMetricFamily
+                yield kind(name, family.documentation, value=totals[name])
+            else:
+                yield family
+
+
+class CertificateExpiry(Collector):
+    """`tlsgate_certificate_expiry_timestamp_seconds{secret}`: when the leaf certificate of
+    each Secret the routing table serves or presents stops being valid (Unix time), so an
+    alert can say "renew within 14 days"."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self.snapshot = snapshot
+        #: chain -> its leaf's notAfter, for the chains of the last table scraped.
+        self._seen: dict[bytes, float | None] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "tlsgate_certificate_expiry_timestamp_seconds",
+            "When each served or presented certificate expires (Unix time), by Secret",
+            labels=["secret"],
+        )
+        found: dict[str, float] = {}
+        seen: dict[bytes, float | None] = {}
+        for certificate in _certificates(self.snapshot()):
+            if certificate.chain not in seen:
+                seen[certificate.chain] = self._seen.get(certificate.chain) or not_after(
+                    certificate.chain
+                )
+            expiry = seen[certificate.chain]
+            if expiry is not None:
+                found[str(certificate.secret)] = expiry
+        self._seen = seen
+        for secret, expiry in sorted(found.items()):
+            family.add_metric([secret], expiry)
+        yield family
+
+
+def _certificates(snapshot: Snapshot) -> Iterator[Certificate]:
+    for bind in snapshot.binds.values():
+        for listener in bind.listeners:
+            yield from listener.certificates
+            if listener.backend_client_certificate is not None:
+                yield listener.backend_client_certificate
+
+
+def not_after(chain: bytes) -> float | None:
+    """The Unix time the first certificate of a PEM chain expires; None if it cannot be
+    read (admission checked it, so only for a chain that is not a certificate at all)."""
+    from cryptography import x509
+
+    try:
+        leaf = x509.load_pem_x509_certificate(chain)
+    except ValueError:
+        return None
+    return leaf.not_valid_after_utc.timestamp()

@@ -28,7 +28,7 @@ from gateway.dataplane.binds import BIND_RETRY_SECONDS, BoundSockets
 from gateway.dataplane.plane import PlaneConfig, serve_dataplane
 from gateway.dataplane.proxy import Proxy, ProxyConfig
 from gateway.dataplane.relay import PIPE_POOL_SIZE, PipePool
-from gateway.metrics import Metrics
+from gateway.metrics import BuildInfo, CertificateExpiry, Metrics, ProcessTree
 from gateway.monitor import HealthCollector, HealthMonitor
 from gateway.routing.health import HealthView
 from gateway.store.etcd import EtcdStore, EtcdTLS
@@ -159,6 +159,12 @@ class Server:
                 monitor=self.monitor,
             )
             self.supervisor.register(self.metrics.registry)
+        supervisor = self.supervisor
+        self.metrics.registry.register(BuildInfo())
+        self.metrics.registry.register(
+            ProcessTree(supervisor.pids if supervisor is not None else tuple)
+        )
+        self.metrics.registry.register(CertificateExpiry(lambda: self.state.snapshot))
         self.writes = WritePath(
             self.state, self.store, self.supervisor.wait_in_force if self.supervisor else None
         )

@@ -45,7 +45,7 @@ from gateway.dataplane.channel import (
 from gateway.dataplane.limits import clear_region, shared_block
 from gateway.dataplane.plane import PlaneConfig
 from gateway.dataplane.proxy import ProxyConfig
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, configured
 from gateway.monitor import HealthMonitor
 from gateway.routing.patch import diff
 from gateway.routing.snapshot import Snapshot
@@ -160,6 +160,10 @@ class Supervisor:
     def _behind(self, generation: int) -> list[Worker]:
         return [w for w in self.workers.values() if w.alive and w.generation < generation]
 
+    def pids(self) -> list[int]:
+        """The process ids of the workers alive now (the metrics' process tree)."""
+        return [w.pid for w in self.workers.values() if w.alive and w.pid is not None]
+
     def table(self) -> list[dict[str, object]]:
         """The `workers` of `GET /v1/routingtable`."""
         return [
@@ -233,7 +237,7 @@ class Supervisor:
                 nursery.cancel_scope.cancel()
         finally:
             worker.alive = False
-            self.counters.retire(worker.id)
+            self.counters.retire(worker.id, self.state.snapshot)
             self._notify()
             await trio.aclose_forcefully(stream)
             if process.returncode is None:  # cancelled from outside: never leave it behind
@@ -368,9 +372,14 @@ class WorkerCounters(Collector):
     def update(self, worker: int, counters: Counters) -> None:
         self.live[worker] = {(name, labels): value for name, labels, value in counters.samples}
 
-    def retire(self, worker: int) -> None:
+    def retire(self, worker: int, snapshot: Snapshot | None = None) -> None:
+        """Keep a dead worker's counts, of what `snapshot` still configures (so that the
+        series of deleted routes do not pile up over worker restarts)."""
         for key, value in self.live.pop(worker, {}).items():
             self.retired[key] = self.retired.get(key, 0.0) + value
+        if snapshot is not None:
+            keep = configured(snapshot)
+            self.retired = {k: v for k, v in self.retired.items() if keep(dict(k[1]))}
 
     def totals(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         out = dict(self.retired)

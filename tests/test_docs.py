@@ -3,6 +3,7 @@ one, must reach docs/configuration.md (operators alert on these values)."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -16,3 +17,49 @@ def test_every_access_log_outcome_is_documented_and_no_other() -> None:
     table = text.split("| outcome | meaning |", 1)[1].split("\n\n", 1)[0]
     documented = set(re.findall(r"^\| `([a-z-]+)` \|", table, flags=re.MULTILINE))
     assert documented == {outcome.value for outcome in Outcome}
+
+
+def _documented_metrics() -> set[str]:
+    text = (DOCS / "configuration.md").read_text(encoding="utf-8")
+    table = text.split("| metric | type | labels | what |", 1)[1].split("\n\n", 1)[0]
+    return set(re.findall(r"`((?:tlsgate|process)_[a-z_]+)`", table))
+
+
+def test_the_grafana_dashboard_graphs_documented_metrics() -> None:
+    """docs/grafana-dashboard.json is a Grafana dashboard whose every query names a metric
+    that docs/configuration.md lists (and so the metrics tests hold to existing)."""
+    dashboard = json.loads((DOCS / "grafana-dashboard.json").read_text(encoding="utf-8"))
+    assert dashboard["panels"]
+    used: set[str] = set()
+    for panel in dashboard["panels"]:
+        assert panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            found = re.findall(r"\b((?:tlsgate|process)_[a-z_]+)", target["expr"])
+            assert found, target["expr"]
+            used.update(re.sub(r"_(bucket|count|sum)$", "", name) for name in found)
+    assert used - _documented_metrics() == set()
+
+
+def test_every_documented_metric_is_exposed() -> None:
+    """The metrics table names only what a gateway exposes (the families of one with
+    workers and one without, between them)."""
+    from gateway.metrics import Metrics
+
+    names = {family.name for family in Metrics().registry.collect()}
+    names |= {f"{name}_total" for name in names}
+    documented = _documented_metrics()
+    # Registered by the server, not by Metrics itself: covered by tests/test_operations.py.
+    by_server = {
+        "tlsgate_endpoint_healthy",
+        "tlsgate_worker_restarts_total",
+        "tlsgate_certificate_expiry_timestamp_seconds",
+        "tlsgate_build_info",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    }
+    assert documented - by_server <= names

@@ -217,5 +217,5 @@ def test_ordinary_values_are_written_as_they_are() -> None:
     conn = AccessRecord(peer=("::1", 5000), bind=("127.0.0.1", 443), sni="db.example.com")
     conn.outcome = Outcome.CLOSED
     line = AccessRecord.line(conn.fields())
-    assert line.startswith("client=[::1]:5000 bind=127.0.0.1:443 sni=db.example.com listener=-/- ")
+    assert line.startswith("client=[::1]:5000 bind=127.0.0.1:443 sni=db.example.com listener=- ")
     assert line.endswith(" outcome=closed")

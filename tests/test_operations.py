@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
 from .harness import (
@@ -97,7 +98,7 @@ async def test_metrics_count_real_traffic(pki: Pki) -> None:
             m,
             "tlsgate_connections_finished_total",
             gateway="infra/gw",
-            listener="tls",
+            listener="infra/gw/tls",
             route="apps/db",
             outcome="closed",
         )
@@ -108,7 +109,7 @@ async def test_metrics_count_real_traffic(pki: Pki) -> None:
             m,
             "tlsgate_connections_finished_total",
             gateway="infra/gw",
-            listener="term",
+            listener="infra/gw/term",
             route="apps/cache",
             outcome="closed",
         )
@@ -119,8 +120,8 @@ async def test_metrics_count_real_traffic(pki: Pki) -> None:
             m,
             "tlsgate_connections_finished_total",
             gateway="infra/gw",
-            listener="tls",
-            route="-",
+            listener="infra/gw/tls",
+            route="",
             outcome="rejected-no-route",
         )
         == 1
@@ -130,7 +131,7 @@ async def test_metrics_count_real_traffic(pki: Pki) -> None:
             m,
             "tlsgate_connections_finished_total",
             gateway="infra/gw",
-            listener="tls",
+            listener="infra/gw/tls",
             route="apps/dead",
             outcome="connect-failed",
         )
@@ -148,6 +149,80 @@ async def test_metrics_count_real_traffic(pki: Pki) -> None:
     assert _value(m, "tlsgate_snapshot_generation") >= 2
     assert _value(m, "tlsgate_snapshot_last_swap_timestamp_seconds") > 1.7e9
     assert _value(m, "tlsgate_admin_requests_total", method="POST", code="200") == 1
+
+
+async def test_metrics_follow_prometheus_conventions(pki: Pki) -> None:
+    """No `_created` series, no "-" values, process_* and build info, certificate expiry,
+    per-route series that go with their route, refusals at --max-connections."""
+    port = free_port()
+    dead = free_port()
+    leaf = pki.ca.issue_cert("cache.example.com")
+    listeners = passthrough_listener("tls", port, "*.example.com") + terminate_listener(
+        "term", port, "cache.example.com", "cert"
+    )
+    with backends(pki, ("cache", None)) as (cache,):
+        bundle = (
+            gateway_yaml(port, listeners)
+            + secret_yaml("cert", leaf)
+            + service_yaml("cache", cache.port)
+            + service_yaml("dead", dead)
+            + route_yaml("dead", ["dead.example.com"], [("dead", 1)], section="tls")
+            + route_yaml("cache", ["cache.example.com"], [("cache", 1)], section="term")
+        )
+        async with (
+            admin_gateway(None, max_connections=1) as (server, url),
+            httpx.AsyncClient(base_url=url) as http,
+        ):
+            assert (await http.post("/v1/apply", headers=YAML, content=bundle)).status_code == 200
+            context = pki.client_context()
+            with trio.fail_after(30):
+                assert await handshake_outcome(port, "dead.example.com", context) in (
+                    "eof",
+                    "reset",
+                )
+                await server.proxy.idle.wait()
+                async with tls_client(port, "cache.example.com", context) as client:
+                    assert await client.call("PING") == "PONG"
+                    # One more is over --max-connections=1: closed at accept.
+                    over = await handshake_outcome(port, "cache.example.com", context)
+                    assert over in ("eof", "reset")
+                await server.proxy.idle.wait()
+            text = (await http.get("/metrics")).text
+            m = _samples(text)
+            assert (await http.delete("/v1/tlsroutes/apps/dead")).status_code == 200
+            after = _samples((await http.get("/metrics")).text)
+    families = list(text_string_to_metric_families(text))
+    assert not [s.name for f in families for s in f.samples if s.name.endswith("_created")]
+    assert not [s for f in families for s in f.samples if "-" in s.labels.values()]
+    for family in families:
+        assert family.type in ("counter", "gauge", "histogram"), family.name
+        assert family.documentation, family.name
+    for name in ("process_open_fds", "process_max_fds", "process_resident_memory_bytes"):
+        assert _value(m, name) > 0, name
+    assert _value(m, "process_cpu_seconds_total") > 0
+    assert _value(m, "process_start_time_seconds") > 1.7e9
+    [build] = [s for f in families for s in f.samples if s.name == "tlsgate_build_info"]
+    assert build.value == 1
+    assert build.labels["version"]
+    assert build.labels["python_version"]
+    expiry = _value(m, "tlsgate_certificate_expiry_timestamp_seconds", secret="infra/cert")
+    issued = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes())
+    assert expiry == issued.not_valid_after_utc.timestamp()
+    assert _value(m, "tlsgate_connections_refused_total", reason="max-connections") == 1
+    dead_series = (
+        "tlsgate_connections_finished_total",
+        (
+            ("gateway", "infra/gw"),
+            ("listener", "infra/gw/tls"),
+            ("outcome", "connect-failed"),
+            ("route", "apps/dead"),
+        ),
+    )
+    assert m[dead_series] == 1
+    # The route deleted: its series go with it, the others stay.
+    assert dead_series not in after
+    assert _value(after, "tlsgate_backend_connect_failures_total", backend="apps/dead:443") == 0
+    assert _value(after, "tlsgate_route_bytes_total", route="apps/cache", direction="up") == 5
 
 
 async def test_cli_round_trips_against_a_live_server(tmp_path: Path) -> None:

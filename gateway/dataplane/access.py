@@ -64,11 +64,12 @@ class AccessRecord:
     bind: tuple[str, int]
     started: float = attrs.field(factory=time.monotonic)
     sni: str | None = None
-    gateway: str = "-"
-    listener: str = "-"
-    route: str = "-"
-    backend: str = "-"
-    endpoint: str = "-"
+    #: "" until known (the metrics' label value for "none"; the log line says "-").
+    gateway: str = ""
+    listener: str = ""
+    route: str = ""
+    backend: str = ""
+    endpoint: str = ""
     outcome: Outcome = Outcome.CLOSED
     detail: str = ""
     transfer: Transfer | None = None
@@ -93,10 +94,10 @@ class AccessRecord:
             "client": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
             "bind": f"{self.bind[0]}:{self.bind[1]}",
             "sni": self.sni or "-",
-            "listener": f"{self.gateway}/{self.listener}",
-            "route": self.route,
-            "backend": self.backend,
-            "endpoint": self.endpoint,
+            "listener": f"{self.gateway}/{self.listener}" if self.listener else "-",
+            "route": self.route or "-",
+            "backend": self.backend or "-",
+            "endpoint": self.endpoint or "-",
             "bytes_up": self.transfer.up if self.transfer else 0,
             "bytes_down": self.transfer.down if self.transfer else 0,
             "duration": round(time.monotonic() - self.started, 3),

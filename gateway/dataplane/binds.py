@@ -103,6 +103,8 @@ class BoundSockets:
             nursery.start_soon(self._accept, sock, key, scope)
             log.info("listener bound address=%s port=%d", *key)
         self.state.set_bind_failures(failures)
+        # Counters of listeners, routes and backends no longer configured go with them.
+        self.proxy.metrics.retain(self.state.snapshot)
 
     async def _accept(
         self, sock: socket.socket, key: tuple[str, int], scope: trio.CancelScope
@@ -133,6 +135,7 @@ class BoundSockets:
                 raise
             if self.proxy.active >= self.limit:
                 self.over_capacity += 1
+                self.proxy.metrics.connections_refused.add(("max-connections",))
                 conn.close()
                 continue
             counts[accepted_key] = counts.get(accepted_key, 0) + 1

@@ -194,7 +194,8 @@ class Proxy:
 
     def _account(self, conn: AccessRecord) -> None:
         metrics = self.metrics
-        metrics.connections_finished.add((conn.gateway, conn.listener, conn.route, conn.outcome))
+        listener = f"{conn.gateway}/{conn.listener}" if conn.listener else ""
+        metrics.connections_finished.add((conn.gateway, listener, conn.route, conn.outcome))
         if conn.transfer is not None:
             metrics.route_bytes.add((conn.route, "up"), conn.transfer.up)
             metrics.route_bytes.add((conn.route, "down"), conn.transfer.down)
