@@ -233,8 +233,8 @@ async def test_an_endpoint_that_never_completes_the_connect_is_skipped_at_the_ti
     assert failures.value("apps/mixed:443") == 1
     assert failures.value("apps/dead:443") == 1
     finished = server.metrics.connections_finished
-    assert finished.value("infra/gw", "tls", "apps/db", "closed") == 2
-    assert finished.value("infra/gw", "tls", "apps/dead", "connect-failed") == 1
+    assert finished.value("infra/gw", "infra/gw/tls", "apps/db", "closed") == 2
+    assert finished.value("infra/gw", "infra/gw/tls", "apps/dead", "connect-failed") == 1
 
 
 async def test_backend_reset_closes_the_client_and_leaks_nothing(pki: Pki) -> None:
@@ -260,8 +260,8 @@ async def test_backend_reset_closes_the_client_and_leaks_nothing(pki: Pki) -> No
                 assert open_fds() <= baseline
         # Each reset is an expected failure (one log line), never an internal error.
         finished = server.metrics.connections_finished
-        assert finished.value("infra/gw", "tls", "apps/db", "error") == 201
-        assert finished.value("infra/gw", "tls", "apps/db", "internal-error") == 0
+        assert finished.value("infra/gw", "infra/gw/tls", "apps/db", "error") == 201
+        assert finished.value("infra/gw", "infra/gw/tls", "apps/db", "internal-error") == 0
 
 
 async def _wait_idle(server: Server) -> None:

@@ -366,7 +366,7 @@ async def test_garbage_after_the_handshake_closes_only_that_connection(pki: Pki)
                         await client.line()
                 await server.proxy.idle.wait()
                 finished = server.metrics.connections_finished.value(
-                    "infra/gw", "tls", "apps/r", "error"
+                    "infra/gw", "infra/gw/tls", "apps/r", "error"
                 )
                 assert finished == 1  # an expected failure, not an internal error
                 async with tls_client(port, "redis.example.com", pki.client_context()) as client:
