@@ -9,12 +9,13 @@ loop that relays every proxied connection keeps running meanwhile.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import attrs
 import trio
-from quart import Response, request
+from quart import Response, has_request_context, request
 from quart_trio.wrappers.response import TrioResponse
 
 from admin.errors import ApiError
@@ -25,7 +26,7 @@ from gateway.api.convert import Invalid, structure_document
 from gateway.api.kinds import BY_PLURAL, Document, KindInfo
 from gateway.api.manifests import ManifestError, flatten, load_json, parse_documents
 from gateway.store.etcd import StoreLimit
-from gateway.store.plan import Conflict
+from gateway.store.plan import Action, Conflict
 from gateway.store.sqlite import StoreUnavailable
 from gateway.store.writes import ApplyConflict, BadRequest, NotFound, Outcome
 
@@ -298,6 +299,48 @@ def admit_bundle(
     return documents
 
 
+#: One line per document a write changed: who changed what (docs/configuration.md "Logs").
+audit_log = logging.getLogger("tlsgate.audit")
+
+
+def audit(outcome: Outcome) -> None:
+    """The audit lines of a committed write: one per document created, configured or
+    deleted (nothing for a dry run, nor for what stayed unchanged), with the request's
+    method, path, client and user agent, and the document's generation and revision."""
+    if outcome.revision is None or not audit_log.isEnabledFor(logging.INFO):
+        return
+    asked: dict[str, object] = {}
+    if has_request_context():
+        agent = request.headers.get("User-Agent", "")
+        asked = {
+            "method": request.method,
+            "path": request.path[:256],
+            "client": request.remote_addr or "",
+            "credential": "token" if request.headers.get("Authorization") else "none",
+            "agent": agent[:128],
+        }
+        if manager := request.args.get("fieldManager"):
+            asked["field_manager"] = manager[:128]
+    for change in outcome.changes:
+        if change.action is Action.UNCHANGED:
+            continue
+        meta = change.document.metadata
+        audit_log.info(
+            "admin write",
+            extra={
+                "fields": {
+                    "action": change.action.value,
+                    "kind": change.key.kind,
+                    "namespace": change.key.namespace,
+                    "name": change.key.name,
+                    "generation": meta.generation,
+                    "resource_version": str(outcome.revision),
+                    **asked,
+                }
+            },
+        )
+
+
 async def run_write(operation: Any) -> Outcome:
     try:
         outcome: Outcome = await operation
@@ -319,4 +362,5 @@ async def run_write(operation: Any) -> Outcome:
         raise ApiError(503, str(exc)) from None
     except Invalid as exc:
         raise ApiError(422, exc.message, kind=exc.kind, name=exc.name, causes=exc.causes) from None
+    audit(outcome)
     return outcome

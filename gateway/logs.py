@@ -1,5 +1,10 @@
 """Logging for `tlsgate serve` and its worker processes: text lines, or one JSON object per
-line with the access log's fields beside the message (API.md "Logs").
+line with the fields beside the message (API.md "Logs").
+
+Times are ISO 8601 in UTC with milliseconds (`2026-12-03T16:30:54.123Z`), whatever the
+machine's zone. Every logger is under `tlsgate.`. A line with something to say in fields
+logs them as `extra={"fields": {...}}`: JSON keys of their own, `key=value` after the text
+message (logfmt quoting, so no value can fake another), never a Python repr.
 
 I/O edge.
 """
@@ -8,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -27,25 +33,31 @@ def setup_logging(level: str, log_format: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # httpx logs each request at INFO: the etcd store's lease renewals, every few seconds.
-    # Its failures reach the log as the store's own lines (gateway.store).
+    # Its failures reach the log as the store's own lines (tlsgate.store).
     for chatty in ("httpx", "httpcore"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
 
 
-def info_with_fields(logger: logging.Logger, message: str, fields: dict[str, object]) -> None:
-    """`logger.info(message, extra={"fields": fields})`, the access log's one call per
-    connection, formatted at once when the one handler it would reach is this module's
+def info_with_fields(
+    logger: logging.Logger, message: str, fields: dict[str, object], summary: str
+) -> None:
+    """The access log's one call per connection: `message` is the text line (the fields,
+    logfmt), `summary` the JSON line's message (the fields are keys there). Formatted at
+    once when the one handler it would reach is this module's
     (`setup_logging`): building a LogRecord and running it through the handler machinery
     cost ~15 us a line, three times what the line itself costs. Any other set-up (a user's
     handlers, a filter, pytest's caplog) gets the ordinary record. The caller has checked
     `logger.isEnabledFor(logging.INFO)`."""
     handler = _only_handler(logger)
     if handler is None:
-        logger.info("%s", message, extra={"fields": fields})
+        logger.info("%s", message, extra={"fields": fields, "line": message, "summary": summary})
         return
     formatter = handler.formatter
-    assert isinstance(formatter, TextFormatter | JsonFormatter)
-    handler.write_line(formatter.line(logger.name, "INFO", message, fields))
+    if isinstance(formatter, JsonFormatter):
+        handler.write_line(formatter.line(logger.name, "INFO", summary, fields))
+    else:
+        assert isinstance(formatter, TextFormatter)
+        handler.write_line(formatter.line(logger.name, "INFO", message, {}))
 
 
 def _only_handler(logger: logging.Logger) -> WriterThreadHandler | None:
@@ -74,32 +86,75 @@ def _only_handler(logger: logging.Logger) -> WriterThreadHandler | None:
 
 
 class _Clock:
-    """`logging.Formatter.formatTime`'s text ("2026-12-02 15:50:01,234", local time), with
-    the strftime done once per second rather than once per line."""
+    """ISO 8601 UTC times with milliseconds, the date and time formatted once per second
+    rather than once per line."""
 
     def __init__(self) -> None:
         self._second = -1
         self._text = ""
 
-    def now(self) -> str:
-        now = time.time()
-        second = int(now)
+    def at(self, when: float) -> str:
+        second = int(when)
         if second != self._second:
             self._second = second
-            self._text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        return f"{self._text},{int((now - second) * 1000):03d}"
+            self._text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._text}.{int((when - second) * 1000):03d}Z"
+
+    def now(self) -> str:
+        return self.at(time.time())
+
+
+def _fields_of(record: logging.LogRecord) -> dict[str, object]:
+    fields = getattr(record, "fields", None)
+    return fields if isinstance(fields, dict) else {}
 
 
 class TextFormatter(logging.Formatter):
-    """`time level logger message`, one line."""
+    """`time level logger message key=value...`, one line."""
 
     def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+        super().__init__()
         self._clock = _Clock()
 
+    def format(self, record: logging.LogRecord) -> str:
+        line = getattr(record, "line", None)  # the access line: its fields are its text
+        fields = {} if line is not None else _fields_of(record)
+        stamp = self._clock.at(record.created)
+        text = _text_line(stamp, record.name, record.levelname, record.getMessage(), fields)
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
     def line(self, name: str, level: str, message: str, fields: dict[str, object]) -> str:
-        """What `format` makes of such a record (the fields are in the message already)."""
-        return f"{self._clock.now()} {level} {name} {message}"
+        """What `format` makes of such a record, at the time now."""
+        return _text_line(self._clock.now(), name, level, message, fields)
+
+
+def _text_line(stamp: str, name: str, level: str, message: str, fields: dict[str, object]) -> str:
+    text = f"{stamp} {level} {name} {message}"
+    return f"{text} {logfmt(fields)}" if fields else text
+
+
+def logfmt(fields: dict[str, object]) -> str:
+    """`key=value ...`: a value that is not a plain token is written as a quoted string with
+    JSON escapes, so whatever a client put in it (CR, LF, NUL, quotes, `key=value`) the line
+    stays one line and a value cannot fake another field. None is `-`."""
+    texts = ["-" if value is None else str(value) for value in fields.values()]
+    if all(texts) and _PLAIN_LOG_VALUE.fullmatch("".join(texts)):  # the usual line, at once
+        return " ".join(f"{key}={text}" for key, text in zip(fields, texts, strict=True))
+    return " ".join(f"{key}={_log_value(text)}" for key, text in zip(fields, texts, strict=True))
+
+
+#: A log value written as is: printable ASCII except space, `"`, `=` and backslash.
+_PLAIN_LOG_VALUE = re.compile(r"[!#-<>-\[\]-~]+")
+
+
+def _log_value(text: str) -> str:
+    if _PLAIN_LOG_VALUE.fullmatch(text):
+        return text
+    # ensure_ascii escapes every control and non-ASCII character (U+2028 and NEL split lines
+    # in some readers too); DEL is the one non-printable character JSON leaves alone.
+    return json.dumps(text).replace("\x7f", "\\u007f")
 
 
 class JsonFormatter(logging.Formatter):
@@ -108,21 +163,20 @@ class JsonFormatter(logging.Formatter):
         self._clock = _Clock()
 
     def format(self, record: logging.LogRecord) -> str:
-        out = {
-            "time": self.formatTime(record),
+        summary = getattr(record, "summary", None)
+        out: dict[str, object] = {
+            "time": self._clock.at(record.created),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": summary if isinstance(summary, str) else record.getMessage(),
         }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            out.update(fields)  # structured access-log fields, next to the text line
+        out.update(_fields_of(record))
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out)
+        return json.dumps(out, default=str)
 
     def line(self, name: str, level: str, message: str, fields: dict[str, object]) -> str:
-        """What `format` makes of such a record."""
+        """What `format` makes of such a record, at the time now."""
         out: dict[str, object] = {
             "time": self._clock.now(),
             "level": level,
@@ -130,7 +184,7 @@ class JsonFormatter(logging.Formatter):
             "message": message,
         }
         out.update(fields)
-        return json.dumps(out)
+        return json.dumps(out, default=str)
 
 
 class WriterThreadHandler(logging.Handler):
@@ -191,7 +245,7 @@ class WriterThreadHandler(logging.Handler):
         self._pending_bytes = 0
         if self.dropped:
             notice = logging.LogRecord(
-                "gateway.logs",
+                "tlsgate.logs",
                 logging.WARNING,
                 __file__,
                 0,

@@ -42,7 +42,7 @@ from gateway.routing.health import (
 from gateway.routing.snapshot import ActiveCheck, BackendTLS, Certificate, Snapshot
 from gateway.store.state import State
 
-log = logging.getLogger("gateway.health")
+log = logging.getLogger("tlsgate.health")
 
 #: Threads that may resolve endpoint names for probes at once.
 RESOLVERS = 4

@@ -40,7 +40,7 @@ from gateway.store.state import State
 from gateway.store.writes import DocumentStore, WritePath
 from gateway.supervisor import Supervisor
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tlsgate.server")
 
 #: File descriptors kept free for listeners, the admin API, logs and the like.
 FD_RESERVE = 256
@@ -266,12 +266,11 @@ class Server:
                 with collector.bulk(self.config.bulk_start):
                     outcome = await self.writes.apply(self.bootstrap)
                 counts = collections.Counter(c.action.value for c in outcome.changes)
-                log.info("bootstrap applied: %s", dict(counts))
+                log.info("bootstrap applied", extra={"fields": dict(sorted(counts.items()))})
             self.loaded = True
             log.info(
-                "configuration loaded: %d stored documents, generation %d",
-                stored,
-                self.state.generation,
+                "configuration loaded",
+                extra={"fields": {"stored": stored, "generation": self.state.generation}},
             )
             async with trio.open_nursery() as nursery:
                 if self.supervisor is not None:

@@ -51,7 +51,7 @@ from gateway.routing.patch import diff
 from gateway.routing.snapshot import Snapshot
 from gateway.store.state import State
 
-log = logging.getLogger("gateway.server")
+log = logging.getLogger("tlsgate.server")
 
 #: Seconds a stopping worker gets beyond the drain timeout before it is killed.
 STOP_GRACE = 5.0

@@ -5,10 +5,12 @@ whose resourceVersion is null."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 from admin.render import CHUNK_ITEMS
@@ -331,3 +333,64 @@ async def test_long_answers_come_in_chunks_that_make_one_document(tmp_path: Path
         head, _, payload = bytes(raw).partition(b"\r\n\r\n")
         assert head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")), head[:80]
         assert len(json.loads(payload)["items"]) == count
+
+
+async def test_every_committed_change_has_an_audit_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Who changed what: one `tlsgate.audit` line per document a write created, configured
+    or deleted; none for a dry run or for what stayed unchanged."""
+    caplog.set_level(logging.INFO, logger="tlsgate.audit")
+
+    def audited() -> list[dict[str, Any]]:
+        found = [r.fields for r in caplog.records if r.name == "tlsgate.audit"]  # type: ignore[attr-defined]
+        caplog.clear()
+        return found
+
+    async with (
+        admin_gateway(tmp_path, token="t0ken") as (_, url),
+        httpx.AsyncClient(
+            base_url=url, headers={"Authorization": "Bearer t0ken", "User-Agent": "probe/1"}
+        ) as http,
+    ):
+        bundle = db_route(free_port(), 9)
+        assert (await http.post("/v1/apply", content=bundle, headers=YAML)).status_code == 200
+        created = audited()
+        assert {(e["action"], e["kind"]) for e in created} >= {
+            ("created", "TLSRoute"),
+            ("created", "Gateway"),
+        }
+        first = next(e for e in created if e["kind"] == "TLSRoute")
+        assert (first["namespace"], first["name"], first["generation"]) == ("apps", "db", 1)
+        assert (first["method"], first["path"], first["credential"], first["agent"]) == (
+            "POST",
+            "/v1/apply",
+            "token",
+            "probe/1",
+        )
+        assert first["client"] == "127.0.0.1"
+        assert int(first["resource_version"]) >= 1
+        assert (await http.post("/v1/apply", content=bundle, headers=YAML)).status_code == 200
+        assert audited() == []  # unchanged
+        dry = await http.patch(
+            "/v1/tlsroutes/apps/db?dryRun=All",
+            content=json.dumps({"spec": {"hostnames": ["x.example.com"]}}),
+            headers=PATCH,
+        )
+        assert dry.status_code == 200
+        assert audited() == []
+        patched = await http.patch(
+            "/v1/tlsroutes/apps/db",
+            content=json.dumps({"spec": {"hostnames": ["x.example.com"]}}),
+            headers=PATCH,
+        )
+        assert patched.status_code == 200
+        [configured] = audited()
+        assert (configured["action"], configured["generation"], configured["method"]) == (
+            "configured",
+            2,
+            "PATCH",
+        )
+        assert (await http.delete("/v1/tlsroutes/apps/db")).status_code == 200
+        [deleted] = audited()
+        assert (deleted["action"], deleted["name"]) == ("deleted", "db")

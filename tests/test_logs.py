@@ -78,10 +78,11 @@ def test_the_access_lines_short_path_writes_what_the_record_would(
     logger.handlers[:], logger.propagate = [handler], False
     logger.setLevel(logging.INFO)
     fields: dict[str, object] = {"client": "127.0.0.1:5000", "sni": "a.example", "bytes_up": 5}
-    logs.info_with_fields(logger, "client=127.0.0.1:5000 sni=a.example bytes_up=5", fields)
-    logger.info("%s", "client=127.0.0.1:5000 sni=a.example bytes_up=5", extra={"fields": fields})
+    text = "client=127.0.0.1:5000 sni=a.example bytes_up=5"
+    logs.info_with_fields(logger, text, fields, "connection")
+    logger.info("%s", text, extra={"fields": fields, "line": text, "summary": "connection"})
     short, record = _written(handler, stream)
-    stamp = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}")
+    stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
     if formatter is JsonFormatter:
         short_out, record_out = json.loads(short), json.loads(record)
         assert stamp.fullmatch(str(short_out.pop("time")))
@@ -89,12 +90,40 @@ def test_the_access_lines_short_path_writes_what_the_record_would(
         assert short_out == record_out
         assert short_out["bytes_up"] == 5
         assert short_out["logger"] == "tlsgate.test-short-path"
+        # The fields are keys of their own, not repeated in the message.
+        assert short_out["message"] == "connection"
     else:
         assert stamp.match(short)
-        assert short[23:] == record[23:]  # the same but for the millisecond
-        assert short[23:] == " INFO tlsgate.test-short-path " + (
-            "client=127.0.0.1:5000 sni=a.example bytes_up=5"
-        )
+        assert short[24:] == record[24:]  # the same but for the millisecond
+        assert short[24:] == " INFO tlsgate.test-short-path " + text
+
+
+def test_times_are_iso_8601_utc_whatever_the_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        record = _record("hello")
+        record.created = 1_780_000_000.25  # 2026-05-28T20:26:40.250Z
+        text = logs.TextFormatter().format(record)
+        assert text == "2026-05-28T20:26:40.250Z INFO tlsgate.access hello"
+        assert json.loads(JsonFormatter().format(record))["time"] == "2026-05-28T20:26:40.250Z"
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_fields_are_keys_in_json_and_logfmt_in_text() -> None:
+    record = _record("configuration swapped")
+    record.fields = {"generation": 3, "error": 'a "quoted" value', "none": None}
+    text = logs.TextFormatter().format(record)
+    assert text.endswith('configuration swapped generation=3 error="a \\"quoted\\" value" none=-')
+    out = json.loads(JsonFormatter().format(record))
+    assert (out["message"], out["generation"], out["error"], out["none"]) == (
+        "configuration swapped",
+        3,
+        'a "quoted" value',
+        None,
+    )
 
 
 def test_any_other_handler_or_filter_gets_the_ordinary_record() -> None:
@@ -111,10 +140,10 @@ def test_any_other_handler_or_filter_gets_the_ordinary_record() -> None:
     logger = logging.getLogger("tlsgate.test-short-path-others")
     logger.handlers[:], logger.propagate = [handler, collector], False
     logger.setLevel(logging.INFO)
-    logs.info_with_fields(logger, "one", {"n": 1})
+    logs.info_with_fields(logger, "one", {"n": 1}, "connection")
     assert [r.fields for r in records] == [{"n": 1}]  # type: ignore[attr-defined]
     logger.handlers[:] = [handler]
     logger.addFilter(lambda record: record.getMessage() != "two")
-    logs.info_with_fields(logger, "two", {"n": 2})  # the filter still decides
-    logs.info_with_fields(logger, "three", {"n": 3})
+    logs.info_with_fields(logger, "two", {"n": 2}, "connection")  # the filter still decides
+    logs.info_with_fields(logger, "three", {"n": 3}, "connection")
     assert [line.rsplit(" ", 1)[1] for line in _written(handler, stream)] == ["one", "three"]

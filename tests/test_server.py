@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -446,8 +447,14 @@ async def test_json_logs_carry_connection_swap_and_listener_lines(pki: Pki, tmp_
     assert entry["bytes_up"] > 0
     assert entry["bytes_down"] > 0
     assert entry["duration"] >= 0
-    messages = [entry["message"] for entry in lines]
-    assert any(
-        m.startswith("configuration swapped generation=") and "accepted=" in m for m in messages
-    )
-    assert f"listener bound address=127.0.0.1 port={port}" in messages
+    # Times in UTC, ISO 8601; structured fields, never reprs; one logger namespace.
+    for entry in lines:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["time"])
+        assert entry["logger"].startswith("tlsgate."), entry
+    swaps = [e for e in lines if e["message"] == "configuration swapped"]
+    assert swaps
+    assert isinstance(swaps[0]["generation"], int)
+    assert isinstance(swaps[0]["accepted"], int)
+    bound = [e for e in lines if e["message"] == "listener bound"]
+    assert {"address": "127.0.0.1", "port": port}.items() <= bound[0].items()
+    assert access[0]["message"] == "connection"

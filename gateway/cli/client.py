@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from gateway import tlsgate_version
 from gateway.api import discovery
 from gateway.api.columns import age, columns
 from gateway.api.kinds import KINDS, KindInfo
@@ -79,7 +80,8 @@ class AdminClient:
     def request(
         self, method: str, path: str, body: bytes | None = None, content_type: str | None = None
     ) -> Any:
-        headers = {"Accept": "application/json"}
+        # Named in the gateway's audit lines (`agent`).
+        headers = {"Accept": "application/json", "User-Agent": f"tlsgate/{tlsgate_version()}"}
         if content_type:
             headers["Content-Type"] = content_type
         if self.token:

@@ -7,8 +7,6 @@ endpoint, bytes each way, duration, outcome; never key material.
 
 from __future__ import annotations
 
-import json
-import re
 import time
 from enum import StrEnum
 from typing import Any
@@ -16,6 +14,7 @@ from typing import Any
 import attrs
 
 from gateway.dataplane.relay import Transfer
+from gateway.logs import logfmt
 from gateway.routing.snapshot import RejectReason
 
 
@@ -116,24 +115,5 @@ class AccessRecord:
 
     @staticmethod
     def line(fields: dict[str, object]) -> str:
-        """The text access-log line, logfmt style: a value that is not a plain token is written
-        as a quoted string with JSON escapes, so whatever a client put in its SNI (CR, LF, NUL,
-        quotes, `key=value`) the line stays one line and a value cannot fake another field."""
-        texts = [str(value) for value in fields.values()]
-        if all(texts) and _PLAIN_LOG_VALUE.fullmatch("".join(texts)):  # the usual line, at once
-            return " ".join(f"{key}={text}" for key, text in zip(fields, texts, strict=True))
-        return " ".join(
-            f"{key}={_log_value(text)}" for key, text in zip(fields, texts, strict=True)
-        )
-
-
-#: A log value written as is: printable ASCII except space, `"`, `=` and backslash.
-_PLAIN_LOG_VALUE = re.compile(r"[!#-<>-\[\]-~]+")
-
-
-def _log_value(text: str) -> str:
-    if _PLAIN_LOG_VALUE.fullmatch(text):
-        return text
-    # ensure_ascii escapes every control and non-ASCII character (U+2028 and NEL split lines
-    # in some readers too); DEL is the one non-printable character JSON leaves alone.
-    return json.dumps(text).replace("\x7f", "\\u007f")
+        """The text access-log line, logfmt style (`logs.logfmt`)."""
+        return logfmt(fields)

@@ -21,7 +21,7 @@ from gateway.dataplane.sockets import listening_socket
 from gateway.routing.snapshot import Snapshot
 
 # The logger names predate the packages and are documented (docs/configuration.md): kept.
-log = logging.getLogger("gateway.server")
+log = logging.getLogger("tlsgate.server")
 
 #: Accept errors that mean "out of resources for now": wait and retry, never die of EMFILE.
 _TRANSIENT_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -89,19 +89,22 @@ class BoundSockets:
         wanted = set(self.state.snapshot.binds)
         for key in set(self.bound) - wanted:
             self.bound.pop(key).cancel()  # closes the socket; live connections are untouched
-            log.info("listener closed address=%s port=%d", *key)
+            log.info("listener closed", extra={"fields": {"address": key[0], "port": key[1]}})
         failures: dict[tuple[str, int], str] = {}
         for key in sorted(wanted - set(self.bound)):
             try:
                 sock = _bind(key, self.backlog, reuse_port=self.reuse_port)
             except OSError as exc:
                 failures[key] = exc.strerror or str(exc)
-                log.warning("cannot bind address=%s port=%d: %s", key[0], key[1], failures[key])
+                log.warning(
+                    "cannot bind",
+                    extra={"fields": {"address": key[0], "port": key[1], "error": failures[key]}},
+                )
                 continue
             scope = trio.CancelScope()
             self.bound[key] = scope
             nursery.start_soon(self._accept, sock, key, scope)
-            log.info("listener bound address=%s port=%d", *key)
+            log.info("listener bound", extra={"fields": {"address": key[0], "port": key[1]}})
         self.state.set_bind_failures(failures)
         # Counters of listeners, routes and backends no longer configured go with them.
         self.proxy.metrics.retain(self.state.snapshot)

@@ -15,7 +15,7 @@ from gateway.dataplane.binds import BIND_RETRY_SECONDS, BoundSockets, SnapshotSo
 from gateway.dataplane.proxy import Proxy
 
 # The logger names predate the packages and are documented (docs/configuration.md): kept.
-log = logging.getLogger("gateway.server")
+log = logging.getLogger("tlsgate.server")
 
 
 #: Seconds between GIL hand-offs in a process whose event loop moves bytes while another

@@ -87,7 +87,7 @@ from gateway.routing.snapshot import (
 )
 
 # The logger name predates the packages (operators filter on it): kept.
-log = logging.getLogger("gateway.proxy")
+log = logging.getLogger("tlsgate.proxy")
 access_log = logging.getLogger("tlsgate.access")
 
 #: Expected ways for a connection to fail: one log line, no traceback.
@@ -188,7 +188,7 @@ class Proxy:
                 self.limits.release(conn.held)
             if access_log.isEnabledFor(logging.INFO):
                 fields = conn.fields()
-                info_with_fields(access_log, AccessRecord.line(fields), fields)
+                info_with_fields(access_log, AccessRecord.line(fields), fields, "connection")
             self._account(conn)
             self._leave()
 

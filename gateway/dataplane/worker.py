@@ -41,7 +41,7 @@ from gateway.metrics import Metrics
 from gateway.routing.patch import Patch, apply
 from gateway.routing.snapshot import Snapshot
 
-log = logging.getLogger("gateway.worker")
+log = logging.getLogger("tlsgate.worker")
 
 #: Seconds between two looks at what to report: open connections and counters are sent when
 #: they changed, so a worker killed with SIGKILL loses at most this much of its counts.

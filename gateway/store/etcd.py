@@ -58,7 +58,7 @@ import httpx
 from gateway.api.kinds import BY_KIND, ObjectKey
 from gateway.store.sqlite import StoreError, StoreUnavailable
 
-log = logging.getLogger("gateway.store")
+log = logging.getLogger("tlsgate.store")
 
 #: Seconds one request to one etcd member may take before the next member is tried.
 REQUEST_TIMEOUT = 3.0

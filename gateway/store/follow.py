@@ -31,7 +31,7 @@ from gateway.store.etcd_watch import Batch, Compacted, watch
 from gateway.store.sqlite import StoreUnavailable
 from gateway.store.writes import WritePath, structured
 
-log = logging.getLogger("gateway.store")
+log = logging.getLogger("tlsgate.store")
 
 MIN_BACKOFF = 0.1
 MAX_BACKOFF = 2.0

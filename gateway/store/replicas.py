@@ -26,7 +26,7 @@ from gateway.store.etcd import EtcdStore
 from gateway.store.follow import Health
 from gateway.store.sqlite import StoreUnavailable
 
-log = logging.getLogger("gateway.store")
+log = logging.getLogger("tlsgate.store")
 
 #: How often the registration is compared with what this replica runs (seconds): readiness
 #: and the generation change without a write (a listener bound, a worker restarted).

@@ -24,8 +24,8 @@ from gateway.store.facts import compile_translation
 from gateway.translate.build import Translation
 from gateway.translate.resources import Resources
 
-# The logger names predate the packages and are documented (docs/configuration.md): kept.
-log = logging.getLogger("gateway.state")
+# Every logger is under `tlsgate.` (docs/configuration.md lists them).
+log = logging.getLogger("tlsgate.state")
 
 
 def utc_now() -> str:
@@ -140,12 +140,16 @@ class State:
         changed.set()
         accepted, rejected = translation.counts
         log.info(
-            "configuration swapped generation=%d documents=%d accepted=%d rejected=%d binds=%d",
-            self.snapshot.generation,
-            len(self.documents),
-            accepted,
-            rejected,
-            len(self.snapshot.binds),
+            "configuration swapped",
+            extra={
+                "fields": {
+                    "generation": self.snapshot.generation,
+                    "documents": len(self.documents),
+                    "accepted": accepted,
+                    "rejected": rejected,
+                    "binds": len(self.snapshot.binds),
+                }
+            },
         )
         return self.snapshot
 

@@ -44,7 +44,7 @@ from gateway.store.plan import Action, Change, Conflict, merge_patch, plan
 from gateway.store.sqlite import StoreUnavailable
 from gateway.store.state import State, utc_now
 
-log = logging.getLogger("gateway.store")
+log = logging.getLogger("tlsgate.store")
 
 
 class DocumentStore(Protocol):
