@@ -218,4 +218,4 @@ def test_ordinary_values_are_written_as_they_are() -> None:
     conn.outcome = Outcome.CLOSED
     line = AccessRecord.line(conn.fields())
     assert line.startswith("client=[::1]:5000 bind=127.0.0.1:443 sni=db.example.com listener=- ")
-    assert line.endswith(" outcome=closed")
+    assert line.endswith(" outcome=closed ended_by=-")  # no transfer: nothing says who

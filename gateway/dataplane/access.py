@@ -55,6 +55,20 @@ class Outcome(StrEnum):
         return cls(f"rejected-{reason}")
 
 
+#: Outcomes that say who ended the connection by themselves.
+_ENDED_BY: dict[Outcome, str] = {
+    Outcome.CLIENT_CLOSED: "client",
+    Outcome.CONNECT_FAILED: "backend",
+    Outcome.BACKEND_TLS_FAILED: "backend",
+    Outcome.SHUTDOWN: "gateway",
+    Outcome.INTERNAL_ERROR: "gateway",
+    Outcome.IDLE_TIMEOUT: "gateway",
+    Outcome.HELLO_TIMEOUT: "gateway",
+    Outcome.HANDSHAKE_TIMEOUT: "gateway",
+    **{o: "gateway" for o in Outcome if o.startswith(("rejected-", "refused-"))},
+}
+
+
 @attrs.define
 class AccessRecord:
     """What one access-log line says about a connection."""
@@ -85,6 +99,19 @@ class AccessRecord:
     alpn: str | None = None
     #: The shared counters the connection counts in (`limits.Held`), given back at close.
     held: Any = None
+    #: The side whose socket failed ("client", "backend"), when a failure ended it.
+    failed: str | None = None
+
+    def ended_by(self) -> str | None:
+        """Who ended the connection: `client`, `backend` or `gateway` (a timeout, a rule, a
+        limit, a shutdown); the side that failed, or that ended its side first; None when
+        nothing says (a failed TLS handshake: either side may have refused)."""
+        if self.failed is not None:
+            return self.failed
+        by = _ENDED_BY.get(self.outcome)
+        if by is not None:
+            return by
+        return self.transfer.ended_by if self.transfer is not None else None
 
     def fields(self) -> dict[str, object]:
         """The access-log fields, in order (ARCHITECTURE.md "Logging"; never key material)."""
@@ -101,6 +128,7 @@ class AccessRecord:
             "bytes_down": self.transfer.down if self.transfer else 0,
             "duration": round(time.monotonic() - self.started, 3),
             "outcome": self.outcome,
+            "ended_by": self.ended_by(),
         }
         if self.via is not None:
             host, port = self.via[:2]

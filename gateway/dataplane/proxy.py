@@ -175,6 +175,7 @@ class Proxy:
                 conn.outcome = Outcome.SHUTDOWN  # Cancelled (drain timeout), KeyboardInterrupt...
                 raise
             if isinstance(exc, EXPECTED_ERRORS):
+                conn.failed = getattr(exc, "side", None)
                 if conn.outcome is Outcome.CLOSED:
                     conn.outcome = Outcome.ERROR
                 conn.detail = conn.detail or f"{type(exc).__name__}: {exc}"

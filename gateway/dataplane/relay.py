@@ -128,6 +128,8 @@ class Transfer:
     connected: bool = True
     #: Called once when a connect the loop waited for completes (a health report).
     on_connect: Callable[[], None] | None = None
+    #: The side whose end (EOF, close_notify) came first: "client" or "backend".
+    ended_by: str | None = None
 
     def progress(self) -> None:
         # Moving a deadline costs trio some bookkeeping: do it at most every ~1% of the timeout.
@@ -159,6 +161,22 @@ class _Way:
     @property
     def blocked(self) -> bool:
         return self.pending is not None or self.in_pipe > 0
+
+
+def blame(exc: BaseException, side: str) -> None:
+    """Say which socket failed ("client" or "backend"), for the access log's `ended_by`;
+    the first to say it is kept (a failure raised on through another side's code)."""
+    if getattr(exc, "side", None) is None:
+        with contextlib.suppress(AttributeError):
+            exc.side = side  # type: ignore[attr-defined]
+
+
+def _src(way: _Way) -> str:
+    return "client" if way.up else "backend"
+
+
+def _dst(way: _Way) -> str:
+    return "backend" if way.up else "client"
 
 
 class ConnectError(OSError):
@@ -293,6 +311,9 @@ class _Pair(Parked):
             data = os.read(way.src_fd, SPLICE_MIN)
         except BlockingIOError:
             return  # nothing there after all
+        except OSError as exc:
+            blame(exc, _src(way))
+            raise
         if not data:
             self._eof(way)
             return
@@ -301,6 +322,9 @@ class _Pair(Parked):
             sent = way.dst.send(data)
         except BlockingIOError:
             sent = 0
+        except OSError as exc:
+            blame(exc, _dst(way))
+            raise
         if sent < len(data):
             way.pending = memoryview(data)[sent:]
         self._moved(way, sent)
@@ -310,8 +334,9 @@ class _Pair(Parked):
             moved = os.splice(way.src_fd, pipe[1], CHUNK, flags=_SPLICE_FLAGS)
         except BlockingIOError:
             moved = -1
-        except BaseException:
+        except BaseException as exc:
             pool.give_back(pipe, clean=False)
+            blame(exc, _src(way))
             raise
         if moved <= 0:
             pool.give_back(pipe, clean=True)
@@ -329,6 +354,9 @@ class _Pair(Parked):
                 sent = way.dst.send(way.pending)
             except BlockingIOError:
                 return
+            except OSError as exc:
+                blame(exc, _dst(way))
+                raise
             way.pending = way.pending[sent:] if sent < len(way.pending) else None
             self._moved(way, sent)
             return
@@ -339,6 +367,9 @@ class _Pair(Parked):
                 sent = os.splice(way.pipe[0], way.dst_fd, way.in_pipe, flags=_SPLICE_FLAGS)
             except BlockingIOError:
                 return
+            except OSError as exc:
+                blame(exc, _dst(way))
+                raise
             way.in_pipe -= sent
             self._moved(way, sent)
         pipe, way.pipe = way.pipe, None
@@ -354,9 +385,10 @@ class _Pair(Parked):
                 transfer.down += count
             transfer.progress()
 
-    @staticmethod
-    def _eof(way: _Way) -> None:
+    def _eof(self, way: _Way) -> None:
         way.done = True
+        if self.transfer.ended_by is None:
+            self.transfer.ended_by = _src(way)
         send_eof(way.dst)
 
     def release(self) -> None:

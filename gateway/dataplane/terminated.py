@@ -40,7 +40,7 @@ from typing import Any
 
 import trio
 
-from gateway.dataplane.relay import Parked, RelayLoop, Transfer
+from gateway.dataplane.relay import Parked, RelayLoop, Transfer, blame
 from gateway.dataplane.sockio import send_eof
 from gateway.dataplane.tlsstream import CHUNK, NOTHING, RECORD, TlsConnection, TlsError
 
@@ -60,10 +60,12 @@ BACKLOG = 2 * CHUNK
 class _Side:
     """One socket of the pair and its TLS engine, if it speaks TLS: plaintext in and out."""
 
-    __slots__ = ("closing", "incoming", "outgoing", "sock", "tls", "unsent")
+    __slots__ = ("closing", "incoming", "outgoing", "sock", "tls", "unsent", "who")
 
-    def __init__(self, sock: socket.socket, tls: TlsConnection | None) -> None:
+    def __init__(self, sock: socket.socket, tls: TlsConnection | None, who: str) -> None:
         self.sock = sock
+        #: "client" or "backend": what the access log says failed (`relay.blame`).
+        self.who = who
         self.tls = tls.tls if tls is not None else None
         self.incoming = tls.incoming if tls is not None else None
         self.outgoing = tls.outgoing if tls is not None else None
@@ -88,6 +90,9 @@ class _Side:
             data = self.sock.recv(CHUNK)
         except BlockingIOError:
             return None
+        except OSError as exc:
+            blame(exc, self.who)
+            raise
         if self.tls is None:
             return data, _OPEN if data else _CLEAN
         assert self.incoming is not None
@@ -115,7 +120,9 @@ class _Side:
         except ssl.SSLEOFError:
             ended = _CUT
         except ssl.SSLError as exc:
-            raise TlsError(exc.reason or str(exc)) from None
+            error = TlsError(exc.reason or str(exc))
+            blame(error, self.who)  # what this side sent did not decrypt
+            raise error from None
         return b"".join(chunks), ended
 
     def queue(self, data: bytes) -> None:
@@ -148,6 +155,9 @@ class _Side:
                 sent = self.sock.send(self.unsent)
             except BlockingIOError:
                 return
+            except OSError as exc:
+                blame(exc, self.who)
+                raise
             self.unsent = self.unsent[sent:] if sent < len(self.unsent) else NOTHING
         if self.closing:
             self.closing = False
@@ -165,8 +175,8 @@ class _Terminated(Parked):
         transfer: Transfer,
     ) -> None:
         super().__init__(client.sock.fileno(), backend.fileno(), transfer)
-        self.client = _Side(client.sock, client)
-        self.backend = _Side(backend, backend_tls)
+        self.client = _Side(client.sock, client, "client")
+        self.backend = _Side(backend, backend_tls, "backend")
         #: The client ended (and the backend was told); the backend ended (and the client).
         self.up_done = False
         self.down_done = False
@@ -257,6 +267,8 @@ class _Terminated(Parked):
             side.flush()
         if ended == _OPEN:
             return False
+        if self.transfer.ended_by is None:
+            self.transfer.ended_by = side.who
         if from_client:
             self.up_done = True
             self.backend.finish()
