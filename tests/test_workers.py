@@ -81,7 +81,7 @@ def _socket_inodes(pid: int) -> set[str]:
 
 
 def _served_by(log: Path) -> set[str]:
-    return set(re.findall(r"outcome=closed worker=(\d+)", log.read_text()))
+    return set(re.findall(r"outcome=closed ended_by=\S+ worker=(\d+)", log.read_text()))
 
 
 async def test_workers_serve_writes_are_in_force_everywhere_and_a_dead_worker_is_replaced(
