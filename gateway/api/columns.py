@@ -72,6 +72,36 @@ def columns(info: KindInfo, item: dict[str, Any]) -> list[tuple[str, str]]:
     return []
 
 
+def wide_columns(info: KindInfo, item: dict[str, Any]) -> list[tuple[str, str]]:
+    """The columns `-o wide` adds after the kind's own (priority 1 in a Table)."""
+    spec, status = item.get("spec") or {}, item.get("status") or {}
+    namespace = (item.get("metadata") or {}).get("namespace", "")
+    if info.kind == "Gateway":
+        attached = sum(int(entry.get("attachedRoutes", 0)) for entry in status.get("listeners", []))
+        return [("LISTENERS", str(len(spec.get("listeners", [])))), ("ATTACHED", str(attached))]
+    if info.kind == "TLSRoute":
+        parents = [
+            f"{ref.get('namespace', namespace)}/{ref.get('name', '')}"
+            + (f"/{ref['sectionName']}" if ref.get("sectionName") else "")
+            for ref in spec.get("parentRefs", [])
+        ]
+        backends = [
+            f"{ref.get('namespace', namespace)}/{ref.get('name', '')}:{ref.get('port', '')}"
+            for rule in spec.get("rules", [])
+            for ref in rule.get("backendRefs", [])
+        ]
+        return [("PARENTS", ",".join(parents) or "-"), ("BACKENDS", ",".join(backends) or "-")]
+    if info.kind in ("BackendTLSPolicy", "ClientTrafficPolicy", "BackendTrafficPolicy"):
+        targets = [
+            f"{ref.get('kind', '')}/{ref.get('name', '')}" for ref in spec.get("targetRefs", [])
+        ]
+        return [("TARGETS", ",".join(targets) or "-")]
+    if info.kind == "Service":
+        ports = [f"{p.get('port', '')}/{p.get('protocol', 'TCP')}" for p in spec.get("ports", [])]
+        return [("PORTS", ",".join(ports) or "-")]
+    return []
+
+
 #: The Table's column descriptions (kubectl shows them with `--show-kind`, `explain`...).
 _DESCRIPTIONS = {
     "NAME": "Name must be unique within a namespace.",
@@ -84,6 +114,12 @@ _DESCRIPTIONS = {
     "ACCEPTED": "The Accepted condition, per parent or ancestor.",
     "RESOLVED": "The ResolvedRefs condition, per parent.",
     "STATUS": "The phase of the namespace.",
+    "LISTENERS": "How many listeners the Gateway has.",
+    "ATTACHED": "Routes attached, over the Gateway's listeners.",
+    "PARENTS": "The Gateways (and listeners) the route names.",
+    "BACKENDS": "The Services (and ports) the route sends to.",
+    "TARGETS": "What the policy targets.",
+    "PORTS": "The Service's ports.",
 }
 
 
@@ -99,17 +135,20 @@ def table(
     the object as `include` says (`includeObject`): its metadata (the default: kubectl adds
     the NAMESPACE column from it), the whole object (`Object`: `kubectl get --sort-by`
     sorts on it), or nothing (`None`)."""
-    example = columns(info, items[0]) if items else columns(info, {})
-    headers = ["NAME", *(h for h, _ in example), "AGE"]
+    example = items[0] if items else {}
+    own = [h for h, _ in columns(info, example)]
+    wide = [h for h, _ in wide_columns(info, example)]
+    # kubectl shows priority 1 only with -o wide; it keeps the order given.
+    headers = [("NAME", 0), *((h, 0) for h in own), ("AGE", 0), *((h, 1) for h in wide)]
     definitions = [
         {
             "name": header.title() if header != "NAME" else "Name",
             "type": "string",
             "format": "name" if header == "NAME" else "",
             "description": _DESCRIPTIONS.get(header, ""),
-            "priority": 0,
+            "priority": priority,
         }
-        for header in headers
+        for header, priority in headers
     ]
     rows = []
     for item in items:
@@ -118,6 +157,7 @@ def table(
             meta.get("name", ""),
             *(v for _, v in columns(info, item)),
             age(meta.get("creationTimestamp"), now),
+            *(v for _, v in wide_columns(info, item)),
         ]
         row: dict[str, Any] = {"cells": cells}
         if include == "Object":

@@ -7,6 +7,7 @@ printed as the Status message with its field causes, and the exit code is 1.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import ssl
 import sys
@@ -20,9 +21,12 @@ import yaml
 
 from gateway import tlsgate_version
 from gateway.api import discovery
-from gateway.api.columns import age, columns
+from gateway.api.columns import age, columns, wide_columns
 from gateway.api.kinds import KINDS, KindInfo
-from gateway.cli.files import read_text
+from gateway.api.manifests import ManifestError, flatten, parse_documents
+from gateway.api.selectors import label_selector
+from gateway.cli.describe import describe_lines
+from gateway.cli.files import manifest_paths, read_text
 from gateway.dataplane.sockets import is_loopback
 
 #: kubectl's short names (the discovery documents'), and `eps`, the CLI's own.
@@ -123,37 +127,176 @@ def item_path(info: KindInfo, name: str, namespace: str | None) -> str:
     )
 
 
-def apply(client: AdminClient, texts: list[str], output: str | None) -> None:
+DRY = " (server dry run)"
+
+
+def apply(client: AdminClient, texts: list[str], output: str | None, dry_run: bool) -> None:
     body = "\n---\n".join(texts).encode()
-    result = client.request("POST", "/v1/apply", body, "application/yaml")
-    if output:
+    query = "?dryRun=All" if dry_run else ""
+    result = client.request("POST", "/v1/apply" + query, body, "application/yaml")
+    if output in ("yaml", "json"):
         _print(result, output)
         return
     for item in result["items"]:
-        print(f"{_ref(item)} {item['action']}")
+        print(_ref(item) if output == "name" else f"{_ref(item)} {item['action']}{DRY * dry_run}")
+
+
+def _selected(items: list[dict[str, Any]], selector: str | None) -> list[dict[str, Any]]:
+    """The items whose labels a label selector (kubectl's grammar) selects."""
+    if not selector:
+        return items
+    try:
+        selects = label_selector(selector)
+    except ValueError as exc:
+        raise ClientError(f"invalid label selector {selector!r}: {exc}") from None
+    return [i for i in items if selects((i.get("metadata") or {}).get("labels") or {})]
+
+
+def _list(
+    client: AdminClient, info: KindInfo, namespace: str | None, selector: str | None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    query = f"?namespace={urllib.parse.quote(namespace)}" if namespace else ""
+    result = client.request("GET", f"/v1/{info.plural}{query}")
+    items = _selected(result["items"], selector)
+    return {**result, "items": items}, items
 
 
 def get(
-    client: AdminClient, kind: str, name: str | None, namespace: str | None, output: str | None
+    client: AdminClient,
+    kind: str,
+    name: str | None,
+    namespace: str | None,
+    output: str | None,
+    selector: str | None = None,
 ) -> None:
     info = resolve_kind(kind)
     if name is not None:
+        if selector:
+            raise ClientError("name an object or give a selector (-l), not both")
         result = client.request("GET", item_path(info, name, namespace))
         items = [result]
     else:
-        query = f"?namespace={urllib.parse.quote(namespace)}" if namespace else ""
-        result = client.request("GET", f"/v1/{info.plural}{query}")
-        items = result["items"]
-    if output:
+        result, items = _list(client, info, namespace, selector)
+    if output in ("yaml", "json"):
         _print(result, output)
-        return
-    _table(info, items)
+    elif output == "name":
+        for item in items:
+            print(_ref(item))
+    else:
+        _table(info, items, wide=output == "wide")
 
 
-def delete(client: AdminClient, kind: str, name: str, namespace: str | None) -> None:
+def delete(
+    client: AdminClient,
+    kind: str,
+    name: str | None,
+    namespace: str | None,
+    selector: str | None,
+    dry_run: bool,
+) -> None:
+    """One document, or every one a selector selects (`-l`)."""
     info = resolve_kind(kind)
-    result = client.request("DELETE", item_path(info, name, namespace))
-    print(f"{_ref(result)} deleted")
+    if name is not None:
+        if selector:
+            raise ClientError("name an object or give a selector (-l), not both")
+        paths = [item_path(info, name, namespace)]
+    elif selector:
+        _, items = _list(client, info, namespace, selector)
+        paths = [item_path(info, _name_of(item), None) for item in items]
+        if not paths:
+            print(f"No {info.plural} found.")
+    else:
+        raise ClientError(f"delete {kind}: name one, or select them with -l")
+    for path in paths:
+        _delete(client, path, dry_run)
+
+
+def _name_of(item: dict[str, Any]) -> str:
+    meta = item["metadata"]
+    return f"{meta['namespace']}/{meta['name']}" if meta.get("namespace") else meta["name"]
+
+
+def _delete(client: AdminClient, path: str, dry_run: bool) -> None:
+    result = client.request("DELETE", path + ("?dryRun=All" if dry_run else ""))
+    print(f"{_ref(result)} deleted{DRY * dry_run}")
+
+
+def _documents_of(texts: list[str]) -> list[tuple[KindInfo, str]]:
+    """(kind, NAMESPACE/NAME) of each document of manifest texts."""
+    found = []
+    for text in texts:
+        try:
+            raws = [raw for document in parse_documents(text) for raw in flatten(document)]
+        except ManifestError as exc:
+            raise ClientError(str(exc)) from None
+        for raw in raws:
+            if not isinstance(raw, dict) or not isinstance(raw.get("metadata"), dict):
+                raise ClientError("a document without metadata names nothing to delete")
+            info = resolve_kind(str(raw.get("kind", "")))
+            meta = raw["metadata"]
+            name = str(meta.get("name", ""))
+            if info.namespaced:
+                name = f"{meta.get('namespace') or 'default'}/{name}"
+            found.append((info, name))
+    return found
+
+
+def delete_files(client: AdminClient, texts: list[str], dry_run: bool) -> int:
+    """`delete -f`: every document the files name; each failure said, the rest deleted."""
+    failed = 0
+    for info, name in _documents_of(texts):
+        try:
+            _delete(client, item_path(info, name, None), dry_run)
+        except ClientError as exc:
+            _report(exc)
+            failed += 1
+    return 1 if failed else 0
+
+
+def describe(client: AdminClient, kind: str, name: str, namespace: str | None) -> None:
+    """What `kubectl describe` shows: metadata, spec, and every condition as a table."""
+    info = resolve_kind(kind)
+    item = client.request("GET", item_path(info, name, namespace))
+    for line in describe_lines(item):
+        print(line)
+
+
+def diff(client: AdminClient, texts: list[str]) -> int:
+    """`diff -f`: what applying the files would change (a server dry run) against what is in
+    force, as a unified diff of each document's YAML; 1 if anything would change."""
+    body = "\n---\n".join(texts).encode()
+    result = client.request("POST", "/v1/apply?dryRun=All", body, "application/yaml")
+    changed = 0
+    for merged in result["items"]:
+        if merged.get("action") == "unchanged":
+            continue
+        info = resolve_kind(merged["kind"])
+        try:
+            live: dict[str, Any] | None = client.request(
+                "GET", item_path(info, _name_of(merged), None)
+            )
+        except ClientError:
+            live = None
+        ref = _ref(merged)
+        before = _comparable(live).splitlines(keepends=True) if live else []
+        after = _comparable(merged).splitlines(keepends=True)
+        lines = list(difflib.unified_diff(before, after, f"live/{ref}", f"merged/{ref}"))
+        if lines:
+            changed += 1
+            sys.stdout.writelines(lines)
+    return 1 if changed else 0
+
+
+#: What a write sets by itself: left out of `diff`.
+_SERVER_SET = ("uid", "creationTimestamp", "generation", "resourceVersion", "managedFields")
+
+
+def _comparable(item: dict[str, Any]) -> str:
+    body = {k: v for k, v in item.items() if k not in ("status", "action")}
+    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k not in _SERVER_SET}
+    body["metadata"] = meta
+    text: str = yaml.safe_dump(body, sort_keys=False, default_flow_style=False)
+    return text
 
 
 def explain(
@@ -215,7 +358,7 @@ def _print(result: Any, output: str) -> None:
         yaml.safe_dump(result, sys.stdout, sort_keys=False)
 
 
-def _table(info: KindInfo, items: list[dict[str, Any]]) -> None:
+def _table(info: KindInfo, items: list[dict[str, Any]], *, wide: bool = False) -> None:
     if not items:
         print(f"No {info.plural} found.")
         return
@@ -228,6 +371,7 @@ def _table(info: KindInfo, items: list[dict[str, Any]]) -> None:
             ("NAME", meta["name"]),
             *columns(info, item),
             ("AGE", age(meta.get("creationTimestamp"), now)),
+            *(wide_columns(info, item) if wide else []),
         ]
         rows.append(row)
     headers = [h for h, _ in rows[0]]
@@ -237,28 +381,44 @@ def _table(info: KindInfo, items: list[dict[str, Any]]) -> None:
         print("   ".join(v.ljust(w) for (_, v), w in zip(row, widths, strict=True)).rstrip())
 
 
+def _texts(paths: list[str], recursive: bool) -> list[str]:
+    try:
+        return [read_text(path) for path in manifest_paths(paths, recursive=recursive)]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ClientError(str(exc) if isinstance(exc, FileNotFoundError) else f"{exc}") from None
+
+
+def _report(exc: ClientError) -> None:
+    print(f"error: {exc.lines[0]}", file=sys.stderr)
+    for line in exc.lines[1:]:
+        print(line, file=sys.stderr)
+
+
 def run_client(args: argparse.Namespace) -> int:
     try:
         admin = AdminClient(
             args.server, args.token, cacert=args.cacert, cert=args.cert, key=args.key
         )
+        dry_run = getattr(args, "dry_run", "none") == "server"
         if args.command == "apply":
-            texts = []
-            for path in args.file:
-                try:
-                    texts.append(read_text(path))
-                except (OSError, UnicodeDecodeError) as exc:
-                    raise ClientError(f"{path}: {exc}") from None
-            apply(admin, texts, args.output)
+            apply(admin, _texts(args.file, args.recursive), args.output, dry_run)
         elif args.command == "get":
-            get(admin, args.kind, args.name, args.namespace, args.output)
+            get(admin, args.kind, args.name, args.namespace, args.output, args.selector)
         elif args.command == "delete":
-            delete(admin, args.kind, args.name, args.namespace)
+            if args.file:
+                if args.kind or args.selector:
+                    raise ClientError("delete -f takes what the files name: no kind, no -l")
+                return delete_files(admin, _texts(args.file, args.recursive), dry_run)
+            if not args.kind:
+                raise ClientError("delete: name a kind (and a name or -l), or give -f FILE")
+            delete(admin, args.kind, args.name, args.namespace, args.selector, dry_run)
+        elif args.command == "describe":
+            describe(admin, args.kind, args.name, args.namespace)
+        elif args.command == "diff":
+            return diff(admin, _texts(args.file, args.recursive))
         else:
             explain(admin, args.port, args.sni, args.address, args.output)
     except ClientError as exc:
-        print(f"error: {exc.lines[0]}", file=sys.stderr)
-        for line in exc.lines[1:]:
-            print(line, file=sys.stderr)
+        _report(exc)
         return 1
     return 0

@@ -6,6 +6,7 @@ problem reported, so one run shows all the typos.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -24,6 +25,38 @@ class FileProblem:
     where: str
     message: str
     invalid: Invalid | None = None
+
+
+#: The files a directory given to `-f` contributes (kubectl's: YAML and JSON).
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def manifest_paths(paths: Sequence[str], *, recursive: bool = False) -> list[str]:
+    """The files `-f` names: a file as is ('-' for stdin), a directory's manifest files in
+    name order (and, with `recursive`, those of every directory below it). OSError names a
+    path that is neither, or a directory without any manifest."""
+    found: list[str] = []
+    for path in paths:
+        if path == "-" or not os.path.isdir(path):
+            if path != "-" and not os.path.exists(path):
+                raise FileNotFoundError(f"{path}: no such file or directory")
+            found.append(path)
+            continue
+        inside: list[str] = []
+        for directory, subdirectories, files in os.walk(path):
+            subdirectories.sort()
+            if not recursive:
+                subdirectories.clear()
+            inside += [
+                os.path.join(directory, name)
+                for name in sorted(files)
+                if name.endswith(MANIFEST_SUFFIXES) and not name.startswith(".")
+            ]
+        if not inside:
+            where = " or below it (-R)" if recursive else " (-R reads the ones below it)"
+            raise FileNotFoundError(f"{path}: no .yaml, .yml or .json file in it{where}")
+        found += inside
+    return found
 
 
 def read_text(path: str) -> str:

@@ -10,12 +10,14 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway import tlsgate_version
 from gateway.api.names import RFC3339
 from gateway.cli.client import run_client
 from gateway.cli.env import (
     admin_address,
     env,
     env_choice,
+    env_name,
     env_number,
     env_parsed,
     session_tickets,
@@ -52,6 +54,9 @@ _TIMEOUTS = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlsgate", description=DESCRIPTION)
+    parser.add_argument(
+        "--version", action="version", version=f"tlsgate {tlsgate_version()}", help="print it"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     _add_client_commands(commands, _remote_options())
     _add_serve(commands)
@@ -95,38 +100,99 @@ def _remote_options() -> argparse.ArgumentParser:
     return remote
 
 
+def _files(command: argparse.ArgumentParser, *, required: bool = True) -> None:
+    command.add_argument(
+        "-f",
+        "--file",
+        action="append",
+        required=required,
+        metavar="FILE",
+        help="manifest file, or directory of .yaml/.yml/.json files ('-' for stdin); repeat",
+    )
+    command.add_argument(
+        "-R",
+        "--recursive",
+        action="store_true",
+        help="with a directory in -f, read the directories below it too",
+    )
+
+
+def _dry_run(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--dry-run",
+        choices=("none", "server"),
+        default="none",
+        help="server: the gateway admits and answers the write but stores nothing "
+        "(dryRun=All); default none",
+    )
+
+
+def _namespace(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "-n", "--namespace", help="the namespace of NAME, or of the objects listed (default: all)"
+    )
+
+
 def _add_client_commands(commands: Any, remote: argparse.ArgumentParser) -> None:
     ap = commands.add_parser(
         "apply", parents=[remote], help="create or update the documents of files (POST /v1/apply)"
     )
+    _files(ap)
+    _dry_run(ap)
     ap.add_argument(
-        "-f",
-        "--file",
-        action="append",
-        required=True,
-        metavar="FILE",
-        help="manifest file ('-' for stdin); repeat",
+        "-o",
+        "--output",
+        choices=("yaml", "json", "name"),
+        help="print the answer as YAML or JSON, or only the names (default: name and action)",
     )
-    ap.add_argument("-o", "--output", choices=("yaml", "json"))
     ap.set_defaults(run=run_client)
     gt = commands.add_parser("get", parents=[remote], help="list or read documents with status")
     gt.add_argument("kind", help="tlsroutes, gateways, ... (singular, Kind or short names too)")
     gt.add_argument("name", nargs="?", help="NAME or NAMESPACE/NAME")
-    gt.add_argument("-n", "--namespace")
-    gt.add_argument("-o", "--output", choices=("yaml", "json"))
+    _namespace(gt)
+    gt.add_argument(
+        "-l", "--selector", help="only those whose labels match (kubectl's syntax: a=b,c!=d)"
+    )
+    gt.add_argument(
+        "-o",
+        "--output",
+        choices=("yaml", "json", "wide", "name"),
+        help="YAML or JSON, a table with more columns (wide), or only names (default: a table)",
+    )
     gt.set_defaults(run=run_client)
-    dl = commands.add_parser("delete", parents=[remote], help="delete one document")
-    dl.add_argument("kind")
-    dl.add_argument("name", help="NAME or NAMESPACE/NAME")
-    dl.add_argument("-n", "--namespace")
+    dl = commands.add_parser(
+        "delete", parents=[remote], help="delete documents: by name, by selector or by file"
+    )
+    dl.add_argument("kind", nargs="?", help="the kind (as for get); not with -f")
+    dl.add_argument("name", nargs="?", help="NAME or NAMESPACE/NAME")
+    _namespace(dl)
+    dl.add_argument("-l", "--selector", help="delete every one of the kind whose labels match")
+    _files(dl, required=False)
+    _dry_run(dl)
     dl.set_defaults(run=run_client)
+    ds = commands.add_parser(
+        "describe", parents=[remote], help="one document: metadata, spec and every condition"
+    )
+    ds.add_argument("kind", help="the kind (as for get)")
+    ds.add_argument("name", help="NAME or NAMESPACE/NAME")
+    _namespace(ds)
+    ds.set_defaults(run=run_client)
+    df = commands.add_parser(
+        "diff",
+        parents=[remote],
+        help="what applying files would change, as a unified diff; exits 1 if anything would",
+    )
+    _files(df)
+    df.set_defaults(run=run_client)
     ex = commands.add_parser(
         "explain", parents=[remote], help="what a connection with this SNI would get"
     )
-    ex.add_argument("--port", type=int, required=True)
-    ex.add_argument("--sni", required=True)
-    ex.add_argument("--address")
-    ex.add_argument("-o", "--output", choices=("yaml", "json"))
+    ex.add_argument("--port", type=int, required=True, help="the port the client connects to")
+    ex.add_argument("--sni", required=True, help="the server name its ClientHello sends")
+    ex.add_argument(
+        "--address", help="the address it connects to (default: any the port is bound on)"
+    )
+    ex.add_argument("-o", "--output", choices=("yaml", "json"), help="YAML or JSON (default: text)")
     ex.set_defaults(run=run_client)
 
 
@@ -284,6 +350,19 @@ def _add_serve(commands: Any) -> None:
         help="default info (one access line per connection)",
     )
     sv.set_defaults(run=run_serve)
+    _name_environment(sv)
+
+
+def _name_environment(command: argparse.ArgumentParser) -> None:
+    """Every serve option says the environment variable it reads (API.md: each option is
+    also TLSGATE_ and its name in capitals)."""
+    for action in command._actions:
+        long = [o for o in action.option_strings if o.startswith("--")]
+        if not long or action.dest == "help" or action.help is None:
+            continue
+        variable = env_name(long[0][2:])
+        if variable not in action.help:
+            action.help = f"{action.help} (env {variable})"
 
 
 def _add_translate(commands: Any) -> None:
@@ -298,7 +377,13 @@ def _add_translate(commands: Any) -> None:
         metavar="FILE",
         help="manifest file (JSON or multi-document YAML; '-' for stdin); repeat",
     )
-    tr.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+    tr.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml", help="default yaml")
+    tr.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when anything would not serve: a condition Accepted, Programmed or "
+        "ResolvedRefs that is not True, or Conflicted that is (each said on stderr)",
+    )
     tr.add_argument(
         "--bind-address",
         default="0.0.0.0",

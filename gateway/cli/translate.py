@@ -76,4 +76,45 @@ def run_translate(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         yaml.safe_dump(out, sys.stdout, sort_keys=False, default_flow_style=False)
+    if args.strict:
+        problems = [problem for item in items for problem in not_serving(item)]
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        failed = failed or bool(problems)
     return 1 if failed else 0
+
+
+#: Conditions that say "this serves" when True; Conflicted says it when False.
+_GOOD_WHEN_TRUE = ("Accepted", "Programmed", "ResolvedRefs")
+
+
+def not_serving(item: dict[str, Any]) -> list[str]:
+    """What `--strict` fails on in one document's status: each condition that says part of
+    it would not serve, named with where it is (a listener, a parent)."""
+    meta = item.get("metadata") or {}
+    name = (
+        f"{meta.get('namespace')}/{meta.get('name')}" if meta.get("namespace") else meta.get("name")
+    )
+    problems: list[str] = []
+
+    def walk(status: Any, where: str) -> None:
+        if not isinstance(status, dict):
+            return
+        for condition in status.get("conditions") or ():
+            kind, value = condition.get("type"), condition.get("status")
+            bad = (kind in _GOOD_WHEN_TRUE and value != "True") or (
+                kind == "Conflicted" and value == "True"
+            )
+            if bad:
+                problems.append(
+                    f"{item.get('kind')} {name}{where}: {kind}={value} "
+                    f"({condition.get('reason', '')}): {condition.get('message', '')}"
+                )
+        for key in ("listeners", "parents", "ancestors"):
+            for entry in status.get(key) or ():
+                ref = entry.get("parentRef") or entry.get("ancestorRef") or {}
+                label = entry.get("name") or ref.get("name", "")
+                walk(entry, f" {key[:-1]} {label}")
+
+    walk(item.get("status"), "")
+    return problems
