@@ -18,6 +18,7 @@ import copy
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -550,7 +551,36 @@ def verify(stacks: list[Stack], *, replicas: bool) -> bool:
     return passed
 
 
-def run(check_only: bool, cleanup: contextlib.ExitStack, replicas: bool = False) -> int:
+def reused(state: Path, *, fresh: bool, replicas: bool) -> str | None:
+    """Forget (`--fresh`) or announce what an earlier interactive run stored: the demo's store
+    keeps every write, so a second run serves the walk-through's objects too. The notice to
+    print, or None. (With --replicas the store is a new etcd cluster each time.)"""
+    store = state / "store"
+    if fresh and store.exists():
+        shutil.rmtree(store)
+        return None
+    if replicas or not (store / "tlsgate.db").exists():
+        return None
+    return (
+        f"Reusing the configuration stored in {store.relative_to(ROOT)} by an earlier run: what "
+        "was applied then is served too. `scripts/demo --fresh` starts from the demo's "
+        "manifests alone."
+    )
+
+
+def announce(stacks: list[Stack], notice: str | None, *, replicas: bool) -> None:
+    """What the interactive demo prints once it is up: the commands to try."""
+    print(banner(stacks[0]), flush=True)
+    if notice:
+        print(notice, flush=True)
+    if replicas:
+        print(replicas_banner(stacks), flush=True)
+
+
+def run(
+    check_only: bool, cleanup: contextlib.ExitStack, replicas: bool = False, fresh: bool = False
+) -> int:
+    notice = None
     if check_only:
         state = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="tlsgate-demo-")))
         wanted: Mapping[str, int] = {}  # free ports, each backend binds port 0
@@ -560,6 +590,7 @@ def run(check_only: bool, cleanup: contextlib.ExitStack, replicas: bool = False)
         for port in (gateway_port, *wanted.values(), *admins):
             ensure_free(port)  # before anything is written or started
         state = STATE
+        notice = reused(state, fresh=fresh, replicas=replicas)
     certificates(state)
     processes = Processes()
     cleanup.callback(processes.stop)  # runs before the temporary directory goes
@@ -599,9 +630,7 @@ def run(check_only: bool, cleanup: contextlib.ExitStack, replicas: bool = False)
         if check_only:
             print(f"tlsgate's log:\n{(state / 'tlsgate.log').read_text()}", file=sys.stderr)
         raise
-    print(banner(stack), flush=True)
-    if replicas:
-        print(replicas_banner(stacks), flush=True)
+    announce(stacks, notice, replicas=replicas)
     while True:
         signal.pause()  # until Stopped
 
@@ -620,6 +649,12 @@ def main() -> int:
         "(needs etcd, Debian's etcd-server)",
     )
     parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="forget what an earlier run stored in demo-state/store and start from the "
+        "demo's manifests alone",
+    )
+    parser.add_argument(
         "--certs-only",
         metavar="DIR",
         type=Path,
@@ -633,7 +668,7 @@ def main() -> int:
         signal.signal(signum, _raise_stopped)
     try:
         with contextlib.ExitStack() as cleanup:
-            return run(args.check, cleanup, args.replicas)
+            return run(args.check, cleanup, args.replicas, args.fresh)
     except Stopped:
         # Ctrl-C is how the interactive demo ends; a stopped check did not pass.
         return 1 if args.check else 0
