@@ -385,7 +385,7 @@ def _texts(paths: list[str], recursive: bool) -> list[str]:
     try:
         return [read_text(path) for path in manifest_paths(paths, recursive=recursive)]
     except (OSError, UnicodeDecodeError) as exc:
-        raise ClientError(str(exc) if isinstance(exc, FileNotFoundError) else f"{exc}") from None
+        raise ClientError(str(exc)) from None
 
 
 def _report(exc: ClientError) -> None:
