@@ -84,6 +84,9 @@ class WatchHub:
         self._synced = 0
         #: The newest change no longer kept, if any: watches from before it are Expired.
         self._dropped: Change | None = None
+        #: The hub followed the state once and stopped (idle): it starts again from what it
+        #: saw last.
+        self._stopped = False
 
     @property
     def revision(self) -> int:
@@ -101,11 +104,17 @@ class WatchHub:
 
     def _baseline(self) -> None:
         state = self.writes.state
-        self._documents, self._statuses = state.documents, state.snapshot.statuses
-        self._generation = state.generation
-        self.since = self._synced = self.revision
+        self.since = self._synced = revision = self.revision
         self.changes.clear()
         self._dropped = None
+        self._generation = state.generation
+        if self._stopped:
+            # What changed while nobody watched (status only, if the revision is the same):
+            # kept as changes a list before the stop may lack (`replay`), so that a watch
+            # from that list's revision still gets them.
+            self._compare(state.documents, state.snapshot.statuses, revision)
+        else:
+            self._documents, self._statuses = state.documents, state.snapshot.statuses
 
     async def _run(self) -> None:
         """Compare each new table with the last, until no watch has run for IDLE_SECONDS:
@@ -116,8 +125,10 @@ class WatchHub:
             with trio.move_on_after(IDLE_SECONDS):
                 await state.wait_changed(self._generation)
             if not self.watching and trio.current_time() - self.idle_since >= IDLE_SECONDS:
-                self.since = None  # the next watch starts from a new baseline
-                self._documents, self._statuses = {}, {}
+                # The next list or watch starts again, from the documents and statuses seen
+                # last (kept: the maps of a table in force once, shared with later ones).
+                self.since = None
+                self._stopped = True
                 self.changes.clear()
                 return
             self.sync()
@@ -335,7 +346,12 @@ async def _follow(
                     change.previous_status,
                     change.key,
                 )
-                version = change.doc.metadata.resource_version
+                # A deletion's is the revision it came with; a label change's, the new one.
+                version = (
+                    str(change.revision)
+                    if change.type == "DELETED"
+                    else change.doc.metadata.resource_version
+                )
                 if version is not None:
                     gone["object"]["metadata"]["resourceVersion"] = version
                 yield gone

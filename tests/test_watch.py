@@ -19,6 +19,7 @@ import pytest
 import trio
 import trio.lowlevel
 
+from admin import watch
 from gateway.api.kinds import ObjectKey
 
 from .harness import admin_gateway, free_port, gateway_yaml, route_yaml, service_yaml
@@ -157,12 +158,15 @@ def _programmed(wire: dict[str, Any]) -> str:
     return str(next(c["status"] for c in wire["status"]["conditions"] if c["type"] == "Programmed"))
 
 
+@pytest.mark.parametrize("stopped", [False, True])
 async def test_a_status_change_without_a_write_reaches_a_watch_from_before_it(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stopped: bool
 ) -> None:
     """A listener whose port is taken, then freed: its Gateway's Programmed changes with no
     write, so the store revision stays. A watch from a list taken before still gets it, as
-    kubectl wait --for=condition=Programmed needs."""
+    kubectl wait --for=condition=Programmed needs; also when the change came while the hub
+    had stopped following (nobody watched for IDLE_SECONDS)."""
+    monkeypatch.setattr(watch, "IDLE_SECONDS", 0.3)
     held = socket.socket()
     held.bind(("127.0.0.1", 0))
     held.listen()
@@ -179,6 +183,8 @@ async def test_a_status_change_without_a_write_reaches_a_watch_from_before_it(
                     if _programmed(listed["items"][0]) == "False":
                         break
                     await trio.sleep(0.05)
+            if stopped:
+                await trio.sleep(1)  # idle: the hub stops following
         finally:
             held.close()
         since = listed["metadata"]["resourceVersion"]
