@@ -8,16 +8,23 @@ import contextlib
 import errno
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import trio
 
+from gateway.api.convert import structure_document
+from gateway.api.kinds import ObjectKey
+from gateway.api.manifests import parse_documents
 from gateway.store.sqlite import Store, StoreError
+from gateway.store.state import State
+from gateway.store.writes import WritePath
 
-from .harness import admin_gateway
+from .harness import admin_gateway, route_yaml
 from .test_admin import assert_status
 
 
@@ -122,3 +129,31 @@ def test_an_unwritable_state_directory_is_a_clear_error(tmp_path: Path) -> None:
         (tmp_path / "ro").mkdir(mode=0o500)
         with pytest.raises(StoreError, match="state directory"):
             Store(tmp_path / "ro" / "state")
+
+
+async def test_a_write_whose_client_leaves_during_the_commit_is_still_swapped_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that hangs up cancels its request: from the commit to the swap the write
+    goes on, so what the store holds is what is in force (and the revision says so)."""
+    store = Store(tmp_path / "state")
+    writes = WritePath(State(bind_address="127.0.0.1"), store)
+    writes.load()
+    slow_commit = store.commit
+
+    def commit(*args: Any, **kwargs: Any) -> int:
+        time.sleep(0.3)  # the fault: a slow disk, long enough to hang up during it
+        return slow_commit(*args, **kwargs)
+
+    monkeypatch.setattr(store, "commit", commit)
+    documents = [
+        structure_document(raw)
+        for raw in parse_documents(route_yaml("db", ["db.example.com"], [("db", 1)]))
+    ]
+    with trio.move_on_after(0.1) as hung_up:
+        await writes.apply(documents)
+    assert hung_up.cancel_called  # the caller was cancelled during the commit...
+    key = ObjectKey("TLSRoute", "apps", "db")
+    assert key in writes.state.documents  # ...and the write is in force all the same
+    assert writes.applied == store.revision == 1
+    store.close()

@@ -431,16 +431,17 @@ class WritePath:
         expect = self._expected([c.key for c in changes])
         if not written and not expect:
             return Outcome(changes, self.state.snapshot, revision=self.applied)
-        texts, committed = await self._commit(written, [], expect)
-        if not written:
-            return Outcome(changes, self.state.snapshot, revision=committed)
-        if committed != revision:
-            # etcd numbered the write (other replicas write too): the documents carry its
-            # number; the texts stored carry the guess, so none is reused for answers.
-            changes = [_numbered(c, committed) for c in changes]
-            written = [c for c in changes if c.action is not Action.UNCHANGED]
-            texts = {}
-        snapshot = await self._swap_in([c.document for c in written], [], committed, now=now)
+        with trio.CancelScope(shield=True):  # see `_committed`
+            texts, committed = await self._commit(written, [], expect)
+            if not written:
+                return Outcome(changes, self.state.snapshot, revision=committed)
+            if committed != revision:
+                # etcd numbered the write (other replicas write too): the documents carry
+                # its number; the texts stored carry the guess, so none is reused for answers.
+                changes = [_numbered(c, committed) for c in changes]
+                written = [c for c in changes if c.action is not Action.UNCHANGED]
+                texts = {}
+            snapshot = await self._swap_in([c.document for c in written], [], committed, now=now)
         await self._wait_in_force(snapshot)
         return Outcome(changes, snapshot, texts, revision=committed)
 
@@ -470,12 +471,17 @@ class WritePath:
             now = utc_now()
             if dry_run:
                 return Outcome(changes, await self.preview([], [key], now=now))
-            _, committed = await self._commit([], [key], self._expected([key]))
-            snapshot = await self._swap_in([], [key], committed, now=now)
+            with trio.CancelScope(shield=True):  # see `_committed`
+                _, committed = await self._commit([], [key], self._expected([key]))
+                snapshot = await self._swap_in([], [key], committed, now=now)
             await self._wait_in_force(snapshot)
             return Outcome(changes, snapshot, revision=committed)
 
         return await self._attempts(attempt)
+
+    # `_committed`: from a commit to its swap nothing may cancel the write (a client that
+    # hangs up cancels its request's task): a write stored and not swapped in would be in the
+    # store and not in force until a restart, and `applied` would lag the store for good.
 
     async def _swap_in(
         self,
