@@ -200,10 +200,11 @@ class KubeViews:
                 raise ApiError(405, f"{resource.plural} can only be listed or watched here")
             if request.args.get("watch") in ("true", "1"):
                 # `kubectl get events -w`: a watch that never has an event (bookmarks only).
-                labels, fields = _selectors()
+                # Its selectors and resourceVersion are taken as the list takes them: as
+                # nothing to check (`kubectl events --for` selects on involvedObject).
                 if not self._start_hub():
                     raise ApiError(503, "watches need the admin API as tlsgate serves it")
-                return self._watch(target, None, labels, fields)
+                return self._watch(target, None, lambda _: True, lambda _ns, _name: True)
             return self._empty_list(target)
         if target.name is None:
             if is_read():
@@ -240,7 +241,8 @@ class KubeViews:
         fields: Callable[[str, str], bool],
     ) -> Response:
         # "0" (or none): the objects in force first, as ADDED; otherwise the changes since.
-        start = _number("resourceVersion", 0) or None
+        # Events have none to miss: any revision will do.
+        start = (_number("resourceVersion", 0) or None) if info is not None else None
         # 0 (or none) means the server's choice, as in Kubernetes.
         seconds = _number("timeoutSeconds", 0) or WATCH_SECONDS
         if self.hub.watching >= MAX_WATCHES:
@@ -448,6 +450,9 @@ def _versioned(wire: dict[str, Any], group_version: str) -> dict[str, Any]:
     """An object as the version its path names says it: the versions of a kind share one
     schema (SPEC.md §1), so the API server's conversion is the apiVersion alone."""
     wire["apiVersion"] = group_version
+    if wire.get("kind") == "Namespace":
+        # A stored Namespace is as live as an implicit one (kubectl wait on status.phase).
+        wire.setdefault("status", {"phase": "Active"})
     return wire
 
 

@@ -205,9 +205,34 @@ async def test_describe_and_namespaces(kubectl: Kubectl) -> None:
     assert stored["metadata"]["annotations"]["owner"] == "dba"
     team = await kubectl("get", "ns", "-l", "team=blue", "-o", "name")
     assert team.stdout.split() == ["namespace/apps"]
+    phase = await kubectl("get", "ns", "apps", "-o", "jsonpath={.status.phase}")
+    assert phase.stdout == "Active"  # stored now, and as live as before
     # Events: none, also when watched (the watch ends at kubectl's request timeout).
     watched = await kubectl("get", "events", "-A", "--watch", "--request-timeout=2s")
     assert (watched.stdout, watched.stderr) == ("", "")
+    # With a selector the list ignores, and as kubectl events --for asks.
+    selected = await kubectl(
+        "get",
+        "events",
+        "-n",
+        "apps",
+        "--field-selector",
+        "type=Warning",
+        "-w",
+        "--request-timeout=2s",
+    )
+    assert (selected.stdout, selected.stderr) == ("", "")
+    described = await kubectl(
+        "events",
+        "-n",
+        "apps",
+        "--for",
+        "tlsroute/db",
+        "--watch",
+        "--request-timeout=2s",
+        check=False,
+    )
+    assert "error" not in described.stderr.lower(), described.stderr
 
 
 def _route_with_defaults(hostname: str, extra: str = "") -> str:
