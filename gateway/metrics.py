@@ -60,11 +60,11 @@ class Tally(Collector):
         return self.counts.get(key, 0)
 
     def retain(self, keep: Callable[[tuple[str, ...]], bool]) -> None:
-        """Forget the label values `keep` refuses (a route deleted): a new dict, as a
-        scrape on another thread may be reading the old one."""
+        """Forget the label values `keep` refuses (a route deleted). In place: accept loops
+        hold the dict itself, and scrapes read it on the same event loop."""
         counts = self.counts
-        if not all(keep(key) for key in counts):
-            self.counts = {key: count for key, count in counts.items() if keep(key)}
+        for key in [key for key in counts if not keep(key)]:
+            del counts[key]
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
@@ -267,20 +267,32 @@ class ProcessTree(Collector):
 
     def __init__(self, workers: Callable[[], Sequence[int]] = tuple) -> None:
         self.workers = workers
+        #: The CPU seconds each process had at the last scrape, and those of processes
+        #: gone since (a worker that exited): the total never goes down.
+        self._cpu: dict[int, float] = {}
+        self._gone_cpu = 0.0
 
     def collect(self) -> Iterator[Metric]:
         families: dict[str, Metric] = {}
         totals: dict[str, float] = {}
+        cpu: dict[int, float] = {}
         for index, pid in enumerate((os.getpid(), *self.workers())):
             reader = ProcessCollector(pid=functools.partial(int, pid), registry=None)
             for family in reader.collect():
                 if not family.samples:
                     continue
                 if family.name in self._SUMMED:
-                    totals[family.name] = totals.get(family.name, 0.0) + family.samples[0].value
+                    value = family.samples[0].value
+                    totals[family.name] = totals.get(family.name, 0.0) + value
                     families.setdefault(family.name, family)
+                    if family.name == "process_cpu_seconds":
+                        cpu[pid] = value
                 elif index == 0:
                     families[family.name] = family
+        self._gone_cpu += sum(v for pid, v in self._cpu.items() if pid not in cpu)
+        self._cpu = cpu
+        if "process_cpu_seconds" in totals:
+            totals["process_cpu_seconds"] += self._gone_cpu
         for name, family in families.items():
             if name in totals:
                 kind = CounterMetricFamily if family.type == "counter" else GaugeMetricFamily

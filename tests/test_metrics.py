@@ -3,10 +3,14 @@ Prometheus client would (the text exposition, parsed by prometheus_client's own 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, ProcessTree
 
 
 def _samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -50,3 +54,43 @@ def test_durations_fall_in_the_bucket_whose_bound_is_at_or_above_them() -> None:
     assert samples["tlsgate_client_hello_duration_seconds_count", ()] == 5
     assert samples["tlsgate_client_hello_duration_seconds_sum", ()] == pytest.approx(21.0012)
     assert hello.count == 5
+
+
+def test_pruning_keeps_the_dict_that_accept_loops_count_into() -> None:
+    tally = Metrics().connections_accepted
+    counts = tally.counts
+    tally.add(("127.0.0.1", "1"))
+    tally.add(("127.0.0.1", "2"))
+    tally.retain(lambda key: key[1] == "1")
+    assert tally.counts is counts
+    assert counts == {("127.0.0.1", "1"): 1}
+
+
+def test_the_process_trees_cpu_never_goes_down_when_a_worker_exits() -> None:
+    """A worker that exits takes its CPU seconds along: the tree's counter keeps them."""
+    busy = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\nend = time.process_time() + 0.5\n"
+            "while time.process_time() < end: pass\ntime.sleep(0.5)",
+        ]
+    )
+    try:
+        tree = ProcessTree(lambda: [busy.pid] if busy.poll() is None else [])
+
+        def cpu() -> float:
+            [family] = [f for f in tree.collect() if f.name == "process_cpu_seconds"]
+            return float(family.samples[0].value)
+
+        deadline = time.monotonic() + 10
+        before = cpu()
+        while time.monotonic() < deadline and cpu() < before + 0.3:
+            time.sleep(0.05)
+        during = cpu()
+        assert during >= before + 0.3
+        busy.wait(10)
+        assert cpu() >= during
+    finally:
+        busy.kill()
+        busy.wait()
