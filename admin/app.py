@@ -10,7 +10,7 @@ import copy
 import functools
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import jsonpatch
@@ -33,6 +33,7 @@ from admin.requests import (
     STRATEGIC_PATCH,
     admit_bundle,
     admit_one,
+    audit,
     body_documents,
     body_of,
     content_type,
@@ -85,8 +86,13 @@ def create_app(
     replicas: Replicas | None = None,
     store: Callable[[], dict[str, object]] | None = None,
     health: HealthOf | None = None,
+    credentials: Sequence[str] = (),
 ) -> QuartTrio:
+    """`credentials`: what every admin request must have shown to reach the app (`token`,
+    `client-certificate`), as the audit lines say it."""
     app = QuartTrio(__name__)
+    # Inside the write's commit, so a client that hangs up cannot skip its audit line.
+    writes.on_commit = functools.partial(audit, credential="+".join(credentials) or "none")
     app.config["MAX_CONTENT_LENGTH"] = body_limit
     app.json.sort_keys = False  # type: ignore[attr-defined]
     views = Views(

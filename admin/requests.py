@@ -303,20 +303,22 @@ def admit_bundle(
 audit_log = logging.getLogger("tlsgate.audit")
 
 
-def audit(outcome: Outcome) -> None:
-    """The audit lines of a committed write: one per document created, configured or
-    deleted (nothing for a dry run, nor for what stayed unchanged), with the request's
-    method, path, client and user agent, and the document's generation and revision."""
+def audit(outcome: Outcome, *, credential: str = "none") -> None:
+    """The audit lines of a committed write (`WritePath.on_commit`): one per document
+    created, configured or deleted (nothing for what stayed unchanged), with the request's
+    method, path, client and user agent, what it had to show (`credential`), and the
+    document's generation and revision. A write outside a request (the bootstrap at start)
+    says `source: bootstrap`."""
     if outcome.revision is None or not audit_log.isEnabledFor(logging.INFO):
         return
-    asked: dict[str, object] = {}
+    asked: dict[str, object] = {"source": "bootstrap"}
     if has_request_context():
         agent = request.headers.get("User-Agent", "")
         asked = {
             "method": request.method,
             "path": request.path[:256],
             "client": request.remote_addr or "",
-            "credential": "token" if request.headers.get("Authorization") else "none",
+            "credential": credential,
             "agent": agent[:128],
         }
         if manager := request.args.get("fieldManager"):
@@ -362,5 +364,4 @@ async def run_write(operation: Any) -> Outcome:
         raise ApiError(503, str(exc)) from None
     except Invalid as exc:
         raise ApiError(422, exc.message, kind=exc.kind, name=exc.name, causes=exc.causes) from None
-    audit(outcome)
     return outcome

@@ -344,6 +344,14 @@ class Server:
             health=self.monitor.health,
             replicas=self.registry or Solo(self.replica_info),
             store=self.store_status,
+            credentials=[
+                name
+                for name, configured in (
+                    ("token", self.config.admin_token),
+                    ("client-certificate", self.config.admin_client_ca),
+                )
+                if configured
+            ],
         )
         edge = Edge(
             app,

@@ -192,6 +192,9 @@ class WritePath:
         self.catch_up: Callable[[Mapping[ObjectKey, int | None], int], Awaitable[bool]] | None = (
             None
         )
+        #: Called with each committed write once it is in this replica's table, inside the
+        #: commit's shield (the admin API's audit line: a client that hangs up skips none).
+        self.on_commit: Callable[[Outcome], None] | None = None
         #: Keys the store holds a value at that is not in force here (not a document, or not
         #: a valid one: written by something else), with that value's revision. A write of
         #: the object replaces it; the follower keeps this current.
@@ -442,8 +445,10 @@ class WritePath:
                 written = [c for c in changes if c.action is not Action.UNCHANGED]
                 texts = {}
             snapshot = await self._swap_in([c.document for c in written], [], committed, now=now)
+            outcome = Outcome(changes, snapshot, texts, revision=committed)
+            self._committed(outcome)
         await self._wait_in_force(snapshot)
-        return Outcome(changes, snapshot, texts, revision=committed)
+        return outcome
 
     async def delete(
         self,
@@ -474,14 +479,23 @@ class WritePath:
             with trio.CancelScope(shield=True):  # see `_committed`
                 _, committed = await self._commit([], [key], self._expected([key]))
                 snapshot = await self._swap_in([], [key], committed, now=now)
+                outcome = Outcome(changes, snapshot, revision=committed)
+                self._committed(outcome)
             await self._wait_in_force(snapshot)
-            return Outcome(changes, snapshot, revision=committed)
+            return outcome
 
         return await self._attempts(attempt)
 
     # `_committed`: from a commit to its swap nothing may cancel the write (a client that
     # hangs up cancels its request's task): a write stored and not swapped in would be in the
     # store and not in force until a restart, and `applied` would lag the store for good.
+
+    def _committed(self, outcome: Outcome) -> None:
+        if self.on_commit is not None:
+            try:
+                self.on_commit(outcome)
+            except Exception:  # an audit hook's bug must not fail a committed write
+                log.exception("the commit hook failed")
 
     async def _swap_in(
         self,
