@@ -210,7 +210,7 @@ def test_every_value_is_one_token_on_one_printable_line(value: str) -> None:
     line = AccessRecord.line(fields)
     assert line.isascii()
     assert line.isprintable()
-    assert dict(_logfmt(line)) == {key: str(v) for key, v in fields.items()}
+    assert dict(_logfmt(line)) == {key: "-" if v is None else str(v) for key, v in fields.items()}
 
 
 def test_ordinary_values_are_written_as_they_are() -> None:

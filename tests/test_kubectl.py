@@ -222,7 +222,7 @@ async def test_describe_and_namespaces(kubectl: Kubectl) -> None:
         "--request-timeout=2s",
     )
     assert (selected.stdout, selected.stderr) == ("", "")
-    described = await kubectl(
+    for_route = await kubectl(
         "events",
         "-n",
         "apps",
@@ -232,7 +232,7 @@ async def test_describe_and_namespaces(kubectl: Kubectl) -> None:
         "--request-timeout=2s",
         check=False,
     )
-    assert "error" not in described.stderr.lower(), described.stderr
+    assert "error" not in for_route.stderr.lower(), for_route.stderr
 
 
 def _route_with_defaults(hostname: str, extra: str = "") -> str:

@@ -119,11 +119,12 @@ class AccessRecord:
         out: dict[str, object] = {
             "client": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
             "bind": f"{self.bind[0]}:{self.bind[1]}",
-            "sni": self.sni or "-",
-            "listener": f"{self.gateway}/{self.listener}" if self.listener else "-",
-            "route": self.route or "-",
-            "backend": self.backend or "-",
-            "endpoint": self.endpoint or "-",
+            # None when unknown: `-` in the text line, null in JSON.
+            "sni": self.sni or None,
+            "listener": f"{self.gateway}/{self.listener}" if self.listener else None,
+            "route": self.route or None,
+            "backend": self.backend or None,
+            "endpoint": self.endpoint or None,
             "bytes_up": self.transfer.up if self.transfer else 0,
             "bytes_down": self.transfer.down if self.transfer else 0,
             "duration": round(time.monotonic() - self.started, 3),

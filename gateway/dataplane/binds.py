@@ -20,7 +20,7 @@ from gateway.dataplane.proxy import Proxy
 from gateway.dataplane.sockets import listening_socket
 from gateway.routing.snapshot import Snapshot
 
-# The logger names predate the packages and are documented (docs/configuration.md): kept.
+# Every logger is under `tlsgate.` (docs/configuration.md lists them).
 log = logging.getLogger("tlsgate.server")
 
 #: Accept errors that mean "out of resources for now": wait and retry, never die of EMFILE.

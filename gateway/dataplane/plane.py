@@ -14,7 +14,7 @@ import trio
 from gateway.dataplane.binds import BIND_RETRY_SECONDS, BoundSockets, SnapshotSource
 from gateway.dataplane.proxy import Proxy
 
-# The logger names predate the packages and are documented (docs/configuration.md): kept.
+# Every logger is under `tlsgate.` (docs/configuration.md lists them).
 log = logging.getLogger("tlsgate.server")
 
 

@@ -86,7 +86,7 @@ from gateway.routing.snapshot import (
     ip_of,
 )
 
-# The logger name predates the packages (operators filter on it): kept.
+# Every logger is under `tlsgate.` (docs/configuration.md lists them).
 log = logging.getLogger("tlsgate.proxy")
 access_log = logging.getLogger("tlsgate.access")
 
