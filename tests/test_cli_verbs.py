@@ -96,10 +96,13 @@ async def test_the_verbs_against_a_live_server(tmp_path: Path) -> None:
 
         # delete -l and delete -f, with a dry run first.
         dry_delete = await _cli(
-            "delete", "tlsroutes", "-l", "tier=data", "--dry-run=server", *server
+            "delete", "tlsroutes", "-l", "tier=data", "-A", "--dry-run=server", *server
         )
         assert "tlsroute/apps/back deleted (server dry run)" in dry_delete.stdout
-        by_label = await _cli("delete", "tlsroutes", "-l", "tier=data", *server)
+        everywhere = await _cli("delete", "tlsroutes", "-l", "tier=data", *server)
+        assert everywhere.returncode == 1  # -l without -n or -A: refused, nothing deleted
+        assert "-A" in everywhere.stderr
+        by_label = await _cli("delete", "tlsroutes", "-l", "tier=data", "-n", "apps", *server)
         assert by_label.stdout.split("\n")[0] == "tlsroute/apps/back deleted"
         by_file = await _cli("delete", "-f", str(manifests / "routes"), *server)
         assert by_file.returncode == 1  # back is gone already: said, and the rest deleted

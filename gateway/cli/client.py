@@ -193,14 +193,17 @@ def delete(
     namespace: str | None,
     selector: str | None,
     dry_run: bool,
+    all_namespaces: bool = False,
 ) -> None:
-    """One document, or every one a selector selects (`-l`)."""
+    """One document, or every one a selector selects (`-l`, in one namespace or `-A`)."""
     info = resolve_kind(kind)
     if name is not None:
         if selector:
             raise ClientError("name an object or give a selector (-l), not both")
         paths = [item_path(info, name, namespace)]
     elif selector:
+        if info.namespaced and not namespace and not all_namespaces:
+            raise ClientError(f"delete {kind} -l: give -n NAMESPACE, or -A for every namespace")
         _, items = _list(client, info, namespace, selector)
         paths = [item_path(info, _name_of(item), None) for item in items]
         if not paths:
@@ -221,8 +224,8 @@ def _delete(client: AdminClient, path: str, dry_run: bool) -> None:
     print(f"{_ref(result)} deleted{DRY * dry_run}")
 
 
-def _documents_of(texts: list[str]) -> list[tuple[KindInfo, str]]:
-    """(kind, NAMESPACE/NAME) of each document of manifest texts."""
+def _documents_of(texts: list[str]) -> list[tuple[KindInfo, str] | ClientError]:
+    """(kind, NAMESPACE/NAME) of each document of manifest texts, or what is wrong with it."""
     found = []
     for text in texts:
         try:
@@ -230,22 +233,33 @@ def _documents_of(texts: list[str]) -> list[tuple[KindInfo, str]]:
         except ManifestError as exc:
             raise ClientError(str(exc)) from None
         for raw in raws:
-            if not isinstance(raw, dict) or not isinstance(raw.get("metadata"), dict):
-                raise ClientError("a document without metadata names nothing to delete")
-            info = resolve_kind(str(raw.get("kind", "")))
-            meta = raw["metadata"]
-            name = str(meta.get("name", ""))
-            if info.namespaced:
-                name = f"{meta.get('namespace') or 'default'}/{name}"
-            found.append((info, name))
+            found.append(_named(raw))
     return found
+
+
+def _named(raw: Any) -> tuple[KindInfo, str] | ClientError:
+    """A document's kind and NAMESPACE/NAME, or what is wrong with it."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("metadata"), dict):
+        return ClientError("a document without metadata names nothing to delete")
+    try:
+        info = resolve_kind(str(raw.get("kind", "")))
+    except ClientError as exc:
+        return exc
+    meta = raw["metadata"]
+    name = str(meta.get("name", ""))
+    if info.namespaced:
+        name = f"{meta.get('namespace') or 'default'}/{name}"
+    return info, name
 
 
 def delete_files(client: AdminClient, texts: list[str], dry_run: bool) -> int:
     """`delete -f`: every document the files name; each failure said, the rest deleted."""
     failed = 0
-    for info, name in _documents_of(texts):
+    for named in _documents_of(texts):
         try:
+            if isinstance(named, ClientError):
+                raise named
+            info, name = named
             _delete(client, item_path(info, name, None), dry_run)
         except ClientError as exc:
             _report(exc)
@@ -411,7 +425,15 @@ def run_client(args: argparse.Namespace) -> int:
                 return delete_files(admin, _texts(args.file, args.recursive), dry_run)
             if not args.kind:
                 raise ClientError("delete: name a kind (and a name or -l), or give -f FILE")
-            delete(admin, args.kind, args.name, args.namespace, args.selector, dry_run)
+            delete(
+                admin,
+                args.kind,
+                args.name,
+                args.namespace,
+                args.selector,
+                dry_run,
+                args.all_namespaces,
+            )
         elif args.command == "describe":
             describe(admin, args.kind, args.name, args.namespace)
         elif args.command == "diff":

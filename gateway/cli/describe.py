@@ -31,8 +31,17 @@ def describe_lines(item: dict[str, Any]) -> list[str]:
     ]
     body = {k: v for k, v in item.items() if k not in ("apiVersion", "kind", "metadata", "status")}
     for key, value in body.items():
-        lines.append(f"{key[:1].upper()}{key[1:]}:")
-        text = yaml.safe_dump(value, sort_keys=False, default_flow_style=False)
+        title = f"{key[:1].upper()}{key[1:]}:"
+        if not isinstance(value, dict | list):
+            lines.append(f"{title:<19}{value}")
+            continue
+        if key == "data" and item.get("kind") == "Secret" and isinstance(value, dict):
+            # As kubectl describe does: the keys and their sizes, never the values.
+            shown: Any = {name: f"{len(str(v)) * 3 // 4} bytes" for name, v in value.items()}
+        else:
+            shown = value
+        lines.append(title)
+        text = yaml.safe_dump(shown, sort_keys=False, default_flow_style=False)
         lines += [f"  {line}" for line in text.splitlines()]
     status = item.get("status")
     if status:

@@ -166,7 +166,14 @@ def _add_client_commands(commands: Any, remote: argparse.ArgumentParser) -> None
     dl.add_argument("kind", nargs="?", help="the kind (as for get); not with -f")
     dl.add_argument("name", nargs="?", help="NAME or NAMESPACE/NAME")
     _namespace(dl)
-    dl.add_argument("-l", "--selector", help="delete every one of the kind whose labels match")
+    dl.add_argument(
+        "-l",
+        "--selector",
+        help="delete every one of the kind whose labels match, in -n NAMESPACE or with -A",
+    )
+    dl.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="with -l: in every namespace"
+    )
     _files(dl, required=False)
     _dry_run(dl)
     dl.set_defaults(run=run_client)
