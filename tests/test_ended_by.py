@@ -143,3 +143,27 @@ async def test_the_access_line_names_the_side_that_ended(
         if r.name == "tlsgate.access"
     ]
     assert [(a["outcome"], a["ended_by"]) for a in access] == [(outcome, ended_by)], access
+
+
+async def test_a_client_that_resets_during_its_hello_ended_it(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What port scanners do: half a ClientHello, then a reset, before any backend."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    manifests = (
+        gateway_yaml(port, passthrough_listener("tls", port, None))
+        + service_yaml("db", 9)
+        + route_yaml("db", [SNI], [("db", 1)])
+    )
+    with caplog.at_level(logging.INFO, logger="tlsgate.access"), trio.fail_after(15):
+        async with running_gateway(manifests) as server:
+            sock = trio.socket.socket()
+            await sock.connect(("127.0.0.1", port))
+            await sock.send(_client_hello(SNI)[:20])
+            await trio.sleep(0.2)
+            _reset(sock)
+            await server.proxy.idle.wait()
+    access = [r.fields for r in caplog.records if r.name == "tlsgate.access"]  # type: ignore[attr-defined]
+    assert [(a["outcome"], a["ended_by"]) for a in access] == [("error", "client")], access

@@ -176,6 +176,10 @@ class Proxy:
                 raise
             if isinstance(exc, EXPECTED_ERRORS):
                 conn.failed = getattr(exc, "side", None)
+                if isinstance(exc, trio.ClosedResourceError):
+                    conn.failed = "gateway"  # the relay loop closed under it: a shutdown
+                elif conn.failed is None and not conn.endpoint:
+                    conn.failed = "client"  # no backend yet: only the client's socket in play
                 if conn.outcome is Outcome.CLOSED:
                     conn.outcome = Outcome.ERROR
                 conn.detail = conn.detail or f"{type(exc).__name__}: {exc}"
