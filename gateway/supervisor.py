@@ -101,7 +101,7 @@ class Supervisor:
         self.log_level = log_level
         self.log_format = log_format
         self.workers = {i: Worker(i) for i in range(count)}
-        self.counters = WorkerCounters()
+        self.counters = WorkerCounters(lambda: self.state.snapshot)
         #: The connection limits' counters: a region per worker slot (dataplane/limits.py).
         self._limits_fd, self._limits = shared_block(count)
         self._restarts_metric: Counter | None = None
@@ -237,7 +237,7 @@ class Supervisor:
                 nursery.cancel_scope.cancel()
         finally:
             worker.alive = False
-            self.counters.retire(worker.id, self.state.snapshot)
+            self.counters.retire(worker.id)
             self._notify()
             await trio.aclose_forcefully(stream)
             if process.returncode is None:  # cancelled from outside: never leave it behind
@@ -359,7 +359,10 @@ class WorkerCounters(Collector):
     """The workers' counters and histograms as one exposition: summed over workers, and
     never going backwards (a dead worker's counts are kept in `retired`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, snapshot: Callable[[], Snapshot] | None = None) -> None:
+        #: The table in force: a dead worker's counts of what it no longer configures go.
+        self.snapshot = snapshot
+        self._pruned_at: Snapshot | None = None
         self.live: dict[int, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
         self.retired: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         #: metric family name -> (type, help), from the metrics a worker has.
@@ -372,14 +375,19 @@ class WorkerCounters(Collector):
     def update(self, worker: int, counters: Counters) -> None:
         self.live[worker] = {(name, labels): value for name, labels, value in counters.samples}
 
-    def retire(self, worker: int, snapshot: Snapshot | None = None) -> None:
-        """Keep a dead worker's counts, of what `snapshot` still configures (so that the
-        series of deleted routes do not pile up over worker restarts)."""
+    def retire(self, worker: int) -> None:
+        """Keep a dead worker's counts (`collect` forgets those of what is no longer
+        configured, as the workers do)."""
         for key, value in self.live.pop(worker, {}).items():
             self.retired[key] = self.retired.get(key, 0.0) + value
-        if snapshot is not None:
-            keep = configured(snapshot)
-            self.retired = {k: v for k, v in self.retired.items() if keep(dict(k[1]))}
+
+    def _prune(self) -> None:
+        if self.retired and self.snapshot is not None:
+            snapshot = self.snapshot()
+            if snapshot is not self._pruned_at:
+                keep = configured(snapshot)
+                self.retired = {k: v for k, v in self.retired.items() if keep(dict(k[1]))}
+                self._pruned_at = snapshot
 
     def totals(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         out = dict(self.retired)
@@ -389,6 +397,7 @@ class WorkerCounters(Collector):
         return out
 
     def collect(self) -> Iterator[Metric]:
+        self._prune()
         totals = self.totals()
         for family, (kind, documentation) in self.families.items():
             if kind == "counter":

@@ -10,7 +10,12 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.dataplane.channel import Counters
 from gateway.metrics import Metrics, ProcessTree
+from gateway.supervisor import WorkerCounters
+
+from .harness import gateway_yaml, route_yaml, service_yaml
+from .helpers import snapshot_of
 
 
 def _samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -94,3 +99,29 @@ def test_the_process_trees_cpu_never_goes_down_when_a_worker_exits() -> None:
     finally:
         busy.kill()
         busy.wait()
+
+
+def test_a_dead_workers_counts_of_a_deleted_route_go_with_it() -> None:
+    snapshot = snapshot_of(
+        gateway_yaml(18443)
+        + service_yaml("db", 15432)
+        + route_yaml("db", ["db.example.com"], [("db", 1)])
+    )
+    counters = WorkerCounters(lambda: snapshot)
+    name = "tlsgate_route_bytes_total"
+    counters.update(
+        1,
+        Counters(
+            (
+                (name, (("direction", "up"), ("route", "apps/db")), 5.0),
+                (name, (("direction", "up"), ("route", "apps/gone")), 7.0),
+            )
+        ),
+    )
+    counters.retire(1)
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in counters.collect()
+        for sample in family.samples
+    }
+    assert samples == {(name, (("direction", "up"), ("route", "apps/db"))): 5.0}
