@@ -167,3 +167,43 @@ async def test_a_client_that_resets_during_its_hello_ended_it(
             await server.proxy.idle.wait()
     access = [r.fields for r in caplog.records if r.name == "tlsgate.access"]  # type: ignore[attr-defined]
     assert [(a["outcome"], a["ended_by"]) for a in access] == [("error", "client")], access
+
+
+async def test_a_backend_that_resets_at_the_sslrequest_ended_it(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL's prelude: the backend gets the SSLRequest first, and resets."""
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    manifests = (
+        gateway_yaml(port, passthrough_listener("tls", port, None))
+        + service_yaml("db", listener.getsockname()[1])
+        + route_yaml("db", [SNI], [("db", 1)])
+    )
+    ssl_request = struct.pack("!ii", 8, 80877103)
+
+    async def backend() -> None:
+        conn, _ = await listener.accept()
+        assert await conn.recv(8) == ssl_request
+        _reset(conn)
+
+    with caplog.at_level(logging.INFO, logger="tlsgate.access"), trio.fail_after(15), listener:
+        async with running_gateway(manifests) as server:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(backend)
+                sock = trio.socket.socket()
+                with sock:
+                    await sock.connect(("127.0.0.1", port))
+                    await sock.send(ssl_request)
+                    assert await sock.recv(1) == b"S"
+                    await sock.send(_client_hello(SNI))
+                    with contextlib.suppress(ConnectionResetError):
+                        while await sock.recv(65536):
+                            pass
+            await server.proxy.idle.wait()
+    access = [r.fields for r in caplog.records if r.name == "tlsgate.access"]  # type: ignore[attr-defined]
+    assert [(a["outcome"], a["ended_by"]) for a in access] == [("error", "backend")], access

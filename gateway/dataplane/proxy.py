@@ -65,7 +65,14 @@ from gateway.dataplane.proxy_protocol import (
     v1_header,
     v2_header,
 )
-from gateway.dataplane.relay import SPLICE_AVAILABLE, ConnectError, PipePool, RelayLoop, Transfer
+from gateway.dataplane.relay import (
+    SPLICE_AVAILABLE,
+    ConnectError,
+    PipePool,
+    RelayLoop,
+    Transfer,
+    blame,
+)
 from gateway.dataplane.terminated import relay_terminated
 from gateway.dataplane.tls import (
     SESSION_TICKETS,
@@ -442,14 +449,18 @@ class Proxy:
         within the backend's connect timeout; True if it is `S`."""
         answer = b""
         with trio.move_on_after(self.dialer.timeout(backend)):
-            # A few bytes on a fresh connection: the socket buffer takes them whole.
-            upstream.send(header + SSL_REQUEST)
-            while True:
-                try:
-                    answer = upstream.recv(1)
-                    break
-                except BlockingIOError:
-                    await trio.lowlevel.wait_readable(upstream)
+            try:
+                # A few bytes on a fresh connection: the socket buffer takes them whole.
+                upstream.send(header + SSL_REQUEST)
+                while True:
+                    try:
+                        answer = upstream.recv(1)
+                        break
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_readable(upstream)
+            except OSError as exc:
+                blame(exc, "backend")
+                raise
         if answer == ACCEPT:
             return True
         conn.outcome = Outcome.BACKEND_TLS_FAILED
@@ -509,7 +520,11 @@ class Proxy:
         with upstream:
             header = _proxy_header(client, backend, conn, tls.tls.selected_alpn_protocol())
             if header:
-                upstream.send(header)  # a fresh connection's buffer takes it whole
+                try:
+                    upstream.send(header)  # a fresh connection's buffer takes it whole
+                except OSError as exc:
+                    blame(exc, "backend")
+                    raise
             backend_tls = None
             if backend.tls is not None:
                 backend_tls = await self._reencrypt(upstream, backend, listener, conn)
