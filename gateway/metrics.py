@@ -217,12 +217,11 @@ def configured(snapshot: Snapshot) -> Callable[[dict[str, str]], bool]:
     listeners: set[str] = set()
     routes: set[str] = set()
     backends: set[str] = set()
-    for bind in snapshot.binds.values():
-        for listener in bind.listeners:
-            listeners.add(f"{listener.gateway}/{listener.name}")
-            for target in listener.routes.values():
-                routes.add(target.route)
-                backends.update(backend.name for backend in target.backends)
+    for listener in snapshot.listeners():
+        listeners.add(listener.full_name)
+        for target in listener.routes.values():
+            routes.add(target.route)
+            backends.update(backend.name for backend in target.backends)
     binds = {(address, str(port)) for address, port in snapshot.binds}
     known = {"listener": listeners, "route": routes, "backend": backends}
 
@@ -334,11 +333,10 @@ class CertificateExpiry(Collector):
 
 
 def _certificates(snapshot: Snapshot) -> Iterator[Certificate]:
-    for bind in snapshot.binds.values():
-        for listener in bind.listeners:
-            yield from listener.certificates
-            if listener.backend_client_certificate is not None:
-                yield listener.backend_client_certificate
+    for listener in snapshot.listeners():
+        yield from listener.certificates
+        if listener.backend_client_certificate is not None:
+            yield listener.backend_client_certificate
 
 
 def not_after(chain: bytes) -> float | None:

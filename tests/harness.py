@@ -78,6 +78,29 @@ def backends(pki: Pki, *specs: tuple[str, Sequence[str] | None]) -> Iterator[lis
             backend.stop()
 
 
+def real_hello(
+    server_name: str | None = "db.example.com",
+    alpn: list[str] | None = None,
+    maximum: ssl.TLSVersion = ssl.TLSVersion.MAXIMUM_SUPPORTED,
+    minimum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2,
+) -> bytes:
+    """The bytes OpenSSL sends first, taken from a memory BIO (STACK-NOTES.md)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.maximum_version = maximum
+    context.minimum_version = minimum
+    if alpn:
+        context.set_alpn_protocols(alpn)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    hello = outgoing.read()
+    assert hello, "OpenSSL wrote no ClientHello"
+    return hello
+
+
 def gateway_yaml(port: int, listeners: str | None = None) -> str:
     listeners = (
         listeners

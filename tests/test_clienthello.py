@@ -19,26 +19,7 @@ from gateway.dataplane.clienthello import (
     parse_client_hello,
 )
 
-
-def real_hello(
-    server_name: str | None = "db.example.com",
-    alpn: list[str] | None = None,
-    maximum: ssl.TLSVersion = ssl.TLSVersion.MAXIMUM_SUPPORTED,
-    minimum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2,
-) -> bytes:
-    """The bytes OpenSSL sends first, taken from a memory BIO (STACK-NOTES.md)."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    context.maximum_version = maximum
-    context.minimum_version = minimum
-    if alpn:
-        context.set_alpn_protocols(alpn)
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = context.wrap_bio(incoming, outgoing, server_hostname=server_name)
-    with pytest.raises(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return outgoing.read()
+from .harness import real_hello
 
 
 def records(hello: bytes, size: int) -> list[bytes]:

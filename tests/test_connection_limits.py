@@ -25,6 +25,7 @@ from .harness import (
     free_port,
     gateway_yaml,
     passthrough_listener,
+    real_hello,
     route_yaml,
     running_gateway,
     serve_process,
@@ -58,15 +59,6 @@ async def _held(
         await trio.aclose_forcefully(tcp)
 
 
-def _hello(sni: str) -> bytes:
-    """A real ClientHello for `sni`, as bytes."""
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname=sni)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return outgoing.read()
-
-
 async def _refused(port: int, source: str, sni: str = HOST) -> bool:
     """Is a new connection from `source` closed with nothing sent back (no handshake, no
     alert), once it has sent its ClientHello? False if anything comes back."""
@@ -74,7 +66,7 @@ async def _refused(port: int, source: str, sni: str = HOST) -> bool:
     try:
         with trio.fail_after(10):
             try:
-                await tcp.send_all(_hello(sni))
+                await tcp.send_all(real_hello(sni))
                 return await tcp.receive_some(65536) == b""
             except trio.BrokenResourceError:
                 return True  # reset: closed with the hello unread
@@ -231,7 +223,7 @@ async def test_a_flood_of_hostile_connections_leaves_no_count_behind(tmp_path: P
     perClient: {maxConnections: 5, connectionsPerSecond: 1000}
 """
     context = pki.client_context()
-    hello = _hello(HOST)
+    hello = real_hello(HOST)
     with backends(pki, ("db", [HOST])) as (db,):
         manifests = (
             gateway_yaml(port)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import ssl
 import struct
 from typing import Any, Literal
 
@@ -19,6 +18,7 @@ from .harness import (
     Pki,
     gateway_yaml,
     passthrough_listener,
+    real_hello,
     route_yaml,
     running_gateway,
     secret_yaml,
@@ -28,15 +28,6 @@ from .harness import (
 
 Ending = Literal["client", "backend", "client-reset", "backend-reset"]
 SNI = "db.example.com"
-
-
-def _client_hello(sni: str) -> bytes:
-    """A real ClientHello, as Python's ssl writes it (the handshake goes no further)."""
-    context = ssl.create_default_context()
-    tls = context.wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(), server_hostname=sni)
-    with pytest.raises(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return outgoing.read()
 
 
 def _reset(sock: trio.socket.SocketType) -> None:
@@ -68,7 +59,7 @@ async def _client(port: int, ending: Ending, mode: str, pki: Pki) -> None:
     stream: trio.abc.Stream
     if mode == "Passthrough":
         stream = trio.SocketStream(sock)
-        await stream.send_all(_client_hello(SNI))
+        await stream.send_all(real_hello(SNI))
     else:
         stream = trio.SSLStream(trio.SocketStream(sock), pki.client_context(), server_hostname=SNI)
         await stream.do_handshake()
@@ -161,7 +152,7 @@ async def test_a_client_that_resets_during_its_hello_ended_it(
         async with running_gateway(manifests) as server:
             sock = trio.socket.socket()
             await sock.connect(("127.0.0.1", port))
-            await sock.send(_client_hello(SNI)[:20])
+            await sock.send(real_hello(SNI)[:20])
             await trio.sleep(0.2)
             _reset(sock)
             await server.proxy.idle.wait()
@@ -200,7 +191,7 @@ async def test_a_backend_that_resets_at_the_sslrequest_ended_it(
                     await sock.connect(("127.0.0.1", port))
                     await sock.send(ssl_request)
                     assert await sock.recv(1) == b"S"
-                    await sock.send(_client_hello(SNI))
+                    await sock.send(real_hello(SNI))
                     with contextlib.suppress(ConnectionResetError):
                         while await sock.recv(65536):
                             pass

@@ -347,9 +347,7 @@ def explain(
 
 
 def _ref(item: dict[str, Any]) -> str:
-    meta = item["metadata"]
-    name = f"{meta['namespace']}/{meta['name']}" if meta.get("namespace") else meta["name"]
-    return f"{item['kind'].lower()}/{name}"
+    return f"{item['kind'].lower()}/{_name_of(item)}"
 
 
 def _endpoint_text(endpoint: str, health: dict[str, str] | None) -> str:

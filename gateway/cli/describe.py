@@ -46,7 +46,7 @@ def describe_lines(item: dict[str, Any]) -> list[str]:
     status = item.get("status")
     if status:
         lines.append("Status:")
-        for where, conditions in _conditions(status, ""):
+        for where, conditions in placed_conditions(status):
             lines.append(f"  {where or 'Conditions'}:")
             lines += _condition_table(conditions)
     return lines
@@ -63,8 +63,9 @@ def _pairs(values: dict[str, str] | None, *, skip_long: bool = False) -> str:
     return ", ".join(shown)
 
 
-def _conditions(status: dict[str, Any], where: str) -> Iterator[tuple[str, list[Any]]]:
-    """Each `conditions` list of a status, with a name for where it is."""
+def placed_conditions(status: dict[str, Any], where: str = "") -> Iterator[tuple[str, list[Any]]]:
+    """Each `conditions` list of a status, with a name for where it is ("" for the
+    object's own; `Listener tls (2 routes)`, `Parent Gateway infra/gw`...)."""
     if isinstance(status.get("conditions"), list) and status["conditions"]:
         yield where, status["conditions"]
     for key, value in status.items():
@@ -72,7 +73,7 @@ def _conditions(status: dict[str, Any], where: str) -> Iterator[tuple[str, list[
             continue
         for entry in value:
             if isinstance(entry, dict) and key != "conditions":
-                yield from _conditions(entry, _entry_name(key, entry))
+                yield from placed_conditions(entry, _entry_name(key, entry))
 
 
 def _entry_name(key: str, entry: dict[str, Any]) -> str:

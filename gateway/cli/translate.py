@@ -19,6 +19,7 @@ import yaml
 from gateway.api.convert import Invalid, with_status
 from gateway.api.kinds import Document, ObjectKey, key_of
 from gateway.api.names import RFC3339
+from gateway.cli.describe import placed_conditions
 from gateway.cli.files import admit_files
 from gateway.routing.explain import table_to_wire
 from gateway.store import metadata
@@ -90,31 +91,18 @@ _GOOD_WHEN_TRUE = ("Accepted", "Programmed", "ResolvedRefs")
 
 def not_serving(item: dict[str, Any]) -> list[str]:
     """What `--strict` fails on in one document's status: each condition that says part of
-    it would not serve, named with where it is (a listener, a parent)."""
+    it would not serve, named with where it is (a listener, a parent), as describe names it."""
     meta = item.get("metadata") or {}
-    name = (
-        f"{meta.get('namespace')}/{meta.get('name')}" if meta.get("namespace") else meta.get("name")
-    )
-    problems: list[str] = []
-
-    def walk(status: Any, where: str) -> None:
-        if not isinstance(status, dict):
-            return
-        for condition in status.get("conditions") or ():
+    name = f"{meta['namespace']}/{meta.get('name')}" if meta.get("namespace") else meta.get("name")
+    problems = []
+    for where, conditions in placed_conditions(item.get("status") or {}):
+        for condition in conditions:
             kind, value = condition.get("type"), condition.get("status")
-            bad = (kind in _GOOD_WHEN_TRUE and value != "True") or (
+            if (kind in _GOOD_WHEN_TRUE and value != "True") or (
                 kind == "Conflicted" and value == "True"
-            )
-            if bad:
+            ):
                 problems.append(
-                    f"{item.get('kind')} {name}{where}: {kind}={value} "
+                    f"{item.get('kind')} {name}{f' {where}' if where else ''}: {kind}={value} "
                     f"({condition.get('reason', '')}): {condition.get('message', '')}"
                 )
-        for key in ("listeners", "parents", "ancestors"):
-            for entry in status.get(key) or ():
-                ref = entry.get("parentRef") or entry.get("ancestorRef") or {}
-                label = entry.get("name") or ref.get("name", "")
-                walk(entry, f" {key[:-1]} {label}")
-
-    walk(item.get("status"), "")
     return problems

@@ -79,6 +79,7 @@ class AccessRecord:
     sni: str | None = None
     #: "" until known (the metrics' label value for "none"; the log line says "-").
     gateway: str = ""
+    #: The listener's full name (`ListenerTable.full_name`).
     listener: str = ""
     route: str = ""
     backend: str = ""
@@ -121,7 +122,7 @@ class AccessRecord:
             "bind": f"{self.bind[0]}:{self.bind[1]}",
             # None when unknown: `-` in the text line, null in JSON.
             "sni": self.sni or None,
-            "listener": f"{self.gateway}/{self.listener}" if self.listener else None,
+            "listener": self.listener or None,
             "route": self.route or None,
             "backend": self.backend or None,
             "endpoint": self.endpoint or None,

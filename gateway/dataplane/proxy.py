@@ -206,8 +206,7 @@ class Proxy:
 
     def _account(self, conn: AccessRecord) -> None:
         metrics = self.metrics
-        listener = f"{conn.gateway}/{conn.listener}" if conn.listener else ""
-        metrics.connections_finished.add((conn.gateway, listener, conn.route, conn.outcome))
+        metrics.connections_finished.add((conn.gateway, conn.listener, conn.route, conn.outcome))
         if conn.transfer is not None:
             metrics.route_bytes.add((conn.route, "up"), conn.transfer.up)
             metrics.route_bytes.add((conn.route, "down"), conn.transfer.down)
@@ -264,11 +263,11 @@ class Proxy:
         decision = snapshot.lookup(conn.bind[0], conn.bind[1], conn.sni)
         if isinstance(decision, Rejected):
             if decision.listener is not None:
-                conn.gateway, conn.listener = decision.listener.gateway, decision.listener.name
+                conn.gateway, conn.listener = decision.listener.gateway, decision.listener.full_name
             conn.outcome, conn.detail = Outcome.rejected(decision.reason), decision.message
             return None
         listener = decision.listener
-        conn.gateway, conn.listener = listener.gateway, listener.name
+        conn.gateway, conn.listener = listener.gateway, listener.full_name
         if not self._screen(conn, listener, peer_ip, counted):
             return None
         conn.route = decision.target.route
@@ -364,7 +363,7 @@ class Proxy:
             self._refuse(
                 conn,
                 Outcome.REFUSED_PROXY_PROTOCOL,
-                f"a PROXY header on listener {listener.gateway}/{listener.name}, which takes none",
+                f"a PROXY header on listener {listener.full_name}, which takes none",
             )
             return False
         socket_ip = peer_ip or ip_of(peer[0]) or peer[0]

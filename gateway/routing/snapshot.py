@@ -318,6 +318,12 @@ class ListenerTable:
     reject: str | None = None
     #: Effective hostname -> its target: the lookup index itself (never changed once made).
     routes: Mapping[str, RouteTarget] = field(factory=dict)
+    #: `namespace/gateway/listener`, as the access log and the metrics name it: made once
+    #: here, not per connection, and the one place that says how.
+    full_name: str = field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "full_name", f"{self.gateway}/{self.name}")
 
     def route_for(self, sni: str) -> RouteTarget | None:
         """Most specific effective hostname: exact, then longest wildcard (SPEC.md §10.2)."""
@@ -469,13 +475,17 @@ class Snapshot:
     statuses: Mapping[ObjectKey, Status]
     binds: Mapping[tuple[str, int], Bind]
 
+    def listeners(self) -> Iterator[ListenerTable]:
+        """Every listener of every bind."""
+        for bind in self.binds.values():
+            yield from bind.listeners
+
     def backends(self) -> Iterator[tuple[ListenerTable, Backend]]:
         """Every backend of every route target, with the listener it is reached through."""
-        for bind in self.binds.values():
-            for listener in bind.listeners:
-                for target in listener.routes.values():
-                    for backend in target.backends:
-                        yield listener, backend
+        for listener in self.listeners():
+            for target in listener.routes.values():
+                for backend in target.backends:
+                    yield listener, backend
 
     def lookup(self, address: str, port: int, sni: str | None) -> Routed | Rejected:
         """Route a ClientHello that arrived on the socket bound to (address, port).
@@ -498,14 +508,14 @@ class Snapshot:
         if listener.reject is not None:
             return Rejected(
                 RejectReason.LISTENER_NOT_PROGRAMMED,
-                f"listener {listener.gateway}/{listener.name} is not programmed: {listener.reject}",
+                f"listener {listener.full_name} is not programmed: {listener.reject}",
                 listener,
             )
         target = listener.route_for(name)
         if target is None:
             return Rejected(
                 RejectReason.NO_ROUTE,
-                f"no route on listener {listener.gateway}/{listener.name} matches {name!r}",
+                f"no route on listener {listener.full_name} matches {name!r}",
                 listener,
             )
         if target.total_weight == 0:
