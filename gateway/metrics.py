@@ -14,7 +14,7 @@ import bisect
 import functools
 import os
 import platform
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -141,6 +141,19 @@ class Metrics:
         self.connections_active = Gauge(
             "tlsgate_connections_active", "Connections open now", registry=registry
         )
+        self.listener_connections = Tally(
+            "tlsgate_listener_connections_total",
+            "Connections whose ClientHello chose a listener, by gateway, listener and route "
+            '("" when the listener rejected them)',
+            ["gateway", "listener", "route"],
+            registry,
+        )
+        self.listener_bytes = Tally(
+            "tlsgate_listener_bytes_total",
+            "Bytes relayed per listener; direction up is client to backend",
+            ["listener", "direction"],
+            registry,
+        )
         self.route_bytes = Tally(
             "tlsgate_route_bytes_total",
             "Bytes relayed per route; direction up is client to backend",
@@ -200,6 +213,8 @@ class Metrics:
         keep = configured(snapshot)
         for tally in (
             self.connections_finished,
+            self.listener_connections,
+            self.listener_bytes,
             self.route_bytes,
             self.backend_connect_failures,
             self.connections_accepted,
@@ -209,6 +224,62 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def totals(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """The data plane's counters as (sample name, sorted labels) -> value: the shape the
+        main process sums the workers' counters into (`supervisor.WorkerCounters.totals`)."""
+        out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        for tally in (
+            self.connections_finished,
+            self.connections_refused,
+            self.listener_connections,
+            self.listener_bytes,
+            self.route_bytes,
+        ):
+            names = tally.labelnames
+            for key, count in list(tally.counts.items()):
+                out[tally.name, tuple(sorted(zip(names, key, strict=True)))] = count
+        return out
+
+
+#: Connections open now per (gateway, listener full name, route): what a connection counts
+#: in from the moment its ClientHello chose a listener to its close.
+Open = dict[tuple[str, str, str], int]
+
+
+def count_open(counts: Open, key: tuple[str, str, str], step: int) -> None:
+    """Count a connection in (`step` 1) or out (-1); a key at zero goes, so the map holds
+    only what has connections open."""
+    value = counts.get(key, 0) + step
+    if value:
+        counts[key] = value
+    else:
+        del counts[key]
+
+
+class OpenConnections(Collector):
+    """`tlsgate_listener_connections_active{gateway, listener, route}`, summed over the maps
+    `sources` gives (the process's own, or every live worker's)."""
+
+    def __init__(self, sources: Callable[[], Iterable[Mapping[tuple[str, str, str], int]]]):
+        self.sources = sources
+
+    def sums(self) -> Open:
+        out: Open = {}
+        for counts in self.sources():
+            for key, value in list(counts.items()):
+                out[key] = out.get(key, 0) + value
+        return out
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "tlsgate_listener_connections_active",
+            "Connections open now, by gateway, listener and route (from the ClientHello on)",
+            labels=["gateway", "listener", "route"],
+        )
+        for key, value in sorted(self.sums().items()):
+            family.add_metric(key, value)
+        yield family
 
 
 def configured(snapshot: Snapshot) -> Callable[[dict[str, str]], bool]:
@@ -316,6 +387,12 @@ class CertificateExpiry(Collector):
             "When each served or presented certificate expires (Unix time), by Secret",
             labels=["secret"],
         )
+        for secret, expiry in self.expiries().items():
+            family.add_metric([secret], expiry)
+        yield family
+
+    def expiries(self) -> dict[str, float]:
+        """Secret (`ns/name`) -> its leaf's notAfter (Unix time), in name order."""
         found: dict[str, float] = {}
         seen: dict[bytes, float | None] = {}
         for certificate in _certificates(self.snapshot()):
@@ -327,9 +404,7 @@ class CertificateExpiry(Collector):
             if expiry is not None:
                 found[str(certificate.secret)] = expiry
         self._seen = seen
-        for secret, expiry in sorted(found.items()):
-            family.add_metric([secret], expiry)
-        yield family
+        return dict(sorted(found.items()))
 
 
 def _certificates(snapshot: Snapshot) -> Iterator[Certificate]:

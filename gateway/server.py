@@ -28,7 +28,7 @@ from gateway.dataplane.binds import BIND_RETRY_SECONDS, BoundSockets
 from gateway.dataplane.plane import PlaneConfig, serve_dataplane
 from gateway.dataplane.proxy import Proxy, ProxyConfig
 from gateway.dataplane.relay import PIPE_POOL_SIZE, PipePool
-from gateway.metrics import BuildInfo, CertificateExpiry, Metrics, ProcessTree
+from gateway.metrics import BuildInfo, CertificateExpiry, Metrics, OpenConnections, ProcessTree
 from gateway.monitor import HealthCollector, HealthMonitor
 from gateway.routing.health import HealthView
 from gateway.store.etcd import EtcdStore, EtcdTLS
@@ -164,7 +164,15 @@ class Server:
         self.metrics.registry.register(
             ProcessTree(supervisor.pids if supervisor is not None else tuple)
         )
-        self.metrics.registry.register(CertificateExpiry(lambda: self.state.snapshot))
+        self.certificates = CertificateExpiry(lambda: self.state.snapshot)
+        self.metrics.registry.register(self.certificates)
+        self.open_connections = (
+            supervisor.open_connections
+            if supervisor is not None
+            else OpenConnections(lambda: [self.proxy.open])
+        )
+        if supervisor is None:
+            self.metrics.registry.register(self.open_connections)
         self.writes = WritePath(
             self.state, self.store, self.supervisor.wait_in_force if self.supervisor else None
         )

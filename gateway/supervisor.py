@@ -22,6 +22,7 @@ import logging
 import signal
 import socket
 import sys
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 
 import attrs
@@ -31,6 +32,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 
 from gateway.dataplane.channel import (
+    AccessLines,
     Counters,
     Health,
     Install,
@@ -44,8 +46,8 @@ from gateway.dataplane.channel import (
 )
 from gateway.dataplane.limits import clear_region, shared_block
 from gateway.dataplane.plane import PlaneConfig
-from gateway.dataplane.proxy import ProxyConfig
-from gateway.metrics import Metrics, configured
+from gateway.dataplane.proxy import RECENT_LINES, ProxyConfig
+from gateway.metrics import Metrics, OpenConnections, configured
 from gateway.monitor import HealthMonitor
 from gateway.routing.patch import diff
 from gateway.routing.snapshot import Snapshot
@@ -74,6 +76,8 @@ class Worker:
     generation: int = 0
     bind_failures: Mapping[tuple[str, int], str] = attrs.Factory(dict)
     connections: int = 0
+    #: Its connections open per (gateway, listener, route).
+    open: Mapping[tuple[str, str, str], int] = attrs.Factory(dict)
     process: trio.Process | None = None
 
     @property
@@ -102,6 +106,8 @@ class Supervisor:
         self.log_format = log_format
         self.workers = {i: Worker(i) for i in range(count)}
         self.counters = WorkerCounters(lambda: self.state.snapshot)
+        #: The newest access-log lines of every worker, as they reported them.
+        self.recent: deque[tuple[float, dict[str, object]]] = deque(maxlen=RECENT_LINES)
         #: The connection limits' counters: a region per worker slot (dataplane/limits.py).
         self._limits_fd, self._limits = shared_block(count)
         self._restarts_metric: Counter | None = None
@@ -118,6 +124,7 @@ class Supervisor:
             "Connections open now, over every worker",
             registry=registry,
         ).set_function(lambda: sum(w.connections for w in self.workers.values() if w.alive))
+        registry.register(self.open_connections)
         self._restarts_metric = Counter(
             "tlsgate_worker_restarts",
             "Worker processes started again after one exited",
@@ -159,6 +166,10 @@ class Supervisor:
 
     def _behind(self, generation: int) -> list[Worker]:
         return [w for w in self.workers.values() if w.alive and w.generation < generation]
+
+    @functools.cached_property
+    def open_connections(self) -> OpenConnections:
+        return OpenConnections(lambda: [w.open for w in self.workers.values() if w.alive])
 
     def pids(self) -> list[int]:
         """The process ids of the workers alive now (the metrics' process tree)."""
@@ -237,6 +248,7 @@ class Supervisor:
                 nursery.cancel_scope.cancel()
         finally:
             worker.alive = False
+            worker.open = {}  # its connections died with it
             self.counters.retire(worker.id)
             self._notify()
             await trio.aclose_forcefully(stream)
@@ -311,12 +323,15 @@ class Supervisor:
                 worker.generation = message.generation
                 worker.bind_failures = message.bind_failures
                 worker.connections = message.connections
+                worker.open = message.open
                 self._bind_failures_changed()
                 self._notify()
             elif isinstance(message, Counters):
                 self.counters.update(worker.id, message)
             elif isinstance(message, Outcomes) and self.monitor is not None:
                 self.monitor.observe_all(message.items)
+            elif isinstance(message, AccessLines):
+                self.recent.extend(message.items)
 
     async def _stop_when(self, stop: trio.Event, process: trio.Process) -> None:
         await stop.wait()

@@ -55,6 +55,7 @@ def test_every_documented_metric_is_exposed() -> None:
         "tlsgate_worker_restarts_total",
         "tlsgate_certificate_expiry_timestamp_seconds",
         "tlsgate_build_info",
+        "tlsgate_listener_connections_active",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
         "process_virtual_memory_bytes",

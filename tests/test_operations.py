@@ -183,6 +183,7 @@ async def test_metrics_follow_prometheus_conventions(pki: Pki) -> None:
                 await server.proxy.idle.wait()
                 async with tls_client(port, "cache.example.com", context) as client:
                     assert await client.call("PING") == "PONG"
+                    during = _samples((await http.get("/metrics")).text)
                     # One more is over --max-connections=1: closed at accept.
                     over = await handshake_outcome(port, "cache.example.com", context)
                     assert over in ("eof", "reset")
@@ -223,6 +224,14 @@ async def test_metrics_follow_prometheus_conventions(pki: Pki) -> None:
     assert dead_series not in after
     assert _value(after, "tlsgate_backend_connect_failures_total", backend="apps/dead:443") == 0
     assert _value(after, "tlsgate_route_bytes_total", route="apps/cache", direction="up") == 5
+    cache = {"gateway": "infra/gw", "listener": "infra/gw/term", "route": "apps/cache"}
+    assert _value(during, "tlsgate_listener_connections_active", **cache) == 1
+    assert _value(m, "tlsgate_listener_connections_active", **cache) == 0
+    assert _value(m, "tlsgate_listener_connections_total", **cache) == 1
+    dead = {"gateway": "infra/gw", "listener": "infra/gw/tls", "route": "apps/dead"}
+    assert _value(m, "tlsgate_listener_connections_total", **dead) == 1
+    assert _value(after, "tlsgate_listener_connections_total", **dead) == 0
+    assert _value(m, "tlsgate_listener_bytes_total", listener="infra/gw/term", direction="up") == 5
 
 
 async def test_cli_round_trips_against_a_live_server(tmp_path: Path) -> None:

@@ -102,6 +102,8 @@ class AccessRecord:
     held: Any = None
     #: The side whose socket failed ("client", "backend"), when a failure ended it.
     failed: str | None = None
+    #: The (gateway, listener, route) the connection counts in as open (`Proxy.open`).
+    counted: tuple[str, str, str] | None = None
 
     def ended_by(self) -> str | None:
         """Who ended the connection: `client`, `backend` or `gateway` (a timeout, a rule, a

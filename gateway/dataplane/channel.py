@@ -11,7 +11,8 @@ target, not the table), or an `Install` when a patch would touch over MAX_PATCHE
 route targets; `Health` with the endpoint health view whenever it changes. Worker -> main:
 `Running` after each snapshot's binds are reconciled (so the main process knows what is in
 force where), `Counters` now and then and at the end (the main process sums them for
-`/metrics`), and `Outcomes`: the connect outcomes the health monitor follows.
+`/metrics`), `Outcomes`: the connect outcomes the health monitor follows, and `AccessLines`:
+the newest access-log lines, for the dashboard.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class Running:
     generation: int
     bind_failures: Mapping[tuple[str, int], str]
     connections: int
+    #: Connections open per (gateway, listener, route) (`Proxy.open`).
+    open: Mapping[tuple[str, str, str], int] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -78,7 +81,15 @@ class Outcomes:
     items: tuple[tuple[str, str, str | None], ...]
 
 
-Message = Start | Install | Patch | Running | Counters | Health | Outcomes
+@attrs.frozen
+class AccessLines:
+    """Access-log lines the worker wrote since its last report, (Unix time, fields), the
+    newest last; at most `worker.LINES_PER_REPORT` of them (the dashboard's recent lines)."""
+
+    items: tuple[tuple[float, dict[str, object]], ...]
+
+
+Message = Start | Install | Patch | Running | Counters | Health | Outcomes | AccessLines
 
 
 #: Frames larger than this are encoded and decoded on a worker thread: a 10,000-route snapshot

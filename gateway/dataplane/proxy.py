@@ -43,6 +43,7 @@ import random
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -82,7 +83,7 @@ from gateway.dataplane.tls import (
 )
 from gateway.dataplane.tlsstream import TlsConnection, TlsError
 from gateway.logs import info_with_fields
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, Open, count_open
 from gateway.routing.snapshot import (
     IP,
     Backend,
@@ -96,6 +97,9 @@ from gateway.routing.snapshot import (
 # Every logger is under `tlsgate.` (docs/configuration.md lists them).
 log = logging.getLogger("tlsgate.proxy")
 access_log = logging.getLogger("tlsgate.access")
+
+#: Access-log lines a process keeps for the dashboard (`Proxy.recent`).
+RECENT_LINES = 256
 
 #: Expected ways for a connection to fail: one log line, no traceback.
 EXPECTED_ERRORS = (OSError, TlsError, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -153,6 +157,12 @@ class Proxy:
         #: Connections finished so far (a worker reports its counts when this moves).
         self.finished = 0
         self.hello_work = HelloWork()
+        #: Connections open per (gateway, listener, route), from the ClientHello on.
+        self.open: Open = {}
+        #: The last access-log lines, (Unix time, fields), for the dashboard; and how many
+        #: were ever added (a worker sends the main process those it has not sent yet).
+        self.recent: deque[tuple[float, dict[str, object]]] = deque(maxlen=RECENT_LINES)
+        self.recent_count = 0
         self.idle = trio.Event()
         self.idle.set()
         # Read at scrape time: nothing to count per connection.
@@ -198,18 +208,32 @@ class Proxy:
             sock.close()
             if conn.held is not None:
                 self.limits.release(conn.held)
+            fields = conn.fields()
             if access_log.isEnabledFor(logging.INFO):
-                fields = conn.fields()
                 info_with_fields(access_log, AccessRecord.line(fields), fields, "connection")
+            self.recent.append((time.time(), fields))
+            self.recent_count += 1
             self._account(conn)
             self._leave()
+
+    def _count_in(self, conn: AccessRecord) -> None:
+        """The connection's ClientHello chose a listener (and maybe a route): it counts in
+        the listener's figures from now to its close (`_account`)."""
+        conn.counted = (conn.gateway, conn.listener, conn.route)
+        self.metrics.listener_connections.add(conn.counted)
+        count_open(self.open, conn.counted, 1)
 
     def _account(self, conn: AccessRecord) -> None:
         metrics = self.metrics
         metrics.connections_finished.add((conn.gateway, conn.listener, conn.route, conn.outcome))
+        if conn.counted is not None:
+            count_open(self.open, conn.counted, -1)
         if conn.transfer is not None:
-            metrics.route_bytes.add((conn.route, "up"), conn.transfer.up)
-            metrics.route_bytes.add((conn.route, "down"), conn.transfer.down)
+            up, down = conn.transfer.up, conn.transfer.down
+            metrics.route_bytes.add((conn.route, "up"), up)
+            metrics.route_bytes.add((conn.route, "down"), down)
+            metrics.listener_bytes.add((conn.listener, "up"), up)
+            metrics.listener_bytes.add((conn.listener, "down"), down)
 
     def _enter(self) -> None:
         if self.active == 0:
@@ -264,13 +288,16 @@ class Proxy:
         if isinstance(decision, Rejected):
             if decision.listener is not None:
                 conn.gateway, conn.listener = decision.listener.gateway, decision.listener.full_name
+                self._count_in(conn)
             conn.outcome, conn.detail = Outcome.rejected(decision.reason), decision.message
             return None
         listener = decision.listener
         conn.gateway, conn.listener = listener.gateway, listener.full_name
         if not self._screen(conn, listener, peer_ip, counted):
+            self._count_in(conn)  # refused by the listener's policy: no route
             return None
         conn.route = decision.target.route
+        self._count_in(conn)
         backend = decision.target.choose(self._rng.randrange(decision.target.total_weight))
         conn.backend = backend.name
         if backend.reject is not None:

@@ -12,6 +12,7 @@ sockets close at once, live connections get the drain timeout.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import mmap
 import os
@@ -23,6 +24,7 @@ from collections.abc import Mapping
 import trio
 
 from gateway.dataplane.channel import (
+    AccessLines,
     Counters,
     Health,
     Install,
@@ -48,6 +50,9 @@ log = logging.getLogger("tlsgate.worker")
 REPORT_EVERY = 0.1
 #: Counters are sent at least this often even when unchanged.
 COUNTERS_AT_LEAST_EVERY = 5.0
+#: Access-log lines sent per report at most: at thousands of connections a second, the
+#: dashboard's recent lines are the newest of each report, not every one.
+LINES_PER_REPORT = 64
 #: Connect outcomes kept between two reports; more are dropped (a flood of failures to one
 #: endpoint says no more than its first few).
 MAX_OUTCOMES = 4096
@@ -155,7 +160,7 @@ class _Worker:
             log.info("worker %d: the main process is gone; stopping", self.id)
             self.stop.set()
 
-    async def tell(self, message: Running | Counters | Outcomes) -> bool:
+    async def tell(self, message: Running | Counters | Outcomes | AccessLines) -> bool:
         """Send to the main process; if it is gone, stop."""
         try:
             await send_message(self.stream, message)
@@ -186,19 +191,28 @@ class _Worker:
         state, proxy = self.state, self.proxy
         sent: tuple[object, ...] | None = None
         counted, counted_at = -1, trio.current_time()
+        lines_sent = 0
         while True:
             with trio.move_on_after(REPORT_EVERY):
                 await state.report.wait()
             state.report = trio.Event()
-            running = (state.running, state.bind_failures, proxy.active)
+            running = (state.running, state.bind_failures, proxy.active, proxy.open)
             if running != sent:
-                sent = running
+                # A copy: the proxy goes on counting in its own map.
+                sent = (*running[:3], dict(proxy.open))
                 report = Running(
                     generation=state.running,
                     bind_failures=state.bind_failures,
                     connections=proxy.active,
+                    open=sent[3],
                 )
                 if not await self.tell(report):
+                    return
+            fresh = min(proxy.recent_count - lines_sent, LINES_PER_REPORT, len(proxy.recent))
+            if fresh > 0:
+                lines_sent = proxy.recent_count
+                lines = tuple(itertools.islice(proxy.recent, len(proxy.recent) - fresh, None))
+                if not await self.tell(AccessLines(lines)):
                     return
             if self.outcomes:
                 outcomes, self.outcomes = tuple(self.outcomes), []
