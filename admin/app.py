@@ -20,6 +20,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from admin.dashboard import Dashboard, Sources
 from admin.errors import ApiError
 from admin.known import KnownDocuments
 from admin.kube import KubeViews
@@ -87,10 +88,14 @@ def create_app(
     store: Callable[[], dict[str, object]] | None = None,
     health: HealthOf | None = None,
     credentials: Sequence[str] = (),
+    dashboard: Sources | None = None,
 ) -> QuartTrio:
     """`credentials`: what every admin request must have shown to reach the app (`token`,
-    `client-certificate`), as the audit lines say it."""
-    app = QuartTrio(__name__)
+    `client-certificate`), as the audit lines say it. `dashboard`: what `/ui` reads besides
+    (none: no dashboard)."""
+    # Assets are the dashboard's, from memory: Quart's own static route would serve the
+    # package's folder at /static.
+    app = QuartTrio(__name__, static_folder=None)
     # Inside the write's commit, so a client that hangs up cannot skip its audit line.
     writes.on_commit = functools.partial(audit, credential="+".join(credentials) or "none")
     app.config["MAX_CONTENT_LENGTH"] = body_limit
@@ -122,6 +127,8 @@ def create_app(
         "/v1/<plural>/<namespace>/<name>", view_func=views.namespaced_item, methods=item_methods
     )
     KubeViews(views, tlsgate_version()).register(app)
+    if dashboard is not None:
+        Dashboard(views, dashboard).register(app)
     return app
 
 

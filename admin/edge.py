@@ -19,13 +19,15 @@ HTTP/2 streams (429 beyond). Metrics labels are fixed vocabularies: an invented 
 
 from __future__ import annotations
 
+import functools
 import hmac
-from collections.abc import Awaitable, Callable, Collection, MutableMapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
 import trio
 
+from admin import session
 from admin.errors import ApiError
 from gateway.api.convert import encode_json
 from gateway.metrics import Metrics
@@ -111,7 +113,7 @@ class Edge:
         if scope["type"] == "websocket":
             # None are served today; the token guards them all the same, should one appear.
             headers = {k.lower(): v for k, v in scope["headers"]}
-            if not self._authorized(scope["path"], headers.get(b"authorization", b"")):
+            if not self._authorized(scope["path"], "GET", headers, cookies=False):
                 await send({"type": "websocket.close", "code": 1008})
                 return
         if scope["type"] != "http":
@@ -160,13 +162,20 @@ class Edge:
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {k.lower(): v for k, v in scope["headers"]}
-        authorized = self._authorized(scope["path"], headers.get(b"authorization", b""))
+        method = scope["method"]
+        authorized = self._authorized(scope["path"], method, headers)
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.body_limit:
             await _answer(send, ApiError(413, self._too_large()), close=True)
             return
         if not authorized:
-            await self._refuse(receive, send)
+            if session.is_dashboard(scope["path"]) and method in ("GET", "HEAD"):
+                # A browser without the dashboard's cookie: to the login form (an htmx
+                # request of a page whose cookie expired: the whole page goes there).
+                htmx = headers.get(b"hx-request") == b"true"
+                await self._refuse(receive, send, functools.partial(_to_login, htmx=htmx))
+            else:
+                await self._refuse(receive, send, _unauthorized)
             return
         body = bytearray()
         held = 0
@@ -206,12 +215,14 @@ class Edge:
         finally:
             self.buffered -= held
 
-    async def _refuse(self, receive: Receive, send: Send) -> None:
-        """401, keeping the connection when that is cheap: a small body already on its way is
-        read and dropped (then keep-alive works, see the module docstring); one that is large
-        or slow is not waited for, so unauthenticated clients cannot hold admin connections
-        for the body deadline. Then the answer closes the connection."""
-        error = ApiError(401, "a valid 'Authorization: Bearer <token>' header is required")
+    async def _refuse(
+        self, receive: Receive, send: Send, answer: Callable[[Send, bool], Awaitable[None]]
+    ) -> None:
+        """401 (or the dashboard's way to its login form), keeping the connection when that
+        is cheap: a small body already on its way is read and dropped (then keep-alive
+        works, see the module docstring); one that is large or slow is not waited for, so
+        unauthenticated clients cannot hold admin connections for the body deadline. Then
+        the answer closes the connection."""
         drained = 0
         with trio.move_on_after(min(UNAUTHENTICATED_DRAIN_SECONDS, self.body_timeout)):
             while True:
@@ -222,16 +233,30 @@ class Edge:
                 if drained > UNAUTHENTICATED_DRAIN_BYTES:
                     break
                 if not message.get("more_body", False):
-                    await _answer(send, error)
+                    await answer(send, False)
                     return
-        await _answer(send, error, close=True)
+        await answer(send, True)
 
-    def _authorized(self, path: str, header: bytes) -> bool:
-        if self.token is None or path in self.open_paths:
+    def _authorized(
+        self, path: str, method: str, headers: Mapping[bytes, bytes], *, cookies: bool = True
+    ) -> bool:
+        """The token in `Authorization: Bearer`; or, for the dashboard's reads only, its
+        cookie (so a cookie can never write, and a page elsewhere cannot make a browser
+        write with it: SameSite=Strict besides)."""
+        token = self.token
+        if token is None or path in self.open_paths:
             return True
+        if session.is_dashboard(path):
+            if session.is_open(path):
+                return True
+            if cookies and method in ("GET", "HEAD"):
+                cookie = headers.get(b"cookie", b"").decode("latin-1")
+                if session.has_session(cookie, token):
+                    return True
+        header = headers.get(b"authorization", b"")
         scheme, _, given = header.decode("latin-1").partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(
-            given.strip().encode("latin-1"), self.token.encode()
+            given.strip().encode("latin-1"), token.encode()
         )
 
     def _too_large(self) -> str:
@@ -249,6 +274,26 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replayed
+
+
+async def _unauthorized(send: Send, close: bool) -> None:
+    error = ApiError(401, "a valid 'Authorization: Bearer <token>' header is required")
+    await _answer(send, error, close=close)
+
+
+async def _to_login(send: Send, close: bool, *, htmx: bool) -> None:
+    """303 to the login form; to htmx, 401 with `HX-Redirect` (it would otherwise follow
+    the 303 and put the form inside the fragment it was refreshing)."""
+    headers = [
+        (b"content-length", b"0"),
+        (b"cache-control", b"no-store"),
+        (b"hx-redirect" if htmx else b"location", b"/ui/login"),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    status = 401 if htmx else 303
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _answer(

@@ -340,8 +340,18 @@ class Server:
         task_status: trio.TaskStatus[list[str]],
     ) -> None:
         from admin.app import OPEN_PATHS, create_app
+        from admin.dashboard import Sources
         from admin.edge import Edge
         from admin.serve import serve_admin
+
+        supervisor = self.supervisor
+        dashboard = Sources(
+            totals=supervisor.counters.totals if supervisor is not None else self.metrics.totals,
+            open=self.open_connections.sums,
+            recent=lambda: supervisor.recent if supervisor is not None else self.proxy.recent,
+            certificates=self.certificates.expiries,
+            token=self.config.admin_token,
+        )
 
         app = create_app(
             self.writes,
@@ -360,6 +370,7 @@ class Server:
                 )
                 if configured
             ],
+            dashboard=dashboard,
         )
         edge = Edge(
             app,
