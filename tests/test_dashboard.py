@@ -115,14 +115,17 @@ def test_counts_group_what_the_dashboard_shows() -> None:
     counts = board.counts_of(totals, 1.0)
     assert counts.listener_connections == {"infra/gw/tls": 5.0}
     assert counts.listener_bytes == {"infra/gw/tls": 12.0}
-    assert counts.rejections == {("infra/gw/tls", "rejected-no-route"): 1.0, ("", "rejected-no-sni"): 2.0}
+    assert counts.rejections == {
+        ("infra/gw/tls", "rejected-no-route"): 1.0,
+        ("", "rejected-no-sni"): 2.0,
+    }
     live = board.live_figures(Snapshot(generation=1, statuses={}, binds={}), [counts], {})
     assert live.listeners == ()
     assert live.unrouted == (("refused-max-connections", 3), ("rejected-no-sni", 2))
 
 
 def test_access_filter_matches_fields_and_text() -> None:
-    recent = [
+    recent: list[tuple[float, dict[str, object]]] = [
         (1.0, {"client": "127.0.0.1:1", "route": "apps/db", "outcome": "closed"}),
         (2.0, {"client": "127.0.0.1:2", "route": None, "outcome": "rejected-no-route"}),
         (3.0, {"client": "10.0.0.9:3", "route": "apps/cache", "outcome": "closed"}),
@@ -161,7 +164,9 @@ def test_explain_form_is_checked() -> None:
 def test_the_cookie_is_not_the_token() -> None:
     header = session.set_cookie(TOKEN, secure=True)
     assert TOKEN not in header
-    assert "HttpOnly" in header and "SameSite=Strict" in header and "Secure" in header
+    assert "HttpOnly" in header
+    assert "SameSite=Strict" in header
+    assert "Secure" in header
     value = header.split(";")[0]
     assert session.has_session(value, TOKEN)
     assert not session.has_session(value, TOKEN + "x")  # a new token ends every session
@@ -203,7 +208,9 @@ async def test_token_flow_and_what_the_cookie_opens(pki: Pki) -> None:
             right = await http.post("/ui/login", data={"token": TOKEN})
             assert right.status_code == 303
             cookie = right.headers["set-cookie"]
-            assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/ui" in cookie
+            assert "HttpOnly" in cookie
+            assert "SameSite=Strict" in cookie
+            assert "Path=/ui" in cookie
             assert TOKEN not in cookie
             jar = {session.COOKIE: cookie.split(";")[0].split("=", 1)[1]}
         async with httpx.AsyncClient(base_url=url, cookies=jar) as browser:
@@ -213,9 +220,7 @@ async def test_token_flow_and_what_the_cookie_opens(pki: Pki) -> None:
             assert page.headers["cache-control"] == "no-store"
             # The cookie opens the dashboard's reads, nothing else.
             assert (await browser.get("/v1/gateways")).status_code == 401
-            applied = await browser.post(
-                "/v1/apply", headers=YAML, content=gateway_yaml(port)
-            )
+            applied = await browser.post("/v1/apply", headers=YAML, content=gateway_yaml(port))
             assert applied.status_code == 401
             assert (await browser.post("/ui/live/figures")).status_code == 401
             logout = await browser.post("/ui/logout")
@@ -260,14 +265,16 @@ async def test_fragments_show_routes_figures_and_access_lines(pki: Pki) -> None:
             explained = await http.get(
                 "/ui/explain", params={"port": str(port), "sni": "db.example.com"}
             )
-            assert "routed" in explained.text and "apps/db" in explained.text
+            assert "routed" in explained.text
+            assert "apps/db" in explained.text
             rejected = await http.get("/ui/explain", params={"port": str(port), "sni": "x.org"})
             assert "rejected" in rejected.text
             bad = await http.get("/ui/explain", params={"port": "<script>"})
-            assert bad.status_code == 200 and "<script>" not in bad.text
+            assert bad.status_code == 200
+            assert "<script>" not in bad.text
             # Values from documents are escaped: a route's hostname cannot inject markup.
             html = (await http.get("/ui")).text
-            assert "<script src=\"/ui/static/htmx-2.0.11.min.js\"></script>" in html
+            assert '<script src="/ui/static/htmx-2.0.11.min.js"></script>' in html
             assert "<script>" not in html
 
 
@@ -326,10 +333,12 @@ async def test_dashboard_in_headless_chromium(pki: Pki, tmp_path: Path) -> None:
             try:
                 tab = browser.new_context(viewport={"width": 1280, "height": 900})
                 page = tab.new_page()
-                page.on(
-                    "console",
-                    lambda m: problems.append(f"{m.text} {m.location}") if m.type == "error" else None,
-                )
+
+                def console(message: Any) -> None:
+                    if message.type == "error":
+                        problems.append(f"{message.text} {message.location}")
+
+                page.on("console", console)
                 page.on("pageerror", lambda e: problems.append(str(e)))
                 page.goto(f"{url}/ui")
                 assert page.url == f"{url}/ui/login"
@@ -341,7 +350,8 @@ async def test_dashboard_in_headless_chromium(pki: Pki, tmp_path: Path) -> None:
                 page.click("button[type=submit]")
                 page.wait_for_url(f"{url}/ui")
                 [cookie] = [c for c in tab.cookies() if c["name"] == session.COOKIE]
-                assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+                assert cookie["httpOnly"]
+                assert cookie["sameSite"] == "Strict"
                 assert TOKEN not in cookie["value"]
 
                 route = page.locator('#routes tr.tlsroute[data-route="apps/db"]')

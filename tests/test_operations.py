@@ -224,13 +224,13 @@ async def test_metrics_follow_prometheus_conventions(pki: Pki) -> None:
     assert dead_series not in after
     assert _value(after, "tlsgate_backend_connect_failures_total", backend="apps/dead:443") == 0
     assert _value(after, "tlsgate_route_bytes_total", route="apps/cache", direction="up") == 5
-    cache = {"gateway": "infra/gw", "listener": "infra/gw/term", "route": "apps/cache"}
-    assert _value(during, "tlsgate_listener_connections_active", **cache) == 1
-    assert _value(m, "tlsgate_listener_connections_active", **cache) == 0
-    assert _value(m, "tlsgate_listener_connections_total", **cache) == 1
-    dead = {"gateway": "infra/gw", "listener": "infra/gw/tls", "route": "apps/dead"}
-    assert _value(m, "tlsgate_listener_connections_total", **dead) == 1
-    assert _value(after, "tlsgate_listener_connections_total", **dead) == 0
+    cache_labels = {"gateway": "infra/gw", "listener": "infra/gw/term", "route": "apps/cache"}
+    assert _value(during, "tlsgate_listener_connections_active", **cache_labels) == 1
+    assert _value(m, "tlsgate_listener_connections_active", **cache_labels) == 0
+    assert _value(m, "tlsgate_listener_connections_total", **cache_labels) == 1
+    dead_labels = {"gateway": "infra/gw", "listener": "infra/gw/tls", "route": "apps/dead"}
+    assert _value(m, "tlsgate_listener_connections_total", **dead_labels) == 1
+    assert _value(after, "tlsgate_listener_connections_total", **dead_labels) == 0
     assert _value(m, "tlsgate_listener_bytes_total", listener="infra/gw/term", direction="up") == 5
 
 
