@@ -373,7 +373,26 @@ def check(stack: Stack) -> bool:
     )
     good = rejected.returncode != 0
     print(f"{'ok ' if good else 'FAIL'} an unknown SNI is closed during the handshake")
-    return ok and good
+    page = subprocess.run(
+        ["curl", "-sS", f"http://127.0.0.1:{stack.admin_port}/ui"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    shown = all(f'data-route="{name}"' in page.stdout for name in _demo_routes())
+    print(f"{'ok ' if shown else 'FAIL'} the dashboard at /ui lists the demo's routes")
+    return ok and good and shown
+
+
+def _demo_routes() -> list[str]:
+    """The TLSRoutes of examples/demo.yaml, `namespace/name`."""
+    with (ROOT / "examples" / "demo.yaml").open() as manifests:
+        return [
+            f"{doc['metadata'].get('namespace', 'default')}/{doc['metadata']['name']}"
+            for doc in yaml.safe_load_all(manifests)
+            if doc and doc.get("kind") == "TLSRoute"
+        ]
 
 
 def check_replicas(stacks: list[Stack]) -> bool:
@@ -433,6 +452,8 @@ tlsgate demo: listening on 127.0.0.1:{port} (manifests: examples/demo.yaml)
     openssl s_client -connect 127.0.0.1:{port} -servername nope.example.test
 
   The admin API: curl http://127.0.0.1:{stack.admin_port}/v1/routingtable
+
+  The dashboard, live: open http://127.0.0.1:{stack.admin_port}/ui in a browser
 
 Ctrl-C stops everything.
 """

@@ -64,3 +64,18 @@ def test_every_documented_metric_is_exposed() -> None:
         "process_start_time_seconds",
     }
     assert documented - by_server <= names
+
+
+def test_readme_and_docs_link_only_to_files_that_exist() -> None:
+    """Relative links and pictures of the README and docs/ (the dashboard's screenshot, the
+    Grafana JSON, each other) name files of the repository."""
+    root = Path(__file__).resolve().parent.parent
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" in target:
+                continue
+            assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
+    picture = root / "docs" / "dashboard.png"
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert picture.stat().st_size < 200_000  # small: made by scripts/screenshot

@@ -282,10 +282,11 @@ def test_invalid_bootstrap_refuses_to_start(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("options", "checks"),
     [
-        pytest.param((), 4, id="one"),
+        pytest.param((), 5, id="one"),
         # Two replicas on a three-member etcd cluster: the same commands on each replica's
-        # own address (4 each), and each listing both replicas (1 each).
-        pytest.param(("--replicas",), 10, id="replicas", marks=pytest.mark.slow),
+        # own address (5 each: four connections and the dashboard), and each listing both
+        # replicas (1 each).
+        pytest.param(("--replicas",), 12, id="replicas", marks=pytest.mark.slow),
     ],
 )
 def test_demo_check_passes(options: tuple[str, ...], checks: int) -> None:
@@ -376,7 +377,7 @@ def test_demo_check_runs_beside_a_running_demo() -> None:
             check=False,
         )
         assert check.returncode == 0, check.stdout + check.stderr
-        assert check.stdout.count("ok ") == 4
+        assert check.stdout.count("ok ") == 5
         second = subprocess.run(
             [str(root / "scripts" / "demo")],
             capture_output=True,
